@@ -1,0 +1,65 @@
+# One entry point for everything: `make help` lists the targets.
+# Every target that needs Python creates .venv (Python 3.13, like the Lambda runtime) first.
+
+SHELL := /bin/bash
+export SAM_CLI_TELEMETRY := 0
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 3000
+WORKERS ?= 2
+EVENT ?= events/predict.json
+
+# Python 3.13: pyenv's install if there is one (its shims refuse it unless selected), else python3.13 on PATH.
+PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/python3.13 "$$(command -v python3.13)"; do \
+	[ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null && { echo "$$p"; break; }; done)
+# sam build for python3.13 looks for `python3.13` on PATH.
+SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: help setup check test lint format typecheck serve invoke train build validate clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found: install it (pyenv install 3.13) or put python3.13 on PATH" >&2; exit 1; }
+	$(PYTHON313) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed  ## Create .venv with runtime and development dependencies
+
+check: lint typecheck test  ## Lint, type-check and run the whole test suite (what CI runs)
+
+test: setup  ## Run the test suite
+	PATH="$(SAM_PATH)" $(PY) -m pytest
+
+lint: setup  ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup  ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: setup  ## mypy on the handler and scripts
+	$(VENV)/bin/mypy handler scripts
+
+serve: setup  ## Serve the API on http://127.0.0.1:$(PORT) like `sam local start-api`, without Docker
+	$(PY) scripts/local_lambda.py serve --port $(PORT) --workers $(WORKERS)
+
+invoke: setup  ## Run one event through the Lambda runtime like `sam local invoke -e`, without Docker
+	$(PY) scripts/local_lambda.py invoke --event $(EVENT)
+
+train: setup  ## Retrain model_artifacts/pretrained-model.pkl and its manifest
+	$(PY) scripts/train_model.py --output model_artifacts/pretrained-model.pkl
+
+validate: setup  ## sam validate --lint and cfn-lint on template.yaml
+	PATH="$(SAM_PATH)" $(VENV)/bin/sam validate --lint
+	$(VENV)/bin/cfn-lint template.yaml
+
+build: setup  ## sam build (arm64, python3.13) into .aws-sam/build
+	PATH="$(SAM_PATH)" $(VENV)/bin/sam build
+
+clean:  ## Remove the virtualenv and build output
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Serverless prediction API for a pre-trained Gaussian-process surrogate."""

@@ -1,0 +1,106 @@
+"""Train the packaged surrogate: a GPy GPRegression (RBF-ARD) on the Park (1991) function over [0, 1]^4.
+
+Deterministic for a given seed and library versions: running it again gives the same predictions.
+
+    python scripts/train_model.py --output model_artifacts/pretrained-model.pkl
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import qmc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from handler.model import (
+    GPRegressionModel,
+    HoldoutMetrics,
+    ModelManifest,
+    manifest_path_for,
+    sha256_of,
+    write_manifest,
+)
+from handler.schemas import FEATURES
+
+DEFAULT_SEED = 20261126
+
+
+def park1991(X: np.ndarray) -> np.ndarray:
+    """Park (1991) test function on [0, 1)^4 (Cox, Park & Singer 2001; the SFU simulation library's `park91a`)."""
+    x1, x2, x3, x4 = X.T
+    x1 = np.maximum(x1, 1e-12)  # the function is singular at x1 = 0
+    term1 = x1 / 2 * (np.sqrt(1 + (x2 + x3**2) * x4 / x1**2) - 1)
+    term2 = (x1 + 3 * x4) * np.exp(1 + np.sin(x3))
+    return term1 + term2
+
+
+def holdout_metrics(model: GPRegressionModel, X: np.ndarray, y: np.ndarray) -> HoldoutMetrics:
+    mean, variance = model.predict(X)
+    residual = y - mean
+    rmse = float(np.sqrt(np.mean(residual**2)))
+    r2 = float(1 - np.sum(residual**2) / np.sum((y - y.mean()) ** 2))
+    coverage = float(np.mean(np.abs(residual) <= 1.959964 * np.sqrt(variance)))
+    return HoldoutMetrics(n_points=len(y), rmse=rmse, r2=r2, coverage_95=coverage)
+
+
+def train(
+    output: Path, *, n_train: int = 200, n_holdout: int = 1000, restarts: int = 5, seed: int = DEFAULT_SEED
+) -> ModelManifest:
+    """Fit, save the pickle and its manifest beside it, and return the manifest."""
+    X_train = qmc.LatinHypercube(d=len(FEATURES), seed=seed).random(n_train)
+    y_train = park1991(X_train)
+    X_holdout = qmc.LatinHypercube(d=len(FEATURES), seed=seed + 1).random(n_holdout)
+    y_holdout = park1991(X_holdout)
+
+    model = GPRegressionModel.fit(X_train, y_train[:, None], restarts=restarts, seed=seed)
+    model.save(output)
+    manifest = ModelManifest(
+        model_type=GPRegressionModel.model_type,
+        artifact=output.name,
+        sha256=sha256_of(output),
+        features=list(FEATURES),
+        bounds={name: (0.0, 1.0) for name in FEATURES},
+        target="Park (1991) function value",
+        n_train=n_train,
+        holdout=holdout_metrics(model, X_holdout, y_holdout),
+        kernel=model.describe(),
+        training={
+            "script": "scripts/train_model.py",
+            "function": "park1991",
+            "design": "Latin hypercube (scipy.stats.qmc)",
+            "seed": seed,
+            "restarts": restarts,
+            "holdout_design": f"Latin hypercube, seed {seed + 1}",
+        },
+        versions={
+            "python": platform.python_version(),
+            **{name: version(name) for name in ("numpy", "scipy", "GPy", "paramz")},
+        },
+    )
+    write_manifest(manifest, manifest_path_for(output))
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("model_artifacts/pretrained-model.pkl"))
+    parser.add_argument("--n-train", type=int, default=200)
+    parser.add_argument("--n-holdout", type=int, default=1000)
+    parser.add_argument("--restarts", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    args = parser.parse_args(argv)
+    manifest = train(
+        args.output, n_train=args.n_train, n_holdout=args.n_holdout, restarts=args.restarts, seed=args.seed
+    )
+    print(f"wrote {args.output} and {manifest_path_for(args.output).name}")
+    print(manifest.holdout.model_dump_json(), manifest.kernel)
+
+
+if __name__ == "__main__":
+    main()

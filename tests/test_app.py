@@ -1,0 +1,230 @@
+"""The Lambda handler, driven with API Gateway REST proxy events."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from handler.model import ModelManifest, manifest_path_for, sha256_of
+from scripts.train_model import park1991
+from tests.conftest import SHIPPED_MODEL
+from tests.events import EVENTS_DIR, api_event, lambda_context, response_json
+
+POINT = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
+
+
+def call(app, event):
+    response = app.lambda_handler(event, lambda_context())
+    assert response["multiValueHeaders"]["Content-Type"] == ["application/json"]
+    return response["statusCode"], response_json(response)
+
+
+def gpy_predict(path: Path, points: list[dict[str, float]]) -> tuple[np.ndarray, np.ndarray]:
+    with path.open("rb") as handle:
+        gp = pickle.load(handle)
+    mean, variance = gp.predict(np.array([[p[k] for k in ("x1", "x2", "x3", "x4")] for p in points]))
+    return mean[:, 0], variance[:, 0]
+
+
+def test_a_single_point_gets_gpys_mean_and_variance(app_with_model, tiny_model_path):
+    # when
+    status, body = call(app_with_model, api_event(body=POINT))
+    # then
+    assert status == 200
+    assert set(body) == {"mean", "variance"}
+    mean, variance = gpy_predict(tiny_model_path, [POINT])
+    assert body["mean"] == pytest.approx(mean[0], rel=1e-7)
+    assert body["variance"] == pytest.approx(variance[0], rel=1e-7)
+
+
+def test_a_batch_answers_each_point_in_order_as_a_single_request_would(app_with_model, tiny_model_path):
+    # given
+    points = [
+        {k: float(v) for k, v in zip(POINT, row, strict=True)} for row in np.random.default_rng(5).uniform(size=(40, 4))
+    ]
+    # when
+    status, body = call(app_with_model, api_event(body=points))
+    # then
+    assert status == 200
+    assert len(body) == 40
+    mean, variance = gpy_predict(tiny_model_path, points)
+    np.testing.assert_allclose([b["mean"] for b in body], mean, rtol=1e-7)
+    np.testing.assert_allclose([b["variance"] for b in body], variance, rtol=1e-6)
+    for point, answer in zip(points[:5], body[:5], strict=True):
+        _, single = call(app_with_model, api_event(body=point))
+        assert single["mean"] == pytest.approx(answer["mean"], rel=1e-9)
+        assert single["variance"] == pytest.approx(answer["variance"], rel=1e-6)
+
+
+def test_the_event_exactly_as_sam_generates_it_is_answered(app_with_model):
+    # given `sam local generate-event` output: base64 body, no Content-Type, a {proxy+} resource
+    command = ["sam", "local", "generate-event", "apigateway", "aws-proxy", "--method", "POST", "--path", "predict"]
+    generated = subprocess.run(
+        [*command, "--body", json.dumps(POINT)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+    )
+    event = json.loads(generated.stdout)
+    assert event["isBase64Encoded"] is True
+    assert "Content-Type" not in event["headers"]
+    # when
+    status, body = call(app_with_model, event)
+    # then
+    assert status == 200
+    assert set(body) == {"mean", "variance"}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EVENTS_DIR.glob("*.json")))
+def test_each_sample_event_gets_the_status_its_name_promises(app_with_model, name: str):
+    event = json.loads((EVENTS_DIR / f"{name}.json").read_text())
+    status, body = call(app_with_model, event)
+    if name.startswith("bad-"):
+        assert 400 <= status < 500
+        assert body["error"]
+        assert body["details"][0]["field"]
+    else:
+        assert status == 200
+
+
+def test_health_says_whether_the_model_is_loaded_without_loading_it(app_with_model):
+    assert call(app_with_model, api_event("GET", "/health")) == (200, {"status": "ok", "model_loaded": False})
+    call(app_with_model, api_event(body=POINT))
+    assert call(app_with_model, api_event("GET", "/health")) == (200, {"status": "ok", "model_loaded": True})
+
+
+def test_model_route_returns_the_manifest(app_with_model, tiny_model_path):
+    status, body = call(app_with_model, api_event("GET", "/model"))
+    assert status == 200
+    assert ModelManifest.model_validate(body) == ModelManifest.model_validate_json(
+        manifest_path_for(tiny_model_path).read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("event", "status", "field", "message"),
+    [
+        (api_event(raw_body='{"x1": 0.5,'), 400, "body", "line 1 column"),
+        (api_event(raw_body=""), 400, "body", "expected a JSON object"),
+        (api_event(body={**POINT, "x2": True}), 422, "x2", "got boolean"),
+        (api_event(raw_body='{"x1": NaN, "x2": 0.5, "x3": 0.5, "x4": 0.5}'), 422, "x1", "finite"),
+        (api_event(body=[POINT, {**POINT, "x3": None}]), 422, "[1].x3", "got null"),
+        (api_event(body=[]), 422, "body", "at least one point"),
+        (api_event(body=[POINT] * 10_001), 413, "body", "at most 10000 per request"),
+        (api_event(body={**POINT, "x1": 1e300}), 422, "x1", "outside the allowed range [-0.1, 1.1]"),
+        (api_event(body=[POINT, {**POINT, "x4": -0.5}]), 422, "[1].x4", "outside the allowed range"),
+        (api_event(raw_body="e30=!", base64_body=False, headers={}), 400, "body", "Expecting value"),
+        (api_event("GET", "/predict"), 405, "method", "use POST"),
+        (api_event("DELETE", "/health"), 405, "method", "use GET"),
+        (api_event("GET", "/nope"), 404, "path", "no route GET /nope"),
+    ],
+    ids=[
+        "truncated-json",
+        "empty-body",
+        "boolean",
+        "nan",
+        "null-in-batch",
+        "empty-batch",
+        "batch-over-limit",
+        "huge-value",
+        "outside-domain-in-batch",
+        "not-json",
+        "wrong-method",
+        "wrong-method-health",
+        "unknown-route",
+    ],
+)
+def test_bad_requests_get_a_4xx_json_error_naming_the_field(app_with_model, event, status, field, message):
+    got_status, body = call(app_with_model, event)
+    assert got_status == status
+    assert set(body) == {"error", "details"}
+    assert body["details"][0]["field"] == field
+    assert message in body["details"][0]["message"]
+
+
+def test_wrong_method_lists_the_allowed_ones(app_with_model):
+    response = app_with_model.lambda_handler(api_event("PUT", "/predict"), lambda_context())
+    assert response["statusCode"] == 405
+    assert response["multiValueHeaders"]["Allow"] == ["POST"]
+
+
+def test_a_missing_artifact_gives_503_and_a_logged_error_then_recovers(
+    monkeypatch, model_copy: Path, tmp_path: Path, caplog
+):
+    # given a cold function whose artifact is missing
+    from handler import app
+    from handler.model import LazyModel
+    from handler.schemas import FEATURES
+
+    monkeypatch.setattr(app, "model", LazyModel(model_copy, FEATURES))
+    model_copy.rename(tmp_path / "elsewhere.pkl")
+    # when
+    status, body = call(app, api_event(body=POINT))
+    # then
+    assert status == 503
+    assert body == {
+        "error": "model unavailable",
+        "details": [{"field": "model", "message": "model artifact pretrained-model.pkl is missing"}],
+    }
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["model unavailable"]
+    assert errors[0].reason == "model artifact pretrained-model.pkl is missing"
+    assert errors[0].exc_info is not None, "the cause is logged with its traceback"
+
+    # when the artifact is back, the next request loads it
+    (tmp_path / "elsewhere.pkl").rename(model_copy)
+    assert call(app, api_event(body=POINT))[0] == 200
+
+
+def test_a_corrupt_artifact_gives_503(monkeypatch, model_copy: Path):
+    from handler import app
+    from handler.model import LazyModel
+    from handler.schemas import FEATURES
+
+    model_copy.write_bytes(model_copy.read_bytes()[:-100])
+    monkeypatch.setattr(app, "model", LazyModel(model_copy, FEATURES))
+    status, body = call(app, api_event(body=POINT))
+    assert status == 503
+    assert "checksum" in body["details"][0]["message"]
+
+
+def test_an_unexpected_failure_gives_500_without_a_traceback(app_with_model, monkeypatch):
+    # given a model that fails inside predict
+    loaded = app_with_model.model.get()
+
+    def broken(X):
+        raise ValueError("secret internals at /var/task/handler/model.py line 1")
+
+    monkeypatch.setattr(loaded.model, "predict", broken)
+    # when
+    status, body = call(app_with_model, api_event(body=POINT))
+    # then
+    assert status == 500
+    assert body == {"error": "internal error; it has been logged", "details": []}
+
+
+def test_smoke_the_shipped_artifact(monkeypatch):
+    """The packaged model: checksum, quality, and a prediction close to the true Park function."""
+    from handler import app
+    from handler.model import LazyModel
+    from handler.schemas import FEATURES
+
+    manifest = ModelManifest.model_validate_json(manifest_path_for(SHIPPED_MODEL).read_text())
+    assert manifest.sha256 == sha256_of(SHIPPED_MODEL)
+    assert manifest.n_train == 200
+    assert manifest.holdout.r2 > 0.999
+    assert app.settings.resolved_model_path == SHIPPED_MODEL
+
+    monkeypatch.setattr(app, "model", LazyModel(SHIPPED_MODEL, FEATURES))
+    status, body = call(app, api_event(body=POINT))
+    assert status == 200
+    truth = park1991(np.array([[POINT[k] for k in FEATURES]]))[0]
+    assert body["mean"] == pytest.approx(truth, abs=0.05)
+    assert 0 < body["variance"] < 1e-3

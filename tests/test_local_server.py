@@ -1,0 +1,245 @@
+"""scripts/local_lambda.py: the handler under AWS's Runtime Interface Emulator, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from scripts import local_lambda
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "local_lambda.py"
+POINT = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def env_vars_file(tmp_path: Path, model_path: Path) -> Path:
+    path = tmp_path / "env.json"
+    path.write_text(json.dumps({"PredictFunction": {"MODEL_PATH": str(model_path)}}))
+    return path
+
+
+def run_script(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def gpy_predict(model_path: Path, point: dict[str, float]) -> tuple[float, float]:
+    with model_path.open("rb") as handle:
+        mean, variance = pickle.load(handle).predict(np.array([[point[k] for k in ("x1", "x2", "x3", "x4")]]))
+    return float(mean[0, 0]), float(variance[0, 0])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`serve` with two warm environments on a free loopback port, the tiny model swapped in via --env-vars."""
+    port = free_port()
+    env_file = env_vars_file(tmp_path_factory.mktemp("serve"), tiny_model_path)
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    with log.open("w") as log_handle:
+        process = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--env-vars", str(env_file), "serve", "--port", str(port), "--workers", "2"],
+            cwd=ROOT,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base_url}/health", timeout=30).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"local server did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield base_url, log
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_the_seeds_curl_command_works_verbatim(server, tiny_model_path: Path, tmp_path: Path):
+    # given the README's input file and curl command
+    base_url, _ = server
+    (tmp_path / "input.json").write_text(json.dumps(POINT))
+    command = f'curl -s -X POST {base_url}/predict -H "Content-Type: application/json" -d @input.json'
+    # when
+    output = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    # then
+    body = json.loads(output)
+    mean, variance = gpy_predict(tiny_model_path, POINT)
+    assert body["mean"] == pytest.approx(mean, rel=1e-7)
+    assert body["variance"] == pytest.approx(variance, rel=1e-7)
+
+
+def test_a_body_without_content_type_and_a_batch_are_answered(server):
+    base_url, _ = server
+    single = httpx.post(f"{base_url}/predict", content=json.dumps(POINT), timeout=30)
+    batch = httpx.post(f"{base_url}/predict", json=[POINT, {**POINT, "x1": 0.2}], timeout=30)
+    assert single.status_code == 200
+    assert batch.status_code == 200
+    assert batch.json()[0] == pytest.approx(single.json())
+    assert batch.headers["content-type"] == "application/json"
+
+
+def test_errors_cross_http_as_json(server):
+    base_url, _ = server
+    response = httpx.post(f"{base_url}/predict", content='{"x1": 0.5,', timeout=30)
+    assert response.status_code == 400
+    assert response.json()["details"][0]["field"] == "body"
+    response = httpx.post(f"{base_url}/predict", json={**POINT, "x4": "high"}, timeout=30)
+    assert response.status_code == 422
+    assert response.json()["details"][0]["field"] == "x4"
+
+
+def test_undeclared_routes_are_refused_as_api_gateway_does(server):
+    # API Gateway (and sam local start-api) answer 403 Missing Authentication Token before Lambda is reached.
+    base_url, _ = server
+    response = httpx.get(f"{base_url}/nope", timeout=30)
+    assert response.status_code == 403
+    assert response.json() == {"message": "Missing Authentication Token"}
+
+
+def test_concurrent_requests_are_all_answered_by_the_warm_pool(server):
+    # given more concurrent callers than environments
+    base_url, log = server
+    points = [{**POINT, "x1": x} for x in np.linspace(0.05, 0.95, 24)]
+    # when
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda p: httpx.post(f"{base_url}/predict", json=p, timeout=60), points))
+    # then every one succeeds, each with its own answer
+    assert [r.status_code for r in responses] == [200] * 24
+    means = [r.json()["mean"] for r in responses]
+    assert len(set(means)) == 24
+    # and no more than two cold starts happened: one per environment
+    assert log.read_text().count("Init Duration") <= 2
+
+
+def test_invoke_runs_an_event_file_like_sam_local_invoke(tiny_model_path: Path, tmp_path: Path):
+    # when
+    result = run_script(
+        "--env-vars", str(env_vars_file(tmp_path, tiny_model_path)), "invoke", "-e", "events/predict.json"
+    )
+    # then the response is on stdout, the runtime's REPORT line on stderr
+    assert result.returncode == 0, result.stderr
+    response = json.loads(result.stdout)
+    assert response["statusCode"] == 200
+    assert json.loads(response["body"])["mean"] == pytest.approx(gpy_predict(tiny_model_path, POINT)[0], rel=1e-7)
+    assert "REPORT RequestId:" in result.stderr
+    assert "Memory Size: 1769 MB" in result.stderr, "the template's MemorySize reaches the runtime"
+
+
+def limits_template(tmp_path: Path, timeout_s: int, memory_mb: int) -> Path:
+    (tmp_path / "limits.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+
+            def sleep(event, context):
+                time.sleep(event["seconds"])
+                return {"statusCode": 200, "body": "done"}
+
+            def allocate(event, context):
+                block = bytearray(event["megabytes"] * 1024 * 1024)
+                return {"statusCode": 200, "body": str(len(block))}
+            """
+        )
+    )
+    template = tmp_path / "template.yaml"
+    template.write_text(
+        textwrap.dedent(
+            f"""
+            AWSTemplateFormatVersion: "2010-09-09"
+            Transform: AWS::Serverless-2016-10-31
+            Globals:
+              Function:
+                Runtime: python3.13
+                Timeout: {timeout_s}
+                MemorySize: {memory_mb}
+            Resources:
+              Sleep:
+                Type: AWS::Serverless::Function
+                Properties:
+                  CodeUri: .
+                  Handler: limits.sleep
+              Allocate:
+                Type: AWS::Serverless::Function
+                Properties:
+                  CodeUri: .
+                  Handler: limits.allocate
+            """
+        )
+    )
+    return template
+
+
+def test_the_templates_timeout_is_enforced(tmp_path: Path):
+    # given a function with a 1 s timeout that sleeps for 5 s
+    template = limits_template(tmp_path, timeout_s=1, memory_mb=256)
+    (tmp_path / "event.json").write_text('{"seconds": 5}')
+    # when
+    started = time.monotonic()
+    result = run_script(
+        "--template", str(template), "--function", "Sleep", "invoke", "-e", str(tmp_path / "event.json")
+    )
+    # then
+    assert "Task timed out after 1.00 seconds" in result.stdout
+    assert time.monotonic() - started < 5
+
+
+def test_the_templates_memory_size_is_enforced(tmp_path: Path):
+    # given a 256 MB function that tries to hold 512 MB
+    template = limits_template(tmp_path, timeout_s=10, memory_mb=256)
+    (tmp_path / "big.json").write_text('{"megabytes": 512}')
+    (tmp_path / "small.json").write_text('{"megabytes": 16}')
+    # when
+    big = run_script("--template", str(template), "--function", "Allocate", "invoke", "-e", str(tmp_path / "big.json"))
+    small = run_script(
+        "--template", str(template), "--function", "Allocate", "invoke", "-e", str(tmp_path / "small.json")
+    )
+    # then
+    assert json.loads(big.stdout)["errorType"] == "MemoryError"
+    assert json.loads(small.stdout) == {"statusCode": 200, "body": str(16 * 1024 * 1024)}
+
+
+def test_without_the_emulator_the_handler_runs_in_process_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    # given a machine where the emulator cannot run
+    monkeypatch.setattr(local_lambda, "emulator_binary", lambda: None)
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    config, _ = local_lambda.load_function(
+        ROOT / "template.yaml", env_vars_file=env_vars_file(tmp_path, tiny_model_path)
+    )
+    # when
+    environment = local_lambda.start_environment(config)
+    response = json.loads(environment.invoke((ROOT / "events" / "predict.json").read_bytes()))
+    # then
+    assert isinstance(environment, local_lambda.InProcessEnvironment)
+    assert "cannot run here; calling the handler in-process" in caplog.text
+    assert response["statusCode"] == 200
