@@ -9,27 +9,38 @@ from http import HTTPStatus
 from typing import Any
 
 import numpy as np
+import orjson
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.config import load_settings
 from handler.model import LazyModel, ModelUnavailableError
-from handler.schemas import (
+from handler.parsing import (
     FEATURES,
-    ErrorDetail,
-    ErrorResponse,
-    HealthResponse,
+    PredictOptions,
+    PredictRequest,
     RequestError,
     decode_body,
+    parse_options,
     parse_predict_request,
 )
 
+Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
+
+
+def _to_json(value: Any) -> str:
+    # orjson: ~5x faster than the standard library on large batches, and serialises numpy arrays directly.
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
 settings = load_settings()
 logger = Logger()
-app = APIGatewayRestResolver()
+copy_config_to_registered_loggers(source_logger=logger, include={"handler"})
+app = APIGatewayRestResolver(serializer=_to_json)
 # Module-level, so a warm execution environment loads the model once and keeps it.
 model = LazyModel(settings.resolved_model_path, expected_features=FEATURES)
 
@@ -37,64 +48,75 @@ model = LazyModel(settings.resolved_model_path, expected_features=FEATURES)
 @app.post("/predict")
 def predict() -> Any:
     event = app.current_event
+    options = parse_options(event.query_string_parameters)
     body = decode_body(event.body, bool(event.is_base64_encoded))
     request = parse_predict_request(
         body, max_batch_size=settings.max_batch_size, max_body_bytes=settings.max_body_bytes
     )
     loaded = model.get()
-    violations = loaded.domain_violations(request.points, settings.domain_margin)
-    if violations:
+    if violations := loaded.domain_violations(request.points, settings.domain_margin):
         raise RequestError(
             422,
             "point(s) outside the model's domain",
             [
-                ErrorDetail(
-                    field=request.field_name(v.row, v.feature),
-                    message=f"{v.value:g} is outside the allowed range [{v.low:g}, {v.high:g}]",
+                (
+                    request.field_name(v.row, v.feature),
+                    f"{v.value:g} is outside the allowed range [{v.low:g}, {v.high:g}]",
                 )
                 for v in violations
             ],
         )
-    mean, variance = loaded.model.predict(request.points)
+    mean, variance = loaded.model.predict(request.points, latent=options.latent)
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
         raise ArithmeticError("model returned non-finite predictions")
-    # The noisy predictive variance is positive in exact arithmetic; clip rounding below zero.
-    variance = np.maximum(variance, 0.0)
-    if not request.is_batch:
-        return {"mean": float(mean[0]), "variance": float(variance[0])}
-    return [{"mean": m, "variance": v} for m, v in zip(mean.tolist(), variance.tolist(), strict=True)]
+    # Positive in exact arithmetic; clip rounding below zero (a latent variance far inside the data).
+    np.maximum(variance, 0.0, out=variance)
+    return _prediction_body(request, options, mean, variance)
+
+
+def _prediction_body(request: PredictRequest, options: PredictOptions, mean: np.ndarray, variance: np.ndarray) -> Any:
+    columns: dict[str, np.ndarray] = {"mean": mean, "variance": variance}
+    if options.include_std or options.include_interval:
+        std = np.sqrt(variance)
+        if options.include_std:
+            columns["std"] = std
+        if options.include_interval:
+            columns["lower_95"] = mean - Z_95 * std
+            columns["upper_95"] = mean + Z_95 * std
+    if request.shape == "columns":
+        return columns
+    lists = {name: values.tolist() for name, values in columns.items()}
+    if request.shape == "point":
+        return {name: values[0] for name, values in lists.items()}
+    names = list(lists)
+    return [dict(zip(names, values, strict=True)) for values in zip(*lists.values(), strict=True)]
 
 
 @app.get("/health")
 def health() -> dict[str, Any]:
-    return HealthResponse(status="ok", model_loaded=model.is_loaded).model_dump()
+    return {"status": "ok", "model_loaded": model.is_loaded}
 
 
 @app.get("/model")
 def model_info() -> dict[str, Any]:
-    return model.get().manifest.model_dump(mode="json")
+    return model.get().manifest.document
 
 
-def _error(status: int, body: ErrorResponse, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        status_code=status,
-        content_type=content_types.APPLICATION_JSON,
-        body=body.model_dump(),
-        headers=headers,
-    )
+def _error(status: int, error: str, details: list[tuple[str, str]], headers: dict[str, str] | None = None) -> Response:
+    body = RequestError(status, error, details).body()
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers)
 
 
 @app.exception_handler(RequestError)
 def handle_request_error(exc: RequestError) -> Response:
     logger.info("request refused", extra={"status": exc.status_code, "error": exc.error})
-    return _error(exc.status_code, exc.to_response())
+    return _error(exc.status_code, exc.error, exc.details)
 
 
 @app.exception_handler(ModelUnavailableError)
 def handle_model_unavailable(exc: ModelUnavailableError) -> Response:
     logger.error("model unavailable", extra={"reason": str(exc)}, exc_info=exc)
-    body = ErrorResponse(error="model unavailable", details=[ErrorDetail(field="model", message=str(exc))])
-    return _error(HTTPStatus.SERVICE_UNAVAILABLE, body, headers={"Retry-After": "5"})
+    return _error(HTTPStatus.SERVICE_UNAVAILABLE, "model unavailable", [("model", str(exc))], {"Retry-After": "5"})
 
 
 @app.not_found
@@ -103,21 +125,17 @@ def handle_not_found(exc: NotFoundError) -> Response:
     # Powertools answers 404 for a known path with another method; HTTP says 405 with Allow.
     allowed = sorted(route.method for route in app._static_routes if route.rule.match(path))
     if allowed:
-        body = ErrorResponse(
-            error="method not allowed",
-            details=[
-                ErrorDetail(field="method", message=f"{method} is not allowed on {path}; use {', '.join(allowed)}")
-            ],
+        message = f"{method} is not allowed on {path}; use {', '.join(allowed)}"
+        return _error(
+            HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed", [("method", message)], {"Allow": ", ".join(allowed)}
         )
-        return _error(HTTPStatus.METHOD_NOT_ALLOWED, body, headers={"Allow": ", ".join(allowed)})
-    body = ErrorResponse(error="not found", details=[ErrorDetail(field="path", message=f"no route {method} {path}")])
-    return _error(HTTPStatus.NOT_FOUND, body)
+    return _error(HTTPStatus.NOT_FOUND, "not found", [("path", f"no route {method} {path}")])
 
 
 @app.exception_handler(Exception)
 def handle_unexpected(exc: Exception) -> Response:
     logger.exception("unhandled error")
-    return _error(HTTPStatus.INTERNAL_SERVER_ERROR, ErrorResponse(error="internal error; it has been logged"))
+    return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; it has been logged", [])
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

@@ -18,15 +18,9 @@ from scipy.stats import qmc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handler.model import (
-    GPRegressionModel,
-    HoldoutMetrics,
-    ModelManifest,
-    manifest_path_for,
-    sha256_of,
-    write_manifest,
-)
-from handler.schemas import FEATURES
+from handler.model import GPRegressionModel, atomic_write, manifest_path_for, sha256_of
+from handler.parsing import FEATURES
+from handler.schemas import HoldoutMetrics, ModelManifest
 
 DEFAULT_SEED = 20261126
 
@@ -50,7 +44,13 @@ def holdout_metrics(model: GPRegressionModel, X: np.ndarray, y: np.ndarray) -> H
 
 
 def train(
-    output: Path, *, n_train: int = 200, n_holdout: int = 1000, restarts: int = 5, seed: int = DEFAULT_SEED
+    output: Path,
+    *,
+    n_train: int = 200,
+    n_holdout: int = 1000,
+    restarts: int = 5,
+    seed: int = DEFAULT_SEED,
+    max_iters: int = 1000,
 ) -> ModelManifest:
     """Fit, save the pickle and its manifest beside it, and return the manifest."""
     X_train = qmc.LatinHypercube(d=len(FEATURES), seed=seed).random(n_train)
@@ -58,7 +58,7 @@ def train(
     X_holdout = qmc.LatinHypercube(d=len(FEATURES), seed=seed + 1).random(n_holdout)
     y_holdout = park1991(X_holdout)
 
-    model = GPRegressionModel.fit(X_train, y_train[:, None], restarts=restarts, seed=seed)
+    model = GPRegressionModel.fit(X_train, y_train[:, None], restarts=restarts, seed=seed, max_iters=max_iters)
     model.save(output)
     manifest = ModelManifest(
         model_type=GPRegressionModel.model_type,
@@ -76,6 +76,7 @@ def train(
             "design": "Latin hypercube (scipy.stats.qmc)",
             "seed": seed,
             "restarts": restarts,
+            "max_iters": max_iters,
             "holdout_design": f"Latin hypercube, seed {seed + 1}",
         },
         versions={
@@ -83,7 +84,7 @@ def train(
             **{name: version(name) for name in ("numpy", "scipy", "GPy", "paramz")},
         },
     )
-    write_manifest(manifest, manifest_path_for(output))
+    atomic_write(manifest_path_for(output), (manifest.model_dump_json(indent=2) + "\n").encode())
     return manifest
 
 
@@ -94,9 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-holdout", type=int, default=1000)
     parser.add_argument("--restarts", type=int, default=5)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--max-iters", type=int, default=1000, help="optimiser iterations per restart")
     args = parser.parse_args(argv)
     manifest = train(
-        args.output, n_train=args.n_train, n_holdout=args.n_holdout, restarts=args.restarts, seed=args.seed
+        args.output,
+        n_train=args.n_train,
+        n_holdout=args.n_holdout,
+        restarts=args.restarts,
+        seed=args.seed,
+        max_iters=args.max_iters,
     )
     print(f"wrote {args.output} and {manifest_path_for(args.output).name}")
     print(manifest.holdout.model_dump_json(), manifest.kernel)

@@ -6,12 +6,15 @@ import json
 import os
 import pickle
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from handler.model import ModelManifest, manifest_path_for, sha256_of
+from handler.model import manifest_path_for, sha256_of
+from handler.parsing import FEATURES
+from handler.schemas import ModelManifest
 from scripts.train_model import park1991
 from tests.conftest import SHIPPED_MODEL
 from tests.events import EVENTS_DIR, api_event, lambda_context, response_json
@@ -62,9 +65,41 @@ def test_a_batch_answers_each_point_in_order_as_a_single_request_would(app_with_
         assert single["variance"] == pytest.approx(answer["variance"], rel=1e-6)
 
 
+def test_columns_in_give_columns_out_equal_to_rows(app_with_model):
+    # given the same points as rows and as columns
+    rows = [{**POINT, "x1": x} for x in (0.1, 0.4, 0.9)]
+    columns = {name: [row[name] for row in rows] for name in FEATURES}
+    # when
+    _, by_rows = call(app_with_model, api_event(body=rows))
+    status, by_columns = call(app_with_model, api_event(body=columns))
+    # then
+    assert status == 200
+    assert by_columns == {"mean": [r["mean"] for r in by_rows], "variance": [r["variance"] for r in by_rows]}
+
+
+def test_latent_variance_std_and_interval_on_request(app_with_model, tiny_model_path):
+    # given
+    event = api_event(body=POINT)
+    event["queryStringParameters"] = {"variance": "latent", "include": "std,interval"}
+    # when
+    status, body = call(app_with_model, event)
+    # then the latent variance is GPy's predict_noiseless, and the rest follows from it
+    assert status == 200
+    with tiny_model_path.open("rb") as handle:
+        gp = pickle.load(handle)
+    _, latent = gp.predict_noiseless(np.array([[POINT[k] for k in FEATURES]]))
+    assert body["variance"] == pytest.approx(latent[0, 0], rel=1e-6)
+    assert body["std"] == pytest.approx(np.sqrt(body["variance"]))
+    assert body["lower_95"] == pytest.approx(body["mean"] - 1.959964 * body["std"])
+    assert body["upper_95"] == pytest.approx(body["mean"] + 1.959964 * body["std"])
+    _, noisy = call(app_with_model, api_event(body=POINT))
+    assert noisy["variance"] > body["variance"], "an observation adds the noise variance"
+
+
 def test_the_event_exactly_as_sam_generates_it_is_answered(app_with_model):
     # given `sam local generate-event` output: base64 body, no Content-Type, a {proxy+} resource
-    command = ["sam", "local", "generate-event", "apigateway", "aws-proxy", "--method", "POST", "--path", "predict"]
+    sam = str(Path(sys.executable).with_name("sam"))
+    command = [sam, "local", "generate-event", "apigateway", "aws-proxy", "--method", "POST", "--path", "predict"]
     generated = subprocess.run(
         [*command, "--body", json.dumps(POINT)],
         capture_output=True,
@@ -103,9 +138,8 @@ def test_health_says_whether_the_model_is_loaded_without_loading_it(app_with_mod
 def test_model_route_returns_the_manifest(app_with_model, tiny_model_path):
     status, body = call(app_with_model, api_event("GET", "/model"))
     assert status == 200
-    assert ModelManifest.model_validate(body) == ModelManifest.model_validate_json(
-        manifest_path_for(tiny_model_path).read_text()
-    )
+    assert body == json.loads(manifest_path_for(tiny_model_path).read_text())
+    ModelManifest.model_validate(body)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +158,18 @@ def test_model_route_returns_the_manifest(app_with_model, tiny_model_path):
         (api_event("GET", "/predict"), 405, "method", "use POST"),
         (api_event("DELETE", "/health"), 405, "method", "use GET"),
         (api_event("GET", "/nope"), 404, "path", "no route GET /nope"),
+        (
+            api_event(body={"x1": [0.1, 0.2], "x2": [0.1], "x3": [0.1, 0.2], "x4": [0.1, 0.2]}),
+            422,
+            "body",
+            "same length",
+        ),
+        (
+            api_event(body={"x1": [0.1, 2.0], "x2": [0.1] * 2, "x3": [0.1] * 2, "x4": [0.1] * 2}),
+            422,
+            "x1[1]",
+            "outside",
+        ),
     ],
     ids=[
         "truncated-json",
@@ -139,6 +185,8 @@ def test_model_route_returns_the_manifest(app_with_model, tiny_model_path):
         "wrong-method",
         "wrong-method-health",
         "unknown-route",
+        "columns-of-unequal-length",
+        "column-value-outside-domain",
     ],
 )
 def test_bad_requests_get_a_4xx_json_error_naming_the_field(app_with_model, event, status, field, message):
@@ -161,7 +209,7 @@ def test_a_missing_artifact_gives_503_and_a_logged_error_then_recovers(
     # given a cold function whose artifact is missing
     from handler import app
     from handler.model import LazyModel
-    from handler.schemas import FEATURES
+    from handler.parsing import FEATURES
 
     monkeypatch.setattr(app, "model", LazyModel(model_copy, FEATURES))
     model_copy.rename(tmp_path / "elsewhere.pkl")
@@ -186,7 +234,7 @@ def test_a_missing_artifact_gives_503_and_a_logged_error_then_recovers(
 def test_a_corrupt_artifact_gives_503(monkeypatch, model_copy: Path):
     from handler import app
     from handler.model import LazyModel
-    from handler.schemas import FEATURES
+    from handler.parsing import FEATURES
 
     model_copy.write_bytes(model_copy.read_bytes()[:-100])
     monkeypatch.setattr(app, "model", LazyModel(model_copy, FEATURES))
@@ -199,7 +247,7 @@ def test_an_unexpected_failure_gives_500_without_a_traceback(app_with_model, mon
     # given a model that fails inside predict
     loaded = app_with_model.model.get()
 
-    def broken(X):
+    def broken(X, latent=False):
         raise ValueError("secret internals at /var/task/handler/model.py line 1")
 
     monkeypatch.setattr(loaded.model, "predict", broken)
@@ -214,7 +262,7 @@ def test_smoke_the_shipped_artifact(monkeypatch):
     """The packaged model: checksum, quality, and a prediction close to the true Park function."""
     from handler import app
     from handler.model import LazyModel
-    from handler.schemas import FEATURES
+    from handler.parsing import FEATURES
 
     manifest = ModelManifest.model_validate_json(manifest_path_for(SHIPPED_MODEL).read_text())
     assert manifest.sha256 == sha256_of(SHIPPED_MODEL)

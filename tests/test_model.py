@@ -1,4 +1,7 @@
-"""The model wrapper, its manifest and the lazy loader, on tiny models trained by scripts/train_model.py."""
+"""The model wrapper and its fast posterior, the manifest and the lazy loader.
+
+Models are trained by scripts/train_model.py in temporary folders.
+"""
 
 from __future__ import annotations
 
@@ -14,30 +17,45 @@ from handler import model as model_module
 from handler.model import (
     GPRegressionModel,
     LazyModel,
-    ModelManifest,
+    Manifest,
     ModelUnavailableError,
     load_model,
     manifest_path_for,
     sha256_of,
 )
-from handler.schemas import FEATURES
+from handler.parsing import FEATURES
+from handler.schemas import ModelManifest
 from scripts.train_model import park1991, train
+from tests.conftest import SHIPPED_MODEL
 
 
-def gpy_reference(path: Path, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GPy's own predict on a fresh unpickle of the same file, and the prior variance k(x, x) in output units."""
-    with path.open("rb") as handle:
-        gp = pickle.load(handle)
-    mean, variance = gp.predict(X)
+def gpy_reference(gp, X: np.ndarray, *, latent: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """GPy's own predict (or predict_noiseless) on the same model."""
+    mean, variance = (gp.predict_noiseless if latent else gp.predict)(X)
+    return mean[:, 0], variance[:, 0]
+
+
+def assert_matches_gpy(gp, X: np.ndarray, mean: np.ndarray, variance: np.ndarray, *, latent: bool = False) -> None:
+    """Equal to rounding: the mean to 1e-9 of the output scale, the variance to 1e-11 of the prior variance k(x, x).
+
+    A variance is a difference of nearly equal numbers, so a relative comparison would be the wrong yardstick.
+    """
+    ref_mean, ref_variance = gpy_reference(gp, X, latent=latent)
     prior = gp.normalizer.inverse_variance(gp.kern.Kdiag(X)) if gp.normalizer is not None else gp.kern.Kdiag(X)
-    return mean[:, 0], variance[:, 0], prior
-
-
-def assert_matches_gpy(mean: np.ndarray, variance: np.ndarray, reference: tuple[np.ndarray, ...]) -> None:
-    ref_mean, ref_variance, prior = reference
-    np.testing.assert_allclose(mean, ref_mean, rtol=1e-7, atol=0)
-    # A variance is a difference of nearly equal numbers: compare on the scale of the prior variance.
+    output_scale = float(np.sqrt(prior.max()))
+    assert np.max(np.abs(mean - ref_mean)) <= 1e-9 * output_scale
     assert np.all(np.abs(variance - ref_variance) <= 1e-11 * prior)
+
+
+@pytest.fixture(scope="module")
+def models_of_several_sizes(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Models trained by the repo's script at n = 30 (shared), 150 and 400 training points."""
+    paths = {30: tiny_model_path}
+    for n in (150, 400):
+        path = tmp_path_factory.mktemp(f"model-{n}") / "model.pkl"
+        train(path, n_train=n, n_holdout=50, restarts=0, seed=n, max_iters=40)
+        paths[n] = path
+    return paths
 
 
 def test_park1991_matches_its_definition_at_the_centre():
@@ -48,26 +66,77 @@ def test_park1991_matches_its_definition_at_the_centre():
     assert park1991(x)[0] == pytest.approx(expected, rel=1e-14)
 
 
-def test_predictions_equal_gpy_predict_on_the_same_pickle(tiny_model_path: Path):
-    # given the loaded wrapper and random points, some a little outside the unit cube
-    loaded = load_model(tiny_model_path, FEATURES)
-    X = np.random.default_rng(1).uniform(-0.1, 1.1, size=(500, 4))
+@pytest.mark.parametrize("n_train", [30, 150, 400])
+@pytest.mark.parametrize("latent", [False, True], ids=["predict", "predict_noiseless"])
+def test_the_fast_path_equals_gpy(models_of_several_sizes: dict[int, Path], n_train: int, latent: bool):
+    # given a model and random points, some a little outside the unit cube
+    model = GPRegressionModel.load(models_of_several_sizes[n_train])
+    assert model.posterior is not None, "an RBF GPRegression takes the fast path"
+    X = np.random.default_rng(n_train).uniform(-0.1, 1.1, size=(2000, 4))
     # when
-    mean, variance = loaded.model.predict(X)
+    mean, variance = model.predict(X, latent=latent)
     # then
-    assert_matches_gpy(mean, variance, gpy_reference(tiny_model_path, X))
+    assert_matches_gpy(model.gp, X, mean, variance, latent=latent)
+
+
+def test_the_fast_path_equals_gpy_on_the_shipped_model():
+    model = GPRegressionModel.load(SHIPPED_MODEL)
+    X = np.random.default_rng(0).uniform(-0.1, 1.1, size=(10_000, 4))
+    for latent in (False, True):
+        assert_matches_gpy(model.gp, X, *model.predict(X, latent=latent), latent=latent)
 
 
 def test_chunked_prediction_equals_one_shot_prediction(tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch):
-    # given chunks much smaller than the batch, with a ragged last chunk
-    monkeypatch.setattr(GPRegressionModel, "predict_chunk_size", 7)
+    # given chunks of seven rows, with a ragged last chunk
     model = GPRegressionModel.load(tiny_model_path)
     X = np.random.default_rng(2).uniform(size=(250, 4))
+    one_shot = model.predict(X)
+    monkeypatch.setattr(model_module, "CHUNK_BYTES", 7 * 2 * 8 * 30)
+    assert model.posterior is not None
+    assert model.posterior.chunk_rows == 7
     # when
-    mean, variance = model.predict(X)
+    chunked = model.predict(X)
     # then
-    assert mean.shape == variance.shape == (250,)
-    assert_matches_gpy(mean, variance, gpy_reference(tiny_model_path, X))
+    np.testing.assert_allclose(chunked.mean, one_shot.mean, rtol=1e-12)
+    np.testing.assert_allclose(chunked.variance, one_shot.variance, rtol=1e-9)
+
+
+def test_a_kernel_the_fast_path_does_not_cover_falls_back_to_gpy_in_chunks(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # given a Matern-5/2 model
+    import GPy
+
+    X = np.random.default_rng(3).uniform(size=(40, 4))
+    gp = GPy.models.GPRegression(X, park1991(X)[:, None], GPy.kern.Matern52(4, ARD=True))
+    calls: list[int] = []
+    real_predict = gp.predict
+
+    def counting_predict(X_chunk):
+        calls.append(len(X_chunk))
+        return real_predict(X_chunk)
+
+    monkeypatch.setattr(gp, "predict", counting_predict)
+    monkeypatch.setattr(model_module, "CHUNK_BYTES", 64 * 4 * 8 * 40)
+    # when
+    with caplog.at_level("WARNING"):
+        model = GPRegressionModel(gp)
+    X_new = np.random.default_rng(4).uniform(size=(150, 4))
+    mean, variance = model.predict(X_new)
+    # then the reason is logged, the answers are GPy's, and they came in bounded chunks
+    assert model.posterior is None
+    assert "fast path not available, predicting through GPy: kernel Matern52 is not a plain RBF" in caplog.text
+    assert calls == [64, 64, 22]
+    assert_matches_gpy(gp, X_new, mean, variance)
+
+
+def test_the_manifest_reader_agrees_with_the_schema_on_the_shipped_manifest():
+    text = manifest_path_for(SHIPPED_MODEL).read_bytes()
+    full = ModelManifest.model_validate_json(text)
+    read = Manifest.parse(text)
+    assert (read.model_type, read.sha256, list(read.features)) == (full.model_type, full.sha256, full.features)
+    np.testing.assert_array_equal(read.bounds, list(full.bounds.values()))
+    assert read.document == full.model_dump(mode="json")
 
 
 def test_save_then_load_round_trips(tiny_model_path: Path, tmp_path: Path):
@@ -179,7 +248,7 @@ def test_a_failed_load_is_retried_on_the_next_call(model_copy: Path, tmp_path: P
     # when it comes back
     kept.rename(model_copy)
     # then the next call loads it
-    assert lazy.get().manifest.features == list(FEATURES)
+    assert lazy.get().manifest.features == FEATURES
 
 
 def test_domain_violations_name_the_row_feature_and_allowed_range(tiny_model_path: Path):

@@ -1,0 +1,187 @@
+"""A /predict request turned into a float array, fast.
+
+Valid input never touches pydantic: orjson parses it and a few type checks validate it. A refusal
+is explained by the pydantic schemas in `handler.schemas`, imported only then, so the messages
+come from the published contract and valid requests do not pay for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+FEATURES: tuple[str, ...] = ("x1", "x2", "x3", "x4")
+MAX_ERROR_DETAILS = 20  # a 10,000-point batch of bad rows must not produce a 10,000-line error
+
+_FEATURE_SET = frozenset(FEATURES)
+_NUMBER = frozenset({int, float})  # exact types: bool is an int subclass and must not pass
+Shape = Literal["point", "rows", "columns"]
+
+
+@dataclass
+class RequestError(Exception):
+    """A request the API refuses; becomes a 4xx JSON error body."""
+
+    status_code: int
+    error: str
+    details: list[tuple[str, str]] = field(default_factory=list)  # (field, message)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": self.error,
+            "details": [{"field": f, "message": m} for f, m in self.details[:MAX_ERROR_DETAILS]],
+        }
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """Validated points as an (n, len(FEATURES)) array, and the shape they came in."""
+
+    points: np.ndarray
+    shape: Shape
+
+    def field_name(self, row: int, feature: str) -> str:
+        return {"point": feature, "rows": f"[{row}].{feature}", "columns": f"{feature}[{row}]"}[self.shape]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Query-string options of /predict."""
+
+    latent: bool = False  # ?variance=latent: the noise-free function's variance (GPy predict_noiseless)
+    include_std: bool = False  # ?include=std
+    include_interval: bool = False  # ?include=interval: 95% interval, mean -+ 1.96 std
+
+
+def parse_options(query: Mapping[str, str] | None) -> PredictOptions:
+    """Read the known query parameters strictly; others are ignored, as HTTP APIs usually do."""
+    query = query or {}
+    variance = query.get("variance", "noisy")
+    if variance not in ("noisy", "latent"):
+        raise RequestError(
+            422, "invalid query parameter", [("variance", f"expected noisy or latent, got {variance!r}")]
+        )
+    include = {item.strip() for item in query.get("include", "").split(",") if item.strip()}
+    if unknown := include - {"std", "interval"}:
+        unknown_list = ", ".join(sorted(unknown))
+        raise RequestError(
+            422, "invalid query parameter", [("include", f"expected std and/or interval, got {unknown_list}")]
+        )
+    return PredictOptions(
+        latent=variance == "latent", include_std="std" in include, include_interval="interval" in include
+    )
+
+
+def decode_body(body: str | None, is_base64_encoded: bool) -> str | bytes:
+    """The request body; API Gateway base64-encodes bodies it treats as binary."""
+    if not body:
+        raise RequestError(400, "empty request body", [("body", "expected a JSON object or array")])
+    if not is_base64_encoded:
+        return body
+    try:
+        return base64.b64decode(body, validate=True)
+    except binascii.Error as exc:
+        raise RequestError(400, "body is not valid base64", [("body", str(exc))]) from exc
+
+
+def parse_predict_request(body: str | bytes, *, max_batch_size: int, max_body_bytes: int) -> PredictRequest:
+    """Parse and validate a /predict body: a point object, an array of them, or an object of feature arrays."""
+    if len(body) > max_body_bytes:
+        raise RequestError(413, "request body too large", [("body", f"at most {max_body_bytes} bytes are accepted")])
+    data = _load_json(body)
+    if isinstance(data, dict):
+        if data and all(type(value) is list for value in data.values()):
+            return _columns(data, max_batch_size)
+        return _point(data)
+    if isinstance(data, list):
+        return _rows(data, max_batch_size)
+    raise RequestError(422, "wrong body type", [("body", f"expected a JSON object or array, got {_json_type(data)}")])
+
+
+def _load_json(body: str | bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses NaN and Infinity (not JSON) and integers beyond 64 bits; the standard library reads
+    # them, so the schema can name the field, and otherwise says where the JSON breaks.
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise RequestError(
+            400, "body is not valid JSON", [("body", f"{exc.msg} at line {exc.lineno} column {exc.colno}")]
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, "body is not valid UTF-8", [("body", str(exc))]) from exc
+    except RecursionError as exc:
+        raise RequestError(400, "body is not valid JSON", [("body", "JSON is nested too deeply")]) from exc
+
+
+def _point(data: dict[str, Any]) -> PredictRequest:
+    if data.keys() == _FEATURE_SET and all(type(value) in _NUMBER for value in data.values()):
+        points = _finite_array([[data[name] for name in FEATURES]])
+        if points is not None:
+            return PredictRequest(points, "point")
+    raise _invalid(data, "point", "invalid point")
+
+
+def _rows(data: list[Any], max_batch_size: int) -> PredictRequest:
+    _check_count(len(data), max_batch_size)
+    if all(type(point) is dict and point.keys() == _FEATURE_SET for point in data):
+        rows = [[point[name] for name in FEATURES] for point in data]
+        if {type(value) for row in rows for value in row} <= _NUMBER:
+            points = _finite_array(rows)
+            if points is not None:
+                return PredictRequest(points, "rows")
+    raise _invalid(data, "rows", "invalid point(s) in the batch")
+
+
+def _columns(data: dict[str, list[Any]], max_batch_size: int) -> PredictRequest:
+    if data.keys() == _FEATURE_SET:
+        lengths = {len(column) for column in data.values()}
+        if len(lengths) == 1:
+            _check_count(lengths.pop(), max_batch_size)
+            if all({type(value) for value in data[name]} <= _NUMBER for name in FEATURES):
+                points = _finite_array([data[name] for name in FEATURES])
+                if points is not None:
+                    return PredictRequest(np.ascontiguousarray(points.T), "columns")
+    raise _invalid(data, "columns", "invalid columns")
+
+
+def _check_count(count: int, max_batch_size: int) -> None:
+    if count == 0:
+        raise RequestError(422, "empty batch", [("body", "expected at least one point")])
+    if count > max_batch_size:
+        raise RequestError(
+            413, "batch too large", [("body", f"{count} points sent; at most {max_batch_size} per request")]
+        )
+
+
+def _finite_array(values: list[list[Any]]) -> np.ndarray | None:
+    try:
+        array = np.array(values, dtype=float)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return array if np.isfinite(array).all() else None
+
+
+def _invalid(data: Any, shape: Shape, summary: str) -> RequestError:
+    from handler.schemas import explain_invalid  # pydantic, only when a request is refused
+
+    details = [(detail.field, detail.message) for detail in explain_invalid(data, shape)]
+    if not details:  # the schema accepts what the fast checks refused: a bug here, not the caller's
+        raise AssertionError(f"fast validation refused a valid {shape} request")
+    return RequestError(422, f"{summary}: {len(details)} problem(s)", details)
+
+
+def _json_type(value: Any) -> str:
+    return {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string"}.get(
+        type(value), "value"
+    )
