@@ -1,6 +1,6 @@
 """HTTP layer: API Gateway REST (proxy integration) events in, JSON out.
 
-Routes:  POST /predict   GET /health   GET /model
+Routes:  POST /predict   GET /health   GET /model   GET /openapi.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.config import load_settings
-from handler.model import LazyModel, ModelUnavailableError
+from handler.model import LazyModel, ModelUnavailableError, Prediction, SurrogateModel
 from handler.parsing import (
     FEATURES,
     PredictOptions,
@@ -30,6 +30,10 @@ from handler.parsing import (
 )
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
+# Large batches are predicted in slices, checking Lambda's remaining time between them; the reserve
+# covers serialising and returning the answer (~20 ms for 10,000 points) with a wide margin.
+BUDGET_SLICE_POINTS = 2_000
+RESERVED_MS = 1_000
 
 
 def _to_json(value: Any) -> str:
@@ -66,12 +70,28 @@ def predict() -> Any:
                 for v in violations
             ],
         )
-    mean, variance = loaded.model.predict(request.points, latent=options.latent)
+    mean, variance = _predict_within_budget(loaded.model, request.points, options.latent)
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
         raise ArithmeticError("model returned non-finite predictions")
     # Positive in exact arithmetic; clip rounding below zero (a latent variance far inside the data).
     np.maximum(variance, 0.0, out=variance)
     return _prediction_body(request, options, mean, variance)
+
+
+def _predict_within_budget(surrogate: SurrogateModel, points: np.ndarray, latent: bool) -> Prediction:
+    """Predict slice by slice, and answer 504 rather than let Lambda kill a batch that will not finish in time."""
+    remaining_ms = app.lambda_context.get_remaining_time_in_millis
+    if len(points) <= BUDGET_SLICE_POINTS:
+        return surrogate.predict(points, latent=latent)
+    mean, variance = np.empty(len(points)), np.empty(len(points))
+    for start in range(0, len(points), BUDGET_SLICE_POINTS):
+        if remaining_ms() < RESERVED_MS:
+            logger.warning("time budget exceeded", extra={"points": len(points), "predicted": start})
+            message = f"predicted {start} of {len(points)} points before the function's deadline; send smaller batches"
+            raise RequestError(504, "time budget exceeded", [("body", message)])
+        stop = start + BUDGET_SLICE_POINTS
+        mean[start:stop], variance[start:stop] = surrogate.predict(points[start:stop], latent=latent)
+    return Prediction(mean, variance)
 
 
 def _prediction_body(request: PredictRequest, options: PredictOptions, mean: np.ndarray, variance: np.ndarray) -> Any:
@@ -88,6 +108,8 @@ def _prediction_body(request: PredictRequest, options: PredictOptions, mean: np.
     lists = {name: values.tolist() for name, values in columns.items()}
     if request.shape == "point":
         return {name: values[0] for name, values in lists.items()}
+    if len(lists) == 2:  # the usual answer, built ~3x faster than the general case below
+        return [{"mean": m, "variance": v} for m, v in zip(lists["mean"], lists["variance"], strict=True)]
     names = list(lists)
     return [dict(zip(names, values, strict=True)) for values in zip(*lists.values(), strict=True)]
 
@@ -100,6 +122,13 @@ def health() -> dict[str, Any]:
 @app.get("/model")
 def model_info() -> dict[str, Any]:
     return model.get().manifest.document
+
+
+@app.get("/openapi.json")
+def openapi() -> dict[str, Any]:
+    from handler.openapi import openapi_document  # pydantic and the schema build: only for this route
+
+    return openapi_document()
 
 
 def _error(status: int, error: str, details: list[tuple[str, str]], headers: dict[str, str] | None = None) -> Response:

@@ -25,10 +25,9 @@ if TYPE_CHECKING:  # GPy costs ~1-2 s to import, so only the first load pays for
 
 logger = logging.getLogger(__name__)
 
-# Peak working memory of one prediction chunk. Measured (benchmarks/predict_speed.py --chunks):
-# throughput is flat from ~4 MiB up, so 32 MiB keeps a 100,000-point request at n = 3000 under
-# 0.2 GB while losing nothing to per-chunk overhead.
-CHUNK_BYTES = 32 * 2**20
+# Working memory of one prediction chunk. Measured (benchmarks/results.md, "chunk budget"): speed
+# improves up to ~64 MiB at n = 3000 and is flat at smaller n; 64 MiB bounds any request at ~70 MB.
+CHUNK_BYTES = 64 * 2**20
 
 
 class Prediction(NamedTuple):
@@ -70,17 +69,16 @@ class RBFPosterior:
 
     mean = k(x, X) alpha;  latent variance = k(x, x) - |L^-1 k(X, x)|^2;  an observation's variance
     adds the noise. Computed on the model's standardised scale, then mapped back as GPy's normalizer
-    does. L^-1 is formed once at load, so each prediction is matrix products (GEMM), which BLAS runs
-    several times faster than a triangular solve for the same result.
+    does. L^-1 is formed once at load, so each prediction multiplies by a triangular matrix (TRMM, in
+    place), which BLAS runs several times faster than the triangular solve GPy does for the same result.
     """
 
-    X_scaled: np.ndarray  # training inputs divided by the lengthscales, (n, d)
-    half_sq_norms: np.ndarray  # |X_scaled row|^2 / 2, (n,)
+    X_augmented: np.ndarray  # [X / lengthscale, 1, log s2 - |X / lengthscale|^2 / 2], (n, d + 2)
     inverse_lengthscale: np.ndarray  # (d,)
     kernel_variance: float
     noise_variance: float
     alpha: np.ndarray  # (K + noise I)^-1 y, (n,)
-    cholesky_inverse_t: np.ndarray  # (L^-1)^T with L L^T = K + noise I, (n, n)
+    cholesky_inverse: np.ndarray  # L^-1 with L L^T = K + noise I: lower triangular, Fortran order, (n, n)
     y_mean: float
     y_std: float
 
@@ -114,41 +112,47 @@ class RBFPosterior:
             raise ValueError(f"the Cholesky factor is singular (LAPACK dtrtri info={info})")
         inverse_lengthscale = 1.0 / np.broadcast_to(np.asarray(kern.lengthscale.values, dtype=float), (gp.input_dim,))
         X_scaled = np.asarray(gp.X, dtype=float) * inverse_lengthscale
+        kernel_variance = float(kern.variance.values[0])
+        log_terms = np.log(kernel_variance) - 0.5 * np.vecdot(X_scaled, X_scaled)
         return cls(
-            X_scaled=X_scaled,
-            half_sq_norms=0.5 * np.einsum("ij,ij->i", X_scaled, X_scaled),
+            X_augmented=np.column_stack([X_scaled, np.ones(len(X_scaled)), log_terms]),
             inverse_lengthscale=inverse_lengthscale,
-            kernel_variance=float(kern.variance.values[0]),
+            kernel_variance=kernel_variance,
             noise_variance=float(gp.likelihood.variance.values[0]),
             alpha=np.asarray(gp.posterior.woodbury_vector, dtype=float)[:, 0].copy(),
-            cholesky_inverse_t=np.ascontiguousarray(inverse_cholesky.T),
+            cholesky_inverse=np.asfortranarray(inverse_cholesky),
             y_mean=float(normalizer.mean[0]) if normalizer is not None else 0.0,
             y_std=float(normalizer.std[0]) if normalizer is not None else 1.0,
         )
 
     @property
     def chunk_rows(self) -> int:
-        # A chunk holds two (rows x n) float arrays, the covariances and L^-1 applied to them.
-        return max(1, CHUNK_BYTES // (2 * 8 * len(self.alpha)))
+        # A chunk holds one (rows x n) float array: the covariances, then L^-1 applied to them in place.
+        return max(1, CHUNK_BYTES // (8 * len(self.alpha)))
 
     def predict(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
+        from scipy.linalg.blas import dtrmm
+
         mean = np.empty(len(X))
         variance = np.empty(len(X))
         log_kernel_variance = np.log(self.kernel_variance)
+        d = X.shape[1]
         for start in range(0, len(X), self.chunk_rows):
-            Z = X[start : start + self.chunk_rows] * self.inverse_lengthscale
-            stop = start + len(Z)
-            # k(z, x) = s2 exp(-|z - x|^2 / 2) = exp(z.x - |z|^2/2 - |x|^2/2 + log s2), built in place;
-            # the exponent is capped at log s2 where rounding would make a squared distance negative.
-            K = Z @ self.X_scaled.T
-            K -= 0.5 * np.einsum("ij,ij->i", Z, Z)[:, None]
-            K -= self.half_sq_norms
-            np.minimum(K, 0.0, out=K)
-            K += log_kernel_variance
+            stop = min(start + self.chunk_rows, len(X))
+            # k(z, x) = s2 exp(-|z - x|^2 / 2) = exp(z.x - |z|^2/2 - |x|^2/2 + log s2): the exponent is one
+            # matrix product of augmented rows, capped at log s2 where rounding would make |z - x|^2 < 0.
+            Z = np.empty((stop - start, d + 2))
+            np.multiply(X[start:stop], self.inverse_lengthscale, out=Z[:, :d])
+            Z[:, d] = np.vecdot(Z[:, :d], Z[:, :d])
+            Z[:, d] *= -0.5
+            Z[:, d + 1] = 1.0
+            K = Z @ self.X_augmented.T
+            np.minimum(K, log_kernel_variance, out=K)
             np.exp(K, out=K)
             mean[start:stop] = K @ self.alpha
-            W = K @ self.cholesky_inverse_t  # rows of (L^-1 K^T)^T
-            variance[start:stop] = np.einsum("ij,ij->i", W, W)
+            # L^-1 K^T, overwriting K: K^T of a C-ordered K is the Fortran-ordered array BLAS wants.
+            W = dtrmm(1.0, self.cholesky_inverse, K.T, lower=1, overwrite_b=1).T
+            variance[start:stop] = np.vecdot(W, W)
         np.subtract(self.kernel_variance, variance, out=variance)
         if not latent:
             variance += self.noise_variance

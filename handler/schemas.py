@@ -17,6 +17,8 @@ from handler.parsing import FEATURES
 # Strict: booleans and numeric strings are refused rather than coerced; NaN and +-Infinity
 # (which Python's json module accepts, and 1e400 becomes) are refused as well.
 Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# The batch limit (MAX_BATCH_SIZE) and the input domain (the manifest's bounds widened by DOMAIN_MARGIN)
+# belong to a deployment: handler.openapi writes them into the document it serves; the app enforces them.
 FeatureColumn = Annotated[list[Feature], Field(min_length=1)]
 
 
@@ -29,6 +31,9 @@ class PredictPoint(BaseModel):
     x2: Feature
     x3: Feature
     x4: Feature
+
+
+PredictRows = Annotated[list[PredictPoint], Field(min_length=1)]
 
 
 class PredictColumns(BaseModel):
@@ -117,7 +122,7 @@ class ModelManifest(BaseModel):
 
 _REQUEST_SHAPES: dict[str, TypeAdapter[Any]] = {
     "point": TypeAdapter(PredictPoint),
-    "rows": TypeAdapter(list[PredictPoint]),
+    "rows": TypeAdapter(PredictRows),
     "columns": TypeAdapter(PredictColumns),
 }
 

@@ -1,15 +1,38 @@
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+from hypothesis import settings
 
 from handler.model import LazyModel, manifest_path_for
-from handler.schemas import FEATURES
+from handler.parsing import FEATURES
 from scripts.train_model import train
 
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "model_artifacts" / "pretrained-model.pkl"
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MODEL = ROOT / "model_artifacts" / "pretrained-model.pkl"
+LOCAL_LAMBDA = ROOT / "scripts" / "local_lambda.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def env_vars_file(folder: Path, model_path: Path) -> Path:
+    """Overrides in `sam local --env-vars` format that point the function at another model."""
+    path = folder / "env.json"
+    path.write_text(json.dumps({"PredictFunction": {"MODEL_PATH": str(model_path)}}))
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +59,44 @@ def app_with_model(monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path):
 
     monkeypatch.setattr(app, "model", LazyModel(tiny_model_path, FEATURES))
     return app
+
+
+# Property tests: bounded and reproducible in CI (the same examples every run), broader by hand:
+# HYPOTHESIS_PROFILE=explore pytest tests/test_properties.py
+settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=2_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def local_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`scripts/local_lambda.py serve` on a free loopback port: two warm environments, the tiny model via --env-vars.
+
+    Yields the base URL and the server's log file.
+    """
+    port = free_port()
+    env_file = env_vars_file(tmp_path_factory.mktemp("serve"), tiny_model_path)
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    with log.open("w") as log_handle:
+        process = subprocess.Popen(
+            [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port), "-w", "2"],
+            cwd=ROOT,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base_url}/health", timeout=30).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"local server did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield base_url, log
+        process.terminate()
+        process.wait(timeout=10)

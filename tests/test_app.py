@@ -151,7 +151,7 @@ def test_model_route_returns_the_manifest(app_with_model, tiny_model_path):
         (api_event(raw_body='{"x1": NaN, "x2": 0.5, "x3": 0.5, "x4": 0.5}'), 422, "x1", "finite"),
         (api_event(body=[POINT, {**POINT, "x3": None}]), 422, "[1].x3", "got null"),
         (api_event(body=[]), 422, "body", "at least one point"),
-        (api_event(body=[POINT] * 10_001), 413, "body", "at most 10000 per request"),
+        (api_event(body=[POINT] * 10_001), 422, "body", "at most 10000 per request"),
         (api_event(body={**POINT, "x1": 1e300}), 422, "x1", "outside the allowed range [-0.1, 1.1]"),
         (api_event(body=[POINT, {**POINT, "x4": -0.5}]), 422, "[1].x4", "outside the allowed range"),
         (api_event(raw_body="e30=!", base64_body=False, headers={}), 400, "body", "Expecting value"),

@@ -1,4 +1,7 @@
-"""The benchmark script runs (quick mode), so it cannot rot between full runs."""
+"""The benchmark script runs end to end in quick mode, so it cannot rot between full runs.
+
+It asserts that every measure was taken, never how fast: speed targets live in the benchmark's own report.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +15,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_handler_latency_quick_run_prints_every_measure():
+def test_the_quick_benchmark_run_measures_everything(tmp_path: Path):
+    # when
+    report_path = tmp_path / "report.md"
     result = subprocess.run(
-        [sys.executable, "benchmarks/handler_latency.py", "--quick"],
+        [
+            sys.executable,
+            "benchmarks/performance.py",
+            "--quick",
+            "--models-dir",
+            str(tmp_path),
+            "--output",
+            str(report_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600,
     )
-    assert result.returncode == 0, result.stderr
-    table = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
-    measures = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table}
-    assert "cold total / (GPy import + unpickle)" in measures
-    assert "handler / GPy predict, 1000-point batch" in measures
-    assert all(value and value[0].isdigit() for value in measures.values()), measures
+    # then
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = report_path.read_text()
+    sections = [
+        "Single-point request",
+        "GPy `predict` vs the fast path",
+        "end to end",
+        "Cold start",
+        "Peak resident memory",
+    ]
+    for section in sections:
+        assert section in report, section
+    target_table = report.split("### Targets")[1].splitlines()
+    targets = [line for line in target_table if line.startswith("| ") and "target" not in line]
+    assert len(targets) >= 4
+    assert all(line.rstrip(" |").endswith(("met", "**missed**")) for line in targets), targets

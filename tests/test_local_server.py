@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,30 +17,18 @@ import numpy as np
 import pytest
 
 from scripts import local_lambda
+from tests.conftest import LOCAL_LAMBDA, env_vars_file
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "local_lambda.py"
 POINT = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def env_vars_file(tmp_path: Path, model_path: Path) -> Path:
-    path = tmp_path / "env.json"
-    path.write_text(json.dumps({"PredictFunction": {"MODEL_PATH": str(model_path)}}))
-    return path
-
-
 def run_script(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SAM_CLI_TELEMETRY": "0"}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, str(LOCAL_LAMBDA), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -51,40 +38,9 @@ def gpy_predict(model_path: Path, point: dict[str, float]) -> tuple[float, float
     return float(mean[0, 0]), float(variance[0, 0])
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`serve` with two warm environments on a free loopback port, the tiny model swapped in via --env-vars."""
-    port = free_port()
-    env_file = env_vars_file(tmp_path_factory.mktemp("serve"), tiny_model_path)
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    with log.open("w") as log_handle:
-        process = subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--env-vars", str(env_file), "serve", "--port", str(port), "--workers", "2"],
-            cwd=ROOT,
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
-        )
-        base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base_url}/health", timeout=30).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"local server did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield base_url, log
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def test_the_seeds_curl_command_works_verbatim(server, tiny_model_path: Path, tmp_path: Path):
+def test_the_seeds_curl_command_works_verbatim(local_server, tiny_model_path: Path, tmp_path: Path):
     # given the README's input file and curl command
-    base_url, _ = server
+    base_url, _ = local_server
     (tmp_path / "input.json").write_text(json.dumps(POINT))
     command = f'curl -s -X POST {base_url}/predict -H "Content-Type: application/json" -d @input.json'
     # when
@@ -96,8 +52,8 @@ def test_the_seeds_curl_command_works_verbatim(server, tiny_model_path: Path, tm
     assert body["variance"] == pytest.approx(variance, rel=1e-7)
 
 
-def test_a_body_without_content_type_and_a_batch_are_answered(server):
-    base_url, _ = server
+def test_a_body_without_content_type_and_a_batch_are_answered(local_server):
+    base_url, _ = local_server
     single = httpx.post(f"{base_url}/predict", content=json.dumps(POINT), timeout=30)
     batch = httpx.post(f"{base_url}/predict", json=[POINT, {**POINT, "x1": 0.2}], timeout=30)
     assert single.status_code == 200
@@ -106,8 +62,8 @@ def test_a_body_without_content_type_and_a_batch_are_answered(server):
     assert batch.headers["content-type"] == "application/json"
 
 
-def test_errors_cross_http_as_json(server):
-    base_url, _ = server
+def test_errors_cross_http_as_json(local_server):
+    base_url, _ = local_server
     response = httpx.post(f"{base_url}/predict", content='{"x1": 0.5,', timeout=30)
     assert response.status_code == 400
     assert response.json()["details"][0]["field"] == "body"
@@ -116,17 +72,34 @@ def test_errors_cross_http_as_json(server):
     assert response.json()["details"][0]["field"] == "x4"
 
 
-def test_undeclared_routes_are_refused_as_api_gateway_does(server):
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "PATCH", "HEAD"])
+def test_a_method_the_path_does_not_take_gets_405_with_allow(local_server, method: str):
+    base_url, _ = local_server
+    response = httpx.request(method, f"{base_url}/predict", timeout=30)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    if method != "HEAD":
+        assert response.json()["details"][0]["field"] == "method"
+
+
+def test_a_body_that_is_not_utf8_gets_400_not_a_gateway_error(local_server):
+    base_url, _ = local_server
+    response = httpx.post(f"{base_url}/predict", content=b'{"x1": "\xff"}', timeout=30)
+    assert response.status_code == 400
+    assert response.json()["details"][0]["field"] == "body"
+
+
+def test_undeclared_routes_are_refused_as_api_gateway_does(local_server):
     # API Gateway (and sam local start-api) answer 403 Missing Authentication Token before Lambda is reached.
-    base_url, _ = server
+    base_url, _ = local_server
     response = httpx.get(f"{base_url}/nope", timeout=30)
     assert response.status_code == 403
     assert response.json() == {"message": "Missing Authentication Token"}
 
 
-def test_concurrent_requests_are_all_answered_by_the_warm_pool(server):
+def test_concurrent_requests_are_all_answered_by_the_warm_pool(local_server):
     # given more concurrent callers than environments
-    base_url, log = server
+    base_url, log = local_server
     points = [{**POINT, "x1": x} for x in np.linspace(0.05, 0.95, 24)]
     # when
     with ThreadPoolExecutor(max_workers=8) as pool:

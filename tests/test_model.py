@@ -91,7 +91,7 @@ def test_chunked_prediction_equals_one_shot_prediction(tiny_model_path: Path, mo
     model = GPRegressionModel.load(tiny_model_path)
     X = np.random.default_rng(2).uniform(size=(250, 4))
     one_shot = model.predict(X)
-    monkeypatch.setattr(model_module, "CHUNK_BYTES", 7 * 2 * 8 * 30)
+    monkeypatch.setattr(model_module, "CHUNK_BYTES", 7 * 8 * 30)
     assert model.posterior is not None
     assert model.posterior.chunk_rows == 7
     # when

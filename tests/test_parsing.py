@@ -129,10 +129,10 @@ def test_a_malformed_body_is_refused_with_a_4xx(body, status: int, message: str)
 
 def test_a_batch_over_the_limit_is_refused_before_validation():
     error = refusal(f"[{','.join([POINT] * 11)}]", max_batch_size=10)
-    assert error.status_code == 413
+    assert error.status_code == 422
     assert error.details == [("body", "11 points sent; at most 10 per request")]
     columns = json.dumps({name: [0.5] * 11 for name in ("x1", "x2", "x3", "x4")})
-    assert refusal(columns, max_batch_size=10).status_code == 413
+    assert refusal(columns, max_batch_size=10).status_code == 422
 
 
 def test_a_body_over_the_size_limit_is_refused():

@@ -1,0 +1,116 @@
+"""Faults and concurrency at the handler: cold loads under contention, loading while requests arrive,
+the largest batch allowed, and Lambda's time budget."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from handler import model as model_module
+from handler.model import LazyModel
+from handler.parsing import FEATURES
+from tests.events import api_event, lambda_context
+
+POINT = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
+
+
+@pytest.fixture
+def counted_loads(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Each real model load appends its start time; loads take 0.3 s longer, to widen any race."""
+    starts: list[float] = []
+    real_load = model_module.load_model
+
+    def slow_counting_load(*args, **kwargs):
+        starts.append(time.monotonic())
+        time.sleep(0.3)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "load_model", slow_counting_load)
+    return starts
+
+
+def test_a_cold_function_hit_by_many_requests_at_once_loads_the_model_once(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, counted_loads: list[float]
+):
+    # given a cold function
+    from handler import app
+
+    monkeypatch.setattr(app, "model", LazyModel(tiny_model_path, FEATURES))
+    barrier = threading.Barrier(16)
+
+    def request(i: int) -> dict:
+        barrier.wait()
+        return app.lambda_handler(api_event(body={**POINT, "x1": i / 16}), lambda_context())
+
+    # when sixteen threads send requests at the same moment
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(request, range(16)))
+    # then every request is answered, and the model was loaded once
+    assert [r["statusCode"] for r in responses] == [200] * 16
+    assert len(counted_loads) == 1
+    assert len({json.loads(r["body"])["mean"] for r in responses}) == 16
+
+
+def test_requests_during_the_load_wait_for_it_and_health_does_not(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, counted_loads: list[float]
+):
+    # given a first request that has started loading the model
+    from handler import app
+
+    monkeypatch.setattr(app, "model", LazyModel(tiny_model_path, FEATURES))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        first = pool.submit(app.lambda_handler, api_event(body=POINT), lambda_context())
+        while not counted_loads:
+            time.sleep(0.01)
+        # when a second prediction and a health check arrive while it loads
+        second = pool.submit(app.lambda_handler, api_event(body=POINT), lambda_context())
+        started = time.monotonic()
+        health = app.lambda_handler(api_event("GET", "/health"), lambda_context())
+        health_seconds = time.monotonic() - started
+        # then health answers at once, saying the model is not loaded yet
+        assert json.loads(health["body"]) == {"status": "ok", "model_loaded": False}
+        assert health_seconds < 0.2
+        # and both predictions succeed from the one load
+        assert first.result()["statusCode"] == second.result()["statusCode"] == 200
+    assert len(counted_loads) == 1
+    assert json.loads(app.lambda_handler(api_event("GET", "/health"), lambda_context())["body"])["model_loaded"]
+
+
+def test_the_largest_batch_allowed_is_answered_in_full(app_with_model):
+    # given exactly MAX_BATCH_SIZE points, as rows and as columns
+    count = app_with_model.settings.max_batch_size
+    rows = [{**POINT, "x1": i / count} for i in range(count)]
+    columns = {name: [row[name] for row in rows] for name in FEATURES}
+    # when
+    by_rows = app_with_model.lambda_handler(api_event(body=rows), lambda_context())
+    by_columns = app_with_model.lambda_handler(api_event(body=columns), lambda_context())
+    # then
+    assert by_rows["statusCode"] == by_columns["statusCode"] == 200
+    assert len(json.loads(by_rows["body"])) == count
+    assert len(json.loads(by_columns["body"])["mean"]) == count
+    assert len(by_rows["body"]) < 6 * 1024 * 1024, "the answer fits Lambda's response payload limit"
+
+
+def test_a_batch_that_would_outrun_the_deadline_gets_504_not_a_timeout(app_with_model, caplog):
+    # given a function with 5 s left, whose clock then runs out after the first slice of the batch
+    from handler import app as app_module
+
+    remaining = iter([5_000, 500])
+    context = lambda_context()
+    context.get_remaining_time_in_millis = lambda: next(remaining, 0)
+    rows = [POINT] * (3 * app_module.BUDGET_SLICE_POINTS)
+    # when
+    response = app_with_model.lambda_handler(api_event(body=rows), context)
+    # then
+    assert response["statusCode"] == 504
+    body = json.loads(response["body"])
+    assert body["error"] == "time budget exceeded"
+    assert body["details"][0]["message"].startswith(f"predicted {app_module.BUDGET_SLICE_POINTS} of {len(rows)} points")
+    assert "time budget exceeded" in caplog.text
+    # and the next request, with time to spare, succeeds
+    assert app_with_model.lambda_handler(api_event(body=rows), lambda_context())["statusCode"] == 200
