@@ -15,7 +15,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup check test lint format typecheck serve invoke train build validate bench openapi clean
+.PHONY: help setup check test lint format typecheck serve invoke train build validate bench load openapi clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ invoke: setup  ## Run one event through the Lambda runtime like `sam local invok
 
 train: setup  ## Retrain model_artifacts/pretrained-model.pkl and its manifest
 	$(PY) scripts/train_model.py --output model_artifacts/pretrained-model.pkl
+
+load: setup  ## Load the local server: concurrent clients for a bounded time, throughput and latency
+	$(PY) benchmarks/load.py
 
 openapi: setup  ## Regenerate docs/openapi.json from the schemas
 	$(PY) scripts/export_openapi.py

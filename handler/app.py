@@ -5,6 +5,7 @@ Routes:  POST /predict   GET /health   GET /model   GET /openapi.json
 
 from __future__ import annotations
 
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -30,14 +31,15 @@ from handler.parsing import (
 )
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
-# Large batches are predicted in slices, checking Lambda's remaining time between them; the reserve
-# covers serialising and returning the answer (~20 ms for 10,000 points) with a wide margin.
-BUDGET_SLICE_POINTS = 2_000
+# Batches are predicted in slices, checking Lambda's remaining time before each; the reserve covers
+# serialising and returning the answer (~20 ms for 10,000 points) with a wide margin. Smaller slices
+# cost throughput (measured: 2,000-point slices make a 10,000-point request ~20% slower).
+BUDGET_SLICE_POINTS = 10_000
 RESERVED_MS = 1_000
 
 
 def _to_json(value: Any) -> str:
-    # orjson: ~5x faster than the standard library on large batches, and serialises numpy arrays directly.
+    # orjson: many times faster than the standard library on large batches, and serialises numpy arrays.
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
@@ -79,18 +81,22 @@ def predict() -> Any:
 
 
 def _predict_within_budget(surrogate: SurrogateModel, points: np.ndarray, latent: bool) -> Prediction:
-    """Predict slice by slice, and answer 504 rather than let Lambda kill a batch that will not finish in time."""
+    """Predict slice by slice, and answer 504 rather than let Lambda kill a batch that will not finish in time.
+
+    A slice starts only while the time left exceeds the reserve plus what the previous slice took.
+    """
     remaining_ms = app.lambda_context.get_remaining_time_in_millis
-    if len(points) <= BUDGET_SLICE_POINTS:
-        return surrogate.predict(points, latent=latent)
     mean, variance = np.empty(len(points)), np.empty(len(points))
+    last_slice_ms = 0.0
     for start in range(0, len(points), BUDGET_SLICE_POINTS):
-        if remaining_ms() < RESERVED_MS:
+        if remaining_ms() < RESERVED_MS + last_slice_ms:
             logger.warning("time budget exceeded", extra={"points": len(points), "predicted": start})
             message = f"predicted {start} of {len(points)} points before the function's deadline; send smaller batches"
             raise RequestError(504, "time budget exceeded", [("body", message)])
+        started = time.perf_counter()
         stop = start + BUDGET_SLICE_POINTS
         mean[start:stop], variance[start:stop] = surrogate.predict(points[start:stop], latent=latent)
+        last_slice_ms = (time.perf_counter() - started) * 1000
     return Prediction(mean, variance)
 
 

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 # Working memory of one prediction chunk. Measured (benchmarks/results.md, "chunk budget"): speed
 # improves up to ~64 MiB at n = 3000 and is flat at smaller n; 64 MiB bounds any request at ~70 MB.
 CHUNK_BYTES = 64 * 2**20
+# OpenBLAS multiplies by a triangular matrix (TRMM) twice as fast as a full product (GEMM) for many rows,
+# but several times slower for a few: measured on n = 200 to 3000, the crossover is a few hundred rows.
+TRMM_MIN_ROWS = 512
 
 
 class Prediction(NamedTuple):
@@ -69,8 +72,8 @@ class RBFPosterior:
 
     mean = k(x, X) alpha;  latent variance = k(x, x) - |L^-1 k(X, x)|^2;  an observation's variance
     adds the noise. Computed on the model's standardised scale, then mapped back as GPy's normalizer
-    does. L^-1 is formed once at load, so each prediction multiplies by a triangular matrix (TRMM, in
-    place), which BLAS runs several times faster than the triangular solve GPy does for the same result.
+    does. L^-1 is formed once at load, so each prediction multiplies by it (TRMM in place, or GEMM for a
+    few rows), which BLAS runs several times faster than the triangular solve GPy does for the same result.
     """
 
     X_augmented: np.ndarray  # [X / lengthscale, 1, log s2 - |X / lengthscale|^2 / 2], (n, d + 2)
@@ -150,8 +153,10 @@ class RBFPosterior:
             np.minimum(K, log_kernel_variance, out=K)
             np.exp(K, out=K)
             mean[start:stop] = K @ self.alpha
-            # L^-1 K^T, overwriting K: K^T of a C-ordered K is the Fortran-ordered array BLAS wants.
-            W = dtrmm(1.0, self.cholesky_inverse, K.T, lower=1, overwrite_b=1).T
+            if stop - start < TRMM_MIN_ROWS:
+                W = K @ self.cholesky_inverse.T
+            else:  # L^-1 K^T in place of K: K^T of a C-ordered K is the Fortran-ordered array BLAS wants
+                W = dtrmm(1.0, self.cholesky_inverse, K.T, lower=1, overwrite_b=1).T
             variance[start:stop] = np.vecdot(W, W)
         np.subtract(self.kernel_variance, variance, out=variance)
         if not latent:

@@ -49,3 +49,14 @@ def test_the_quick_benchmark_run_measures_everything(tmp_path: Path):
     targets = [line for line in target_table if line.startswith("| ") and "target" not in line]
     assert len(targets) >= 4
     assert all(line.rstrip(" |").endswith(("met", "**missed**")) for line in targets), targets
+
+
+@pytest.mark.slow
+def test_the_quick_load_run_gets_no_errors():
+    # The load script starts its own local server, warms it and sends from 8 clients for 3 seconds.
+    result = subprocess.run(
+        [sys.executable, "benchmarks/load.py", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "errors: 0" in result.stdout
+    assert "Throughput:" in result.stdout

@@ -96,10 +96,11 @@ def test_the_largest_batch_allowed_is_answered_in_full(app_with_model):
     assert len(by_rows["body"]) < 6 * 1024 * 1024, "the answer fits Lambda's response payload limit"
 
 
-def test_a_batch_that_would_outrun_the_deadline_gets_504_not_a_timeout(app_with_model, caplog):
+def test_a_batch_that_would_outrun_the_deadline_gets_504_not_a_timeout(app_with_model, caplog, monkeypatch):
     # given a function with 5 s left, whose clock then runs out after the first slice of the batch
     from handler import app as app_module
 
+    monkeypatch.setattr(app_module, "BUDGET_SLICE_POINTS", 2_000)
     remaining = iter([5_000, 500])
     context = lambda_context()
     context.get_remaining_time_in_millis = lambda: next(remaining, 0)
@@ -114,3 +115,11 @@ def test_a_batch_that_would_outrun_the_deadline_gets_504_not_a_timeout(app_with_
     assert "time budget exceeded" in caplog.text
     # and the next request, with time to spare, succeeds
     assert app_with_model.lambda_handler(api_event(body=rows), lambda_context())["statusCode"] == 200
+
+
+def test_a_request_with_less_time_left_than_the_reserve_gets_504_at_once(app_with_model):
+    context = lambda_context()
+    context.get_remaining_time_in_millis = lambda: 300
+    response = app_with_model.lambda_handler(api_event(body=POINT), context)
+    assert response["statusCode"] == 504
+    assert json.loads(response["body"])["details"][0]["message"].startswith("predicted 0 of 1 points")
