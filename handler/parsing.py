@@ -138,7 +138,7 @@ def _point(data: dict[str, Any]) -> PredictRequest:
 
 def _rows(data: list[Any], max_batch_size: int) -> PredictRequest:
     _check_count(len(data), max_batch_size)
-    # map() and itemgetter keep these checks in C: ~1 ms per 10,000 points instead of ~15 ms.
+    # map() and itemgetter keep these checks in C: a few ms per 10,000 points, against ~15 ms as Python loops.
     if set(map(type, data)) == {dict} and set(map(len, data)) == {len(FEATURES)}:
         try:
             rows = list(map(_get_features, data))  # with every dict of the right size, no KeyError means exact keys
