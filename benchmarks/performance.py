@@ -363,7 +363,7 @@ def main() -> None:
             "compare the ratios, which come from this one run.\n\n"
         )
         output.write_text(header + "\n".join(report.sections))
-        print(f"wrote {output.relative_to(ROOT)}")
+        print(f"wrote {output}")
 
 
 if __name__ == "__main__":
