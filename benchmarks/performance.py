@@ -4,7 +4,7 @@ One run measures everything below and prints ratios of medians over repeats (the
 noisy: compare ratios taken in the same run, not absolute times), then writes the tables to
 benchmarks/results.md. Models at n = 200, 1000 and 3000 are trained by scripts/train_model.py
 (one optimisation of 50 iterations: speed does not depend on how well they fit) and cached in
-benchmarks/.models/.
+~/.cache/gpr-surrogate-benchmarks/.
 
     python benchmarks/performance.py            # full run, ~10 minutes
     python benchmarks/performance.py --quick    # small sizes, few repeats (CI)
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -328,7 +329,9 @@ def main() -> None:
         "--quick", action="store_true", help="small sizes and few repeats, to show the script still runs"
     )
     parser.add_argument("--output", type=Path, help="markdown file (default: benchmarks/results.md; none with --quick)")
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "benchmarks" / ".models")
+    # Outside the repository: sam build packages the whole project folder, and these pickles reach 200 MB.
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpr-surrogate-benchmarks"
+    parser.add_argument("--models-dir", type=Path, default=cache)
     args = parser.parse_args()
     output = args.output or (None if args.quick else ROOT / "benchmarks" / "results.md")
     if args.quick:

@@ -63,7 +63,7 @@ def app_with_model(monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path):
 
 # Property tests: bounded and reproducible in CI (the same examples every run), broader by hand:
 # HYPOTHESIS_PROFILE=explore pytest tests/test_properties.py
-settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", max_examples=2_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
