@@ -239,7 +239,16 @@ def end_to_end(report: Report, count: int, repeats: int) -> None:
     loaded = handler_app.model.get()
     context = lambda_context()
     fast_s = median_seconds(lambda: loaded.model.predict(X), repeats)
-    rows = [["fast path alone", ms(fast_s), "1", mb(peak_bytes(lambda: loaded.model.predict(X)))]]
+    gpy_s = median_seconds(partial(loaded.model.gp.predict, X), repeats)
+    rows = [
+        ["fast path alone", ms(fast_s), "1", mb(peak_bytes(lambda: loaded.model.predict(X)))],
+        [
+            "GPy predict alone, for reference",
+            ms(gpy_s),
+            f"{gpy_s / fast_s:.2f}",
+            mb(peak_bytes(partial(loaded.model.gp.predict, X))),
+        ],
+    ]
     for shape, body in bodies.items():
         event = api_event(body=body)
         response = handler_app.lambda_handler(event, context)
