@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # GPy costs ~1-2 s to import, so only the first load pays for
 
 logger = logging.getLogger(__name__)
 
-# Working memory of one prediction chunk. Measured (benchmarks/results.md, "chunk budget"): speed
-# improves up to ~64 MiB at n = 3000 and is flat at smaller n; 64 MiB bounds any request at ~70 MB.
+# Working memory of one prediction chunk. Measured (benchmarks/results.md, "chunk budget"): 64 MiB is
+# ~25% faster than 16 MiB at n = 1000-3000; 128-512 MiB gain another ~20% for 2-4x the memory. 64 MiB
+# keeps any request's working memory near 135 MB.
 CHUNK_BYTES = 64 * 2**20
 # OpenBLAS multiplies by a triangular matrix (TRMM) twice as fast as a full product (GEMM) for many rows,
 # but several times slower for a few: measured on n = 200 to 3000, the crossover is a few hundred rows.
