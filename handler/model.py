@@ -293,6 +293,11 @@ class Manifest:
             raise ValueError("each bound must have lower < upper")
         return cls(model_type, sha256, tuple(features), bounds_array, document)
 
+    def domain(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper limits of the inputs: the training bounds widened by `margin` x each range."""
+        width = self.bounds[:, 1] - self.bounds[:, 0]
+        return self.bounds[:, 0] - margin * width, self.bounds[:, 1] + margin * width
+
 
 def manifest_path_for(model_path: Path) -> Path:
     """`pretrained-model.pkl` -> `pretrained-model.manifest.json`."""
@@ -323,9 +328,7 @@ class LoadedModel:
 
     def domain_violations(self, X: np.ndarray, margin: float, limit: int = 20) -> list[DomainViolation]:
         """Points outside the training bounds widened by `margin` x range (at most `limit` of them)."""
-        bounds = self.manifest.bounds
-        width = bounds[:, 1] - bounds[:, 0]
-        low, high = bounds[:, 0] - margin * width, bounds[:, 1] + margin * width
+        low, high = self.manifest.domain(margin)
         outside = (low > X) | (high < X)
         if not outside.any():
             return []

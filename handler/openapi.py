@@ -224,9 +224,9 @@ def _document_deployment_limits(document: dict[str, Any]) -> None:
     for column in schemas["PredictColumns"]["properties"].values():
         column["maxItems"] = settings.max_batch_size
     manifest = Manifest.parse(manifest_path_for(settings.resolved_model_path).read_bytes())
-    for name, (low, high) in zip(manifest.features, manifest.bounds.tolist(), strict=True):
-        margin = settings.domain_margin * (high - low)
-        limits = {"minimum": low - margin, "maximum": high + margin}
+    domain = zip(manifest.features, manifest.bounds.tolist(), *manifest.domain(settings.domain_margin), strict=True)
+    for name, (low, high), minimum, maximum in domain:
+        limits = {"minimum": float(minimum), "maximum": float(maximum)}
         schemas["PredictPoint"]["properties"][name].update(limits)
         schemas["PredictColumns"]["properties"][name]["items"].update(limits)
         schemas["PredictPoint"]["properties"][name]["description"] = (

@@ -106,7 +106,7 @@ def parse_predict_request(body: str | bytes, *, max_batch_size: int, max_body_by
         return _point(data)
     if isinstance(data, list):
         return _rows(data, max_batch_size)
-    raise RequestError(422, "wrong body type", [("body", f"expected a JSON object or array, got {_json_type(data)}")])
+    raise RequestError(422, "wrong body type", [("body", f"expected a JSON object or array, got {json_type(data)}")])
 
 
 def _load_json(body: str | bytes) -> Any:
@@ -190,7 +190,7 @@ def _invalid(data: Any, shape: Shape, summary: str) -> RequestError:
     return RequestError(422, f"{summary}: {len(details)} problem(s)", details)
 
 
-def _json_type(value: Any) -> str:
-    return {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string"}.get(
-        type(value), "value"
-    )
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type: null, boolean, number, string, array or object."""
+    names = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+    return names.get(type(value), "object" if isinstance(value, dict) else type(value).__name__)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from handler.parsing import FEATURES
+from handler.parsing import FEATURES, json_type
 
 # Strict: booleans and numeric strings are refused rather than coerced; NaN and +-Infinity
 # (which Python's json module accepts, and 1e400 becomes) are refused as well.
@@ -152,20 +152,3 @@ def describe_json(value: Any) -> str:
     import json
 
     return f"{json_type(value)} {json.dumps(value)[:40]}"
-
-
-def json_type(value: Any) -> str:
-    match value:
-        case None:
-            return "null"
-        case bool():
-            return "boolean"
-        case int() | float():
-            return "number"
-        case str():
-            return "string"
-        case list():
-            return "array"
-        case dict():
-            return "object"
-    return type(value).__name__
