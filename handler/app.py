@@ -6,6 +6,7 @@ Routes:  POST /predict   GET /health   GET /model   GET /openapi.json
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
 
@@ -18,17 +19,11 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from handler.artifact import Manifest, ModelUnavailableError
 from handler.config import load_settings
-from handler.model import LazyModel, ModelUnavailableError, Prediction, SurrogateModel
-from handler.parsing import (
-    FEATURES,
-    PredictOptions,
-    PredictRequest,
-    RequestError,
-    decode_body,
-    parse_options,
-    parse_predict_request,
-)
+from handler.model import LazyModel, SurrogateModel
+from handler.parsing import PredictOptions, PredictRequest, RequestError, RequestParser, decode_body, parse_options
+from handler.posterior import Prediction
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 # Batches are predicted in slices, checking Lambda's remaining time before each; the reserve covers
@@ -47,8 +42,20 @@ settings = load_settings()
 logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"handler"})
 app = APIGatewayRestResolver(serializer=_to_json)
-# Module-level, so a warm execution environment loads the model once and keeps it.
-model = LazyModel(settings.resolved_model_path, expected_features=FEATURES)
+# Module-level, so a warm execution environment loads the model once and keeps it. The manifest (small
+# JSON) is read now when the model is packaged; one from S3 is fetched on first use, so that a missing
+# object is a 503 that the next request retries, not a failed start.
+model = LazyModel(settings.artifact_source())
+if not settings.model_s3_uri:
+    try:
+        model.manifest()
+    except ModelUnavailableError as exc:
+        logger.error("model manifest unavailable", extra={"reason": str(exc)})
+
+
+@lru_cache(maxsize=1)
+def request_parser(features: tuple[str, ...]) -> RequestParser:
+    return RequestParser(features, max_batch_size=settings.max_batch_size, max_body_bytes=settings.max_body_bytes)
 
 
 @app.post("/predict")
@@ -56,11 +63,9 @@ def predict() -> Any:
     event = app.current_event
     options = parse_options(event.query_string_parameters)
     body = decode_body(event.body, bool(event.is_base64_encoded))
-    request = parse_predict_request(
-        body, max_batch_size=settings.max_batch_size, max_body_bytes=settings.max_body_bytes
-    )
-    loaded = model.get()
-    if violations := loaded.domain_violations(request.points, settings.domain_margin):
+    manifest = model.manifest()
+    request = request_parser(manifest.features).parse(body)
+    if violations := manifest.domain_violations(request.points, settings.domain_margin):
         raise RequestError(
             422,
             "point(s) outside the model's domain",
@@ -72,12 +77,13 @@ def predict() -> Any:
                 for v in violations
             ],
         )
+    loaded = model.get()
     mean, variance = _predict_within_budget(loaded.model, request.points, options.latent)
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
         raise ArithmeticError("model returned non-finite predictions")
     # Positive in exact arithmetic; clip rounding below zero (a latent variance far inside the data).
     np.maximum(variance, 0.0, out=variance)
-    return _prediction_body(request, options, mean, variance)
+    return _prediction_body(request, options, manifest, mean, variance)
 
 
 def _predict_within_budget(surrogate: SurrogateModel, points: np.ndarray, latent: bool) -> Prediction:
@@ -86,7 +92,7 @@ def _predict_within_budget(surrogate: SurrogateModel, points: np.ndarray, latent
     A slice starts only while the time left exceeds the reserve plus what the previous slice took.
     """
     remaining_ms = app.lambda_context.get_remaining_time_in_millis
-    mean, variance = np.empty(len(points)), np.empty(len(points))
+    mean, variance = np.empty((len(points), surrogate.output_dim)), np.empty((len(points), surrogate.output_dim))
     last_slice_ms = 0.0
     for start in range(0, len(points), BUDGET_SLICE_POINTS):
         if remaining_ms() < RESERVED_MS + last_slice_ms:
@@ -100,7 +106,23 @@ def _predict_within_budget(surrogate: SurrogateModel, points: np.ndarray, latent
     return Prediction(mean, variance)
 
 
-def _prediction_body(request: PredictRequest, options: PredictOptions, mean: np.ndarray, variance: np.ndarray) -> Any:
+def _prediction_body(
+    request: PredictRequest, options: PredictOptions, manifest: Manifest, mean: np.ndarray, variance: np.ndarray
+) -> Any:
+    """One output answers flat (`{"mean", "variance"}`); several answer one such object per named output."""
+    per_output = [_output_columns(options, mean[:, j], variance[:, j]) for j in range(len(manifest.outputs))]
+    if len(per_output) == 1:
+        return _shape(request, per_output[0])
+    named = dict(zip(manifest.outputs, per_output, strict=True))
+    if request.shape == "columns":
+        return named
+    shaped = [_shape(request, columns) for columns in per_output]
+    if request.shape == "point":
+        return dict(zip(manifest.outputs, shaped, strict=True))
+    return [dict(zip(manifest.outputs, answers, strict=True)) for answers in zip(*shaped, strict=True)]
+
+
+def _output_columns(options: PredictOptions, mean: np.ndarray, variance: np.ndarray) -> dict[str, np.ndarray]:
     columns: dict[str, np.ndarray] = {"mean": mean, "variance": variance}
     if options.include_std or options.include_interval:
         std = np.sqrt(variance)
@@ -109,6 +131,11 @@ def _prediction_body(request: PredictRequest, options: PredictOptions, mean: np.
         if options.include_interval:
             columns["lower_95"] = mean - Z_95 * std
             columns["upper_95"] = mean + Z_95 * std
+    return columns
+
+
+def _shape(request: PredictRequest, columns: dict[str, np.ndarray]) -> Any:
+    """One output's answer in the request's shape."""
     if request.shape == "columns":
         return columns
     lists = {name: values.tolist() for name, values in columns.items()}
@@ -127,14 +154,14 @@ def health() -> dict[str, Any]:
 
 @app.get("/model")
 def model_info() -> dict[str, Any]:
-    return model.get().manifest.document
+    return model.manifest().document
 
 
 @app.get("/openapi.json")
 def openapi() -> dict[str, Any]:
     from handler.openapi import openapi_document  # pydantic and the schema build: only for this route
 
-    return openapi_document()
+    return openapi_document(model.manifest(), settings)
 
 
 def _error(status: int, error: str, details: list[tuple[str, str]], headers: dict[str, str] | None = None) -> Response:

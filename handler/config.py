@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from handler.artifact import ArtifactSource, PackagedArtifact, S3Artifact, parse_s3_uri
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # /var/task inside Lambda
 
 # Lambda caps synchronous request and response payloads at 6 MB. A point costs ~90-150 bytes
@@ -38,6 +40,11 @@ def _number(kind: Callable[[str], Any], low: float, high: float) -> Callable[[st
     return parse
 
 
+def _s3_uri(text: str) -> str:
+    parse_s3_uri(text)  # ValueError says what is expected
+    return text
+
+
 @dataclass(frozen=True)
 class Settings:
     model_path: Path = Path("model_artifacts/pretrained-model.pkl")
@@ -46,10 +53,20 @@ class Settings:
     max_body_bytes: int = LAMBDA_PAYLOAD_LIMIT_BYTES
     domain_margin: float = 0.1
     """How far outside the training bounds a point may lie, as a fraction of each feature's range."""
+    model_s3_uri: str = ""
+    """s3://BUCKET/KEY.pkl (manifest beside it): load the model from S3 rather than the package."""
+    model_cache_dir: Path = Path("/tmp/model")
+    """Where a model from S3 is downloaded, once per execution environment."""
 
     @property
     def resolved_model_path(self) -> Path:
         return self.model_path if self.model_path.is_absolute() else PROJECT_ROOT / self.model_path
+
+    def artifact_source(self) -> ArtifactSource:
+        """Where the model comes from: S3 when MODEL_S3_URI is set, else the package."""
+        if self.model_s3_uri:
+            return S3Artifact(self.model_s3_uri, self.model_cache_dir)
+        return PackagedArtifact(self.resolved_model_path)
 
 
 # field -> (environment variable, parser)
@@ -58,6 +75,8 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_batch_size": ("MAX_BATCH_SIZE", _number(int, 1, 50_000)),
     "max_body_bytes": ("MAX_BODY_BYTES", _number(int, 1024, LAMBDA_PAYLOAD_LIMIT_BYTES)),
     "domain_margin": ("DOMAIN_MARGIN", _number(float, 0.0, 10.0)),
+    "model_s3_uri": ("MODEL_S3_URI", _s3_uri),
+    "model_cache_dir": ("MODEL_CACHE_DIR", Path),
 }
 assert set(_ENVIRONMENT) == {f.name for f in fields(Settings)}
 

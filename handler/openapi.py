@@ -4,38 +4,24 @@ The service's resolver keeps pydantic off the request path (it costs ~150 ms of 
 so the operations are declared a second time here, with full types, on a resolver that is never
 invoked and exists to describe the API. Tests hold the two resolvers, the template and the
 committed docs/openapi.json to the same routes.
+
+The module is without `from __future__ import annotations`: Powertools reads the route functions'
+annotations, built here per model, at run time.
 """
 
-from __future__ import annotations
-
-from functools import cache
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
-from handler.schemas import (
-    ColumnarPrediction,
-    ErrorResponse,
-    HealthResponse,
-    ModelManifest,
-    PredictColumns,
-    Prediction,
-    PredictPoint,
-    PredictRows,
-)
+from handler.schemas import ErrorResponse, HealthResponse, ModelManifest, request_schemas, response_schemas
 
-TITLE = "GPR surrogate API"
-VERSION = "1.0.0"
-DESCRIPTION = (
-    "Predictions of a Gaussian-process regression surrogate (GPy GPRegression, RBF-ARD kernel) trained on the "
-    "Park (1991) function over [0, 1]^4. POST one point, an array of points (rows) or an object of feature "
-    "arrays (columns), up to 10,000 points per request. Every error has the body `ErrorResponse`."
-)
+if TYPE_CHECKING:
+    from handler.artifact import Manifest
+    from handler.config import Settings
 
-POINT_EXAMPLE = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
-SECOND_POINT = {"x1": 0.1, "x2": 0.2, "x3": 0.3, "x4": 0.4}
+VERSION = "2.0.0"
 
 
 def _error(description: str, example: dict[str, Any]) -> OpenAPIResponse:
@@ -45,56 +31,100 @@ def _error(description: str, example: dict[str, Any]) -> OpenAPIResponse:
     }
 
 
-ERRORS: dict[int, OpenAPIResponse] = {
-    400: _error(
-        "The body is empty, not JSON, not UTF-8 or not valid base64.",
-        {
-            "error": "body is not valid JSON",
-            "details": [{"field": "body", "message": "Expecting value at line 1 column 1"}],
-        },
-    ),
-    413: _error(
-        "A body over the byte limit (6 MB).",
-        {
-            "error": "request body too large",
-            "details": [{"field": "body", "message": "at most 6291456 bytes are accepted"}],
-        },
-    ),
-    422: _error(
-        "A field is missing, unknown, not a finite number or outside the model's domain; no points or too many; "
-        "columns of unequal length; or an unknown query option.",
-        {
-            "error": "invalid point(s) in the batch: 1 problem(s)",
-            "details": [{"field": "[3].x2", "message": "Input should be a valid number, got boolean true"}],
-        },
-    ),
-    503: _error(
-        "The model artifact is missing or corrupt; the next request tries to load it again.",
-        {
-            "error": "model unavailable",
-            "details": [{"field": "model", "message": "model artifact pretrained-model.pkl is missing"}],
-        },
-    ),
-    504: _error(
-        "The batch could not be finished within the function's time budget; send smaller batches.",
-        {
-            "error": "time budget exceeded",
-            "details": [{"field": "body", "message": "predicted 6000 of 10000 points before the deadline"}],
-        },
-    ),
-    500: _error(
-        "An unexpected fault, logged; never a traceback.",
-        {"error": "internal error; it has been logged", "details": []},
-    ),
-}
+def _errors(manifest: "Manifest", settings: "Settings") -> dict[int, OpenAPIResponse]:
+    feature = manifest.features[min(1, len(manifest.features) - 1)]
+    return {
+        400: _error(
+            "The body is empty, not JSON, not UTF-8 or not valid base64.",
+            {
+                "error": "body is not valid JSON",
+                "details": [{"field": "body", "message": "Expecting value at line 1 column 1"}],
+            },
+        ),
+        413: _error(
+            f"A body over the byte limit ({settings.max_body_bytes} bytes).",
+            {
+                "error": "request body too large",
+                "details": [{"field": "body", "message": f"at most {settings.max_body_bytes} bytes are accepted"}],
+            },
+        ),
+        422: _error(
+            "A field is missing, unknown, not a finite number or outside the model's domain; no points or too many; "
+            "columns of unequal length; or an unknown query option.",
+            {
+                "error": "invalid point(s) in the batch: 1 problem(s)",
+                "details": [{"field": f"[3].{feature}", "message": "Input should be a valid number, got boolean true"}],
+            },
+        ),
+        503: _error(
+            "The model artifact is missing, unreadable or does not match its manifest; the next request tries again.",
+            {
+                "error": "model unavailable",
+                "details": [
+                    {"field": "model", "message": f"model artifact {manifest.document.get('artifact')} is missing"}
+                ],
+            },
+        ),
+        504: _error(
+            "The batch could not be finished within the function's time budget; send smaller batches.",
+            {
+                "error": "time budget exceeded",
+                "details": [{"field": "body", "message": "predicted 6000 of 10000 points before the deadline"}],
+            },
+        ),
+        500: _error(
+            "An unexpected fault, logged; never a traceback.",
+            {"error": "internal error; it has been logged", "details": []},
+        ),
+    }
 
 
-@cache
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document as a JSON-ready dict (built once per process)."""
+def example_points(manifest: "Manifest", count: int = 2) -> list[dict[str, float]]:
+    """Points inside the training bounds (at 50%, 25%, 75% of each range...), rounded for reading."""
+    fractions = [0.5, 0.25, 0.75, 0.1, 0.9][:count]
+    return [
+        {
+            name: float(f"{low + fraction * (high - low):.4g}")
+            for name, (low, high) in zip(manifest.features, manifest.bounds.tolist(), strict=True)
+        }
+        for fraction in fractions
+    ]
+
+
+_documents: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def openapi_document(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
+    """The OpenAPI document of this deployment, as a JSON-ready dict (built once per process and model)."""
+    key = (manifest.sha256, manifest.name, manifest.version, manifest.features, manifest.outputs, settings)
+    if key not in _documents:
+        _documents[key] = _build(manifest, settings)
+    return _documents[key]
+
+
+def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
     import json
 
+    schemas = request_schemas(manifest.features)
+    point_answer, columns_answer = response_schemas(manifest.outputs)
+    first, second = example_points(manifest)
+    errors = _errors(manifest, settings)
+    outputs = ", ".join(manifest.outputs)
+    description = (
+        f"Predictions of the Gaussian-process surrogate `{manifest.name}` (version {manifest.version}, "
+        f"{manifest.model_type}). "
+        + (f"{manifest.document['description']}. " if manifest.document.get("description") else "")
+        + f"Features, in order: {', '.join(manifest.features)}. "
+        + (
+            "One output: each answer has `mean` and `variance`. "
+            if len(manifest.outputs) == 1
+            else f"Outputs: {outputs}; each answer has one object per output, with `mean` and `variance`. "
+        )
+        + "POST one point, an array of points (rows) or an object of feature arrays (columns), "
+        f"up to {settings.max_batch_size} points per request. Every error has the body `ErrorResponse`."
+    )
     docs = APIGatewayRestResolver(enable_validation=True)
+    Answer = point_answer | list[point_answer] | columns_answer  # type: ignore[valid-type]
 
     @docs.post(
         "/predict",
@@ -109,32 +139,21 @@ def openapi_document() -> dict[str, Any]:
         responses={
             200: {
                 "description": "Predictions, in the shape of the request.",
-                "content": {
-                    "application/json": {
-                        "model": Prediction | list[Prediction] | ColumnarPrediction,
-                        "examples": {
-                            "point": {"value": {"mean": 16.62042636194252, "variance": 4.956214113957715e-7}},
-                            "rows": {
-                                "value": [{"mean": 16.62, "variance": 4.96e-7}, {"mean": 4.88, "variance": 1.15e-6}]
-                            },
-                            "columns": {"value": {"mean": [16.62, 4.88], "variance": [4.96e-7, 1.15e-6]}},
-                        },
-                    }
-                },
+                "content": {"application/json": {"model": Answer}},
             },
-            **ERRORS,
+            **errors,
         },
     )
     def predict(
         body: Annotated[
-            PredictPoint | PredictRows | PredictColumns,
+            schemas.point | schemas.rows | schemas.columns,  # type: ignore[name-defined]
             Body(
                 openapi_examples={
-                    "point": {"summary": "one point", "value": POINT_EXAMPLE},
-                    "rows": {"summary": "a batch of rows", "value": [POINT_EXAMPLE, SECOND_POINT]},
+                    "point": {"summary": "one point", "value": first},
+                    "rows": {"summary": "a batch of rows", "value": [first, second]},
                     "columns": {
                         "summary": "a batch of columns",
-                        "value": {k: [POINT_EXAMPLE[k], SECOND_POINT[k]] for k in POINT_EXAMPLE},
+                        "value": {k: [first[k], second[k]] for k in first},
                     },
                 }
             ),
@@ -149,7 +168,7 @@ def openapi_document() -> dict[str, Any]:
                 pattern=r"^\s*((std|interval)\s*(,\s*(std|interval)\s*)*)?$",
             ),
         ] = "",
-    ) -> Prediction | list[Prediction] | ColumnarPrediction:
+    ) -> Answer:  # type: ignore[valid-type]
         raise NotImplementedError  # documentation only
 
     @docs.get(
@@ -174,8 +193,8 @@ def openapi_document() -> dict[str, Any]:
         operation_id="model",
         responses={
             200: {"description": "The manifest.", "content": {"application/json": {"model": ModelManifest}}},
-            503: ERRORS[503],
-            500: ERRORS[500],
+            503: errors[503],
+            500: errors[500],
         },
     )
     def model() -> ModelManifest:
@@ -196,7 +215,8 @@ def openapi_document() -> dict[str, Any]:
     def openapi() -> dict[str, Any]:
         raise NotImplementedError
 
-    document = json.loads(docs.get_openapi_json_schema(title=TITLE, version=VERSION, description=DESCRIPTION))
+    title = f"{manifest.name} surrogate API"
+    document = json.loads(docs.get_openapi_json_schema(title=title, version=VERSION, description=description))
     # Powertools adds its own 422 body (no messages) where a route declares none: this API never sends it.
     powertools_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
     for operation in (op for path in document["paths"].values() for op in path.values()):
@@ -207,23 +227,18 @@ def openapi_document() -> dict[str, Any]:
             del operation["responses"]["422"]
     for name in ("HTTPValidationError", "ValidationError", "ResponseValidationError"):
         document["components"]["schemas"].pop(name)
-    _document_deployment_limits(document)
+    _document_deployment_limits(document, manifest, settings)
     return document
 
 
-def _document_deployment_limits(document: dict[str, Any]) -> None:
+def _document_deployment_limits(document: dict[str, Any], manifest: "Manifest", settings: "Settings") -> None:
     """Write this deployment's batch limit and input domain into the schemas, as the app enforces them."""
-    from handler.config import load_settings
-    from handler.model import Manifest, manifest_path_for
-
-    settings = load_settings()
     schemas = document["components"]["schemas"]
     body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     rows = next(option for option in body["anyOf"] if option.get("type") == "array")
     rows["maxItems"] = settings.max_batch_size
     for column in schemas["PredictColumns"]["properties"].values():
         column["maxItems"] = settings.max_batch_size
-    manifest = Manifest.parse(manifest_path_for(settings.resolved_model_path).read_bytes())
     domain = zip(manifest.features, manifest.bounds.tolist(), *manifest.domain(settings.domain_margin), strict=True)
     for name, (low, high), minimum, maximum in domain:
         limits = {"minimum": float(minimum), "maximum": float(maximum)}

@@ -19,11 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-FEATURES: tuple[str, ...] = ("x1", "x2", "x3", "x4")
 MAX_ERROR_DETAILS = 20  # a 10,000-point batch of bad rows must not produce a 10,000-line error
 
-_FEATURE_SET = frozenset(FEATURES)
-_get_features = itemgetter(*FEATURES)
 _NUMBER = frozenset({int, float})  # exact types: bool is an int subclass and must not pass
 Shape = Literal["point", "rows", "columns"]
 
@@ -45,7 +42,7 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class PredictRequest:
-    """Validated points as an (n, len(FEATURES)) array, and the shape they came in."""
+    """Validated points as an (n, n_features) array, and the shape they came in."""
 
     points: np.ndarray
     shape: Shape
@@ -95,20 +92,6 @@ def decode_body(body: str | None, is_base64_encoded: bool) -> str | bytes:
         raise RequestError(400, "body is not valid base64", [("body", str(exc))]) from exc
 
 
-def parse_predict_request(body: str | bytes, *, max_batch_size: int, max_body_bytes: int) -> PredictRequest:
-    """Parse and validate a /predict body: a point object, an array of them, or an object of feature arrays."""
-    if len(body) > max_body_bytes:
-        raise RequestError(413, "request body too large", [("body", f"at most {max_body_bytes} bytes are accepted")])
-    data = _load_json(body)
-    if isinstance(data, dict):
-        if data and all(type(value) is list for value in data.values()):
-            return _columns(data, max_batch_size)
-        return _point(data)
-    if isinstance(data, list):
-        return _rows(data, max_batch_size)
-    raise RequestError(422, "wrong body type", [("body", f"expected a JSON object or array, got {json_type(data)}")])
-
-
 def _load_json(body: str | bytes) -> Any:
     try:
         return orjson.loads(body)
@@ -128,40 +111,74 @@ def _load_json(body: str | bytes) -> Any:
         raise RequestError(400, "body is not valid JSON", [("body", "JSON is nested too deeply")]) from exc
 
 
-def _point(data: dict[str, Any]) -> PredictRequest:
-    if data.keys() == _FEATURE_SET and all(type(value) in _NUMBER for value in data.values()):
-        points = _finite_array([[data[name] for name in FEATURES]], 1, len(FEATURES))
-        if points is not None:
-            return PredictRequest(points, "point")
-    raise _invalid(data, "point", "invalid point")
+class RequestParser:
+    """Parses /predict bodies for one model's features (in the manifest's order)."""
 
+    def __init__(self, features: tuple[str, ...], *, max_batch_size: int, max_body_bytes: int) -> None:
+        self.features = features
+        self.max_batch_size = max_batch_size
+        self.max_body_bytes = max_body_bytes
+        self._feature_set = frozenset(features)
+        # itemgetter of one key returns the value, not a 1-tuple
+        self._get_features = itemgetter(*features) if len(features) > 1 else lambda row: (row[features[0]],)
 
-def _rows(data: list[Any], max_batch_size: int) -> PredictRequest:
-    _check_count(len(data), max_batch_size)
-    # map() and itemgetter keep these checks in C: a few ms per 10,000 points, against ~15 ms as Python loops.
-    if set(map(type, data)) == {dict} and set(map(len, data)) == {len(FEATURES)}:
-        try:
-            rows = list(map(_get_features, data))  # with every dict of the right size, no KeyError means exact keys
-        except KeyError:
-            rows = None
-        if rows is not None and set(map(type, chain.from_iterable(rows))) <= _NUMBER:
-            points = _finite_array(rows, len(rows), len(FEATURES))
+    def parse(self, body: str | bytes) -> PredictRequest:
+        """A point object, an array of them, or an object of feature arrays; RequestError otherwise."""
+        if len(body) > self.max_body_bytes:
+            message = f"at most {self.max_body_bytes} bytes are accepted"
+            raise RequestError(413, "request body too large", [("body", message)])
+        data = _load_json(body)
+        if isinstance(data, dict):
+            if data and all(type(value) is list for value in data.values()):
+                return self._columns(data)
+            return self._point(data)
+        if isinstance(data, list):
+            return self._rows(data)
+        raise RequestError(
+            422, "wrong body type", [("body", f"expected a JSON object or array, got {json_type(data)}")]
+        )
+
+    def _point(self, data: dict[str, Any]) -> PredictRequest:
+        if data.keys() == self._feature_set and all(type(value) in _NUMBER for value in data.values()):
+            points = _finite_array([[data[name] for name in self.features]], 1, len(self.features))
             if points is not None:
-                return PredictRequest(points, "rows")
-    raise _invalid(data, "rows", "invalid point(s) in the batch")
+                return PredictRequest(points, "point")
+        raise self._invalid(data, "point", "invalid point")
 
-
-def _columns(data: dict[str, list[Any]], max_batch_size: int) -> PredictRequest:
-    if data.keys() == _FEATURE_SET:
-        lengths = {len(column) for column in data.values()}
-        if len(lengths) == 1:
-            _check_count(lengths.pop(), max_batch_size)
-            if set(map(type, chain.from_iterable(data.values()))) <= _NUMBER:
-                count = len(data[FEATURES[0]])
-                points = _finite_array([data[name] for name in FEATURES], len(FEATURES), count)
+    def _rows(self, data: list[Any]) -> PredictRequest:
+        _check_count(len(data), self.max_batch_size)
+        d = len(self.features)
+        # map() and itemgetter keep these checks in C: a few ms per 10,000 points, against ~15 ms as Python loops.
+        if set(map(type, data)) == {dict} and set(map(len, data)) == {d}:
+            try:
+                rows = list(map(self._get_features, data))  # every dict of the right size: no KeyError = exact keys
+            except KeyError:
+                rows = None
+            if rows is not None and set(map(type, chain.from_iterable(rows))) <= _NUMBER:
+                points = _finite_array(rows, len(rows), d)
                 if points is not None:
-                    return PredictRequest(np.ascontiguousarray(points.T), "columns")
-    raise _invalid(data, "columns", "invalid columns")
+                    return PredictRequest(points, "rows")
+        raise self._invalid(data, "rows", "invalid point(s) in the batch")
+
+    def _columns(self, data: dict[str, list[Any]]) -> PredictRequest:
+        if data.keys() == self._feature_set:
+            lengths = {len(column) for column in data.values()}
+            if len(lengths) == 1:
+                count = lengths.pop()
+                _check_count(count, self.max_batch_size)
+                if set(map(type, chain.from_iterable(data.values()))) <= _NUMBER:
+                    points = _finite_array([data[name] for name in self.features], len(self.features), count)
+                    if points is not None:
+                        return PredictRequest(np.ascontiguousarray(points.T), "columns")
+        raise self._invalid(data, "columns", "invalid columns")
+
+    def _invalid(self, data: Any, shape: Shape, summary: str) -> RequestError:
+        from handler.schemas import explain_invalid  # pydantic, only when a request is refused
+
+        details = [(detail.field, detail.message) for detail in explain_invalid(data, shape, self.features)]
+        if not details:  # the schema accepts what the fast checks refused: a bug here, not the caller's
+            raise AssertionError(f"fast validation refused a valid {shape} request")
+        return RequestError(422, f"{summary}: {len(details)} problem(s)", details)
 
 
 def _check_count(count: int, max_batch_size: int) -> None:
@@ -179,15 +196,6 @@ def _finite_array(values: list[Any], rows: int, columns: int) -> np.ndarray | No
     except OverflowError:  # an integer beyond float range
         return None
     return array if np.isfinite(array).all() else None
-
-
-def _invalid(data: Any, shape: Shape, summary: str) -> RequestError:
-    from handler.schemas import explain_invalid  # pydantic, only when a request is refused
-
-    details = [(detail.field, detail.message) for detail in explain_invalid(data, shape)]
-    if not details:  # the schema accepts what the fast checks refused: a bug here, not the caller's
-        raise AssertionError(f"fast validation refused a valid {shape} request")
-    return RequestError(422, f"{summary}: {len(details)} problem(s)", details)
 
 
 def json_type(value: Any) -> str:

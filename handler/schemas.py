@@ -8,11 +8,13 @@ tests hold the two to the same verdicts.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from functools import cache
+from typing import Annotated, Any, Literal, NamedTuple, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
-from handler.parsing import FEATURES, json_type
+from handler.artifact import NAME_PATTERN
+from handler.parsing import json_type
 
 # Strict: booleans and numeric strings are refused rather than coerced; NaN and +-Infinity
 # (which Python's json module accepts, and 1e400 becomes) are refused as well.
@@ -20,41 +22,47 @@ Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 # The batch limit (MAX_BATCH_SIZE) and the input domain (the manifest's bounds widened by DOMAIN_MARGIN)
 # belong to a deployment: handler.openapi writes them into the document it serves; the app enforces them.
 FeatureColumn = Annotated[list[Feature], Field(min_length=1)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern)]
 
 
-class PredictPoint(BaseModel):
-    """One input point; every feature is required and nothing else is allowed."""
+class RequestSchemas(NamedTuple):
+    """The /predict body's three shapes for one model's features."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    x1: Feature
-    x2: Feature
-    x3: Feature
-    x4: Feature
+    point: type[BaseModel]
+    rows: Any  # list[point], at least one
+    columns: type[BaseModel]
 
 
-PredictRows = Annotated[list[PredictPoint], Field(min_length=1)]
+def _same_length(self: Any) -> Any:
+    lengths = {name: len(values) for name, values in self.model_dump(by_alias=True).items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"feature arrays must have the same length, got {lengths}")
+    return self
 
 
-class PredictColumns(BaseModel):
-    """A columnar batch: one array per feature, all of the same length."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    x1: FeatureColumn
-    x2: FeatureColumn
-    x3: FeatureColumn
-    x4: FeatureColumn
-
-    @model_validator(mode="after")
-    def _same_length(self) -> Self:
-        lengths = {name: len(getattr(self, name)) for name in FEATURES}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(f"feature arrays must have the same length, got {lengths}")
-        return self
+@cache
+def request_schemas(features: tuple[str, ...]) -> RequestSchemas:
+    """Pydantic models of a point and of columns with exactly these features (by alias: any valid name)."""
+    config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+    point = create_model(  # type: ignore[call-overload]
+        "PredictPoint",
+        __config__=config,
+        __doc__="One input point; every feature is required and nothing else is allowed.",
+        **{f"feature_{i}": (Feature, Field(alias=name)) for i, name in enumerate(features)},
+    )
+    columns = create_model(  # type: ignore[call-overload]
+        "PredictColumns",
+        __config__=config,
+        __doc__="A columnar batch: one array per feature, all of the same length.",
+        __validators__={"same_length": model_validator(mode="after")(_same_length)},
+        **{f"feature_{i}": (FeatureColumn, Field(alias=name)) for i, name in enumerate(features)},
+    )
+    return RequestSchemas(point, Annotated[list[point], Field(min_length=1)], columns)  # type: ignore[valid-type]
 
 
 class Prediction(BaseModel):
+    """One output's prediction at one point."""
+
     mean: float
     variance: float = Field(ge=0.0, description="Predictive variance: of an observation (default) or latent.")
     std: float | None = Field(default=None, description="sqrt(variance); with ?include=std.")
@@ -63,6 +71,8 @@ class Prediction(BaseModel):
 
 
 class ColumnarPrediction(BaseModel):
+    """One output's predictions at a batch of points, as columns."""
+
     mean: list[float]
     variance: list[float]
     std: list[float] | None = None
@@ -71,7 +81,10 @@ class ColumnarPrediction(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    field: str = Field(description="Where the problem is: `x1`, `[3].x2` in a batch, `x2[5]` in columns, or `body`.")
+    field: str = Field(
+        description="Where the problem is: a feature (`name`), `[3].name` in a batch of rows, `name[3]` in columns, "
+        "a query parameter, `body`, `method`, `path` or `model`."
+    )
     message: str
 
 
@@ -93,61 +106,92 @@ class HoldoutMetrics(BaseModel):
 
 
 class ModelManifest(BaseModel):
-    """The JSON file beside the pickle: what the model expects and how good it is."""
+    """The JSON file beside the pickle: what the model expects and how good it is (scripts/package_model.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
+    name: Name
+    version: str = Field(min_length=1)
+    description: str = ""
     model_type: str
     artifact: str
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    features: list[str] = Field(min_length=1)
-    bounds: dict[str, tuple[float, float]]
-    target: str
+    features: list[Name] = Field(min_length=1, description="Input names, in the model's column order.")
+    outputs: list[Name] = Field(min_length=1, description="Output names, in the model's column order.")
+    bounds: dict[str, tuple[float, float]] = Field(description="Each feature's training range [lower, upper].")
     n_train: int = Field(ge=1)
-    holdout: HoldoutMetrics
+    holdout: dict[str, HoldoutMetrics] | None = Field(description="Accuracy on held-out points, per output.")
     kernel: dict[str, Any]
-    training: dict[str, Any]
+    training: dict[str, Any] = {}
     versions: dict[str, str]
 
     @model_validator(mode="after")
-    def _bounds_cover_features(self) -> Self:
+    def _consistent(self) -> Self:
+        for kind, names in (("features", self.features), ("outputs", self.outputs)):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{kind} names must be distinct")
         if list(self.bounds) != self.features:
             raise ValueError("bounds must list exactly the features, in order")
         for name, (low, high) in self.bounds.items():
             if not low < high:
                 raise ValueError(f"bounds of {name} must have lower < upper")
+        if self.holdout is not None and list(self.holdout) != self.outputs:
+            raise ValueError("holdout must list exactly the outputs, in order")
         return self
 
 
-_REQUEST_SHAPES: dict[str, TypeAdapter[Any]] = {
-    "point": TypeAdapter(PredictPoint),
-    "rows": TypeAdapter(PredictRows),
-    "columns": TypeAdapter(PredictColumns),
-}
+@cache
+def response_schemas(outputs: tuple[str, ...]) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The answer for a point and for columns: flat for one output, one object per named output otherwise."""
+    if len(outputs) == 1:
+        return Prediction, ColumnarPrediction
+    shapes = []
+    for name, inner, doc in (
+        ("Predictions", Prediction, "Each output's prediction at one point."),
+        ("ColumnarPredictions", ColumnarPrediction, "Each output's predictions at a batch of points, as columns."),
+    ):
+        fields = {f"output_{i}": (inner, Field(alias=output)) for i, output in enumerate(outputs)}
+        shapes.append(create_model(name, __doc__=doc, **fields))  # type: ignore[call-overload]
+    return shapes[0], shapes[1]
 
 
-def explain_invalid(data: Any, shape: Literal["point", "rows", "columns"]) -> list[ErrorDetail]:
+def explain_invalid(
+    data: Any, shape: Literal["point", "rows", "columns"], features: tuple[str, ...]
+) -> list[ErrorDetail]:
     """Why `data` is not a valid request of that shape, one detail per problem (empty if it is valid)."""
     try:
-        _REQUEST_SHAPES[shape].validate_python(data)
+        _adapter(features, shape).validate_python(data)
     except ValidationError as exc:
-        return [_detail(error) for error in exc.errors(include_url=False)]
+        return [_detail(error) for error in exc.errors(include_url=False, include_context=False)]
     return []
+
+
+@cache
+def _adapter(features: tuple[str, ...], shape: str) -> TypeAdapter[Any]:
+    return TypeAdapter(getattr(request_schemas(features), shape))
+
+
+# pydantic's wording where it names our classes or its own machinery
+_MESSAGES = {
+    "model_type": "Input should be an object",
+    "model_attributes_type": "Input should be an object",
+    "dict_type": "Input should be an object",
+}
 
 
 def _detail(error: Any) -> ErrorDetail:
     loc = error["loc"]
     path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-    message = error["msg"]
+    message = _MESSAGES.get(error["type"], error["msg"]).removeprefix("Value error, ")
     if error["type"] not in ("missing", "value_error"):
         message += f", got {describe_json(error['input'])}"
     return ErrorDetail(field=path or "body", message=message)
 
 
 def describe_json(value: Any) -> str:
-    """`boolean true`, `string "0.5"`, `number NaN`, `array`: what a caller sent, briefly."""
-    if isinstance(value, (dict, list)):
+    """`boolean true`, `string "0.5"`, `number NaN`, `null`, `array`: what a caller sent, briefly."""
+    if value is None or isinstance(value, (dict, list)):
         return json_type(value)
     import json
 

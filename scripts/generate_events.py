@@ -1,13 +1,15 @@
 """Regenerate events/ with `sam local generate-event apigateway aws-proxy`, one file per case.
 
 SAM's sample is a `{proxy+}` event; the only edit is to name the explicit route the template
-declares, so `sam local invoke -e events/<name>.json` sees what API Gateway would send.
+declares, so `sam local invoke -e events/<name>.json` sees what API Gateway would send. The bodies
+follow the model's manifest: its feature names, and points inside its bounds.
 
-    python scripts/generate_events.py
+    python scripts/generate_events.py [--model model_artifacts/pretrained-model.pkl]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -15,24 +17,37 @@ import subprocess
 import sys
 from pathlib import Path
 
-EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS_DIR = ROOT / "events"
+sys.path.insert(0, str(ROOT))
 
-SINGLE = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
-BATCH = [SINGLE, {"x1": 0.1, "x2": 0.2, "x3": 0.3, "x4": 0.4}, {"x1": 0.9, "x2": 0.05, "x3": 0.5, "x4": 0.25}]
+from handler.artifact import Manifest, PackagedArtifact  # noqa: E402
+from handler.openapi import example_points  # noqa: E402
 
-# name: (method, path, body or None, route resource or None for an undeclared path)
-CASES: dict[str, tuple[str, str, str | None, str | None]] = {
-    "predict": ("POST", "/predict", json.dumps(SINGLE), "/predict"),
-    "predict-batch": ("POST", "/predict", json.dumps(BATCH), "/predict"),
-    "health": ("GET", "/health", None, "/health"),
-    "model": ("GET", "/model", None, "/model"),
-    "bad-missing-field": ("POST", "/predict", json.dumps({"x1": 0.5, "x2": 0.5, "x3": 0.5}), "/predict"),
-    "bad-boolean-value": ("POST", "/predict", json.dumps({**SINGLE, "x2": True}), "/predict"),
-    "bad-invalid-json": ("POST", "/predict", '{"x1": 0.5, "x2": 0.5,', "/predict"),
-    "bad-outside-domain": ("POST", "/predict", json.dumps({**SINGLE, "x3": 7.5}), "/predict"),
-    "bad-wrong-method": ("GET", "/predict", None, "/predict"),
-    "bad-unknown-route": ("GET", "/predictions", None, None),
-}
+
+def cases(manifest: Manifest) -> dict[str, tuple[str, str, str | None, str | None]]:
+    """name: (method, path, body or None, route resource or None for an undeclared path)."""
+    single, *others = example_points(manifest, 3)
+    first, last = manifest.features[0], manifest.features[-1]
+    low, high = manifest.bounds[-1]
+    far_off = float(f"{high + 5 * (high - low):.4g}")
+    return {
+        "predict": ("POST", "/predict", json.dumps(single), "/predict"),
+        "predict-batch": ("POST", "/predict", json.dumps([single, *others]), "/predict"),
+        "health": ("GET", "/health", None, "/health"),
+        "model": ("GET", "/model", None, "/model"),
+        "bad-missing-field": (
+            "POST",
+            "/predict",
+            json.dumps({k: v for k, v in single.items() if k != last}),
+            "/predict",
+        ),
+        "bad-boolean-value": ("POST", "/predict", json.dumps({**single, first: True}), "/predict"),
+        "bad-invalid-json": ("POST", "/predict", json.dumps(single)[:-8], "/predict"),
+        "bad-outside-domain": ("POST", "/predict", json.dumps({**single, last: far_off}), "/predict"),
+        "bad-wrong-method": ("GET", "/predict", None, "/predict"),
+        "bad-unknown-route": ("GET", "/predictions", None, None),
+    }
 
 
 def sam_event(method: str, path: str, body: str | None) -> dict:
@@ -55,7 +70,11 @@ def sam_event(method: str, path: str, body: str | None) -> dict:
 
 
 def main() -> None:
-    for name, (method, path, body, resource) in CASES.items():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "model_artifacts" / "pretrained-model.pkl")
+    args = parser.parse_args()
+    manifest = PackagedArtifact(args.model).fetch_manifest()
+    for name, (method, path, body, resource) in cases(manifest).items():
         event = sam_event(method, path, body)
         if body is None:
             event["body"], event["isBase64Encoded"] = None, False

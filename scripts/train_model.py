@@ -8,9 +8,8 @@ Deterministic for a given seed and library versions: running it again gives the 
 from __future__ import annotations
 
 import argparse
-import platform
+import pickle
 import sys
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,13 @@ from scipy.stats import qmc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handler.model import GPRegressionModel, atomic_write, manifest_path_for, sha256_of
-from handler.parsing import FEATURES
-from handler.schemas import HoldoutMetrics, ModelManifest
+from handler.artifact import manifest_path_for
+from handler.model import GPRegressionModel
+from handler.schemas import ModelManifest
+from scripts.package_model import package
 
 DEFAULT_SEED = 20261126
+FEATURES = ["x1", "x2", "x3", "x4"]
 
 
 def park1991(X: np.ndarray) -> np.ndarray:
@@ -32,15 +33,6 @@ def park1991(X: np.ndarray) -> np.ndarray:
     term1 = x1 / 2 * (np.sqrt(1 + (x2 + x3**2) * x4 / x1**2) - 1)
     term2 = (x1 + 3 * x4) * np.exp(1 + np.sin(x3))
     return term1 + term2
-
-
-def holdout_metrics(model: GPRegressionModel, X: np.ndarray, y: np.ndarray) -> HoldoutMetrics:
-    mean, variance = model.predict(X)
-    residual = y - mean
-    rmse = float(np.sqrt(np.mean(residual**2)))
-    r2 = float(1 - np.sum(residual**2) / np.sum((y - y.mean()) ** 2))
-    coverage = float(np.mean(np.abs(residual) <= 1.959964 * np.sqrt(variance)))
-    return HoldoutMetrics(n_points=len(y), rmse=rmse, r2=r2, coverage_95=coverage)
 
 
 def train(
@@ -59,17 +51,17 @@ def train(
     y_holdout = park1991(X_holdout)
 
     model = GPRegressionModel.fit(X_train, y_train[:, None], restarts=restarts, seed=seed, max_iters=max_iters)
-    model.save(output)
-    manifest = ModelManifest(
-        model_type=GPRegressionModel.model_type,
-        artifact=output.name,
-        sha256=sha256_of(output),
-        features=list(FEATURES),
+    return package(
+        model,
+        pickle.dumps(model.gp, protocol=pickle.HIGHEST_PROTOCOL),
+        output,
+        features=FEATURES,
+        outputs=["y"],
         bounds={name: (0.0, 1.0) for name in FEATURES},
-        target="Park (1991) function value",
-        n_train=n_train,
-        holdout=holdout_metrics(model, X_holdout, y_holdout),
-        kernel=model.describe(),
+        name="park1991",
+        version_label="1",
+        description="The Park (1991) test function on [0, 1]^4, a GPy GPRegression with an RBF-ARD kernel",
+        holdout=(X_holdout, y_holdout[:, None]),
         training={
             "script": "scripts/train_model.py",
             "function": "park1991",
@@ -79,13 +71,7 @@ def train(
             "max_iters": max_iters,
             "holdout_design": f"Latin hypercube, seed {seed + 1}",
         },
-        versions={
-            "python": platform.python_version(),
-            **{name: version(name) for name in ("numpy", "scipy", "GPy", "paramz")},
-        },
     )
-    atomic_write(manifest_path_for(output), (manifest.model_dump_json(indent=2) + "\n").encode())
-    return manifest
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         max_iters=args.max_iters,
     )
     print(f"wrote {args.output} and {manifest_path_for(args.output).name}")
-    print(manifest.holdout.model_dump_json(), manifest.kernel)
+    print(manifest.model_dump_json(include={"holdout", "kernel"}))
 
 
 if __name__ == "__main__":

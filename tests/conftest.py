@@ -13,13 +13,15 @@ import httpx
 import pytest
 from hypothesis import settings
 
-from handler.model import LazyModel, manifest_path_for
-from handler.parsing import FEATURES
+from handler.artifact import PackagedArtifact, manifest_path_for
+from handler.model import LazyModel
 from scripts.train_model import train
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = ROOT / "model_artifacts" / "pretrained-model.pkl"
 LOCAL_LAMBDA = ROOT / "scripts" / "local_lambda.py"
+# The Park model's features: tests may name them; handler/ never does (it reads them from the manifest).
+FEATURES = ("x1", "x2", "x3", "x4")
 
 
 def free_port() -> int:
@@ -57,7 +59,7 @@ def app_with_model(monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path):
     """handler.app with a fresh, unloaded LazyModel on the tiny model (what a cold start sees)."""
     from handler import app
 
-    monkeypatch.setattr(app, "model", LazyModel(tiny_model_path, FEATURES))
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(tiny_model_path)))
     return app
 
 

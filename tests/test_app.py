@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handler.model import manifest_path_for, sha256_of
-from handler.parsing import FEATURES
+from handler.artifact import PackagedArtifact, manifest_path_for, sha256_of
 from handler.schemas import ModelManifest
 from scripts.train_model import park1991
-from tests.conftest import SHIPPED_MODEL
+from tests.conftest import FEATURES, SHIPPED_MODEL
 from tests.events import EVENTS_DIR, api_event, lambda_context, response_json
 
 POINT = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
@@ -209,9 +208,8 @@ def test_a_missing_artifact_gives_503_and_a_logged_error_then_recovers(
     # given a cold function whose artifact is missing
     from handler import app
     from handler.model import LazyModel
-    from handler.parsing import FEATURES
 
-    monkeypatch.setattr(app, "model", LazyModel(model_copy, FEATURES))
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy)))
     model_copy.rename(tmp_path / "elsewhere.pkl")
     # when
     status, body = call(app, api_event(body=POINT))
@@ -234,10 +232,9 @@ def test_a_missing_artifact_gives_503_and_a_logged_error_then_recovers(
 def test_a_corrupt_artifact_gives_503(monkeypatch, model_copy: Path):
     from handler import app
     from handler.model import LazyModel
-    from handler.parsing import FEATURES
 
     model_copy.write_bytes(model_copy.read_bytes()[:-100])
-    monkeypatch.setattr(app, "model", LazyModel(model_copy, FEATURES))
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy)))
     status, body = call(app, api_event(body=POINT))
     assert status == 503
     assert "checksum" in body["details"][0]["message"]
@@ -262,15 +259,15 @@ def test_smoke_the_shipped_artifact(monkeypatch):
     """The packaged model: checksum, quality, and a prediction close to the true Park function."""
     from handler import app
     from handler.model import LazyModel
-    from handler.parsing import FEATURES
 
     manifest = ModelManifest.model_validate_json(manifest_path_for(SHIPPED_MODEL).read_text())
     assert manifest.sha256 == sha256_of(SHIPPED_MODEL)
     assert manifest.n_train == 200
-    assert manifest.holdout.r2 > 0.999
+    assert manifest.holdout is not None
+    assert manifest.holdout["y"].r2 > 0.999
     assert app.settings.resolved_model_path == SHIPPED_MODEL
 
-    monkeypatch.setattr(app, "model", LazyModel(SHIPPED_MODEL, FEATURES))
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(SHIPPED_MODEL)))
     status, body = call(app, api_event(body=POINT))
     assert status == 200
     truth = park1991(np.array([[POINT[k] for k in FEATURES]]))[0]

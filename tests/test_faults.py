@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from handler import model as model_module
+from handler.artifact import PackagedArtifact
 from handler.model import LazyModel
-from handler.parsing import FEATURES
+from tests.conftest import FEATURES
 from tests.events import api_event, lambda_context
 
 POINT = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
@@ -40,7 +41,7 @@ def test_a_cold_function_hit_by_many_requests_at_once_loads_the_model_once(
     # given a cold function
     from handler import app
 
-    monkeypatch.setattr(app, "model", LazyModel(tiny_model_path, FEATURES))
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(tiny_model_path)))
     barrier = threading.Barrier(16)
 
     def request(i: int) -> dict:
@@ -62,7 +63,7 @@ def test_requests_during_the_load_wait_for_it_and_health_does_not(
     # given a first request that has started loading the model
     from handler import app
 
-    monkeypatch.setattr(app, "model", LazyModel(tiny_model_path, FEATURES))
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(tiny_model_path)))
     with ThreadPoolExecutor(max_workers=3) as pool:
         first = pool.submit(app.lambda_handler, api_event(body=POINT), lambda_context())
         while not counted_loads:

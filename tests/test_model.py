@@ -14,34 +14,24 @@ import numpy as np
 import pytest
 
 from handler import model as model_module
-from handler.model import (
-    GPRegressionModel,
-    LazyModel,
-    Manifest,
-    ModelUnavailableError,
-    load_model,
-    manifest_path_for,
-    sha256_of,
-)
-from handler.parsing import FEATURES
+from handler import posterior as posterior_module
+from handler.artifact import Manifest, ModelUnavailableError, PackagedArtifact, manifest_path_for, sha256_of
+from handler.model import GPRegressionModel, LazyModel, load_model
 from handler.schemas import ModelManifest
 from scripts.train_model import park1991, train
-from tests.conftest import SHIPPED_MODEL
-
-
-def gpy_reference(gp, X: np.ndarray, *, latent: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """GPy's own predict (or predict_noiseless) on the same model."""
-    mean, variance = (gp.predict_noiseless if latent else gp.predict)(X)
-    return mean[:, 0], variance[:, 0]
+from tests.conftest import FEATURES, SHIPPED_MODEL
 
 
 def assert_matches_gpy(gp, X: np.ndarray, mean: np.ndarray, variance: np.ndarray, *, latent: bool = False) -> None:
-    """Equal to rounding: the mean to 1e-9 of the output scale, the variance to 1e-11 of the prior variance k(x, x).
+    """Equal to GPy's own predict (or predict_noiseless) to rounding, for every output.
 
-    A variance is a difference of nearly equal numbers, so a relative comparison would be the wrong yardstick.
+    The mean to 1e-9 of the output scale, the variance to 1e-11 of the prior variance k(x, x): a variance
+    is a difference of nearly equal numbers, so a relative comparison would be the wrong yardstick.
     """
-    ref_mean, ref_variance = gpy_reference(gp, X, latent=latent)
-    prior = gp.normalizer.inverse_variance(gp.kern.Kdiag(X)) if gp.normalizer is not None else gp.kern.Kdiag(X)
+    ref_mean, ref_variance = (gp.predict_noiseless if latent else gp.predict)(X)
+    ref_variance = np.broadcast_to(ref_variance, ref_mean.shape)  # (n, 1) without a normalizer
+    assert mean.shape == variance.shape == ref_mean.shape
+    prior = gp.kern.Kdiag(X)[:, None] * (np.asarray(gp.normalizer.std) ** 2 if gp.normalizer is not None else 1.0)
     output_scale = float(np.sqrt(prior.max()))
     assert np.max(np.abs(mean - ref_mean)) <= 1e-9 * output_scale
     assert np.all(np.abs(variance - ref_variance) <= 1e-11 * prior)
@@ -91,7 +81,7 @@ def test_chunked_prediction_equals_one_shot_prediction(tiny_model_path: Path, mo
     model = GPRegressionModel.load(tiny_model_path)
     X = np.random.default_rng(2).uniform(size=(250, 4))
     one_shot = model.predict(X)
-    monkeypatch.setattr(model_module, "CHUNK_BYTES", 7 * 8 * 30)
+    monkeypatch.setattr(posterior_module, "CHUNK_BYTES", 7 * 8 * 30)
     assert model.posterior is not None
     assert model.posterior.chunk_rows == 7
     # when
@@ -104,11 +94,11 @@ def test_chunked_prediction_equals_one_shot_prediction(tiny_model_path: Path, mo
 def test_a_kernel_the_fast_path_does_not_cover_falls_back_to_gpy_in_chunks(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
-    # given a Matern-5/2 model
+    # given a rational-quadratic model
     import GPy
 
     X = np.random.default_rng(3).uniform(size=(40, 4))
-    gp = GPy.models.GPRegression(X, park1991(X)[:, None], GPy.kern.Matern52(4, ARD=True))
+    gp = GPy.models.GPRegression(X, park1991(X)[:, None], GPy.kern.RatQuad(4, ARD=True))
     calls: list[int] = []
     real_predict = gp.predict
 
@@ -117,7 +107,7 @@ def test_a_kernel_the_fast_path_does_not_cover_falls_back_to_gpy_in_chunks(
         return real_predict(X_chunk)
 
     monkeypatch.setattr(gp, "predict", counting_predict)
-    monkeypatch.setattr(model_module, "CHUNK_BYTES", 64 * 4 * 8 * 40)
+    monkeypatch.setattr(posterior_module, "CHUNK_BYTES", 64 * 4 * 8 * 40)
     # when
     with caplog.at_level("WARNING"):
         model = GPRegressionModel(gp)
@@ -125,7 +115,10 @@ def test_a_kernel_the_fast_path_does_not_cover_falls_back_to_gpy_in_chunks(
     mean, variance = model.predict(X_new)
     # then the reason is logged, the answers are GPy's, and they came in bounded chunks
     assert model.posterior is None
-    assert "fast path not available, predicting through GPy: kernel Matern52 is not a plain RBF" in caplog.text
+    assert (
+        "fast path not available, predicting through GPy: kernel RatQuad is not one of RBF, Exponential, Matern32, "
+        "Matern52" in caplog.text
+    )
     assert calls == [64, 64, 22]
     assert_matches_gpy(gp, X_new, mean, variance)
 
@@ -167,9 +160,11 @@ def test_training_is_deterministic_and_the_manifest_describes_the_artifact(tmp_p
     assert first.sha256 == sha256_of(tmp_path / "a" / "m.pkl")
     assert first.holdout == second.holdout
     assert first.features == list(FEATURES)
+    assert first.outputs == ["y"]
     assert set(first.versions) == {"python", "numpy", "scipy", "GPy", "paramz"}
     assert len(first.kernel["lengthscale"]) == 4
-    assert first.holdout.r2 > 0.7, "even 25 points and one restart learn most of the Park function"
+    assert first.holdout is not None
+    assert first.holdout["y"].r2 > 0.7, "even 25 points and one restart learn most of the Park function"
 
 
 def _rewrite_manifest(path: Path, **changes) -> None:
@@ -184,17 +179,28 @@ def _rewrite_manifest(path: Path, **changes) -> None:
         (lambda p: manifest_path_for(p).unlink(), "manifest pretrained-model.manifest.json is missing"),
         (lambda p: p.write_bytes(p.read_bytes()[:1000]), "does not match its manifest checksum"),
         (lambda p: manifest_path_for(p).write_text("{not json"), "is invalid"),
-        (lambda p: _rewrite_manifest(p, features=["a", "b", "c", "d"], bounds={k: [0, 1] for k in "abcd"}), "features"),
+        (lambda p: _rewrite_manifest(p, features=["a", "b", "c"], bounds={k: [0, 1] for k in "abc"}), "takes 4 inputs"),
+        (lambda p: _rewrite_manifest(p, outputs=["y", "z"]), "has 1 outputs but its manifest lists 2"),
+        (lambda p: _rewrite_manifest(p, schema_version=1), "schema_version is 1, expected 2"),
         (lambda p: _rewrite_manifest(p, model_type="sklearn.GaussianProcessRegressor"), "is not supported"),
     ],
-    ids=["pickle-missing", "manifest-missing", "truncated", "manifest-garbled", "other-features", "other-type"],
+    ids=[
+        "pickle-missing",
+        "manifest-missing",
+        "truncated",
+        "manifest-garbled",
+        "fewer-features",
+        "more-outputs",
+        "old-schema",
+        "other-type",
+    ],
 )
 def test_a_broken_artifact_is_refused_with_a_clear_reason(model_copy: Path, damage, message: str):
     # given
     damage(model_copy)
     # then
     with pytest.raises(ModelUnavailableError, match=message):
-        load_model(model_copy, FEATURES)
+        load_model(PackagedArtifact(model_copy))
 
 
 def test_another_pickle_with_a_matching_checksum_is_still_refused(model_copy: Path):
@@ -203,7 +209,7 @@ def test_another_pickle_with_a_matching_checksum_is_still_refused(model_copy: Pa
     _rewrite_manifest(model_copy, sha256=sha256_of(model_copy))
     # then
     with pytest.raises(ModelUnavailableError, match="could not be read: TypeError"):
-        load_model(model_copy, FEATURES)
+        load_model(PackagedArtifact(model_copy))
 
 
 def test_lazy_model_loads_once_when_threads_race(tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -216,7 +222,7 @@ def test_lazy_model_loads_once_when_threads_race(tiny_model_path: Path, monkeypa
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(model_module, "load_model", counting_load)
-    lazy = LazyModel(tiny_model_path, FEATURES)
+    lazy = LazyModel(PackagedArtifact(tiny_model_path))
     barrier = threading.Barrier(8)
     results = []
 
@@ -241,7 +247,7 @@ def test_a_failed_load_is_retried_on_the_next_call(model_copy: Path, tmp_path: P
     # given an artifact that is missing at first
     kept = tmp_path / "kept.pkl"
     model_copy.rename(kept)
-    lazy = LazyModel(model_copy, FEATURES)
+    lazy = LazyModel(PackagedArtifact(model_copy))
     with pytest.raises(ModelUnavailableError):
         lazy.get()
     assert not lazy.is_loaded
@@ -253,10 +259,10 @@ def test_a_failed_load_is_retried_on_the_next_call(model_copy: Path, tmp_path: P
 
 def test_domain_violations_name_the_row_feature_and_allowed_range(tiny_model_path: Path):
     # given bounds [0, 1] widened by 10%
-    loaded = load_model(tiny_model_path, FEATURES)
+    loaded = load_model(PackagedArtifact(tiny_model_path))
     X = np.array([[0.5, 0.5, 0.5, 0.5], [1.09, -0.09, 0.5, 0.5], [0.5, 1.2, 0.5, -3.0]])
     # when
-    violations = loaded.domain_violations(X, margin=0.1)
+    violations = loaded.manifest.domain_violations(X, margin=0.1)
     # then only the third row is outside, in two features
     assert [(v.row, v.feature, v.value) for v in violations] == [(2, "x2", 1.2), (2, "x4", -3.0)]
     assert violations[0].low == pytest.approx(-0.1)

@@ -14,17 +14,18 @@ from handler.parsing import (
     MAX_ERROR_DETAILS,
     PredictOptions,
     RequestError,
+    RequestParser,
     decode_body,
     parse_options,
-    parse_predict_request,
 )
 from handler.schemas import explain_invalid
+from tests.conftest import FEATURES
 
 POINT = '{"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}'
 
 
 def parse(body: str, max_batch_size: int = 100, max_body_bytes: int = 1_000_000):
-    return parse_predict_request(body, max_batch_size=max_batch_size, max_body_bytes=max_body_bytes)
+    return RequestParser(FEATURES, max_batch_size=max_batch_size, max_body_bytes=max_body_bytes).parse(body)
 
 
 def refusal(body: str, **limits) -> RequestError:
@@ -77,7 +78,7 @@ def test_a_base64_body_parses_as_bytes():
         ('{"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 1e400}', "x4", "finite number"),
         ('{"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 1' + "0" * 400 + "}", "x4", "got number 1000"),
         (f'[{POINT}, {{"x1": 0.5, "x2": false, "x3": 0.5, "x4": 0.5}}]', "[1].x2", "got boolean"),
-        ('[{"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}, 7]', "[1]", "valid dictionary"),
+        ('[{"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}, 7]', "[1]", "Input should be an object"),
         ('{"x1": [0.1, 0.2], "x2": [0.3, true], "x3": [0.5, 0.6], "x4": [0.7, 0.8]}', "x2[1]", "got boolean"),
         ('{"x1": [0.1, 0.2], "x2": [0.3], "x3": [0.5, 0.6], "x4": [0.7, 0.8]}', "body", "the same length"),
         ('{"x1": [0.1], "x2": [0.3], "x3": [0.5]}', "x4", "Field required"),
@@ -106,7 +107,7 @@ def test_a_bad_field_is_named_with_its_problem(body: str, field: str, message: s
         ("null", 422, "got null"),
         ("[]", 422, "at least one point"),
         ("[" * 100_000 + "]" * 100_000, 400, "nested too deeply"),
-        ("[[" * 10 + "]]" * 10, 422, "valid dictionary"),
+        ("[[" * 10 + "]]" * 10, 422, "Input should be an object"),
     ],
     ids=[
         "form-encoded",
@@ -162,7 +163,7 @@ def test_a_batch_of_bad_points_reports_each_with_its_index_but_not_all_of_them()
 )
 def test_what_the_fast_path_accepts_the_schema_accepts_too(data):
     request = parse(json.dumps(data))
-    assert explain_invalid(data, request.shape) == []
+    assert explain_invalid(data, request.shape, FEATURES) == []
 
 
 def test_decode_body_reads_base64_as_api_gateway_sends_it():

@@ -16,9 +16,11 @@ from hypothesis import event as record
 from hypothesis import given
 from hypothesis import strategies as st
 
+from handler.artifact import PackagedArtifact
 from handler.model import LazyModel
-from handler.parsing import FEATURES, RequestError, parse_predict_request
+from handler.parsing import RequestError, RequestParser
 from handler.schemas import explain_invalid
+from tests.conftest import FEATURES
 from tests.events import api_event, lambda_context
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
@@ -70,7 +72,7 @@ def app(tiny_model_path):
     from handler import app as handler_app
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(handler_app, "model", LazyModel(tiny_model_path, FEATURES))
+        patch.setattr(handler_app, "model", LazyModel(PackagedArtifact(tiny_model_path)))
         yield handler_app
 
 
@@ -144,7 +146,7 @@ def test_every_event_gets_a_well_formed_2xx_or_4xx(app, body, raw, base64_encode
 def test_the_fast_parser_and_the_schema_agree(body):
     # Valid input skips pydantic; refusals are explained by it. Both must give the same verdict.
     try:
-        request = parse_predict_request(to_text(body), max_batch_size=10_000, max_body_bytes=10**6)
+        request = RequestParser(FEATURES, max_batch_size=10_000, max_body_bytes=10**6).parse(to_text(body))
     except RequestError as refused:
         status = refused.status_code
     else:
@@ -152,7 +154,7 @@ def test_the_fast_parser_and_the_schema_agree(body):
     assert status in (200, 400, 413, 422)
     if status != 200:
         return
-    assert explain_invalid(json.loads(to_text(body)), request.shape) == []
+    assert explain_invalid(json.loads(to_text(body)), request.shape, FEATURES) == []
     assert np.isfinite(request.points).all()
 
 
@@ -163,7 +165,7 @@ def test_a_batch_answers_what_single_requests_answer(app, points, latent):
     batch_event["queryStringParameters"] = query
     _, batch = assert_well_formed(app.lambda_handler(batch_event, lambda_context()))
     posterior = app.model.get().model.posterior
-    prior_variance = posterior.kernel_variance * posterior.y_std**2
+    prior_variance = float(posterior.kernel_variance * posterior.y_std[0] ** 2)
     for point, from_batch in zip(points, batch, strict=True):
         event = api_event(body=point)
         event["queryStringParameters"] = query

@@ -1,0 +1,321 @@
+"""Package a fitted GPy model for the service: the pickle plus the manifest the API is built from.
+
+    python scripts/package_model.py MODEL.pkl --features temperature,pressure,flow_rate \\
+        [--outputs yield,purity] [--bounds temperature=250:400,...] [--name NAME] [--version V] \\
+        [--holdout holdout.csv] [--output model_artifacts/pretrained-model.pkl]
+
+Reads any pickled GPy model the service supports (GPRegression, SparseGPRegression), checks that the
+feature and output counts match it, takes each feature's bounds from the training inputs unless given,
+computes hold-out accuracy per output from a CSV whose header names the features and outputs, writes
+the pickle and its manifest (kernel, hyperparameters, library versions, sha256), then loads the result
+the way the function will and checks its fast path against GPy's own predictions across the bounds.
+Anything wrong exits with status 2 and one line saying what.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import pickle
+import platform
+import shutil
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from handler.artifact import NAME_PATTERN, PackagedArtifact, atomic_write, manifest_path_for, sha256_of
+from handler.model import GPRegressionModel, load_model, wrap_gpy_model
+from handler.schemas import HoldoutMetrics, ModelManifest
+
+DEFAULT_OUTPUT = Path("model_artifacts/pretrained-model.pkl")
+Z_95 = 1.959963984540054
+# The fast path must equal GPy to rounding: the mean to 1e-9 of the output scale, the variance to 1e-11
+# of the prior variance k(x, x) (a variance is a difference of nearly equal numbers).
+MEAN_TOLERANCE, VARIANCE_TOLERANCE = 1e-9, 1e-11
+CHECK_POINTS = 2048  # a power of 2, as Sobol points want
+
+
+class PackagingError(Exception):
+    """What is wrong, in one line for the user."""
+
+
+def read_model(path: Path) -> GPRegressionModel:
+    """The service's wrapper for a pickled GPy model."""
+    if not path.is_file():
+        raise PackagingError(f"{path}: no such file")
+    try:
+        with path.open("rb") as handle:
+            obj = pickle.load(handle)
+    except Exception as exc:  # a file that is not a pickle can raise many things
+        raise PackagingError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc})") from exc
+    try:
+        return wrap_gpy_model(obj)
+    except TypeError as exc:
+        raise PackagingError(f"{path}: {exc}") from exc
+
+
+def parse_names(kind: str, text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise PackagingError(f"--{kind}: expected comma-separated names")
+    for name in names:
+        if not NAME_PATTERN.match(name):
+            raise PackagingError(
+                f"--{kind}: {name!r} must start with a letter or _ and hold only letters, digits, _ or - (64 at most)"
+            )
+    if len(set(names)) != len(names):
+        raise PackagingError(f"--{kind}: names must be distinct")
+    return names
+
+
+def parse_bounds(text: str, features: list[str]) -> dict[str, tuple[float, float]]:
+    """`a=0:1,b=-5:5` -> {"a": (0, 1), "b": (-5, 5)}; features not named keep their training range."""
+    bounds = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, range_text = item.partition("=")
+        low_text, colon, high_text = range_text.rpartition(":")
+        if not colon or not name:
+            raise PackagingError(f"--bounds: expected NAME=LOW:HIGH, got {item!r}")
+        if name not in features:
+            raise PackagingError(f"--bounds: {name!r} is not one of the features ({', '.join(features)})")
+        try:
+            low, high = float(low_text), float(high_text)
+        except ValueError:
+            raise PackagingError(f"--bounds: {item!r} has a bound that is not a number") from None
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise PackagingError(f"--bounds: {name} needs finite LOW < HIGH, got {low:g}:{high:g}")
+        bounds[name] = (low, high)
+    return bounds
+
+
+def complete_bounds(
+    model: GPRegressionModel, features: list[str], given: dict[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    """The given bounds, and each other feature's range in the training inputs."""
+    X = model.training_inputs()
+    bounds = {}
+    for name, lo, hi in zip(features, X.min(axis=0).tolist(), X.max(axis=0).tolist(), strict=True):
+        if name in given:
+            bounds[name] = given[name]
+        elif lo < hi:
+            bounds[name] = (lo, hi)
+        else:
+            raise PackagingError(f"{name} is constant ({lo:g}) in the training inputs: give its range with --bounds")
+    return bounds
+
+
+def read_holdout(path: Path, features: list[str], outputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """X and Y from a CSV whose header names the features and outputs (other columns are ignored)."""
+    if not path.is_file():
+        raise PackagingError(f"--holdout: {path}: no such file")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        if missing := [name for name in (*features, *outputs) if name not in header]:
+            raise PackagingError(f"--holdout: {path} has no column {', '.join(missing)} (header: {', '.join(header)})")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows.append([float(row[name]) for name in (*features, *outputs)])
+            except (TypeError, ValueError):
+                raise PackagingError(f"--holdout: {path} line {line} has a value that is not a number") from None
+    if not rows:
+        raise PackagingError(f"--holdout: {path} has no rows")
+    data = np.array(rows)
+    if not np.isfinite(data).all():
+        raise PackagingError(f"--holdout: {path} holds a value that is not finite")
+    return data[:, : len(features)], data[:, len(features) :]
+
+
+def holdout_metrics(
+    model: GPRegressionModel, X: np.ndarray, Y: np.ndarray, outputs: list[str]
+) -> dict[str, HoldoutMetrics]:
+    """RMSE, R^2 and the share of points inside the 95% predictive interval, per output."""
+    mean, variance = model.predict(X)
+    metrics = {}
+    for j, name in enumerate(outputs):
+        y, residual = Y[:, j], Y[:, j] - mean[:, j]
+        spread = np.sum((y - y.mean()) ** 2)
+        metrics[name] = HoldoutMetrics(
+            n_points=len(y),
+            rmse=float(np.sqrt(np.mean(residual**2))),
+            r2=float(1 - np.sum(residual**2) / spread) if spread > 0 else float("nan"),
+            coverage_95=float(np.mean(np.abs(residual) <= Z_95 * np.sqrt(variance[:, j]))),
+        )
+    return metrics
+
+
+def fast_path_error(model: GPRegressionModel, X: np.ndarray) -> tuple[float, float]:
+    """Largest difference between the fast path and GPy's own predict and predict_noiseless, in tolerance units.
+
+    The mean is compared with 1e-9 of the output scale, the variance with 1e-11 of the prior variance:
+    both numbers are at most 1 when the two agree to rounding.
+    """
+    gp = model.gp
+    prior = np.asarray(gp.kern.Kdiag(X))[:, None]
+    if gp.normalizer is not None:
+        prior = prior * np.asarray(gp.normalizer.std).reshape(1, -1) ** 2
+    output_scale = float(np.sqrt(prior.max()))
+    worst_mean = worst_variance = 0.0
+    for latent in (False, True):
+        fast = model.predict(X, latent=latent)
+        reference = model.predict_with_gpy(X, latent=latent)
+        worst_mean = max(
+            worst_mean, float(np.max(np.abs(fast.mean - reference.mean))) / (MEAN_TOLERANCE * output_scale)
+        )
+        worst_variance = max(
+            worst_variance, float(np.max(np.abs(fast.variance - reference.variance) / (VARIANCE_TOLERANCE * prior)))
+        )
+    return worst_mean, worst_variance
+
+
+def points_across(bounds: dict[str, tuple[float, float]], count: int, seed: int = 0) -> np.ndarray:
+    from scipy.stats import qmc
+
+    low, high = np.array(list(bounds.values())).T
+    return qmc.scale(qmc.Sobol(len(bounds), seed=seed).random(count), low, high)
+
+
+def check_counts(model: GPRegressionModel, features: list[str], outputs: list[str] | None) -> list[str]:
+    """The output names (default y, or y1, y2, ...), once the counts match the model's."""
+    if len(features) != model.input_dim:
+        raise PackagingError(f"the model takes {model.input_dim} inputs but {len(features)} features were named")
+    outputs = outputs or (["y"] if model.output_dim == 1 else [f"y{j + 1}" for j in range(model.output_dim)])
+    if len(outputs) != model.output_dim:
+        raise PackagingError(f"the model has {model.output_dim} outputs but {len(outputs)} output names were given")
+    return outputs
+
+
+def package(
+    model: GPRegressionModel,
+    pickle_bytes: bytes,
+    output: Path,
+    *,
+    features: list[str],
+    outputs: list[str] | None = None,
+    bounds: dict[str, tuple[float, float]] | None = None,
+    name: str,
+    version_label: str = "1",
+    description: str = "",
+    holdout: tuple[np.ndarray, np.ndarray] | None = None,
+    training: dict[str, Any] | None = None,
+) -> ModelManifest:
+    """Write `output` and its manifest, after checking the model against them; nothing is left half-written."""
+    outputs = check_counts(model, features, outputs)
+    if not NAME_PATTERN.match(name):
+        raise PackagingError(f"--name: {name!r} must start with a letter or _ and hold only letters, digits, _ or -")
+    all_bounds = complete_bounds(model, features, bounds or {})
+    manifest = ModelManifest(
+        name=name,
+        version=version_label,
+        description=description,
+        model_type=model.model_type,
+        artifact=output.name,
+        sha256=_sha256(pickle_bytes),
+        features=features,
+        outputs=outputs,
+        bounds=all_bounds,
+        n_train=int(model.gp.num_data),
+        holdout=holdout_metrics(model, *holdout, outputs) if holdout is not None else None,
+        kernel=model.describe(),
+        training=training or {},
+        versions={
+            "python": platform.python_version(),
+            **{package: version(package) for package in ("numpy", "scipy", "GPy", "paramz")},
+        },
+    )
+    # Written and checked in a scratch folder beside the output, then moved into place.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".package-") as scratch:
+        staged = Path(scratch) / output.name
+        atomic_write(staged, pickle_bytes)
+        atomic_write(manifest_path_for(staged), (manifest.model_dump_json(indent=2) + "\n").encode())
+        loaded = load_model(PackagedArtifact(staged))  # as the function will: checksum, type, shapes
+        assert isinstance(loaded.model, GPRegressionModel)
+        if loaded.model.posterior is not None:
+            mean_error, variance_error = fast_path_error(loaded.model, points_across(all_bounds, CHECK_POINTS))
+            if mean_error > 1 or variance_error > 1:
+                raise PackagingError(
+                    f"the fast path differs from GPy ({mean_error:.2g}x the mean tolerance, "
+                    f"{variance_error:.2g}x the variance tolerance): please report this model"
+                )
+        shutil.move(staged, output)
+        shutil.move(manifest_path_for(staged), manifest_path_for(output))
+    assert sha256_of(output) == manifest.sha256
+    return manifest
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def summary(manifest: ModelManifest, model: GPRegressionModel, output: Path) -> str:
+    path = "numpy/BLAS fast path" if model.posterior is not None else "GPy's own predict (no fast path: see the log)"
+    lines = [
+        f"packaged {manifest.name} {manifest.version}: {manifest.model_type}, kernel {manifest.kernel.get('name')}, "
+        f"{manifest.n_train} training points",
+        f"  features: {', '.join(f'{f} [{lo:g}, {hi:g}]' for f, (lo, hi) in manifest.bounds.items())}",
+        f"  outputs:  {', '.join(manifest.outputs)}",
+        f"  predicts through the {path}; checked against GPy on {CHECK_POINTS} points across the bounds",
+    ]
+    for name, metrics in (manifest.holdout or {}).items():
+        lines.append(
+            f"  hold-out {name}: {metrics.n_points} points, RMSE {metrics.rmse:.4g}, R2 {metrics.r2:.6f}, "
+            f"95% coverage {metrics.coverage_95:.1%}"
+        )
+    lines.append(f"  wrote {output} and {manifest_path_for(output).name} (sha256 {manifest.sha256[:12]}...)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="a pickled GPy GPRegression or SparseGPRegression")
+    parser.add_argument("--features", required=True, help="input names, comma-separated, in the model's column order")
+    parser.add_argument("--outputs", help="output names, comma-separated (default y, or y1,y2,...)")
+    parser.add_argument("--bounds", default="", help="NAME=LOW:HIGH,... (default: each feature's training range)")
+    parser.add_argument("--name", help="model name (default: the pickle's file name)")
+    parser.add_argument("--version", default="1", help="model version (default 1)")
+    parser.add_argument("--description", default="", help="one line on what the model predicts")
+    parser.add_argument("--holdout", type=Path, help="CSV of held-out points: a column per feature and output")
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help=f"where to write (default {DEFAULT_OUTPUT})"
+    )
+    args = parser.parse_args(argv)
+    try:
+        model = read_model(args.model)
+        features = parse_names("features", args.features)
+        outputs = parse_names("outputs", args.outputs) if args.outputs else None
+        bounds = parse_bounds(args.bounds, features)
+        outputs = check_counts(model, features, outputs)
+        holdout = read_holdout(args.holdout, features, outputs) if args.holdout is not None else None
+        name = args.name or args.model.stem.replace(".", "-")
+        manifest = package(
+            model,
+            args.model.read_bytes(),
+            args.output,
+            features=features,
+            outputs=outputs,
+            bounds=bounds,
+            name=name,
+            version_label=args.version,
+            description=args.description,
+            holdout=holdout,
+            training={"packaged_from": args.model.name},
+        )
+    except PackagingError as exc:
+        print(f"package_model: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(manifest, model, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

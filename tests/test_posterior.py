@@ -1,0 +1,117 @@
+"""The numpy/BLAS posterior against GPy, kernel by kernel: exact and sparse, ARD or not, normalised or not,
+one output or several."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from handler import posterior as posterior_module
+from handler.model import GPRegressionModel, SparseGPRegressionModel, wrap_gpy_model
+from handler.posterior import KERNELS
+from tests.test_model import assert_matches_gpy
+
+D = 3
+
+
+def make_gp(kernel: str, *, ard: bool, normalize: bool, outputs: int, sparse: bool, n: int = 80, seed: int = 0):
+    """A GPy model with fixed, realistic hyperparameters: short lengthscales and little noise, as simulators give."""
+    import GPy
+
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-2.0, 3.0, size=(n, D))
+    f = np.column_stack([np.sin(X @ rng.normal(size=D)) * 40 + 100 * j for j in range(outputs)])
+    Y = f + rng.normal(scale=0.01, size=f.shape)
+    lengthscale = [0.9, 1.7, 3.1] if ard else 1.3
+    kern = getattr(GPy.kern, kernel)(D, variance=1.7, lengthscale=lengthscale, ARD=ard)
+    if sparse:
+        gp = GPy.models.SparseGPRegression(X, Y, kern, Z=X[:: n // 20].copy(), normalizer=normalize or None)
+    else:
+        gp = GPy.models.GPRegression(X, Y, kern, normalizer=normalize or None)
+    gp.likelihood.variance = 1e-4
+    return gp
+
+
+CASES = list(itertools.product(KERNELS, [True, False], [True, False], [1, 2], [False, True]))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "ard", "normalize", "outputs", "sparse"),
+    CASES,
+    ids=[
+        f"{k}-{'ard' if a else 'iso'}-{'norm' if n else 'raw'}-{o}out-{'sparse' if s else 'exact'}"
+        for k, a, n, o, s in CASES
+    ],
+)
+def test_the_fast_path_equals_gpy_predict_and_predict_noiseless(kernel, ard, normalize, outputs, sparse):
+    # given a model of that kind, and points inside and a little outside its data
+    gp = make_gp(kernel, ard=ard, normalize=normalize, outputs=outputs, sparse=sparse)
+    model = wrap_gpy_model(gp)
+    assert type(model) is (SparseGPRegressionModel if sparse else GPRegressionModel)
+    assert model.posterior is not None, "covered models take the fast path"
+    X = np.random.default_rng(1).uniform(-2.5, 3.5, size=(700, D))  # more than TRMM_MIN_ROWS: both products run
+    for latent in (False, True):
+        # when
+        mean, variance = model.predict(X, latent=latent)
+        # then
+        assert mean.shape == variance.shape == (700, outputs)
+        assert_matches_gpy(gp, X, mean, variance, latent=latent)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_chunks_and_few_rows_give_the_same_answers(kernel: str, monkeypatch: pytest.MonkeyPatch):
+    # given a sparse two-output model, predicted in one go
+    model = wrap_gpy_model(make_gp(kernel, ard=True, normalize=True, outputs=2, sparse=True))
+    X = np.random.default_rng(2).uniform(-2, 3, size=(101, D))
+    whole = model.predict(X)
+    # when chunks hold 9 rows
+    assert model.posterior is not None
+    monkeypatch.setattr(posterior_module, "CHUNK_BYTES", 9 * 8 * 3 * model.posterior.n_inputs)
+    assert model.posterior.chunk_rows < len(X) // 5, "several chunks, a ragged last one"
+    chunked = model.predict(X)
+    # then
+    np.testing.assert_allclose(chunked.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(chunked.variance, whole.variance, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [
+        (lambda GPy: GPy.kern.RBF(D) + GPy.kern.Linear(D), "kernel Add is not one of"),
+        (lambda GPy: GPy.kern.RBF(D) * GPy.kern.Matern32(D), "kernel Prod is not one of"),
+        (lambda GPy: GPy.kern.RatQuad(D), "kernel RatQuad is not one of"),
+        (lambda GPy: GPy.kern.RBF(2, active_dims=[0, 2]), "does not act on every input"),
+    ],
+    ids=["sum", "product", "rational-quadratic", "active-dims"],
+)
+def test_other_models_predict_through_gpy_with_the_reason_logged(build, reason: str, caplog):
+    import GPy
+
+    # given
+    X = np.random.default_rng(3).uniform(size=(30, D))
+    gp = GPy.models.GPRegression(X, np.sin(X.sum(axis=1, keepdims=True)), build(GPy))
+    # when
+    with caplog.at_level("WARNING"):
+        model = wrap_gpy_model(gp)
+    # then
+    assert model.posterior is None
+    assert reason in caplog.text
+    X_new = np.random.default_rng(4).uniform(size=(20, D))
+    assert_matches_gpy(gp, X_new, *model.predict(X_new))
+
+
+def test_a_heteroscedastic_or_non_gaussian_model_is_not_a_supported_type():
+    import GPy
+
+    X = np.random.default_rng(5).uniform(size=(10, D))
+    gp = GPy.core.GP(
+        X,
+        X[:, :1],
+        GPy.kern.RBF(D),
+        GPy.likelihoods.Poisson(),
+        inference_method=GPy.inference.latent_function_inference.Laplace(),
+    )
+    with pytest.raises(TypeError, match="is not a supported model"):
+        wrap_gpy_model(gp)
