@@ -110,7 +110,9 @@ def _prediction_body(
     request: PredictRequest, options: PredictOptions, manifest: Manifest, mean: np.ndarray, variance: np.ndarray
 ) -> Any:
     """One output answers flat (`{"mean", "variance"}`); several answer one such object per named output."""
-    per_output = [_output_columns(options, mean[:, j], variance[:, j]) for j in range(len(manifest.outputs))]
+    # One contiguous row per output: orjson serialises contiguous arrays only.
+    means, variances = np.ascontiguousarray(mean.T), np.ascontiguousarray(variance.T)
+    per_output = [_output_columns(options, m, v) for m, v in zip(means, variances, strict=True)]
     if len(per_output) == 1:
         return _shape(request, per_output[0])
     named = dict(zip(manifest.outputs, per_output, strict=True))

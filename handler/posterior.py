@@ -226,5 +226,5 @@ def describe_kernel(gp: GPy.core.GP) -> dict[str, Any]:
     description["normalizer"] = type(gp.normalizer).__name__ if gp.normalizer is not None else None
     if hasattr(gp, "Z"):
         description["inducing_points"] = len(gp.Z)
-    description["log_likelihood"] = float(gp.log_likelihood())
+    description["log_likelihood"] = float(np.asarray(gp.log_likelihood()).sum())  # an array for sparse models
     return description

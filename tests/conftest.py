@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import settings
 
@@ -45,6 +49,66 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# A second, different model, as a user would bring it: their own feature names and bounds, two outputs,
+# a Matern-5/2 kernel, fitted with GPy and packaged with scripts/package_model.py.
+PLANT_FEATURES = ("temperature", "pressure", "flow_rate")
+PLANT_OUTPUTS = ("yield", "purity")
+PLANT_BOUNDS = {"temperature": (250.0, 400.0), "pressure": (1.0, 10.0), "flow_rate": (0.1, 2.0)}
+PACKAGE_MODEL = ROOT / "scripts" / "package_model.py"
+
+
+def plant(X: np.ndarray) -> np.ndarray:
+    """A made-up chemical plant: yield (%) and purity (%) of temperature (K), pressure (bar) and flow (L/s)."""
+    temperature, pressure, flow_rate = X.T
+    yield_pct = 80 * np.exp(-((temperature - 320) ** 2) / 2000) * np.log1p(pressure) / (1 + flow_rate)
+    purity = 90 + 5 * np.sin(temperature / 30) - 0.2 * flow_rate * pressure
+    return np.column_stack([yield_pct, purity])
+
+
+def plant_design(n: int, seed: int) -> np.ndarray:
+    from scipy.stats import qmc
+
+    low, high = np.array(list(PLANT_BOUNDS.values())).T
+    return qmc.scale(qmc.LatinHypercube(d=3, seed=seed).random(n), low, high)
+
+
+@pytest.fixture(scope="session")
+def plant_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The plant model fitted with GPy, pickled, and packaged by the packaging command with a hold-out CSV."""
+    import GPy
+
+    folder = tmp_path_factory.mktemp("plant")
+    X = plant_design(60, seed=1)
+    gp = GPy.models.GPRegression(X, plant(X), GPy.kern.Matern52(3, ARD=True), normalizer=True)
+    gp.likelihood.variance.constrain_bounded(1e-6, 1.0, warning=False)
+    np.random.seed(0)
+    gp.optimize(max_iters=200)
+    (folder / "plant.pkl").write_bytes(pickle.dumps(gp))
+    X_holdout = plant_design(100, seed=2)
+    rows = np.column_stack([X_holdout, plant(X_holdout)])
+    header = ",".join((*PLANT_FEATURES, *PLANT_OUTPUTS))
+    np.savetxt(folder / "holdout.csv", rows, delimiter=",", header=header, comments="")
+    output = folder / "artifact" / "plant-model.pkl"
+    command = [
+        sys.executable, str(PACKAGE_MODEL), str(folder / "plant.pkl"),
+        "--features", ",".join(PLANT_FEATURES), "--outputs", ",".join(PLANT_OUTPUTS),
+        "--bounds", ",".join(f"{k}={lo:g}:{hi:g}" for k, (lo, hi) in PLANT_BOUNDS.items()),
+        "--name", "plant", "--version", "2026.11", "--holdout", str(folder / "holdout.csv"), "--output", str(output),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+@pytest.fixture
+def plant_app(monkeypatch: pytest.MonkeyPatch, plant_model_path: Path):
+    """handler.app serving the plant model, cold."""
+    from handler import app
+
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(plant_model_path)))
+    return app
+
+
 @pytest.fixture
 def model_copy(tiny_model_path: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny model and its manifest, free to break."""
@@ -70,15 +134,15 @@ settings.register_profile("explore", max_examples=2_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture(scope="session")
-def local_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`scripts/local_lambda.py serve` on a free loopback port: two warm environments, the tiny model via --env-vars.
+@contextlib.contextmanager
+def serving(model_path: Path, folder: Path) -> Iterator[tuple[str, Path]]:
+    """`scripts/local_lambda.py serve` on a free loopback port: two warm environments, the model via --env-vars.
 
     Yields the base URL and the server's log file.
     """
     port = free_port()
-    env_file = env_vars_file(tmp_path_factory.mktemp("serve"), tiny_model_path)
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    env_file = env_vars_file(folder, model_path)
+    log = folder / "server.log"
     with log.open("w") as log_handle:
         process = subprocess.Popen(
             [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port), "-w", "2"],
@@ -99,6 +163,22 @@ def local_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
                 process.kill()
                 pytest.fail(f"local server did not start:\n{log.read_text()}")
             time.sleep(0.2)
-        yield base_url, log
-        process.terminate()
-        process.wait(timeout=10)
+        try:
+            yield base_url, log
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def local_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The local server on the tiny Park model."""
+    with serving(tiny_model_path, tmp_path_factory.mktemp("serve")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def plant_server(plant_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The local server on the plant model."""
+    with serving(plant_model_path, tmp_path_factory.mktemp("serve-plant")) as server:
+        yield server

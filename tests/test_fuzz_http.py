@@ -32,7 +32,7 @@ def test_schemathesis_finds_no_failures(local_server, tmp_path: Path):
         "--report", "junit", "--report-junit-path", str(tmp_path / "junit.xml"),
     ]  # fmt: skip
     # when
-    result = subprocess.run(command, capture_output=True, text=True, timeout=540)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=540, cwd=tmp_path)  # its cache stays there
     # then
     summary = re.search(r"(\d+) generated, (\d+) (passed|found)", result.stdout)
     assert result.returncode == 0, result.stdout[-6000:]

@@ -11,6 +11,7 @@ import pytest
 from handler import posterior as posterior_module
 from handler.model import GPRegressionModel, SparseGPRegressionModel, wrap_gpy_model
 from handler.posterior import KERNELS
+from tests.conftest import plant, plant_design
 from tests.test_model import assert_matches_gpy
 
 D = 3
@@ -115,3 +116,28 @@ def test_a_heteroscedastic_or_non_gaussian_model_is_not_a_supported_type():
     )
     with pytest.raises(TypeError, match="is not a supported model"):
         wrap_gpy_model(gp)
+
+
+def test_an_ill_conditioned_sparse_model_agrees_with_gpy_to_gpys_own_rounding():
+    # given a sparse model whose optimised inducing points make their covariance nearly singular
+    import GPy
+
+    from scripts.package_model import variance_tolerance
+
+    X = plant_design(400, seed=5)
+    gp = GPy.models.SparseGPRegression(X, plant(X)[:, 1:], GPy.kern.RBF(D, ARD=True), num_inducing=30)
+    gp.optimize(max_iters=50)
+    model = wrap_gpy_model(gp)
+    X_new = plant_design(1000, seed=9)
+    assert np.linalg.cond(gp.kern.K(gp.Z)) > 1e6
+    # when
+    fast = model.predict(X_new, latent=True).variance
+    reference = gp.predict_noiseless(X_new)[1]
+    # then the fast path is within the rounding bound of the quadratic form
+    tolerance = variance_tolerance(model, X_new)
+    assert np.all(np.abs(fast - reference) <= tolerance)
+    # and that bound is no wider than needed: GPy's own formula, summed in another order, moves as much
+    Kx = gp.kern.K(gp.Z, X_new)
+    reordered = gp.kern.Kdiag(X_new) - np.einsum("jn,jk,kn->n", Kx, gp.posterior.woodbury_inv, Kx)
+    reordered = gp.normalizer.inverse_variance(reordered[:, None]) if gp.normalizer is not None else reordered[:, None]
+    assert np.max(np.abs(reordered - reference) / tolerance) > 1e-3
