@@ -15,10 +15,10 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup check test lint format typecheck serve invoke train build validate bench load openapi clean
+.PHONY: help setup check test lint format typecheck serve invoke train build build-PredictFunction package-model validate bench load openapi events clean
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found: install it (pyenv install 3.13) or put python3.13 on PATH" >&2; exit 1; }
@@ -57,6 +57,9 @@ train: setup  ## Retrain model_artifacts/pretrained-model.pkl and its manifest
 load: setup  ## Load the local server: concurrent clients for a bounded time, throughput and latency
 	$(PY) benchmarks/load.py
 
+events: setup  ## Regenerate events/ for the packaged model (sam local generate-event)
+	PATH="$(SAM_PATH)" $(PY) scripts/generate_events.py
+
 openapi: setup  ## Regenerate docs/openapi.json from the schemas
 	$(PY) scripts/export_openapi.py
 
@@ -69,6 +72,19 @@ validate: setup  ## sam validate --lint and cfn-lint on template.yaml
 
 build: setup  ## sam build (arm64, python3.13) into .aws-sam/build
 	PATH="$(SAM_PATH)" $(VENV)/bin/sam build
+
+# Called by `sam build` (the template's BuildMethod: makefile) with ARTIFACTS_DIR set: handler/,
+# model_artifacts/ and the runtime wheels for arm64, without tests, docs, scripts or caches.
+build-PredictFunction:
+	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64
+
+package-model: setup  ## Package your GPy model: make package-model MODEL=my.pkl FEATURES=a,b,c [OUTPUTS=y1,y2 BOUNDS=a=0:1 HOLDOUT=h.csv NAME= VERSION=]
+	@test -n "$(MODEL)" -a -n "$(FEATURES)" || { echo "usage: make package-model MODEL=path/to/model.pkl FEATURES=a,b,c [OUTPUTS=y1,y2] [BOUNDS=a=LOW:HIGH,...] [HOLDOUT=holdout.csv] [NAME=name] [VERSION=1]" >&2; exit 2; }
+	$(PY) scripts/package_model.py "$(MODEL)" --features "$(FEATURES)" \
+		$(if $(OUTPUTS),--outputs "$(OUTPUTS)") $(if $(BOUNDS),--bounds "$(BOUNDS)") \
+		$(if $(HOLDOUT),--holdout "$(HOLDOUT)") $(if $(NAME),--name "$(NAME)") $(if $(VERSION),--version "$(VERSION)")
+	PATH="$(SAM_PATH)" $(PY) scripts/generate_events.py
+	$(PY) scripts/export_openapi.py
 
 clean:  ## Remove the virtualenv and build output
 	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -34,9 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from handler import model as model_module  # noqa: E402
+from handler import posterior as posterior_module  # noqa: E402
 from handler.model import GPRegressionModel  # noqa: E402
-from handler.parsing import FEATURES  # noqa: E402
+from scripts.train_model import FEATURES  # noqa: E402
 from scripts.train_model import train  # noqa: E402
 from tests.events import api_event, lambda_context  # noqa: E402
 
@@ -160,7 +160,7 @@ def seed_flask_app(model_path: Path) -> Any:
 def single_request(report: Report, repeats: int) -> None:
     """(a) the seed's Flask service vs (b) our handler, one point per request, warm; and where (b)'s time goes."""
     from handler import app as handler_app
-    from handler.parsing import parse_predict_request
+    from handler.parsing import RequestParser
 
     client = seed_flask_app(SHIPPED_MODEL).test_client()
     flask_s = median_seconds(lambda: client.post("/predict", json=POINT), repeats)
@@ -170,7 +170,8 @@ def single_request(report: Report, repeats: int) -> None:
 
     body = json.dumps(POINT)
     X = np.array([[POINT[k] for k in FEATURES]])
-    parse_s = median_seconds(lambda: parse_predict_request(body, max_batch_size=10_000, max_body_bytes=2**20), repeats)
+    parser = RequestParser(tuple(FEATURES), max_batch_size=10_000, max_body_bytes=2**20)
+    parse_s = median_seconds(lambda: parser.parse(body), repeats)
     predict_s = median_seconds(lambda: loaded.model.predict(X), repeats)
     serialise_s = median_seconds(lambda: handler_app._to_json({"mean": 16.62, "variance": 4.9e-7}), repeats)
     rest_s = handler_s - parse_s - predict_s - serialise_s
@@ -311,19 +312,19 @@ def cold_start(report: Report, repeats: int, largest_batch: int) -> None:
 def chunk_budgets(report: Report, models_dir: Path, repeats: int) -> None:
     """Speed and memory of the fast path against its chunk budget: how CHUNK_BYTES was chosen."""
     rows = []
-    default = model_module.CHUNK_BYTES
+    default = posterior_module.CHUNK_BYTES
     for n_train in (1000, 3000):
         model = GPRegressionModel.load(trained_model(n_train, models_dir))
         X = np.random.default_rng(0).uniform(size=(20_000, len(FEATURES)))
         for budget_mib in (4, 16, 32, 64, 128, 512):
-            model_module.CHUNK_BYTES = budget_mib * 2**20
+            posterior_module.CHUNK_BYTES = budget_mib * 2**20
             call = partial(model.predict, X)
             try:
                 rows.append(
                     [str(n_train), f"{budget_mib} MiB", ms(median_seconds(call, repeats)), mb(peak_bytes(call))]
                 )
             finally:
-                model_module.CHUNK_BYTES = default
+                posterior_module.CHUNK_BYTES = default
     report.table(
         "The fast path against its chunk budget (20,000 points)",
         ["n train", "CHUNK_BYTES", "median", "peak memory"],

@@ -222,9 +222,11 @@ class S3Artifact:
             raise ModelUnavailableError(f"{uri} could not be read: {type(exc).__name__}") from exc
 
     def fetch_manifest(self) -> Manifest:
-        response = self._get(self.manifest_key)
-        with response["Body"] as body:
+        body = self._get(self.manifest_key)["Body"]
+        try:
             text = body.read(MAX_MANIFEST_BYTES + 1)
+        finally:
+            body.close()
         if len(text) > MAX_MANIFEST_BYTES:
             raise ModelUnavailableError(f"model manifest {self.manifest_key} is over {MAX_MANIFEST_BYTES} bytes")
         return read_manifest(text, f"s3://{self.bucket}/{self.manifest_key}")
@@ -235,19 +237,20 @@ class S3Artifact:
             return target
         from botocore.exceptions import BotoCoreError
 
-        response = self._get(self.key)
+        body = self._get(self.key)["Body"]
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         with tempfile.NamedTemporaryFile(dir=self.cache_dir, prefix=".download-", delete=False) as tmp:
             try:
-                with response["Body"] as body:
-                    for block in body.iter_chunks(DOWNLOAD_CHUNK_BYTES):
-                        digest.update(block)
-                        tmp.write(block)
+                for block in body.iter_chunks(DOWNLOAD_CHUNK_BYTES):
+                    digest.update(block)
+                    tmp.write(block)
             except (OSError, BotoCoreError) as exc:
                 os.unlink(tmp.name)
                 # Typically /tmp is full: EphemeralStorageSize in the template sets its size.
                 raise ModelUnavailableError(f"s3://{self.bucket}/{self.key} could not be downloaded: {exc}") from exc
+            finally:
+                body.close()
         if digest.hexdigest() != manifest.sha256:
             os.unlink(tmp.name)
             raise ModelUnavailableError(

@@ -89,7 +89,8 @@ def test_a_bound_given_on_the_command_line_wins_and_the_others_come_from_the_dat
         (["--features", "a,b,c", "--bounds", "d=0:1"], "--bounds: 'd' is not one of the features (a, b, c)"),
         (["--features", "a,b,c", "--bounds", "a=0"], "--bounds: expected NAME=LOW:HIGH, got 'a=0'"),
         (["--features", "a,b,a"], "--features: names must be distinct"),
-        (["--features", "a,b,c d"], "--features: 'c d' must start with a letter or _ and hold only letters, digits, _ or - (64 at most)"),
+        (["--features", "a,b,c d"], "--features: 'c d' must start with a letter or _ and hold only letters, digits, "
+                                    "_ or - (64 at most)"),
         (["--features", "a,b,c", "--holdout", "missing.csv"], "--holdout: missing.csv: no such file"),
     ],
     ids=["feature-count", "output-count", "low-above-high", "unknown-feature", "malformed-bound", "duplicate",

@@ -1,0 +1,92 @@
+"""Build the Lambda function's package: what it imports and the model, nothing else.
+
+`sam build` runs this through the Makefile's `build-PredictFunction` target (the template's
+`BuildMethod: makefile`) with ARTIFACTS_DIR set. It installs requirements.txt as Linux wheels for the
+function's architecture, copies handler/ and model_artifacts/, and drops what the function never loads:
+the dependencies' own test suites, C headers and sources, type stubs and console scripts.
+
+    python scripts/build_function.py ARTIFACTS_DIR [--arch arm64|x86_64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON_VERSION = "3.13"  # the template's Runtime
+# Lambda's python3.13 runtime is Amazon Linux 2023 (glibc 2.34): these manylinux tags run there.
+PLATFORMS = {
+    "arm64": ["manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"],
+    "x86_64": ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"],
+}
+# What the function's code needs from the project: the handler's modules and the model artifacts.
+PROJECT_FILES = {"handler": ["*.py"], "model_artifacts": ["*.pkl", "*.manifest.json"]}
+# Never loaded at run time. GPy imports its own `testing` and `examples` packages, so those stay.
+PRUNED_DIRECTORIES = {"tests", "__pycache__", "include"}
+PRUNED_SUFFIXES = {".pyi", ".pxd", ".pyx", ".c", ".cpp", ".h", ".hpp", ".f", ".f90", ".pyc"}
+# The function calls S3 only (a model from MODEL_S3_URI): botocore's models of its other ~400 services
+# are ~20 MB it never reads.
+BOTOCORE_SERVICES = {"s3"}
+
+
+def install_dependencies(target: Path, arch: str) -> None:
+    platforms = [arg for tag in PLATFORMS[arch] for arg in ("--platform", tag)]
+    command = [
+        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+        "--target", str(target), "--implementation", "cp", "--python-version", PYTHON_VERSION,
+        "--only-binary=:all:", *platforms, "-r", str(ROOT / "requirements.txt"),
+    ]  # fmt: skip
+    subprocess.run(command, check=True)
+
+
+def copy_project(target: Path) -> None:
+    for folder, patterns in PROJECT_FILES.items():
+        for pattern in patterns:
+            for path in sorted((ROOT / folder).glob(pattern)):
+                destination = target / folder / path.name
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, destination)
+
+
+def prune(target: Path) -> int:
+    """Delete what the function never loads; returns the bytes freed."""
+    freed = 0
+    shutil.rmtree(target / "bin", ignore_errors=True)  # console scripts (f2py, numpy-config)
+    botocore_data = target / "botocore" / "data"
+    for service in sorted(botocore_data.iterdir()) if botocore_data.is_dir() else []:
+        if service.is_dir() and service.name not in BOTOCORE_SERVICES:
+            freed += sum(f.stat().st_size for f in service.rglob("*") if f.is_file())
+            shutil.rmtree(service)
+    for path in sorted(target.rglob("*"), reverse=True):  # children before their folders
+        if path.is_dir() and path.name in PRUNED_DIRECTORIES and path.parent != target:
+            freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            shutil.rmtree(path)
+        elif path.is_file() and path.suffix in PRUNED_SUFFIXES and path.exists():
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
+
+
+def package_size(target: Path) -> int:
+    return sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", type=Path, help="the package folder (sam build's ARTIFACTS_DIR)")
+    parser.add_argument("--arch", choices=sorted(PLATFORMS), default="arm64", help="the function's architecture")
+    args = parser.parse_args(argv)
+    args.target.mkdir(parents=True, exist_ok=True)
+    install_dependencies(args.target, args.arch)
+    copy_project(args.target)
+    freed = prune(args.target)
+    print(f"built {args.target}: {package_size(args.target):,} bytes unzipped ({freed:,} pruned)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
