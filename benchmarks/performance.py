@@ -36,8 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from handler import posterior as posterior_module  # noqa: E402
 from handler.model import GPRegressionModel  # noqa: E402
-from scripts.train_model import FEATURES  # noqa: E402
-from scripts.train_model import train  # noqa: E402
+from scripts.train_model import FEATURES, train  # noqa: E402
 from tests.events import api_event, lambda_context  # noqa: E402
 
 SHIPPED_MODEL = ROOT / "model_artifacts" / "pretrained-model.pkl"
