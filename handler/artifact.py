@@ -21,7 +21,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA_VERSION = 2
-# Names appear in JSON keys and in error paths such as `[3].flow_rate` and `flow_rate[3]`.
+# Names appear in JSON keys and in error paths such as `[3].name` and `name[3]`.
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 MAX_MANIFEST_BYTES = 1024 * 1024
 DOWNLOAD_CHUNK_BYTES = 8 * 2**20

@@ -43,11 +43,16 @@ from samcli.lib.providers.sam_function_provider import SamFunctionProvider
 from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 from samcli.lib.utils.stream_writer import StreamWriter
 from samcli.local.apigw.local_apigw_service import LocalApigwService
+from samcli.local.docker.exceptions import ProcessSigTermException
 
 LOG = logging.getLogger("local_lambda")
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 # Variables the host must pass on: OpenBLAS needs OPENBLAS_CORETYPE on some CPUs to compute correctly.
 PASS_THROUGH_PREFIXES = ("OPENBLAS_",)
+
+
+class UsageError(Exception):
+    """A mistake in the command line, said in one line."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,9 @@ class EnvironmentPool:
 
 
 def invoke_command(args: argparse.Namespace) -> int:
+    if args.event and not args.event.is_file():
+        available = ", ".join(sorted(str(p) for p in Path("events").glob("*.json"))) or "none in events/"
+        raise UsageError(f"event file {args.event} does not exist (available: {available})")
     config, _ = load_function(args.template, args.function, args.env_vars)
     event = args.event.read_bytes() if args.event else b"{}"
     environment = start_environment(config, args.in_process)
@@ -265,6 +273,8 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     try:
         service.run()
+    except (KeyboardInterrupt, ProcessSigTermException):  # Ctrl-C, or SIGTERM (SAM's handler raises this)
+        LOG.info("stopped")
     finally:
         pool.stop()
     return 0
@@ -313,7 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     os.environ.setdefault("SAM_CLI_TELEMETRY", "0")
-    return int(args.run(args))
+    for path, what in ((args.template, "template"), (args.env_vars, "--env-vars file")):
+        if path is not None and not path.is_file():
+            parser.exit(2, f"local_lambda: error: {what} {path} does not exist\n")
+    try:
+        return int(args.run(args))
+    except UsageError as exc:
+        parser.exit(2, f"local_lambda: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -60,3 +60,15 @@ def test_the_quick_load_run_gets_no_errors():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "errors: 0" in result.stdout
     assert "Throughput:" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_s3_cold_start_benchmark_downloads_through_the_functions_code():
+    # A small artifact against moto's S3 server on loopback; the full run uses 1 GiB.
+    result = subprocess.run(
+        [sys.executable, "benchmarks/s3_cold_start.py", "--size-mb", "8", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(b) from S3: download to /tmp + sha256" in result.stdout
+    assert "S3 adds" in result.stdout

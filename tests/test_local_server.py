@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pickle
@@ -113,6 +114,9 @@ def test_concurrent_requests_are_all_answered_by_the_warm_pool(local_server):
 
 
 def test_invoke_runs_an_event_file_like_sam_local_invoke(tiny_model_path: Path, tmp_path: Path):
+    # given the sample event's point (SAM's events carry the body base64-encoded)
+    event = json.loads((ROOT / "events" / "predict.json").read_text())
+    point = json.loads(base64.b64decode(event["body"]) if event["isBase64Encoded"] else event["body"])
     # when
     result = run_script(
         "--env-vars", str(env_vars_file(tmp_path, tiny_model_path)), "invoke", "-e", "events/predict.json"
@@ -121,7 +125,7 @@ def test_invoke_runs_an_event_file_like_sam_local_invoke(tiny_model_path: Path, 
     assert result.returncode == 0, result.stderr
     response = json.loads(result.stdout)
     assert response["statusCode"] == 200
-    assert json.loads(response["body"])["mean"] == pytest.approx(gpy_predict(tiny_model_path, POINT)[0], rel=1e-7)
+    assert json.loads(response["body"])["mean"] == pytest.approx(gpy_predict(tiny_model_path, point)[0], rel=1e-7)
     assert "REPORT RequestId:" in result.stderr
     assert "Memory Size: 1769 MB" in result.stderr, "the template's MemorySize reaches the runtime"
 
@@ -216,3 +220,38 @@ def test_without_the_emulator_the_handler_runs_in_process_with_a_warning(
     assert isinstance(environment, local_lambda.InProcessEnvironment)
     assert "cannot run here; calling the handler in-process" in caplog.text
     assert response["statusCode"] == 200
+
+
+def test_invoke_with_a_missing_event_file_says_so_in_one_line():
+    result = run_script("invoke", "-e", "events/nope.json")
+    assert result.returncode == 2
+    assert result.stderr.startswith("local_lambda: error: event file events/nope.json does not exist (available: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_stops_cleanly_on_sigterm(tiny_model_path: Path, tmp_path: Path):
+    # given a running server
+    from tests.conftest import free_port
+
+    port = free_port()
+    env_file = env_vars_file(tmp_path, tiny_model_path)
+    process = subprocess.Popen(
+        [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port), "-w", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    # when it is told to stop, as a service manager or `kill` does
+    process.terminate()
+    output, _ = process.communicate(timeout=30)
+    # then
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+    assert output.rstrip().endswith("stopped")

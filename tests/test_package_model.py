@@ -46,8 +46,8 @@ def test_the_plant_model_was_packaged_with_everything_the_manifest_promises(plan
     assert len(manifest.kernel["lengthscale"]) == 3
     assert set(manifest.versions) == {"python", "numpy", "scipy", "GPy", "paramz"}
     assert manifest.holdout is not None
-    assert manifest.holdout["yield"].n_points == 100
-    assert 0 <= manifest.holdout["yield"].coverage_95 <= 1
+    assert manifest.holdout["conversion"].n_points == 100
+    assert 0 <= manifest.holdout["conversion"].coverage_95 <= 1
 
 
 def test_a_sparse_model_gets_bounds_from_its_training_inputs(sparse_pickle: Path, tmp_path: Path):

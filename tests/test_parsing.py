@@ -227,3 +227,19 @@ def test_settings_read_the_environment():
 def test_an_invalid_setting_fails_at_start_up_naming_the_variable(environ, message):
     with pytest.raises(SettingsError, match=message):
         load_settings(environ)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"x1": null, "x2": 0.5, "x3": 0.5, "x4": 0.5}',
+        '[{"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}, 7, "a", null, []]',
+        '{"x1": [0.5, 0.2], "x2": [0.5], "x3": [0.5], "x4": [0.5]}',
+    ],
+    ids=["null", "rows-not-objects", "unequal-columns"],
+)
+def test_messages_speak_json_not_python_or_pydantic(body: str):
+    # Regression: "got null null", pydantic's "Value error, " prefix and the class name PredictPoint showed through.
+    messages = " | ".join(message for _, message in refusal(body).details)
+    for leak in ("null null", "Value error", "PredictPoint", "PredictColumns", "dictionary", "instance of"):
+        assert leak not in messages, messages
