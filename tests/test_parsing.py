@@ -243,3 +243,13 @@ def test_messages_speak_json_not_python_or_pydantic(body: str):
     messages = " | ".join(message for _, message in refusal(body).details)
     for leak in ("null null", "Value error", "PredictPoint", "PredictColumns", "dictionary", "instance of"):
         assert leak not in messages, messages
+
+
+def test_a_model_with_one_feature_parses_every_shape():
+    parser = RequestParser(("t",), max_batch_size=10, max_body_bytes=10_000)
+    assert parser.parse('{"t": 1.5}').points.tolist() == [[1.5]]
+    assert parser.parse('[{"t": 1}, {"t": 2}]').points.tolist() == [[1.0], [2.0]]
+    assert parser.parse('{"t": [1, 2, 3]}').points.tolist() == [[1.0], [2.0], [3.0]]
+    with pytest.raises(RequestError) as caught:
+        parser.parse('[{"t": 1}, {"u": 2}]')
+    assert caught.value.details[0][0] == "[1].t"
