@@ -7,6 +7,7 @@ against its manifest and predicts for arrays of points (handler.posterior has th
 from __future__ import annotations
 
 import logging
+import operator
 import pickle
 import threading
 from abc import ABC, abstractmethod
@@ -65,7 +66,6 @@ class GPRegressionModel(SurrogateModel):
     """
 
     model_type = "GPy.models.GPRegression"
-    gpy_class_name: ClassVar[str] = "GPRegression"
 
     def __init__(self, gp: Any) -> None:
         self.gp = gp
@@ -80,7 +80,8 @@ class GPRegressionModel(SurrogateModel):
     def accepts(cls, obj: Any) -> bool:
         import GPy
 
-        return isinstance(obj, getattr(GPy.models, cls.gpy_class_name))
+        gpy_class = operator.attrgetter(cls.model_type.removeprefix("GPy."))(GPy)
+        return isinstance(obj, gpy_class)
 
     @classmethod
     def fit(
@@ -112,7 +113,7 @@ class GPRegressionModel(SurrogateModel):
             gp = pickle.load(handle)
         if not cls.accepts(gp):
             found = f"{type(gp).__module__}.{type(gp).__qualname__}"
-            raise TypeError(f"expected a GPy {cls.gpy_class_name}, found {found}")
+            raise TypeError(f"expected a {cls.model_type}, found {found}")
         return cls(gp)
 
     def save(self, path: Path) -> None:
@@ -157,21 +158,29 @@ class SparseGPRegressionModel(GPRegressionModel):
     """A GPy `SparseGPRegression` (inducing points, variational DTC): how GPy fits 10^4-10^6 points."""
 
     model_type = "GPy.models.SparseGPRegression"
-    gpy_class_name = "SparseGPRegression"
 
     def _inputs_held(self) -> int:
         return len(self.gp.Z)
 
 
+class GPyModel(GPRegressionModel):
+    """Any other GPy GP (`GPy.core.GP`: another likelihood, inference or mean function), predicted by GPy itself.
+
+    `GPPosterior.from_gpy` says why the fast path does not apply; the reason is logged at load.
+    """
+
+    model_type = "GPy.core.GP"
+
+
 MODEL_TYPES: dict[str, type[SurrogateModel]] = {
-    cls.model_type: cls for cls in (GPRegressionModel, SparseGPRegressionModel)
+    cls.model_type: cls for cls in (GPRegressionModel, SparseGPRegressionModel, GPyModel)
 }
 
 
 def wrap_gpy_model(obj: Any) -> GPRegressionModel:
     """The service's wrapper for an unpickled GPy object; TypeError names what is supported."""
-    # SparseGPRegression first: the check is isinstance, and more specific classes must win.
-    for cls in (SparseGPRegressionModel, GPRegressionModel):
+    # Most specific first: the check is isinstance, and GPRegression and SparseGP are GPy.core.GPs too.
+    for cls in (SparseGPRegressionModel, GPRegressionModel, GPyModel):
         if cls.accepts(obj):
             return cls(obj)
     supported = ", ".join(MODEL_TYPES)

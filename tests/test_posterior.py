@@ -103,19 +103,32 @@ def test_other_models_predict_through_gpy_with_the_reason_logged(build, reason: 
     assert_matches_gpy(gp, X_new, *model.predict(X_new))
 
 
-def test_a_heteroscedastic_or_non_gaussian_model_is_not_a_supported_type():
+def test_a_gp_with_another_likelihood_loads_and_predicts_through_gpy(caplog):
     import GPy
 
-    X = np.random.default_rng(5).uniform(size=(10, D))
-    gp = GPy.core.GP(
-        X,
-        X[:, :1],
-        GPy.kern.RBF(D),
-        GPy.likelihoods.Poisson(),
-        inference_method=GPy.inference.latent_function_inference.Laplace(),
-    )
-    with pytest.raises(TypeError, match="is not a supported model"):
-        wrap_gpy_model(gp)
+    # given a GP with a Student-t likelihood (Laplace inference), as robust-regression users fit
+    X = np.random.default_rng(5).uniform(size=(25, D))
+    likelihood = GPy.likelihoods.StudentT(deg_free=4.0, sigma2=0.01)
+    laplace = GPy.inference.latent_function_inference.Laplace()
+    gp = GPy.core.GP(X, np.sin(3 * X[:, :1]), GPy.kern.RBF(D), likelihood, inference_method=laplace)
+    # when
+    with caplog.at_level("WARNING"):
+        model = wrap_gpy_model(gp)
+    # then
+    assert model.model_type == "GPy.core.GP"
+    assert model.posterior is None
+    assert "likelihood StudentT is not Gaussian" in caplog.text
+    X_new = np.random.default_rng(6).uniform(size=(12, D))
+    for latent in (False, True):
+        mean, variance = model.predict(X_new, latent=latent)
+        ref_mean, ref_variance = (gp.predict_noiseless if latent else gp.predict)(X_new)
+        np.testing.assert_array_equal(mean, ref_mean)
+        np.testing.assert_array_equal(variance, np.broadcast_to(ref_variance, ref_mean.shape))
+
+
+def test_something_that_is_not_a_gpy_gp_is_not_a_supported_type():
+    with pytest.raises(TypeError, match=r"builtins.list is not a supported model \(GPy.models.GPRegression"):
+        wrap_gpy_model([1, 2, 3])
 
 
 def test_an_ill_conditioned_sparse_model_agrees_with_gpy_to_gpys_own_rounding():
