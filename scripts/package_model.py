@@ -4,8 +4,8 @@
         [--outputs yield,purity] [--bounds temperature=250:400,...] [--name NAME] [--version V] \\
         [--holdout holdout.csv] [--output model_artifacts/pretrained-model.pkl]
 
-Reads any pickled GPy model the service supports (GPRegression, SparseGPRegression), checks that the
-feature and output counts match it, takes each feature's bounds from the training inputs unless given,
+Reads any pickled GPy model the service supports (GPRegression, SparseGPRegression, any GPy.core.GP), checks the
+feature and output counts against it, takes each feature's bounds from the training inputs unless given,
 computes hold-out accuracy per output from a CSV whose header names the features and outputs, writes
 the pickle and its manifest (kernel, hyperparameters, library versions, sha256), then loads the result
 the way the function will and checks its fast path against GPy's own predictions across the bounds.
@@ -293,7 +293,7 @@ def summary(manifest: ModelManifest, model: GPRegressionModel, output: Path) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="a pickled GPy GPRegression or SparseGPRegression")
+    parser.add_argument("model", type=Path, help="a pickled GPy GPRegression, SparseGPRegression or other GP")
     parser.add_argument("--features", required=True, help="input names, comma-separated, in the model's column order")
     parser.add_argument("--outputs", help="output names, comma-separated (default y, or y1,y2,...)")
     parser.add_argument("--bounds", default="", help="NAME=LOW:HIGH,... (default: each feature's training range)")
