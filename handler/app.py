@@ -202,6 +202,46 @@ def handle_unexpected(exc: Exception) -> Response:
     return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; it has been logged", [])
 
 
+# What the resolver reads of an API Gateway REST proxy event, and the types it needs them in. A hand-made
+# event that differs (a test console, another integration) gets a 400 rather than an exception.
+_EVENT_FIELDS: dict[str, tuple[type, ...]] = {
+    "httpMethod": (str,),
+    "path": (str,),
+    "body": (str, type(None)),
+    "isBase64Encoded": (bool, type(None)),
+    "headers": (dict, type(None)),
+    "multiValueHeaders": (dict, type(None)),
+    "queryStringParameters": (dict, type(None)),
+    "multiValueQueryStringParameters": (dict, type(None)),
+    "pathParameters": (dict, type(None)),
+    "requestContext": (dict, type(None)),
+}
+
+
+def malformed_event(event: Any) -> str | None:
+    """Why `event` is not an API Gateway REST proxy event the resolver can read, or None."""
+    if not isinstance(event, dict):
+        return f"expected an API Gateway REST proxy event (a JSON object), got {type(event).__name__}"
+    for name, types in _EVENT_FIELDS.items():
+        if name in ("httpMethod", "path") and name not in event:
+            return f"the event has no {name}"
+        if not isinstance(event.get(name), types):
+            return f"the event's {name} is a {type(event[name]).__name__}"
+    for name in ("queryStringParameters", "headers"):
+        if any(not isinstance(value, str) for value in (event.get(name) or {}).values()):
+            return f"the event's {name} must map names to strings"
+    return None
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if problem := malformed_event(event):
+        logger.info("malformed event refused", extra={"reason": problem})
+        body = RequestError(HTTPStatus.BAD_REQUEST, "malformed event", [("event", problem)]).body()
+        return {
+            "statusCode": HTTPStatus.BAD_REQUEST,
+            "multiValueHeaders": {"Content-Type": [content_types.APPLICATION_JSON]},
+            "body": _to_json(body),
+            "isBase64Encoded": False,
+        }
     return app.resolve(event, context)

@@ -16,9 +16,13 @@ from handler.artifact import ArtifactSource, PackagedArtifact, S3Artifact, parse
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # /var/task inside Lambda
 
-# Lambda caps synchronous request and response payloads at 6 MB. A point costs ~90-150 bytes
-# of JSON in and ~60 bytes out, so 10,000 points stay below 1.5 MB either way.
+# Lambda caps a synchronous invocation's payload, the whole event, at 6 MB. API Gateway sends bodies
+# base64-encoded (BinaryMediaTypes */*), 4 bytes for every 3, beside headers (10 KB at most, twice with
+# multiValueHeaders) and the request context: 4,600,000 bytes of body fit with ~150 KB to spare. Larger
+# bodies never reach the function (API Gateway answers 413 or 502 itself).
 LAMBDA_PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024
+LARGEST_BODY_BYTES = 4_600_000
+assert LARGEST_BODY_BYTES * 4 // 3 + 150_000 < LAMBDA_PAYLOAD_LIMIT_BYTES
 
 
 class SettingsError(RuntimeError):
@@ -50,7 +54,8 @@ class Settings:
     model_path: Path = Path("model_artifacts/pretrained-model.pkl")
     """Pickled model; a relative path is taken from the project root (LAMBDA_TASK_ROOT)."""
     max_batch_size: int = 10_000
-    max_body_bytes: int = LAMBDA_PAYLOAD_LIMIT_BYTES
+    max_body_bytes: int = LARGEST_BODY_BYTES
+    """Upper bound of a body; the parser allows less when the largest batch needs less (parsing.body_limit)."""
     domain_margin: float = 0.1
     """How far outside the training bounds a point may lie, as a fraction of each feature's range."""
     model_s3_uri: str = ""
@@ -73,7 +78,7 @@ class Settings:
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model_path": ("MODEL_PATH", Path),
     "max_batch_size": ("MAX_BATCH_SIZE", _number(int, 1, 50_000)),
-    "max_body_bytes": ("MAX_BODY_BYTES", _number(int, 1024, LAMBDA_PAYLOAD_LIMIT_BYTES)),
+    "max_body_bytes": ("MAX_BODY_BYTES", _number(int, 1024, LARGEST_BODY_BYTES)),
     "domain_margin": ("DOMAIN_MARGIN", _number(float, 0.0, 10.0)),
     "model_s3_uri": ("MODEL_S3_URI", _s3_uri),
     "model_cache_dir": ("MODEL_CACHE_DIR", Path),

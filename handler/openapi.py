@@ -15,6 +15,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
+from handler.parsing import body_limit
 from handler.schemas import ErrorResponse, HealthResponse, ModelManifest, request_schemas, response_schemas
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def _error(description: str, example: dict[str, Any]) -> OpenAPIResponse:
 
 def _errors(manifest: "Manifest", settings: "Settings") -> dict[int, OpenAPIResponse]:
     feature = manifest.features[min(1, len(manifest.features) - 1)]
+    limit = body_limit(manifest.features, settings.max_batch_size, settings.max_body_bytes)
     return {
         400: _error(
             "The body is empty, not JSON, not UTF-8 or not valid base64.",
@@ -42,10 +44,10 @@ def _errors(manifest: "Manifest", settings: "Settings") -> dict[int, OpenAPIResp
             },
         ),
         413: _error(
-            f"A body over the byte limit ({settings.max_body_bytes} bytes).",
+            f"A body over the byte limit ({limit} bytes: what the largest batch needs, generously written).",
             {
                 "error": "request body too large",
-                "details": [{"field": "body", "message": f"at most {settings.max_body_bytes} bytes are accepted"}],
+                "details": [{"field": "body", "message": f"at most {limit} bytes are accepted"}],
             },
         ),
         422: _error(

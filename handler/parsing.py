@@ -98,17 +98,21 @@ def _load_json(body: str | bytes) -> Any:
     except orjson.JSONDecodeError:
         pass
     # orjson refuses NaN and Infinity (not JSON) and integers beyond 64 bits; the standard library reads
-    # them, so the schema can name the field, and otherwise says where the JSON breaks.
+    # them, so the schema can name the field, and otherwise says where the JSON breaks. It would also guess
+    # UTF-16 and UTF-32 from bytes: JSON between systems is UTF-8 (RFC 8259, 8.1), so decode strictly first.
     try:
-        return json.loads(body)
+        return json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
     except json.JSONDecodeError as exc:
         raise RequestError(
             400, "body is not valid JSON", [("body", f"{exc.msg} at line {exc.lineno} column {exc.colno}")]
         ) from exc
-    except UnicodeDecodeError as exc:
-        raise RequestError(400, "body is not valid UTF-8", [("body", str(exc))]) from exc
+    except UnicodeError as exc:  # invalid UTF-8, or a lone surrogate in a str body
+        raise RequestError(400, "body is not valid UTF-8", [("body", str(exc)[:200])]) from exc
     except RecursionError as exc:
         raise RequestError(400, "body is not valid JSON", [("body", "JSON is nested too deeply")]) from exc
+    except ValueError as exc:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
+        message = "a number has more digits than this service reads (4300); send finite floats"
+        raise RequestError(422, "number too long", [("body", message)]) from exc
 
 
 class RequestParser:
@@ -117,14 +121,20 @@ class RequestParser:
     def __init__(self, features: tuple[str, ...], *, max_batch_size: int, max_body_bytes: int) -> None:
         self.features = features
         self.max_batch_size = max_batch_size
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes = body_limit(features, max_batch_size, max_body_bytes)
         self._feature_set = frozenset(features)
         # itemgetter of one key returns the value, not a 1-tuple
         self._get_features = itemgetter(*features) if len(features) > 1 else lambda row: (row[features[0]],)
 
     def parse(self, body: str | bytes) -> PredictRequest:
         """A point object, an array of them, or an object of feature arrays; RequestError otherwise."""
-        if len(body) > self.max_body_bytes:
+        # Bytes, not characters: a str body counts in UTF-8 (4 bytes a character at most, so most need no encoding).
+        size = (
+            len(body)
+            if isinstance(body, bytes) or 4 * len(body) <= self.max_body_bytes
+            else len(body.encode("utf-8", "surrogatepass"))
+        )
+        if size > self.max_body_bytes:
             message = f"at most {self.max_body_bytes} bytes are accepted"
             raise RequestError(413, "request body too large", [("body", message)])
         data = _load_json(body)
@@ -175,10 +185,25 @@ class RequestParser:
     def _invalid(self, data: Any, shape: Shape, summary: str) -> RequestError:
         from handler.schemas import explain_invalid  # pydantic, only when a request is refused
 
-        details = [(detail.field, detail.message) for detail in explain_invalid(data, shape, self.features)]
+        explained = explain_invalid(data, shape, self.features, limit=MAX_ERROR_DETAILS)
+        details = [(detail.field, detail.message) for detail in explained]
         if not details:  # the schema accepts what the fast checks refused: a bug here, not the caller's
             raise AssertionError(f"fast validation refused a valid {shape} request")
+        if len(details) >= MAX_ERROR_DETAILS:  # explaining stops there, so the total is not known
+            return RequestError(422, f"{summary}: {MAX_ERROR_DETAILS} or more problems, the first listed", details)
         return RequestError(422, f"{summary}: {len(details)} problem(s)", details)
+
+
+def body_limit(features: tuple[str, ...], max_batch_size: int, max_body_bytes: int) -> int:
+    """The largest body accepted: what the largest batch can need, and never more than `max_body_bytes`.
+
+    Parsing costs time and memory in proportion to the body, so a body is allowed what `max_batch_size`
+    points of these features take as generously written JSON (each value: its name, a 25-character number,
+    quotes, separators and indentation), not the payload limit: refusing a body then costs no more than
+    answering the largest batch.
+    """
+    per_point = sum(len(name) + 64 for name in features) + 16
+    return min(max_body_bytes, max_batch_size * per_point + 65_536)
 
 
 def _check_count(count: int, max_batch_size: int) -> None:

@@ -8,6 +8,8 @@ tests hold the two to the same verdicts.
 
 from __future__ import annotations
 
+import itertools
+import math
 from functools import cache
 from typing import Annotated, Any, Literal, NamedTuple, Self
 
@@ -157,18 +159,92 @@ def response_schemas(outputs: tuple[str, ...]) -> tuple[type[BaseModel], type[Ba
 
 
 def explain_invalid(
-    data: Any, shape: Literal["point", "rows", "columns"], features: tuple[str, ...]
+    data: Any, shape: Literal["point", "rows", "columns"], features: tuple[str, ...], limit: int = 20
 ) -> list[ErrorDetail]:
-    """Why `data` is not a valid request of that shape, one detail per problem (empty if it is valid)."""
+    """Why `data` is not a valid request of that shape: at most `limit` problems (none if it is valid).
+
+    The work is bounded by `limit`, not by the body: what is handed to pydantic is only the offending keys,
+    rows and values, found by cheap checks that stop once `limit` problems are found.
+    """
+    if shape == "point":
+        return _explain_object(data, features, limit, ())
+    if shape == "rows":
+        if not data:
+            return _explain_whole(data, features, "rows")
+        details: list[ErrorDetail] = []
+        for index, row in enumerate(data):
+            if not _valid_point(row, features):
+                details += _explain_object(row, features, limit - len(details), (index,))
+                if len(details) >= limit:
+                    break
+        return details
+    return _explain_columns(data, features, limit)
+
+
+def _finite_number(value: Any) -> bool:
+    try:
+        return type(value) in (int, float) and math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def _valid_point(row: Any, features: tuple[str, ...]) -> bool:
+    return type(row) is dict and len(row) == len(features) and all(_finite_number(row.get(f, None)) for f in features)
+
+
+def _explain_object(data: Any, features: tuple[str, ...], limit: int, prefix: tuple[Any, ...]) -> list[ErrorDetail]:
+    """A point's problems: its features and at most `limit` of its unknown keys go to pydantic."""
+    if type(data) is not dict:  # pydantic only says it is not an object: show it no more than that
+        stand_in = {list: [], str: data[:40] if isinstance(data, str) else data}.get(type(data), data)
+        return _explain_whole(stand_in, features, "point", prefix)
+    kept = {name: data[name] for name in features if name in data}
+    unknown = (key for key in data if key not in kept)
+    kept |= {key: data[key] for key in itertools.islice(unknown, limit)}
+    return _explain_whole(kept, features, "point", prefix)[:limit]
+
+
+def _explain_columns(data: dict[str, Any], features: tuple[str, ...], limit: int) -> list[ErrorDetail]:
+    """Columns' problems: keys, then lengths, then the first `limit` bad values, each explained on its own."""
+    present = [name for name in features if name in data]
+    unknown = list(itertools.islice((key for key in data if key not in features), limit))
+    if len(present) != len(features) or unknown:
+        kept = {key: data[key][:1] for key in (*present, *unknown)}
+        return [d for d in _explain_whole(kept, features, "columns") if "[" not in d.field][:limit]
+    lengths = {name: len(data[name]) for name in features}
+    if len(set(lengths.values())) > 1:
+        return [ErrorDetail(field="body", message=f"feature arrays must have the same length, got {lengths}")]
+    if not any(lengths.values()):
+        return _explain_whole({name: [] for name in features}, features, "columns")[:limit]
+    details: list[ErrorDetail] = []
+    value_adapter = _adapter(features, "value")
+    for name in features:
+        for index, value in enumerate(data[name]):
+            if _finite_number(value):
+                continue
+            try:
+                value_adapter.validate_python(value)
+                details.append(ErrorDetail(field=f"{name}[{index}]", message="Input should be a finite number"))
+            except ValidationError as exc:
+                details += [_detail({**e, "loc": (name, index)}) for e in exc.errors(include_url=False)]
+            if len(details) >= limit:
+                return details[:limit]
+    return details
+
+
+def _explain_whole(data: Any, features: tuple[str, ...], shape: str, prefix: tuple[Any, ...] = ()) -> list[ErrorDetail]:
+    """pydantic's own verdict on a small, already trimmed input."""
     try:
         _adapter(features, shape).validate_python(data)
     except ValidationError as exc:
-        return [_detail(error) for error in exc.errors(include_url=False, include_context=False)]
+        errors = exc.errors(include_url=False, include_context=False)
+        return [_detail({**error, "loc": (*prefix, *error["loc"])}) for error in errors]
     return []
 
 
 @cache
 def _adapter(features: tuple[str, ...], shape: str) -> TypeAdapter[Any]:
+    if shape == "value":
+        return TypeAdapter(Feature)
     return TypeAdapter(getattr(request_schemas(features), shape))
 
 

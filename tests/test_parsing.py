@@ -106,7 +106,7 @@ def test_a_bad_field_is_named_with_its_problem(body: str, field: str, message: s
         ("0.5", 422, "got number"),
         ("null", 422, "got null"),
         ("[]", 422, "at least one point"),
-        ("[" * 100_000 + "]" * 100_000, 400, "nested too deeply"),
+        ("[" * 40_000 + "]" * 40_000, 400, "nested too deeply"),
         ("[[" * 10 + "]]" * 10, 422, "Input should be an object"),
     ],
     ids=[
@@ -148,7 +148,7 @@ def test_a_batch_of_bad_points_reports_each_with_its_index_but_not_all_of_them()
     # when
     error = refusal(body)
     # then
-    assert error.error == "invalid point(s) in the batch: 50 problem(s)"
+    assert error.error == "invalid point(s) in the batch: 20 or more problems, the first listed"
     assert [d["field"] for d in error.body()["details"]] == [f"[{i}].x2" for i in range(MAX_ERROR_DETAILS)]
 
 
