@@ -3,7 +3,8 @@
 Each body goes through the handler (an API Gateway event, base64 as API Gateway sends it) in a fresh process that
 has already loaded the model and answered one small request, so the numbers are the request's own:
 CPU seconds (process time, median of repeats) and the rise in peak RSS. Every pathological body is as large as
-the body limit (what the largest batch needs, parsing.body_limit) allows. Target: CPU at most 2x, memory at most +100 MB, against a valid 10,000-row batch.
+the body limit (what the largest batch needs, parsing.body_limit) allows. Target: CPU at most 2x, memory at
+most +100 MB, against a valid 10,000-row batch.
 
     python benchmarks/refusal_cost.py [--repeats 3] [--quick]
 """
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             worst_cpu, worst_memory = max(worst_cpu, cpu), max(worst_memory, memory)
             all_4xx = all_4xx and 400 <= status < 500
         rows.append((name, len(body), status, cpu, memory))
-    print(f"| body | bytes | status | CPU ms | CPU vs valid | peak RSS rise MB |\n|---|---|---|---|---|---|")
+    print("| body | bytes | status | CPU ms | CPU vs valid | peak RSS rise MB |\n|---|---|---|---|---|---|")
     for name, size, status, cpu, memory in rows:
         print(f"| {name} | {size:,} | {status} | {cpu * 1000:.1f} | {cpu / reference['cpu']:.2f}x | {memory:.1f} |")
     cpu_ratio = worst_cpu / reference["cpu"]
