@@ -45,7 +45,7 @@ app = APIGatewayRestResolver(serializer=_to_json)
 # Module-level, so a warm execution environment loads the model once and keeps it. The manifest (small
 # JSON) is read now when the model is packaged; one from S3 is fetched on first use, so that a missing
 # object is a 503 that the next request retries, not a failed start.
-model = LazyModel(settings.artifact_source())
+model = LazyModel(settings.artifact_source(), retry_interval_s=settings.model_retry_seconds)
 if not settings.model_s3_uri:
     try:
         model.manifest()
@@ -180,7 +180,10 @@ def handle_request_error(exc: RequestError) -> Response:
 @app.exception_handler(ModelUnavailableError)
 def handle_model_unavailable(exc: ModelUnavailableError) -> Response:
     logger.error("model unavailable", extra={"reason": str(exc)}, exc_info=exc)
-    return _error(HTTPStatus.SERVICE_UNAVAILABLE, "model unavailable", [("model", str(exc))], {"Retry-After": "5"})
+    retry_after = str(max(1, round(settings.model_retry_seconds)))
+    return _error(
+        HTTPStatus.SERVICE_UNAVAILABLE, "model unavailable", [("model", str(exc))], {"Retry-After": retry_after}
+    )
 
 
 @app.not_found

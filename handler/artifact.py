@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import tempfile
 from dataclasses import dataclass
@@ -259,6 +260,65 @@ class S3Artifact:
         os.replace(tmp.name, target)
         logger.info("model downloaded", extra={"uri": self.uri, "bytes": target.stat().st_size})
         return target
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle reached for something a GPy model is not made of; `name` is the refused global."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the pickle references {name}, which a GPy model does not use")
+        self.name = name
+
+
+# Globals a pickled GPy model references besides GPy's and paramz's own classes, recorded by unpickling every
+# model type, kernel, normaliser and likelihood the service supports (tests/test_unpickling.py), with numpy's
+# pre-2.0 module names for pickles written by numpy 1.x.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        *((module, name) for module in ("builtins", "__builtin__") for name in (
+            "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list", "object", "range",
+            "set", "slice", "str", "tuple",
+        )),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles
+        ("copyreg", "_reconstructor"),
+        ("collections", "OrderedDict"),
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        *((module, name) for module in ("numpy._core.multiarray", "numpy.core.multiarray") for name in (
+            "_reconstruct", "scalar",
+        )),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("paramz.core.lists_and_dicts", "intarray_default_factory"),
+    }
+)  # fmt: skip
+# Classes of these packages are what models are made of; functions are not admitted (a REDUCE calls what it
+# finds), nor the packages' data-download, plotting, test and example code.
+_MODEL_PACKAGES = ("GPy.", "paramz.")
+_EXCLUDED_MODULES = ("GPy.util.datasets", "GPy.plotting", "GPy.testing", "GPy.examples")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only what GPy models are made of; anything else is refused before any of its code runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        if (
+            module.startswith(_MODEL_PACKAGES)
+            and not module.startswith(_EXCLUDED_MODULES)
+            and name.isidentifier()  # no dotted paths into other objects
+        ):
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
+        raise UnsafePickleError(f"{module}.{name}")
+
+
+def load_pickle(path: Path) -> Any:
+    """The object in a pickle, through RestrictedUnpickler."""
+    with path.open("rb") as handle:
+        return RestrictedUnpickler(handle).load()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

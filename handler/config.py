@@ -62,6 +62,8 @@ class Settings:
     """s3://BUCKET/KEY.pkl (manifest beside it): load the model from S3 rather than the package."""
     model_cache_dir: Path = Path("/tmp/model")
     """Where a model from S3 is downloaded, once per execution environment."""
+    model_retry_seconds: float = 5.0
+    """After a failed model load, requests get the same 503 for this long before the load is tried again."""
 
     @property
     def resolved_model_path(self) -> Path:
@@ -82,6 +84,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "domain_margin": ("DOMAIN_MARGIN", _number(float, 0.0, 10.0)),
     "model_s3_uri": ("MODEL_S3_URI", _s3_uri),
     "model_cache_dir": ("MODEL_CACHE_DIR", Path),
+    "model_retry_seconds": ("MODEL_RETRY_SECONDS", _number(float, 0.0, 300.0)),
 }
 assert set(_ENVIRONMENT) == {f.name for f in fields(Settings)}
 

@@ -6,11 +6,15 @@ against its manifest and predicts for arrays of points (handler.posterior has th
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import operator
 import pickle
+import platform
 import threading
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -18,7 +22,14 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from handler import posterior as posterior_module
-from handler.artifact import ArtifactSource, Manifest, ModelUnavailableError, atomic_write
+from handler.artifact import (
+    ArtifactSource,
+    Manifest,
+    ModelUnavailableError,
+    UnsafePickleError,
+    atomic_write,
+    load_pickle,
+)
 from handler.posterior import GPPosterior, Prediction, describe_kernel
 
 logger = logging.getLogger(__name__)
@@ -109,8 +120,7 @@ class GPRegressionModel(SurrogateModel):
 
     @classmethod
     def load(cls, path: Path) -> Self:
-        with path.open("rb") as handle:
-            gp = pickle.load(handle)
+        gp = load_pickle(path)
         if not cls.accepts(gp):
             found = f"{type(gp).__module__}.{type(gp).__qualname__}"
             raise TypeError(f"expected a {cls.model_type}, found {found}")
@@ -204,6 +214,9 @@ def load_model(source: ArtifactSource, manifest: Manifest | None = None) -> Load
     path = source.fetch_model(manifest)
     try:
         model = model_class.load(path)
+    except UnsafePickleError as exc:
+        logger.error("model artifact refused", extra={"refused_global": exc.name})
+        raise ModelUnavailableError(f"model artifact refused: {exc}") from exc
     except Exception as exc:  # unpickling can raise almost anything
         raise ModelUnavailableError(f"model artifact could not be read: {type(exc).__name__}: {exc}"[:300]) from exc
     if model.input_dim != len(manifest.features):
@@ -214,19 +227,46 @@ def load_model(source: ArtifactSource, manifest: Manifest | None = None) -> Load
         raise ModelUnavailableError(
             f"model has {model.output_dim} outputs but its manifest lists {len(manifest.outputs)}"
         )
+    if differing := version_differences(manifest):
+        # GPy pickles are tied to the library versions that wrote them: say so before predictions look odd.
+        logger.warning("library versions differ from the manifest's", extra={"versions": differing})
     return LoadedModel(model, manifest)
+
+
+def version_differences(manifest: Manifest) -> dict[str, dict[str, str]]:
+    """Libraries whose installed version is not the one the manifest records: {name: {manifest, runtime}}."""
+    recorded = manifest.document.get("versions") or {}
+    differing = {}
+    for name, wanted in recorded.items():
+        if name == "python":
+            found = platform.python_version()
+        else:
+            try:
+                found = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                found = "not installed"
+        if found != wanted:
+            differing[name] = {"manifest": str(wanted), "runtime": found}
+    return differing
 
 
 class LazyModel:
     """Reads the manifest, then loads the model, on first use: once per process even when threads race.
 
-    A failed read or load raises ModelUnavailableError and is tried again on the next call.
+    A failed read or load raises ModelUnavailableError; it is tried again at most once per
+    `retry_interval_s` (callers are told Retry-After), so a broken artifact is not re-downloaded and
+    re-hashed on every request.
     """
 
-    def __init__(self, source: ArtifactSource) -> None:
+    def __init__(
+        self, source: ArtifactSource, retry_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.source = source
+        self.retry_interval_s = retry_interval_s
+        self.clock = clock
         self._manifest: Manifest | None = None
         self._loaded: LoadedModel | None = None
+        self._failure: tuple[float, ModelUnavailableError] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -239,7 +279,7 @@ class LazyModel:
             return manifest
         with self._lock:
             if self._manifest is None:
-                self._manifest = self.source.fetch_manifest()
+                self._manifest = self._attempt(self.source.fetch_manifest)
             return self._manifest
 
     def get(self) -> LoadedModel:
@@ -249,5 +289,17 @@ class LazyModel:
         manifest = self.manifest()
         with self._lock:
             if self._loaded is None:
-                self._loaded = load_model(self.source, manifest)
+                self._loaded = self._attempt(lambda: load_model(self.source, manifest))
             return self._loaded
+
+    def _attempt[T](self, action: Callable[[], T]) -> T:
+        """Run `action`, unless one failed less than retry_interval_s ago: then raise that failure again."""
+        if self._failure is not None and self.clock() - self._failure[0] < self.retry_interval_s:
+            raise self._failure[1]
+        try:
+            result = action()
+        except ModelUnavailableError as exc:
+            self._failure = (self.clock(), exc)
+            raise
+        self._failure = None
+        return result

@@ -195,7 +195,7 @@ def _valid_point(row: Any, features: tuple[str, ...]) -> bool:
 def _explain_object(data: Any, features: tuple[str, ...], limit: int, prefix: tuple[Any, ...]) -> list[ErrorDetail]:
     """A point's problems: its features and at most `limit` of its unknown keys go to pydantic."""
     if type(data) is not dict:  # pydantic only says it is not an object: show it no more than that
-        stand_in = {list: [], str: data[:40] if isinstance(data, str) else data}.get(type(data), data)
+        stand_in: Any = [] if isinstance(data, list) else data[:40] if isinstance(data, str) else data
         return _explain_whole(stand_in, features, "point", prefix)
     kept = {name: data[name] for name in features if name in data}
     unknown = (key for key in data if key not in kept)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import pickle
 import platform
 import shutil
 import sys
@@ -29,7 +28,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handler.artifact import NAME_PATTERN, PackagedArtifact, atomic_write, manifest_path_for, sha256_of
+from handler.artifact import (
+    NAME_PATTERN,
+    PackagedArtifact,
+    UnsafePickleError,
+    atomic_write,
+    load_pickle,
+    manifest_path_for,
+    sha256_of,
+)
 from handler.model import GPRegressionModel, load_model, wrap_gpy_model
 from handler.schemas import HoldoutMetrics, ModelManifest
 
@@ -50,8 +57,9 @@ def read_model(path: Path) -> GPRegressionModel:
     if not path.is_file():
         raise PackagingError(f"{path}: no such file")
     try:
-        with path.open("rb") as handle:
-            obj = pickle.load(handle)
+        obj = load_pickle(path)  # as the function will: only what GPy models are made of
+    except UnsafePickleError as exc:
+        raise PackagingError(f"{path} is refused: {exc}") from exc
     except Exception as exc:  # a file that is not a pickle can raise many things
         raise PackagingError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc})") from exc
     try:

@@ -209,7 +209,7 @@ def test_a_missing_artifact_gives_503_and_a_logged_error_then_recovers(
     from handler import app
     from handler.model import LazyModel
 
-    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy)))
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy), retry_interval_s=0))
     model_copy.rename(tmp_path / "elsewhere.pkl")
     # when
     status, body = call(app, api_event(body=POINT))

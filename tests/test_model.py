@@ -243,18 +243,48 @@ def test_lazy_model_loads_once_when_threads_race(tiny_model_path: Path, monkeypa
     assert lazy.is_loaded
 
 
-def test_a_failed_load_is_retried_on_the_next_call(model_copy: Path, tmp_path: Path):
-    # given an artifact that is missing at first
+def test_a_failed_load_is_retried_at_most_once_per_interval(model_copy: Path, tmp_path: Path):
+    # given an artifact that is missing at first, and a clock we move by hand
+    now = [100.0]
+    source = PackagedArtifact(model_copy)
+    attempts = []
+    real_fetch = source.fetch_manifest
+
+    def counting_fetch():
+        attempts.append(now[0])
+        return real_fetch()
+
+    object.__setattr__(source, "fetch_manifest", counting_fetch)
     kept = tmp_path / "kept.pkl"
     model_copy.rename(kept)
-    lazy = LazyModel(PackagedArtifact(model_copy))
-    with pytest.raises(ModelUnavailableError):
+    lazy = LazyModel(source, retry_interval_s=5.0, clock=lambda: now[0])
+    with pytest.raises(ModelUnavailableError, match="is missing"):
         lazy.get()
-    assert not lazy.is_loaded
-    # when it comes back
+    # when the artifact comes back within the interval
     kept.rename(model_copy)
-    # then the next call loads it
+    now[0] += 4.9
+    # then callers get the same failure without another attempt
+    with pytest.raises(ModelUnavailableError, match="is missing"):
+        lazy.get()
+    assert attempts == [100.0]
+    assert not lazy.is_loaded
+    # and once the interval is over, the next call loads it
+    now[0] += 0.2
     assert lazy.get().manifest.features == FEATURES
+    assert len(attempts) == 2
+
+
+def test_a_library_version_other_than_the_manifests_is_logged(model_copy: Path, caplog: pytest.LogCaptureFixture):
+    # given a manifest written with another numpy
+    _rewrite_manifest(model_copy, versions={**json.loads(manifest_path_for(model_copy).read_text())["versions"],
+                                            "numpy": "1.26.4"})  # fmt: skip
+    # when
+    with caplog.at_level("WARNING"):
+        load_model(PackagedArtifact(model_copy))
+    # then
+    [record] = [r for r in caplog.records if r.getMessage() == "library versions differ from the manifest's"]
+    assert record.versions["numpy"]["manifest"] == "1.26.4"
+    assert set(record.versions) == {"numpy"}, "the others match"
 
 
 def test_domain_violations_name_the_row_feature_and_allowed_range(tiny_model_path: Path):

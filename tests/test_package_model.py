@@ -146,3 +146,18 @@ def test_the_shipped_manifest_is_what_the_packaging_code_writes(tmp_path: Path):
         load_model(PackagedArtifact(output)).model.predict(X).mean,
         load_model(PackagedArtifact(SHIPPED_MODEL)).model.predict(X).mean,
     )
+
+
+def test_a_pickle_that_reaches_for_os_system_is_refused_at_packaging(tmp_path: Path):
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(Payload()))
+    result = run(path, "--features", "a", "--output", tmp_path / "out.pkl")
+    assert result.returncode == 2
+    assert "is refused: the pickle references posix.system" in result.stderr
+    assert not (tmp_path / "ran").exists()

@@ -46,7 +46,7 @@ def upload(client, model_path: Path, key: str = KEY, pickle_bytes: bytes | None 
 def s3_app(monkeypatch: pytest.MonkeyPatch, client, cache_dir: Path):
     from handler import app
 
-    monkeypatch.setattr(app, "model", LazyModel(S3Artifact(URI, cache_dir, client=client)))
+    monkeypatch.setattr(app, "model", LazyModel(S3Artifact(URI, cache_dir, client=client), retry_interval_s=0))
     return app
 
 
