@@ -5,23 +5,26 @@ Routes:  POST /predict   GET /health   GET /model   GET /openapi.json
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
 
 import numpy as np
 import orjson
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.artifact import Manifest, ModelUnavailableError
 from handler.config import load_settings
-from handler.model import LazyModel, SurrogateModel
+from handler.model import LazyModel, LoadedModel, SurrogateModel
 from handler.parsing import PredictOptions, PredictRequest, RequestError, RequestParser, decode_body, parse_options
 from handler.posterior import Prediction
 
@@ -40,6 +43,12 @@ def _to_json(value: Any) -> str:
 
 settings = load_settings()
 logger = Logger()
+# CloudWatch metrics as EMF log lines (no API calls): namespace from POWERTOOLS_METRICS_NAMESPACE.
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "GPRSurrogate")
+# /health, /model and refusals (counted by their own single metric) have no request metrics: that is expected.
+warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
+# X-Ray subsegments around the model load and the prediction; off outside Lambda and under `sam local`.
+tracer = Tracer()
 copy_config_to_registered_loggers(source_logger=logger, include={"handler"})
 app = APIGatewayRestResolver(serializer=_to_json)
 # Module-level, so a warm execution environment loads the model once and keeps it. The manifest (small
@@ -77,13 +86,32 @@ def predict() -> Any:
                 for v in violations
             ],
         )
-    loaded = model.get()
-    mean, variance = _predict_within_budget(loaded.model, request.points, options.latent)
+    loaded = _loaded_model()
+    with tracer.provider.in_subsegment("predict") as subsegment:
+        subsegment.put_annotation("points", str(len(request.points)))
+        mean, variance = _predict_within_budget(loaded.model, request.points, options.latent)
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
         raise ArithmeticError("model returned non-finite predictions")
     # Positive in exact arithmetic; clip rounding below zero (a latent variance far inside the data).
     np.maximum(variance, 0.0, out=variance)
+    metrics.add_metric(name="PointsPredicted", unit=MetricUnit.Count, value=len(request.points))
+    metrics.add_metric(name="BatchSize", unit=MetricUnit.Count, value=len(request.points))
     return _prediction_body(request, options, manifest, mean, variance)
+
+
+def _loaded_model() -> LoadedModel:
+    """The model, loading it on first use: the load's time is a metric and an X-Ray subsegment."""
+    if model.is_loaded:
+        return model.get()
+    started = time.perf_counter()
+    with tracer.provider.in_subsegment("load model"):
+        try:
+            loaded = model.get()
+        except ModelUnavailableError:
+            metrics.add_metric(name="ModelLoadFailures", unit=MetricUnit.Count, value=1)
+            raise
+    metrics.add_metric(name="ModelLoadTime", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000)
+    return loaded
 
 
 def _predict_within_budget(surrogate: SurrogateModel, points: np.ndarray, latent: bool) -> Prediction:
@@ -167,8 +195,18 @@ def openapi() -> dict[str, Any]:
 
 
 def _error(status: int, error: str, details: list[tuple[str, str]], headers: dict[str, str] | None = None) -> Response:
+    _count_refusal(status)
     body = RequestError(status, error, details).body()
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers)
+
+
+def _count_refusal(status: int) -> None:
+    """One `Refusals` data point with the status as its dimension (a metric of its own, flushed at once)."""
+    with single_metric(
+        name="Refusals", unit=MetricUnit.Count, value=1, namespace=metrics.namespace,
+        default_dimensions=metrics.default_dimensions,
+    ) as metric:  # fmt: skip
+        metric.add_dimension(name="status", value=str(int(status)))
 
 
 @app.exception_handler(RequestError)
@@ -237,9 +275,12 @@ def malformed_event(event: Any) -> str | None:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler(capture_response=False)  # responses can hold 10,000 predictions
+@metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if problem := malformed_event(event):
         logger.info("malformed event refused", extra={"reason": problem})
+        _count_refusal(HTTPStatus.BAD_REQUEST)
         body = RequestError(HTTPStatus.BAD_REQUEST, "malformed event", [("event", problem)]).body()
         return {
             "statusCode": HTTPStatus.BAD_REQUEST,

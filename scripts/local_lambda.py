@@ -113,9 +113,11 @@ def lambda_environment(config: FunctionConfig) -> dict[str, str]:
         "AWS_LAMBDA_FUNCTION_TIMEOUT": str(config.timeout_s),
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{config.name}",
         "AWS_LAMBDA_LOG_STREAM_NAME": "local",
-        # Like sam local: fake credentials, so nothing reaches a real account by accident.
+        # Like sam local: fake credentials, so nothing reaches a real account by accident, and the flag that
+        # tells Powertools there is no X-Ray daemon to trace to.
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_SAM_LOCAL": "true",
         **{k: v for k, v in os.environ.items() if k.startswith(PASS_THROUGH_PREFIXES)},
         **config.environment,
     }

@@ -143,5 +143,5 @@ def test_a_trojan_artifact_with_a_matching_checksum_gets_503_with_the_refused_na
     assert not marker.exists(), "the payload never ran"
     # and the function's JSON log names the refused global
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    [refusal] = [entry for entry in logged if entry["message"] == "model artifact refused"]
+    [refusal] = [entry for entry in logged if entry.get("message") == "model artifact refused"]
     assert (refusal["level"], refusal["refused_global"]) == ("ERROR", "builtins.eval")
