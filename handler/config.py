@@ -44,6 +44,12 @@ def _number(kind: Callable[[str], Any], low: float, high: float) -> Callable[[st
     return parse
 
 
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 def _s3_uri(text: str) -> str:
     parse_s3_uri(text)  # ValueError says what is expected
     return text
@@ -62,6 +68,8 @@ class Settings:
     """s3://BUCKET/KEY.pkl (manifest beside it): load the model from S3 rather than the package."""
     model_cache_dir: Path = Path("/tmp/model")
     """Where a model from S3 is downloaded, once per execution environment."""
+    tracing: bool = False
+    """X-Ray subsegments around the model load and the prediction (Powertools Tracer)."""
     model_retry_seconds: float = 5.0
     """After a failed model load, requests get the same 503 for this long before the load is tried again."""
 
@@ -84,6 +92,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "domain_margin": ("DOMAIN_MARGIN", _number(float, 0.0, 10.0)),
     "model_s3_uri": ("MODEL_S3_URI", _s3_uri),
     "model_cache_dir": ("MODEL_CACHE_DIR", Path),
+    "tracing": ("TRACING", _boolean),
     "model_retry_seconds": ("MODEL_RETRY_SECONDS", _number(float, 0.0, 300.0)),
 }
 assert set(_ENVIRONMENT) == {f.name for f in fields(Settings)}

@@ -90,3 +90,25 @@ def test_logs_are_json_with_correlation_id_and_cold_start_and_never_the_body(col
     assert (refused["level"], refused["status"]) == ("INFO", 422)
     # and the body is in none of it
     assert marker not in json.dumps(logged) + capsys.readouterr().out
+
+
+def test_tracing_on_wraps_the_handler_and_it_still_answers(tiny_model_path):
+    # Outside Lambda Powertools' tracer records nothing; what matters here is that the traced handler works.
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import handler.app as app; from tests.events import api_event, lambda_context;"
+        "assert app.tracer is not None;"
+        "r = app.lambda_handler(api_event(body={'x1': 0.5, 'x2': 0.5, 'x3': 0.5, 'x4': 0.5}), lambda_context());"
+        "print(r['statusCode'])"
+    )
+    env = {**os.environ, "TRACING": "true", "MODEL_PATH": str(tiny_model_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "200"
