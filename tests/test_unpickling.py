@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
 import os
 import pickle
 import shutil
@@ -122,7 +123,7 @@ class TrojanModel:
 
 
 def test_a_trojan_artifact_with_a_matching_checksum_gets_503_with_the_refused_name_logged(
-    monkeypatch: pytest.MonkeyPatch, model_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, model_copy: Path, tmp_path: Path
 ):
     # given whoever can write the artifact and its manifest replaced the pickle and updated the checksum
     import json
@@ -135,13 +136,19 @@ def test_a_trojan_artifact_with_a_matching_checksum_gets_503_with_the_refused_na
     manifest = json.loads(manifest_path_for(model_copy).read_text())
     manifest_path_for(model_copy).write_text(json.dumps({**manifest, "sha256": sha256_of(model_copy)}))
     monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy)))
+    records: list[logging.LogRecord] = []
+    collector = logging.Handler()
+    collector.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("handler.model").addHandler(collector)
     # when
-    response = app.lambda_handler(api_event(body={"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}), lambda_context())
+    try:
+        response = app.lambda_handler(api_event(body={"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}), lambda_context())
+    finally:
+        logging.getLogger("handler.model").removeHandler(collector)
     # then
     assert response["statusCode"] == 503
     assert "references builtins.eval" in response_json(response)["details"][0]["message"]
     assert not marker.exists(), "the payload never ran"
-    # and the function's JSON log names the refused global
-    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    [refusal] = [entry for entry in logged if entry.get("message") == "model artifact refused"]
-    assert (refusal["level"], refusal["refused_global"]) == ("ERROR", "builtins.eval")
+    # and the log names the refused global
+    [refusal] = [record for record in records if record.getMessage() == "model artifact refused"]
+    assert (refusal.levelname, refusal.refused_global) == ("ERROR", "builtins.eval")
