@@ -5,6 +5,7 @@ SHELL := /bin/bash
 export SAM_CLI_TELEMETRY := 0
 VENV ?= .venv
 PY := $(VENV)/bin/python
+SCAN_VENV ?= .venv-scan
 PORT ?= 3000
 WORKERS ?= 2
 EVENT ?= events/predict.json
@@ -15,7 +16,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup check test lint format typecheck serve invoke train build build-PredictFunction package-model validate bench load openapi events clean
+.PHONY: help setup check test lint format typecheck serve invoke train build build-PredictFunction package-model scan bench load openapi events clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,9 +28,21 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(SCAN_VENV)/.installed: requirements-scan.txt
+	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found: install it (pyenv install 3.13) or put python3.13 on PATH" >&2; exit 1; }
+	$(PYTHON313) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SCAN_VENV)/bin/python -m pip install --quiet -r requirements-scan.txt
+	touch $@
+
 setup: $(VENV)/.installed  ## Create .venv with runtime and development dependencies
 
-check: lint typecheck test  ## Lint, type-check and run the whole test suite (what CI runs)
+check: lint typecheck scan test  ## Lint, type-check, scan the template and run the whole test suite (what CI runs)
+
+scan: setup $(SCAN_VENV)/.installed  ## sam validate --lint, cfn-lint and checkov (offline) on template.yaml: no unexplained finding
+	PATH="$(SAM_PATH)" $(VENV)/bin/sam validate --lint
+	$(VENV)/bin/cfn-lint template.yaml
+	$(SCAN_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
 
 test: setup  ## Run the test suite
 	PATH="$(SAM_PATH)" $(PY) -m pytest
@@ -45,8 +58,8 @@ format: setup  ## Apply ruff fixes and formatting
 typecheck: setup  ## mypy on the handler and scripts
 	$(VENV)/bin/mypy handler scripts
 
-serve: setup  ## Serve the API on http://127.0.0.1:$(PORT) like `sam local start-api`, without Docker
-	$(PY) scripts/local_lambda.py serve --port $(PORT) --workers $(WORKERS)
+serve: setup  ## Serve the API on http://127.0.0.1:$(PORT) like `sam local start-api`, without Docker (API_KEY= to require one)
+	$(PY) scripts/local_lambda.py serve --port $(PORT) --workers $(WORKERS) $(if $(API_KEY),--api-key "$(API_KEY)")
 
 invoke: setup  ## Run one event through the Lambda runtime like `sam local invoke -e`, without Docker
 	$(PY) scripts/local_lambda.py invoke --event $(EVENT)
@@ -66,10 +79,6 @@ openapi: setup  ## Regenerate docs/openapi.json from the schemas
 bench: setup  ## Full benchmark run (~10 min): writes benchmarks/results.md
 	$(PY) benchmarks/performance.py
 
-validate: setup  ## sam validate --lint and cfn-lint on template.yaml
-	PATH="$(SAM_PATH)" $(VENV)/bin/sam validate --lint
-	$(VENV)/bin/cfn-lint template.yaml
-
 build: setup  ## sam build (arm64, python3.13) into .aws-sam/build
 	PATH="$(SAM_PATH)" $(VENV)/bin/sam build
 
@@ -87,4 +96,4 @@ package-model: setup  ## Package your GPy model: make package-model MODEL=my.pkl
 	$(PY) scripts/export_openapi.py
 
 clean:  ## Remove the virtualenv and build output
-	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SCAN_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

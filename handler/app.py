@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
@@ -59,7 +59,12 @@ def _subsegment(name: str) -> Any:
 
 
 copy_config_to_registered_loggers(source_logger=logger, include={"handler"})
-app = APIGatewayRestResolver(serializer=_to_json)
+cors = (
+    CORSConfig(allow_origin=settings.cors_allow_origin, allow_headers=["X-Api-Key", "Authorization"], max_age=600)
+    if settings.cors_allow_origin
+    else None
+)
+app = APIGatewayRestResolver(serializer=_to_json, cors=cors)
 # Module-level, so a warm execution environment loads the model once and keeps it. The manifest (small
 # JSON) is read now when the model is packaged; one from S3 is fetched on first use, so that a missing
 # object is a 503 that the next request retries, not a failed start.

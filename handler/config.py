@@ -68,6 +68,8 @@ class Settings:
     """s3://BUCKET/KEY.pkl (manifest beside it): load the model from S3 rather than the package."""
     model_cache_dir: Path = Path("/tmp/model")
     """Where a model from S3 is downloaded, once per execution environment."""
+    cors_allow_origin: str = ""
+    """The one origin browsers may call from (CORS headers on every answer); empty for none."""
     tracing: bool = False
     """X-Ray subsegments around the model load and the prediction (Powertools Tracer)."""
     model_retry_seconds: float = 5.0
@@ -92,6 +94,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "domain_margin": ("DOMAIN_MARGIN", _number(float, 0.0, 10.0)),
     "model_s3_uri": ("MODEL_S3_URI", _s3_uri),
     "model_cache_dir": ("MODEL_CACHE_DIR", Path),
+    "cors_allow_origin": ("CORS_ALLOW_ORIGIN", str),
     "tracing": ("TRACING", _boolean),
     "model_retry_seconds": ("MODEL_RETRY_SECONDS", _number(float, 0.0, 300.0)),
 }

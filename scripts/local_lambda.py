@@ -71,7 +71,8 @@ def load_function(
     template: Path, function_name: str | None = None, env_vars_file: Path | None = None
 ) -> tuple[FunctionConfig, Any]:
     """The function (with Globals applied) and the API routes of a SAM template."""
-    stacks, _ = SamLocalStackProvider.get_stacks(str(template))
+    # AWS::LanguageExtensions: the parameter-driven Fn::If resolved for the defaults, as CloudFormation does.
+    stacks, _ = SamLocalStackProvider.get_stacks(str(template), language_extensions_enabled=True)
     functions = [f for f in SamFunctionProvider(stacks).get_all() if f.packagetype == "Zip"]
     if function_name:
         functions = [f for f in functions if function_name in (f.name, f.functionname)]
@@ -266,6 +267,8 @@ def serve_command(args: argparse.Namespace) -> int:
         api=api, lambda_runner=pool, port=args.port, host=args.host, stderr=StreamWriter(sys.stderr, auto_flush=True)
     )
     service.create()
+    if args.api_key:
+        _require_api_key(service, args.api_key)
     for route in api.routes:
         LOG.info(
             "Mounting %s at http://%s:%s%s %s", route.function_name, args.host, args.port, route.path, route.methods
@@ -280,6 +283,18 @@ def serve_command(args: argparse.Namespace) -> int:
     finally:
         pool.stop()
     return 0
+
+
+def _require_api_key(service: LocalApigwService, key: str) -> None:
+    """Refuse requests without `x-api-key: KEY` as API Gateway does with ApiKeyRequired: 403 before the function."""
+    import flask
+
+    def check() -> Any:
+        if flask.request.headers.get("x-api-key") != key:
+            return flask.Response('{"message": "Forbidden"}', status=403, content_type="application/json")
+        return None
+
+    service._app.before_request(check)
 
 
 def _free_port() -> int:
@@ -321,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "localhost", "::1"], help="loopback only")
     serve.add_argument("--port", "-p", type=int, default=3000)
     serve.add_argument("--workers", "-w", type=int, default=2, help="warm execution environments (default 2)")
+    serve.add_argument(
+        "--api-key", default=os.environ.get("LOCAL_API_KEY"), help="require this x-api-key, as the deployed API does"
+    )
     serve.set_defaults(run=serve_command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

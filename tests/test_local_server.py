@@ -255,3 +255,32 @@ def test_serve_stops_cleanly_on_sigterm(tiny_model_path: Path, tmp_path: Path):
     assert process.returncode == 0, output
     assert "Traceback" not in output
     assert output.rstrip().endswith("stopped")
+
+
+def test_the_local_server_can_require_an_api_key_as_the_deployed_api_does(tiny_model_path: Path, tmp_path: Path):
+    from tests.conftest import free_port
+
+    port = free_port()
+    env_file = env_vars_file(tmp_path, tiny_model_path)
+    process = subprocess.Popen(
+        [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port), "-w", "1",
+         "--api-key", "s3cret"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/predict"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        without = httpx.post(url, json=POINT, timeout=60)
+        wrong = httpx.post(url, json=POINT, headers={"x-api-key": "guess"}, timeout=60)
+        right = httpx.post(url, json=POINT, headers={"x-api-key": "s3cret"}, timeout=60)
+        assert (without.status_code, wrong.status_code, right.status_code) == (403, 403, 200)
+        assert without.json() == {"message": "Forbidden"}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

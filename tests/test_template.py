@@ -238,3 +238,100 @@ def test_the_pruned_package_still_serves_every_kind_of_model(tmp_path: Path, pla
         )
         # then
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def translated(parameters: dict[str, str]) -> dict:
+    """The CloudFormation the template becomes for these parameters: AWS::LanguageExtensions, then SAM's transform."""
+    import copy
+
+    from samcli.lib.cfn_language_extensions.sam_integration import expand_language_extensions
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+
+    template = yaml_parse(TEMPLATE.read_text())
+    template["Resources"]["PredictFunction"]["Properties"]["CodeUri"] = "s3://bucket/code.zip"  # as after sam package
+    expanded = expand_language_extensions(copy.deepcopy(template), parameter_values=parameters, enabled=True)
+    document = expanded.expanded_template
+    document["Transform"] = "AWS::Serverless-2016-10-31"
+    return Translator(managed_policy_map={}, sam_parser=Parser()).translate(document, parameter_values=parameters)
+
+
+def of_type(resources: dict, kind: str) -> list[dict]:
+    return [r for r in resources["Resources"].values() if r["Type"] == kind]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "security", "key_resources", "snap_start", "provisioned", "cors"),
+    [
+        ({}, [{"api_key": []}], 3, "PublishedVersions", None, False),
+        ({"AuthMode": "IAM", "ColdStartMode": "ProvisionedConcurrency"}, [{"AWS_IAM": []}], 0, "None", 1, False),
+        ({"AuthMode": "NONE", "ColdStartMode": "Lazy", "CorsAllowOrigin": "https://lab.example.org"}, None, 0, "None",
+         None, True),
+    ],
+    ids=["defaults-api-key-snapstart", "iam-provisioned", "open-lazy-cors"],
+)  # fmt: skip
+def test_the_parameters_choose_access_cold_start_and_cors(
+    monkeypatch, parameters, security, key_resources: int, snap_start: str, provisioned, cors: bool
+):
+    # when
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    resources = translated(parameters)
+    # then access is as chosen on every route
+    [api] = of_type(resources, "AWS::ApiGateway::RestApi")
+    paths = api["Properties"]["Body"]["paths"]
+    methods = [operation for path in paths.values() for name, operation in path.items() if name != "options"]
+    assert methods
+    assert all(operation.get("security") == security for operation in methods)
+    keys = [*of_type(resources, "AWS::ApiGateway::ApiKey"), *of_type(resources, "AWS::ApiGateway::UsagePlan"),
+            *of_type(resources, "AWS::ApiGateway::UsagePlanKey")]  # fmt: skip
+    assert len(keys) == key_resources
+    if key_resources:
+        [plan] = of_type(resources, "AWS::ApiGateway::UsagePlan")
+        assert plan["Properties"]["Quota"] == {"Limit": 1000000, "Period": "DAY"}
+        assert plan["Properties"]["Throttle"] == {"RateLimit": 100, "BurstLimit": 200}
+    # and the cold-start mode, on a published version behind the `live` alias
+    [function] = of_type(resources, "AWS::Lambda::Function")
+    assert function["Properties"]["SnapStart"] == {"ApplyOn": snap_start}
+    assert function["Properties"]["ReservedConcurrentExecutions"] == 20
+    [alias] = of_type(resources, "AWS::Lambda::Alias")
+    assert alias["Properties"]["Name"] == "live"
+    config = alias["Properties"].get("ProvisionedConcurrencyConfig")
+    assert (config or {}).get("ProvisionedConcurrentExecutions") == provisioned
+    # and CORS preflight only when an origin is given
+    assert all(("options" in path) == cors for path in paths.values())
+    # and the stage is traced and access-logged
+    [stage] = of_type(resources, "AWS::ApiGateway::Stage")
+    assert stage["Properties"]["TracingEnabled"] is True
+    assert "$context.requestId" in stage["Properties"]["AccessLogSetting"]["Format"]
+
+
+def test_alarms_cover_errors_throttles_latency_and_the_model(template: dict):
+    alarms = {
+        name: r["Properties"] for name, r in template["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    metrics = {(a["Namespace"], a["MetricName"]) for a in alarms.values()}
+    assert metrics == {
+        ("AWS/ApiGateway", "5XXError"),
+        ("AWS/ApiGateway", "4XXError"),
+        ("AWS/Lambda", "Throttles"),
+        ("AWS/Lambda", "Duration"),
+        ("GPRSurrogate", "ModelLoadFailures"),
+    }
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == {"Fn::If": ["AlarmMail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
+    # the custom metric's namespace and dimension are the ones the function emits
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "GPRSurrogate"
+    dimension = alarms["ModelLoadFailureAlarm"]["Dimensions"][0]
+    assert dimension == {"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}
+
+
+def test_every_checkov_skip_says_why(template: dict):
+    skips = [
+        (name, skip)
+        for name, resource in template["Resources"].items()
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
+    ]
+    assert skips
+    for name, skip in skips:
+        assert len(skip.get("comment", "")) > 40, f"{name} skips {skip['id']} without a reason"
