@@ -85,6 +85,7 @@ def load_before_snapshot() -> None:
         _loaded_model()
     except ModelUnavailableError as exc:
         logger.error("model not loaded before the snapshot", extra={"reason": str(exc)})
+        model.clear_failure()  # restored environments start later: their first request tries at once
     metrics.clear_metrics()  # this is no request of anyone's
 
 

@@ -292,6 +292,10 @@ class LazyModel:
                 self._loaded = self._attempt(lambda: load_model(self.source, manifest))
             return self._loaded
 
+    def clear_failure(self) -> None:
+        """Let the next call try again at once."""
+        self._failure = None
+
     def _attempt[T](self, action: Callable[[], T]) -> T:
         """Run `action`, unless one failed less than retry_interval_s ago: then raise that failure again."""
         if self._failure is not None and self.clock() - self._failure[0] < self.retry_interval_s:

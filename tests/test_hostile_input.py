@@ -190,3 +190,16 @@ def test_the_refusal_cost_benchmark_runs_and_every_refusal_is_a_4xx():
     )  # fmt: skip
     assert "every refusal a 4xx" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
     assert "worst refusal:" in result.stdout
+
+
+def test_the_largest_body_accepted_fits_the_event_lambda_takes_with_the_largest_headers():
+    # API Gateway base64-encodes the body into the event, beside up to 10 KB of headers (twice: multiValueHeaders)
+    from handler.config import LAMBDA_PAYLOAD_LIMIT_BYTES, LARGEST_BODY_BYTES
+
+    headers = {f"X-Header-{i}": "h" * 90 for i in range(100)}  # ~10 KB
+    event = api_event(raw_body=base64.b64encode(b"x" * LARGEST_BODY_BYTES).decode(), headers=headers)
+    event["isBase64Encoded"] = True
+    assert len(json.dumps(event).encode()) < LAMBDA_PAYLOAD_LIMIT_BYTES
+    # while a body a tenth larger would not reach the function at all
+    event["body"] = base64.b64encode(b"x" * (LARGEST_BODY_BYTES * 11 // 10)).decode()
+    assert len(json.dumps(event).encode()) > LAMBDA_PAYLOAD_LIMIT_BYTES

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.events import api_event, lambda_context
 
 # A fresh interpreter: import the handler, run awslambdaric's own hook runner as the runtime does when a version
 # is published, then fork twice (a fork is a copy of memory, as a restore is of the snapshot).
@@ -63,7 +65,7 @@ def test_the_model_is_in_the_snapshot_and_each_restore_draws_its_own_random_numb
 
 
 def test_a_model_that_cannot_load_before_the_snapshot_is_logged_and_left_to_the_first_request(
-    monkeypatch: pytest.MonkeyPatch, model_copy, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, model_copy, tiny_model_path, caplog: pytest.LogCaptureFixture
 ):
     from handler import app
     from handler.artifact import PackagedArtifact
@@ -75,3 +77,9 @@ def test_a_model_that_cannot_load_before_the_snapshot_is_logged_and_left_to_the_
         app.load_before_snapshot()  # must not raise: a failed hook would fail the version's publication
     assert "model not loaded before the snapshot" in caplog.text
     assert not app.model.is_loaded
+    # and once the artifact is there, the first request after a restore loads it without waiting out the interval
+    shutil.copy(tiny_model_path, model_copy)
+    assert (
+        app.lambda_handler(api_event(body={"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}), lambda_context())["statusCode"]
+        == 200
+    )
