@@ -28,9 +28,8 @@ from handler.artifact import Manifest, ModelUnavailableError
 from handler.config import load_settings
 from handler.model import LazyModel, LoadedModel, SurrogateModel
 from handler.parsing import PredictOptions, PredictRequest, RequestError, RequestParser, decode_body, parse_options
-from handler.posterior import Prediction
+from handler.posterior import Z_95, Prediction
 
-Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 # Batches are predicted in slices, checking Lambda's remaining time before each; the reserve covers
 # serialising and returning the answer (~20 ms for 10,000 points) with a wide margin. Smaller slices
 # cost throughput (measured: 2,000-point slices make a 10,000-point request ~20% slower).

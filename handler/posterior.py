@@ -26,6 +26,7 @@ CHUNK_BYTES = 64 * 2**20
 TRMM_MIN_ROWS = 512
 
 KERNELS = ("RBF", "Exponential", "Matern32", "Matern52")
+Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal: the 95% predictive interval
 _SQRT3, _SQRT5 = math.sqrt(3.0), math.sqrt(5.0)
 
 

@@ -38,10 +38,10 @@ from handler.artifact import (
     sha256_of,
 )
 from handler.model import GPRegressionModel, load_model, wrap_gpy_model
+from handler.posterior import Z_95
 from handler.schemas import HoldoutMetrics, ModelManifest
 
 DEFAULT_OUTPUT = Path("model_artifacts/pretrained-model.pkl")
-Z_95 = 1.959963984540054
 # The fast path must equal GPy to rounding: the mean to 1e-9 of the output scale, the variance to 1e-11
 # of the prior variance k(x, x) (a variance is a difference of nearly equal numbers).
 MEAN_TOLERANCE, VARIANCE_TOLERANCE = 1e-9, 1e-11
