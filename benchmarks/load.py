@@ -28,7 +28,23 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-FEATURES = ("x1", "x2", "x3", "x4")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The served model's features and training bounds, read from GET /model: points are drawn inside them."""
+
+    features: tuple[str, ...]
+    bounds: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def of(cls, base_url: str) -> Domain:
+        manifest = httpx.get(f"{base_url}/model", timeout=60).json()
+        return cls(tuple(manifest["features"]), tuple(tuple(manifest["bounds"][f]) for f in manifest["features"]))
+
+    def value(self, rng: random.Random, index: int) -> float:
+        low, high = self.bounds[index]
+        return low + (high - low) * rng.random()
 
 
 @dataclass
@@ -38,23 +54,30 @@ class Results:
     failures: list[str] = field(default_factory=list)
 
 
-def request_mix(rng: random.Random) -> tuple[str, object]:
+def request_mix(rng: random.Random, domain: Domain) -> tuple[str, object]:
     """70% single points, 20% batches of 100 rows, 10% batches of 1,000 columns."""
     roll = rng.random()
+    named = list(enumerate(domain.features))
     if roll < 0.7:
-        return "1 point", {name: rng.random() for name in FEATURES}
+        return "1 point", {name: domain.value(rng, i) for i, name in named}
     if roll < 0.9:
-        return "100 rows", [{name: rng.random() for name in FEATURES} for _ in range(100)]
-    return "1,000 columns", {name: [rng.random() for _ in range(1000)] for name in FEATURES}
+        return "100 rows", [{name: domain.value(rng, i) for i, name in named} for _ in range(100)]
+    return "1,000 columns", {name: [domain.value(rng, i) for _ in range(1000)] for i, name in named}
 
 
 async def client(
-    base_url: str, http: httpx.AsyncClient, deadline: float, budget: list[int], seed: int, results: Results
+    base_url: str,
+    http: httpx.AsyncClient,
+    deadline: float,
+    budget: list[int],
+    seed: int,
+    results: Results,
+    domain: Domain,
 ) -> None:
     rng = random.Random(seed)
     while time.monotonic() < deadline and budget[0] > 0:
         budget[0] -= 1
-        kind, body = request_mix(rng)
+        kind, body = request_mix(rng, domain)
         started = time.perf_counter()
         try:
             response = await http.post(f"{base_url}/predict", json=body)
@@ -72,11 +95,14 @@ async def client(
 
 async def drive(base_url: str, clients: int, seconds: float, max_requests: int) -> tuple[Results, float]:
     results = Results()
+    domain = Domain.of(base_url)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
         started = time.monotonic()
         budget = [max_requests]
-        await asyncio.gather(*(client(base_url, http, started + seconds, budget, i, results) for i in range(clients)))
+        await asyncio.gather(
+            *(client(base_url, http, started + seconds, budget, i, results, domain) for i in range(clients))
+        )
         return results, time.monotonic() - started
 
 
@@ -104,7 +130,8 @@ def wait_until_warm(base_url: str, workers: int, process: subprocess.Popen[bytes
             raise SystemExit(f"the local server did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
     started = time.monotonic()
-    point = dict.fromkeys(FEATURES, 0.5)
+    domain = Domain.of(base_url)
+    point = {name: (low + high) / 2 for name, (low, high) in zip(domain.features, domain.bounds, strict=True)}
     with httpx.Client(timeout=120) as http:
         for _ in range(2):  # environments are handed out in turn; two rounds reach every one
             for _ in range(workers):

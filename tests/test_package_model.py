@@ -29,6 +29,7 @@ def sparse_pickle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import GPy
 
     X = plant_design(400, seed=5)
+    np.random.seed(5)  # GPy picks the initial inducing points at random
     gp = GPy.models.SparseGPRegression(X, plant(X)[:, 1:], GPy.kern.RBF(3, ARD=True), num_inducing=30)
     gp.optimize(max_iters=50)
     path = tmp_path_factory.mktemp("sparse") / "sparse.pkl"
@@ -161,3 +162,26 @@ def test_a_pickle_that_reaches_for_os_system_is_refused_at_packaging(tmp_path: P
     assert result.returncode == 2
     assert "is refused: the pickle references posix.system" in result.stderr
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_model_that_explains_everything_as_noise_is_packaged_with_a_warning(tmp_path: Path):
+    import GPy
+
+    # given a fit stuck where GPy's defaults often leave inputs in large units: all noise, little signal
+    X = plant_design(40, seed=3)
+    gp = GPy.models.GPRegression(X, plant(X)[:, 1:], GPy.kern.RBF(3), normalizer=True)
+    gp.kern.variance = 0.05
+    gp.likelihood.variance = 1.0
+    (tmp_path / "noisy.pkl").write_bytes(pickle.dumps(gp))
+    # when
+    result = run(tmp_path / "noisy.pkl", "--features", "a,b,c", "--output", tmp_path / "out.pkl")
+    # then it is packaged, and the summary says what looks wrong
+    assert result.returncode == 0, result.stderr
+    assert "warning: the fitted noise variance (1) exceeds the kernel's (0.05)" in result.stdout
+
+
+def test_a_well_fitted_model_gets_no_warning(plant_model_path: Path, tmp_path: Path):
+    result = run(plant_model_path, "--features", ",".join(PLANT_FEATURES), "--outputs", "conversion,purity",
+                 "--output", tmp_path / "again.pkl")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stdout
