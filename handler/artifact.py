@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,14 +46,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_names(kind: str, names: Any) -> tuple[str, ...]:
-    """Feature or output names: a non-empty list of distinct names matching NAME_PATTERN."""
-    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-        raise ValueError(f"{kind} must be a non-empty list of names")
-    if bad := [n for n in names if not NAME_PATTERN.match(n)]:
-        raise ValueError(f"{kind} name {bad[0]!r} must start with a letter or _ and hold only letters, digits, _ or -")
+def check_name(name: Any) -> str:
+    """A model, feature or output name; ValueError says what a name must be."""
+    if not (isinstance(name, str) and NAME_PATTERN.match(name)):
+        raise ValueError(f"{name!r} must start with a letter or _ and hold only letters, digits, _ or - (64 at most)")
+    return name
+
+
+def check_names(names: Any) -> tuple[str, ...]:
+    """Feature or output names: a non-empty list of distinct names, each as `check_name` wants."""
+    if not (isinstance(names, list) and names):
+        raise ValueError("expected a non-empty list of names")
+    for name in names:
+        check_name(name)
     if len(set(names)) != len(names):
-        raise ValueError(f"{kind} names must be distinct")
+        raise ValueError("names must be distinct")
     return tuple(names)
 
 
@@ -89,12 +97,11 @@ class Manifest:
             raise ValueError("model_type must be a string")
         if not (isinstance(sha256, str) and len(sha256) == 64 and set(sha256) <= set("0123456789abcdef")):
             raise ValueError("sha256 must be 64 lowercase hex digits")
-        if not (isinstance(name, str) and NAME_PATTERN.match(name)):
-            raise ValueError("name must be a name of letters, digits, _ or -")
+        name = _checked("name", name, check_name)
+        features = _checked("features", document.get("features"), check_names)
+        outputs = _checked("outputs", document.get("outputs"), check_names)
         if not (isinstance(version, str) and version):
             raise ValueError("version must be a non-empty string")
-        features = check_names("features", document.get("features"))
-        outputs = check_names("outputs", document.get("outputs"))
         if not (isinstance(bounds, dict) and tuple(bounds) == features):
             raise ValueError("bounds must list exactly the features, in order")
         try:
@@ -130,6 +137,13 @@ class DomainViolation:
     value: float
     low: float
     high: float
+
+
+def _checked[T](kind: str, value: Any, check: Callable[[Any], T]) -> T:
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ValueError(f"{kind}: {exc}") from None
 
 
 def read_manifest(text: bytes, where: str) -> Manifest:

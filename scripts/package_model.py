@@ -29,10 +29,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from handler.artifact import (
-    NAME_PATTERN,
     PackagedArtifact,
     UnsafePickleError,
     atomic_write,
+    check_name,
+    check_names,
     load_pickle,
     manifest_path_for,
     sha256_of,
@@ -69,17 +70,14 @@ def read_model(path: Path) -> GPRegressionModel:
 
 
 def parse_names(kind: str, text: str) -> list[str]:
+    """Comma-separated names, as the service's manifest checks them."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise PackagingError(f"--{kind}: expected comma-separated names")
-    for name in names:
-        if not NAME_PATTERN.match(name):
-            raise PackagingError(
-                f"--{kind}: {name!r} must start with a letter or _ and hold only letters, digits, _ or - (64 at most)"
-            )
-    if len(set(names)) != len(names):
-        raise PackagingError(f"--{kind}: names must be distinct")
-    return names
+    try:
+        return list(check_names(names))
+    except ValueError as exc:
+        raise PackagingError(f"--{kind}: {exc}") from None
 
 
 def parse_bounds(text: str, features: list[str]) -> dict[str, tuple[float, float]]:
@@ -244,8 +242,10 @@ def package(
 ) -> ModelManifest:
     """Write `output` and its manifest, after checking the model against them; nothing is left half-written."""
     outputs = check_counts(model, features, outputs)
-    if not NAME_PATTERN.match(name):
-        raise PackagingError(f"--name: {name!r} must start with a letter or _ and hold only letters, digits, _ or -")
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise PackagingError(f"--name: {exc}") from None
     all_bounds = complete_bounds(model, features, bounds or {})
     manifest = ModelManifest(
         name=name,
