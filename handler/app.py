@@ -1,6 +1,7 @@
 """HTTP layer: API Gateway REST (proxy integration) events in, JSON out.
 
 Routes:  POST /predict   GET /health   GET /model   GET /openapi.json
+         POST /jobs   GET /jobs/{job_id}   POST /jobs/{job_id}/start   (handler.job_routes)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from handler import job_routes
 from handler.artifact import Manifest, ModelUnavailableError
 from handler.config import load_settings
 from handler.model import LazyModel, LoadedModel, SurrogateModel
@@ -108,6 +110,11 @@ else:
 @lru_cache(maxsize=1)
 def request_parser(features: tuple[str, ...]) -> RequestParser:
     return RequestParser(features, max_batch_size=settings.max_batch_size, max_body_bytes=settings.max_body_bytes)
+
+
+# A lambda, not model.manifest: the routes follow `model` when it is replaced (tests do).
+job_routes.configure(job_routes.Services(settings, lambda: model.manifest(), request_parser))
+app.include_router(job_routes.router)
 
 
 @app.post("/predict")

@@ -74,6 +74,26 @@ class Settings:
     """X-Ray subsegments around the model load and the prediction (Powertools Tracer)."""
     model_retry_seconds: float = 5.0
     """After a failed model load, requests get the same 503 for this long before the load is tried again."""
+    jobs_bucket: str = ""
+    """S3 bucket of asynchronous jobs' inputs, uploads and results; empty: POST /jobs answers 503."""
+    jobs_table: str = ""
+    """DynamoDB table of job records (and of Powertools idempotency records for Idempotency-Key)."""
+    job_queue_url: str = ""
+    """SQS queue of job work: plans (materialise the points) and chunks (predict them)."""
+    results_queue_url: str = ""
+    """SQS queue of finished jobs whose results are to be assembled."""
+    job_dead_letter_queue_arn: str = ""
+    """ARN of the work queue's dead-letter queue: the finisher fails the jobs of the messages that land there."""
+    job_chunk_points: int = 50_000
+    """Points a worker predicts per SQS message (benchmarks/jobs.py measured the choice)."""
+    job_max_points: int = 10_000_000
+    """Most points one job may have (a design's n, an upload's rows)."""
+    job_retention_days: int = 7
+    """Job records and objects expire this long after submission (DynamoDB TTL, S3 lifecycle)."""
+
+    @property
+    def jobs_enabled(self) -> bool:
+        return bool(self.jobs_bucket and self.jobs_table and self.job_queue_url and self.results_queue_url)
 
     @property
     def resolved_model_path(self) -> Path:
@@ -97,6 +117,14 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "cors_allow_origin": ("CORS_ALLOW_ORIGIN", str),
     "tracing": ("TRACING", _boolean),
     "model_retry_seconds": ("MODEL_RETRY_SECONDS", _number(float, 0.0, 300.0)),
+    "jobs_bucket": ("JOBS_BUCKET", str),
+    "jobs_table": ("JOBS_TABLE", str),
+    "job_queue_url": ("JOB_QUEUE_URL", str),
+    "results_queue_url": ("RESULTS_QUEUE_URL", str),
+    "job_dead_letter_queue_arn": ("JOB_DEAD_LETTER_QUEUE_ARN", str),
+    "job_chunk_points": ("JOB_CHUNK_POINTS", _number(int, 100, 1_000_000)),
+    "job_max_points": ("JOB_MAX_POINTS", _number(int, 1, 100_000_000)),
+    "job_retention_days": ("JOB_RETENTION_DAYS", _number(int, 1, 365)),
 }
 assert set(_ENVIRONMENT) == {f.name for f in fields(Settings)}
 

@@ -272,3 +272,55 @@ def describe_json(value: Any) -> str:
     import json
 
     return f"{json_type(value)} {json.dumps(value)[:40]}"
+
+
+# --- asynchronous jobs --------------------------------------------------------------------------------
+
+FiniteNumber = Annotated[float, Field(strict=False, allow_inf_nan=False)]
+
+
+class DesignSpec(BaseModel):
+    """A design made server-side: scipy's scrambled Sobol' or Halton sequence, a Latin hypercube, or a full grid."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["sobol", "lhs", "halton", "grid"]
+    n: Annotated[int, Field(strict=True, ge=1, description="Points; a grid takes the largest levels**d <= n.")]
+    seed: Annotated[int | None, Field(strict=True, ge=0, lt=2**63, description="Same seed, same points.")] = None
+    bounds: Annotated[
+        dict[str, tuple[FiniteNumber, FiniteNumber]] | None,
+        Field(description="[low, high] per feature (any subset); the others span the model's training bounds."),
+    ] = None
+
+
+class UploadSpec(BaseModel):
+    """Points in a file: the answer holds a URL to PUT it to, then POST /jobs/{id}/start."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["csv", "npy"] = Field(
+        description="csv: a header of the feature names (any order), one point per line. "
+        "npy: a 2-D float array, columns in the model's feature order."
+    )
+
+
+class JobSubmission(BaseModel):
+    """Exactly one of: `points` (as /predict takes a batch), `design`, `upload`."""
+
+    model_config = ConfigDict(extra="forbid")
+    points: Any = None
+    design: DesignSpec | None = None
+    upload: UploadSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [name for name in ("points", "design", "upload") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"expected exactly one of points, design, upload; got {len(given) or 'none'}")
+        return self
+
+
+def submission_errors(data: Any) -> tuple[JobSubmission | None, list[ErrorDetail]]:
+    """The submission, or why not (at most MAX_ERROR_DETAILS reasons)."""
+    try:
+        return JobSubmission.model_validate(data), []
+    except ValidationError as exc:
+        return None, [_detail(error) for error in exc.errors()[:20]]

@@ -1,0 +1,279 @@
+"""HTTP routes of asynchronous jobs, included in the app's one resolver.
+
+    POST /jobs                 submit: points inline, a design spec, or an upload to come -> 202 + Location
+    GET  /jobs/{job_id}        status, progress, timings; the results' URL once SUCCEEDED
+    POST /jobs/{job_id}/start  after uploading the file to the URL the submit answer gave
+
+Jobs belong to the caller (their API key's id, or IAM identity): another caller's job is a 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+import orjson
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
+
+from handler.artifact import Manifest
+from handler.config import Settings
+from handler.designs import design_points
+from handler.jobs import (
+    RESULT_FORMATS,
+    Job,
+    JobBackend,
+    OutputOptions,
+    backend_from_settings,
+    new_job,
+    start_upload,
+    status_document,
+    submit_design,
+    submit_points,
+    submit_upload,
+)
+from handler.parsing import RequestError, RequestParser, _load_json, decode_body, parse_options
+
+router = Router()
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as HTTP header values are
+DESIGN_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the routes need of the app, which owns them: settings, the model's manifest, the /predict parser."""
+
+    settings: Settings
+    manifest: Callable[[], Manifest]
+    parser: Callable[[tuple[str, ...]], RequestParser]
+
+
+_services: Services | None = None
+
+
+def configure(services: Services) -> None:
+    global _services
+    _services = services
+
+
+def _context() -> tuple[Settings, Manifest, RequestParser]:
+    assert _services is not None, "handler.job_routes.configure() was not called"
+    manifest = _services.manifest()
+    return _services.settings, manifest, _services.parser(manifest.features)
+
+
+@cache
+def _backend(settings: Settings) -> JobBackend:
+    return backend_from_settings(settings)
+
+
+def _jobs(settings: Settings) -> JobBackend:
+    if not settings.jobs_enabled:
+        raise RequestError(
+            503, "jobs are not available", [("jobs", "this deployment has no job queue, table or bucket")]
+        )
+    return _backend(settings)
+
+
+def caller() -> str:
+    """Who owns the jobs this request makes or reads: the API key's id, else the IAM caller, else anyone."""
+    event: APIGatewayProxyEvent = router.current_event  # type: ignore[assignment]
+    identity = event.request_context.identity
+    return identity.api_key_id or identity.user_arn or identity.caller or "anonymous"
+
+
+def job_options(query: dict[str, str] | None) -> OutputOptions:
+    query = query or {}
+    predict = parse_options(query)
+    fmt = query.get("format", "csv")
+    if fmt not in RESULT_FORMATS:
+        raise RequestError(422, "invalid query parameter", [("format", f"expected csv, npy or parquet, got {fmt!r}")])
+    return OutputOptions(predict.latent, predict.include_std, predict.include_interval, fmt)
+
+
+@router.post("/jobs")
+def submit_job() -> Response:
+    settings, manifest, parser = _context()
+    backend = _jobs(settings)
+    event: APIGatewayProxyEvent = router.current_event  # type: ignore[assignment]
+    options = job_options(event.query_string_parameters)
+    body = decode_body(event.body, bool(event.is_base64_encoded))
+    limit = parser.max_body_bytes + DESIGN_BODY_BYTES
+    if len(body) > limit:
+        raise RequestError(413, "request body too large", [("body", f"at most {limit} bytes are accepted")])
+    key = (event.headers or {}).get("idempotency-key") or (event.headers or {}).get("Idempotency-Key")
+    owner = caller()
+    if key is None:
+        job = _submit(backend, settings, manifest, parser, owner, body, options)
+    else:
+        if not IDEMPOTENCY_KEY.match(key):
+            message = "expected 1 to 255 visible ASCII characters"
+            raise RequestError(400, "invalid Idempotency-Key header", [("Idempotency-Key", message)])
+        job = _submit_once(backend, settings, manifest, parser, owner, key, body, options)
+    return _job_response(backend, job, 202, event.request_context.path or event.path)
+
+
+def _submit(
+    backend: JobBackend,
+    settings: Settings,
+    manifest: Manifest,
+    parser: RequestParser,
+    owner: str,
+    body: str | bytes,
+    options: OutputOptions,
+) -> Job:
+    from handler.schemas import submission_errors
+
+    submission, problems = submission_errors(_load_json(body))
+    if submission is None:
+        raise RequestError(422, "invalid job", [(p.field, p.message) for p in problems])
+    if submission.points is not None:
+        try:
+            request = parser.parse(orjson.dumps(submission.points))
+        except RequestError as exc:
+            raise RequestError(exc.status_code, exc.error, [(_under("points", f), m) for f, m in exc.details]) from None
+        if request.shape == "point":
+            request = type(request)(request.points, "rows")
+        if violations := manifest.domain_violations(request.points, settings.domain_margin):
+            details = [
+                (
+                    _under("points", request.field_name(v.row, v.feature)),
+                    f"{v.value:g} is outside [{v.low:g}, {v.high:g}]",
+                )
+                for v in violations
+            ]
+            raise RequestError(422, "point(s) outside the model's domain", details)
+        return submit_points(backend, new_job(backend, owner, manifest, "inline", options), request.points)
+    if submission.design is not None:
+        design = _resolved_design(submission.design, manifest, settings, backend.max_points)
+        return submit_design(backend, new_job(backend, owner, manifest, "design", options, design=design))
+    assert submission.upload is not None
+    job = new_job(backend, owner, manifest, "upload", options, upload_format=submission.upload.format)
+    return submit_upload(backend, job)
+
+
+def _under(prefix: str, field: str) -> str:
+    return f"{prefix}{field}" if field.startswith("[") else f"{prefix}.{field}"
+
+
+def _resolved_design(spec: Any, manifest: Manifest, settings: Settings, max_points: int) -> dict[str, Any]:
+    """The spec with every default made explicit (seed, bounds, point count), so the job can be rerun exactly."""
+    problems = []
+    low_limit, high_limit = manifest.domain(settings.domain_margin)
+    training = zip(manifest.features, manifest.bounds.tolist(), strict=True)
+    bounds = {name: [float(low), float(high)] for name, (low, high) in training}
+    for name, (low, high) in (spec.bounds or {}).items():
+        if name not in bounds:
+            problems.append((f"design.bounds.{name}", f"not a feature of this model ({', '.join(manifest.features)})"))
+            continue
+        i = manifest.features.index(name)
+        if not low < high:
+            problems.append((f"design.bounds.{name}", f"expected low < high, got [{low:g}, {high:g}]"))
+        elif low < low_limit[i] or high > high_limit[i]:
+            message = f"[{low:g}, {high:g}] leaves the model's domain [{low_limit[i]:g}, {high_limit[i]:g}]"
+            problems.append((f"design.bounds.{name}", message))
+        bounds[name] = [low, high]
+    points = design_points(spec.method, spec.n, len(manifest.features))
+    if spec.n > max_points:
+        problems.append(("design.n", f"{spec.n} points; at most {max_points} per job"))
+    elif points < 1 or (spec.method == "grid" and points < 2 ** len(manifest.features)):
+        problems.append(
+            ("design.n", f"a grid of {len(manifest.features)} features needs n >= {2 ** len(manifest.features)}")
+        )
+    if problems:
+        raise RequestError(422, "invalid design", problems)
+    seed = spec.seed if spec.seed is not None else int(np.random.default_rng().integers(2**63))
+    return {"method": spec.method, "n": spec.n, "points": points, "seed": seed, "bounds": bounds}
+
+
+def _submit_once(
+    backend: JobBackend,
+    settings: Settings,
+    manifest: Manifest,
+    parser: RequestParser,
+    owner: str,
+    key: str,
+    body: str | bytes,
+    options: OutputOptions,
+) -> Job:
+    """Powertools idempotency on the jobs table: the same (caller, key) returns the first job for 24 hours."""
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyAlreadyInProgressError,
+        IdempotencyValidationError,
+    )
+
+    raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+    fingerprint = hashlib.sha256(raw + b"\n" + orjson.dumps(options.document())).hexdigest()
+
+    def create(request: dict[str, Any]) -> dict[str, Any]:
+        return {"job": _submit(backend, settings, manifest, parser, owner, body, options).id}
+
+    submit = _idempotent(backend, create)
+    try:
+        job_id = submit(request={"owner": owner, "key": key, "fingerprint": fingerprint})["job"]
+    except IdempotencyValidationError:
+        message = "this key was used with a different request; use a new key for a new job"
+        raise RequestError(422, "Idempotency-Key reused", [("Idempotency-Key", message)]) from None
+    except IdempotencyAlreadyInProgressError:
+        message = "a request with this key is still being processed; retry in a second"
+        raise RequestError(409, "request in progress", [("Idempotency-Key", message)]) from None
+    job = backend.store.get(job_id)
+    assert job is not None
+    return job
+
+
+def _idempotent(backend: JobBackend, function: Any) -> Any:
+    from aws_lambda_powertools.utilities.idempotency import (
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+        idempotent_function,
+    )
+
+    persistence = DynamoDBPersistenceLayer(
+        table_name=backend.table_name, boto3_client=backend.dynamodb, key_attr="id"
+    )
+    config = IdempotencyConfig(
+        event_key_jmespath="[owner, key]", payload_validation_jmespath="fingerprint", expires_after_seconds=86_400
+    )
+    config.register_lambda_context(router.lambda_context)
+    return idempotent_function(data_keyword_argument="request", persistence_store=persistence, config=config)(function)
+
+
+def _owned_job(backend: JobBackend, job_id: str) -> Job:
+    job = backend.store.get(job_id) if JOB_ID.match(job_id) else None
+    if job is None or job.owner != caller():  # another caller's job is as absent as a wrong id
+        raise RequestError(404, "job not found", [("job_id", f"no job {job_id[:64]!r} of yours")])
+    return job
+
+
+@router.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    settings, _, _ = _context()
+    backend = _jobs(settings)
+    return _job_response(backend, _owned_job(backend, job_id), 200)
+
+
+@router.post("/jobs/<job_id>/start")
+def start_job(job_id: str) -> Response:
+    settings, _, _ = _context()
+    backend = _jobs(settings)
+    return _job_response(backend, start_upload(backend, _owned_job(backend, job_id)), 202)
+
+
+def _job_response(backend: JobBackend, job: Job, status: int, jobs_path: str | None = None) -> Response:
+    headers = {"Location": f"{jobs_path.rstrip('/')}/{job.id}"} if jobs_path else {}
+    if job.status in ("QUEUED", "RUNNING"):
+        headers["Retry-After"] = "2"  # when to poll again
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=orjson.dumps(status_document(backend, job)).decode(),
+        headers=headers,
+    )

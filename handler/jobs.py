@@ -1,0 +1,685 @@
+"""Asynchronous jobs: records in DynamoDB, inputs and results in S3, work on SQS.
+
+Knows nothing of API Gateway and nothing of how a model predicts: `handler.job_routes` (HTTP),
+`handler.worker` (plans and chunks, with the model) and `handler.finisher` (results and dead
+letters, without it) drive it. boto3 is imported on first use.
+
+A job's points become one float64 .npy (`jobs/ID/input.npy`) that chunks read by byte range; each
+chunk writes its predictions to `jobs/ID/chunks/NNNNNN.npy`; the finisher streams inputs and
+predictions, in input order, into `jobs/ID/results.{csv,npy,parquet}`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import orjson
+
+from handler.parsing import RequestError
+
+STATUSES = ("AWAITING_UPLOAD", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED")
+RESULT_FORMATS = ("csv", "npy", "parquet")
+UPLOAD_FORMATS = ("csv", "npy")
+DESIGN_METHODS = ("sobol", "lhs", "halton", "grid")
+URL_EXPIRY_S = 3600
+MAX_UPLOAD_BYTES = 2 * 1024**3  # 10^7 rows of a few features as CSV take ~1 GB
+UPLOAD_HEAD_BYTES = 64 * 1024  # what POST /jobs/{id}/start reads to check the header
+MAX_REASON_CHARS = 500
+SQS_BATCH = 10  # SendMessageBatch's maximum
+
+
+class JobInputError(Exception):
+    """A job cannot go on (its input is unusable): it becomes FAILED with this reason, without retries."""
+
+
+class JobNotFoundError(LookupError):
+    pass
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What the results hold beside mean and variance, and their file format."""
+
+    latent: bool = False
+    include_std: bool = False
+    include_interval: bool = False
+    format: str = "csv"
+
+    def document(self) -> dict[str, Any]:
+        include = [name for name, on in (("std", self.include_std), ("interval", self.include_interval)) if on]
+        return {"variance": "latent" if self.latent else "noisy", "include": include, "format": self.format}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> OutputOptions:
+        include = set(doc.get("include", []))
+        return cls(doc["variance"] == "latent", "std" in include, "interval" in include, doc["format"])
+
+    def statistics(self) -> list[str]:
+        names = ["mean", "variance"]
+        if self.include_std:
+            names.append("std")
+        if self.include_interval:
+            names += ["lower_95", "upper_95"]
+        return names
+
+
+def result_columns(features: tuple[str, ...], outputs: tuple[str, ...], options: OutputOptions) -> list[str]:
+    """Column names of the results: the features, then `OUTPUT_mean`, `OUTPUT_variance`, ... per output."""
+    predicted = [f"{output}_{stat}" for output in outputs for stat in options.statistics()]
+    if set(predicted) & set(features):  # a feature named like a prediction column: keep both readable
+        predicted = [f"predicted_{name}" for name in predicted]
+    return [*features, *predicted]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's record, as stored (one DynamoDB item, key `id` = `job#ID`)."""
+
+    id: str
+    owner: str
+    status: str
+    source: str  # inline | design | upload
+    created_at: float
+    expiration: int  # epoch seconds: DynamoDB's TTL attribute
+    features: tuple[str, ...]
+    outputs: tuple[str, ...]
+    model: dict[str, str]  # name, version
+    options: OutputOptions
+    design: dict[str, Any] | None = None
+    upload_format: str | None = None
+    upload_etag: str | None = None
+    n_points: int | None = None
+    chunk_points: int | None = None
+    n_chunks: int | None = None
+    input_offset: int | None = None
+    chunks_done: int = 0
+    points_done: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    last_error: str | None = None
+
+    def item(self) -> dict[str, Any]:
+        # Plain attributes for what is updated or queried; JSON strings for the nested parts (DynamoDB
+        # wants Decimals for floats, and nothing reads inside them there).
+        item = {
+            "id": f"job#{self.id}",
+            "owner": self.owner,
+            "status": self.status,
+            "source": self.source,
+            "created_at": str(self.created_at),
+            "expiration": self.expiration,
+            "spec": orjson.dumps(
+                {
+                    "features": self.features,
+                    "outputs": self.outputs,
+                    "model": self.model,
+                    "options": self.options.document(),
+                    "design": self.design,
+                    "upload_format": self.upload_format,
+                }
+            ).decode(),
+            "chunks_done": self.chunks_done,
+            "points_done": self.points_done,
+        }
+        for name in ("n_points", "chunk_points", "n_chunks", "input_offset", "upload_etag"):
+            if getattr(self, name) is not None:
+                item[name] = getattr(self, name)
+        return item
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Job:
+        spec = orjson.loads(item["spec"])
+
+        def number(name: str) -> int | None:
+            return int(item[name]) if name in item else None
+
+        def moment(name: str) -> float | None:
+            return float(item[name]) if name in item else None
+
+        return cls(
+            id=item["id"].removeprefix("job#"),
+            owner=item["owner"],
+            status=item["status"],
+            source=item["source"],
+            created_at=float(item["created_at"]),
+            expiration=int(item["expiration"]),
+            features=tuple(spec["features"]),
+            outputs=tuple(spec["outputs"]),
+            model=spec["model"],
+            options=OutputOptions.from_document(spec["options"]),
+            design=spec.get("design"),
+            upload_format=spec.get("upload_format"),
+            upload_etag=item.get("upload_etag"),
+            n_points=number("n_points"),
+            chunk_points=number("chunk_points"),
+            n_chunks=number("n_chunks"),
+            input_offset=number("input_offset"),
+            chunks_done=int(item.get("chunks_done", 0)),
+            points_done=int(item.get("points_done", 0)),
+            started_at=moment("started_at"),
+            finished_at=moment("finished_at"),
+            error=item.get("error"),
+            last_error=item.get("last_error"),
+        )
+
+
+def chunk_ranges(n_points: int, chunk_points: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_points, n_points)) for start in range(0, n_points, chunk_points)]
+
+
+def npy_header(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
+    """The .npy header (format 1.0, C order) of an array of this shape and dtype."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    )
+    return buffer.getvalue()
+
+
+class JobStore:
+    """Job records in DynamoDB; every change of state is one conditional UpdateItem."""
+
+    def __init__(self, table: Any, clock: Callable[[], float] = time.time) -> None:
+        self.table = table  # a boto3 DynamoDB Table
+        self.clock = clock
+
+    def create(self, job: Job) -> None:
+        self.table.put_item(Item=job.item(), ConditionExpression="attribute_not_exists(id)")
+
+    def get(self, job_id: str) -> Job | None:
+        item = self.table.get_item(Key={"id": f"job#{job_id}"}, ConsistentRead=True).get("Item")
+        return Job.from_item(item) if item else None
+
+    def _update(self, job_id: str, expression: str, values: dict[str, Any], condition: str | None = None) -> Any:
+        condition = "attribute_exists(id)" + (f" AND ({condition})" if condition else "")
+        kwargs: dict[str, Any] = {
+            "Key": {"id": f"job#{job_id}"},
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ReturnValues": "ALL_NEW",
+        }
+        if "#status" in expression + condition:  # DynamoDB refuses names the expressions do not use
+            kwargs["ExpressionAttributeNames"] = {"#status": "status"}
+        return self.table.update_item(**kwargs).get("Attributes")
+
+    def _conditional(self, job_id: str, *args: Any) -> Job | None:
+        """The update's new record, or None when its condition did not hold."""
+        try:
+            return Job.from_item(self._update(job_id, *args))
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return None
+
+    def queue_upload(self, job_id: str, etag: str) -> Job | None:
+        """AWAITING_UPLOAD -> QUEUED, remembering which version of the upload to read."""
+        return self._conditional(
+            job_id,
+            "SET #status = :queued, upload_etag = :etag",
+            {":queued": "QUEUED", ":etag": etag, ":awaiting": "AWAITING_UPLOAD"},
+            "#status = :awaiting",
+        )
+
+    def planned(self, job_id: str, n_points: int, chunk_points: int, input_offset: int) -> Job | None:
+        """The points are in S3 and their chunks about to be queued: RUNNING."""
+        return self._conditional(
+            job_id,
+            "SET #status = :running, n_points = :n, chunk_points = :c, n_chunks = :k, input_offset = :o, "
+            "started_at = if_not_exists(started_at, :now)",
+            {
+                ":running": "RUNNING",
+                ":n": n_points,
+                ":c": chunk_points,
+                ":k": math.ceil(n_points / chunk_points),
+                ":o": input_offset,
+                ":now": str(self.clock()),
+                ":queued": "QUEUED",
+            },
+            "#status = :queued",
+        )
+
+    def complete_chunk(self, job_id: str, index: int, points: int) -> tuple[bool, Job]:
+        """Count a chunk once, however often SQS delivers it: (counted now, the record after)."""
+        table = self.table
+        try:
+            item = self._update(
+                job_id,
+                "ADD done_chunks :index, chunks_done :one, points_done :points",
+                {":index": {index}, ":one": 1, ":points": points, ":running": "RUNNING", ":i": index},
+                "#status = :running AND NOT contains(done_chunks, :i)",
+            )
+            return True, Job.from_item(item)
+        except table.meta.client.exceptions.ConditionalCheckFailedException:
+            job = self.get(job_id)
+            if job is None:
+                raise JobNotFoundError(job_id) from None
+            return False, job
+
+    def record_error(self, job_id: str, message: str) -> None:
+        """The latest failure of some part of the job; the reason given if its retries run out."""
+        self._conditional(job_id, "SET last_error = :e", {":e": message[:MAX_REASON_CHARS]})
+
+    def fail(self, job_id: str, reason: str) -> Job | None:
+        """FAILED with a reason, unless the job has already ended."""
+        try:
+            item = self.table.update_item(
+                Key={"id": f"job#{job_id}"},
+                UpdateExpression="SET #status = :failed, #error = :reason, finished_at = :now",
+                ConditionExpression="attribute_exists(id) AND NOT #status IN (:failed, :done)",
+                ExpressionAttributeNames={"#status": "status", "#error": "error"},
+                ExpressionAttributeValues={
+                    ":failed": "FAILED",
+                    ":reason": reason[:MAX_REASON_CHARS],
+                    ":now": str(self.clock()),
+                    ":done": "SUCCEEDED",
+                },
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+        except self.table.meta.client.exceptions.ConditionalCheckFailedException:
+            return None
+        return Job.from_item(item)
+
+    def succeed(self, job_id: str) -> Job | None:
+        return self._conditional(
+            job_id,
+            "SET #status = :done, finished_at = :now",
+            {":done": "SUCCEEDED", ":now": str(self.clock()), ":running": "RUNNING"},
+            "#status = :running",
+        )
+
+
+class JobStorage:
+    """The job's objects in S3."""
+
+    def __init__(self, s3: Any, bucket: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+
+    @staticmethod
+    def input_key(job_id: str) -> str:
+        return f"jobs/{job_id}/input.npy"
+
+    @staticmethod
+    def upload_key(job_id: str, fmt: str) -> str:
+        return f"jobs/{job_id}/upload.{fmt}"
+
+    @staticmethod
+    def chunk_key(job_id: str, index: int) -> str:
+        return f"jobs/{job_id}/chunks/{index:06d}.npy"
+
+    @staticmethod
+    def results_key(job_id: str, fmt: str) -> str:
+        return f"jobs/{job_id}/results.{fmt}"
+
+    def put_input(self, job_id: str, points: np.ndarray) -> int:
+        """Write the points as a C-order float64 .npy; returns where the data starts (the header's length)."""
+        points = np.ascontiguousarray(points, dtype="<f8")
+        header = npy_header(points.shape, points.dtype)
+        body = io.BytesIO(header + points.tobytes()) if points.nbytes < 64 * 2**20 else _Concatenated(header, points)
+        self.s3.upload_fileobj(body, self.bucket, self.input_key(job_id))
+        return len(header)
+
+    def read_input_rows(self, job: Job, start: int, stop: int) -> np.ndarray:
+        assert job.input_offset is not None
+        width = len(job.features) * 8
+        first, last = job.input_offset + start * width, job.input_offset + stop * width - 1
+        body = self.s3.get_object(Bucket=self.bucket, Key=self.input_key(job.id), Range=f"bytes={first}-{last}")
+        data = body["Body"].read()
+        if len(data) != (stop - start) * width:
+            raise ValueError(f"input rows {start}:{stop} are incomplete ({len(data)} bytes)")
+        return np.frombuffer(data, dtype="<f8").reshape(stop - start, len(job.features))
+
+    def put_chunk(self, job_id: str, index: int, predictions: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(predictions, dtype="<f8"))
+        self.s3.put_object(Bucket=self.bucket, Key=self.chunk_key(job_id, index), Body=buffer.getvalue())
+
+    def get_chunk(self, job_id: str, index: int) -> np.ndarray:
+        body = self.s3.get_object(Bucket=self.bucket, Key=self.chunk_key(job_id, index))["Body"].read()
+        return np.load(io.BytesIO(body), allow_pickle=False)
+
+    def presigned_put(self, key: str) -> str:
+        return str(
+            self.s3.generate_presigned_url(
+                "put_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=URL_EXPIRY_S
+            )
+        )
+
+    def presigned_get(self, key: str, filename: str) -> str:
+        params = {"Bucket": self.bucket, "Key": key, "ResponseContentDisposition": f'attachment; filename="{filename}"'}
+        return str(self.s3.generate_presigned_url("get_object", Params=params, ExpiresIn=URL_EXPIRY_S))
+
+
+class _Concatenated(io.RawIOBase):
+    """A readable file of `header` then the array's bytes, without copying the array (S3 uploads it in parts)."""
+
+    def __init__(self, header: bytes, array: np.ndarray) -> None:
+        self.parts = [memoryview(header), memoryview(array).cast("B")]
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while self.parts and len(self.parts[0]) == 0:
+            self.parts.pop(0)
+        if not self.parts:
+            return 0
+        count = min(len(view), len(self.parts[0]))
+        view[:count] = self.parts[0][:count]
+        self.parts[0] = self.parts[0][count:]
+        return count
+
+
+@dataclass(frozen=True)
+class WorkMessage:
+    """One SQS message: plan a job, predict a chunk of it, or assemble its results."""
+
+    kind: str  # plan | chunk | assemble
+    job: str
+    index: int = 0
+    start: int = 0
+    stop: int = 0
+
+    def body(self) -> str:
+        fields: dict[str, Any] = {"kind": self.kind, "job": self.job}
+        if self.kind == "chunk":
+            fields |= {"index": self.index, "start": self.start, "stop": self.stop}
+        return orjson.dumps(fields).decode()
+
+    @classmethod
+    def parse(cls, body: str) -> WorkMessage:
+        data = orjson.loads(body)
+        if data.get("kind") not in ("plan", "chunk", "assemble") or not isinstance(data.get("job"), str):
+            raise ValueError(f"not a job message: {body[:200]!r}")
+        return cls(
+            data["kind"], data["job"], int(data.get("index", 0)), int(data.get("start", 0)), int(data.get("stop", 0))
+        )
+
+    def describe(self) -> str:
+        return f"chunk {self.index} (points {self.start}-{self.stop - 1})" if self.kind == "chunk" else self.kind
+
+
+class JobQueue:
+    def __init__(self, sqs: Any, work_url: str, results_url: str) -> None:
+        self.sqs = sqs
+        self.work_url = work_url
+        self.results_url = results_url
+
+    def send(self, url: str, messages: list[WorkMessage]) -> None:
+        """Send in batches of ten, resending entries SQS reports failed (throttling) a few times."""
+        for first in range(0, len(messages), SQS_BATCH):
+            entries = [
+                {"Id": str(i), "MessageBody": m.body()} for i, m in enumerate(messages[first : first + SQS_BATCH])
+            ]
+            for attempt in range(5):
+                failed = self.sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed", [])
+                if not failed:
+                    break
+                ids = {f["Id"] for f in failed}
+                entries = [e for e in entries if e["Id"] in ids]
+                time.sleep(0.1 * 2**attempt)
+            else:
+                raise RuntimeError(f"SQS refused {len(entries)} message(s): {failed[0].get('Message', '')}")
+
+    def plan(self, job_id: str) -> None:
+        self.send(self.work_url, [WorkMessage("plan", job_id)])
+
+    def chunks(self, job: Job) -> None:
+        assert job.n_points is not None
+        assert job.chunk_points is not None
+        ranges = chunk_ranges(job.n_points, job.chunk_points)
+        self.send(self.work_url, [WorkMessage("chunk", job.id, i, a, b) for i, (a, b) in enumerate(ranges)])
+
+    def assemble(self, job_id: str) -> None:
+        self.send(self.results_url, [WorkMessage("assemble", job_id)])
+
+
+@dataclass
+class JobBackend:
+    """The AWS resources of jobs, with clients made on first use (boto3 honours AWS_ENDPOINT_URL: moto locally)."""
+
+    bucket: str
+    table_name: str
+    work_queue_url: str
+    results_queue_url: str
+    chunk_points: int = 50_000
+    max_points: int = 10_000_000
+    retention_days: int = 7
+    clock: Callable[[], float] = time.time
+    _clients: dict[str, Any] = field(default_factory=dict)
+
+    def _client(self, name: str) -> Any:
+        if name not in self._clients:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5, read_timeout=60)
+            if name == "table":
+                self._clients[name] = boto3.resource("dynamodb", config=config).Table(self.table_name)
+            else:
+                if name == "s3":  # presigned URLs must name the bucket's region, not the global endpoint
+                    config = config.merge(Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+                self._clients[name] = boto3.client(name, config=config)  # type: ignore[call-overload]
+        return self._clients[name]
+
+    @property
+    def store(self) -> JobStore:
+        return JobStore(self._client("table"), self.clock)
+
+    @property
+    def storage(self) -> JobStorage:
+        return JobStorage(self._client("s3"), self.bucket)
+
+    @property
+    def queue(self) -> JobQueue:
+        return JobQueue(self._client("sqs"), self.work_queue_url, self.results_queue_url)
+
+    @property
+    def sqs(self) -> Any:
+        return self._client("sqs")
+
+    @property
+    def dynamodb(self) -> Any:
+        """A plain DynamoDB client (the table resource's own client converts values, which Powertools does itself)."""
+        return self._client("dynamodb")
+
+    def expiration(self) -> int:
+        return int(self.clock()) + self.retention_days * 86_400
+
+
+def backend_from_settings(settings: Any) -> JobBackend:
+    return JobBackend(
+        bucket=settings.jobs_bucket,
+        table_name=settings.jobs_table,
+        work_queue_url=settings.job_queue_url,
+        results_queue_url=settings.results_queue_url,
+        chunk_points=settings.job_chunk_points,
+        max_points=settings.job_max_points,
+        retention_days=settings.job_retention_days,
+    )
+
+
+# --- submission ------------------------------------------------------------------------------------------
+
+
+def new_job(backend: JobBackend, owner: str, manifest: Any, source: str, options: OutputOptions, **extra: Any) -> Job:
+    return Job(
+        id=new_job_id(),
+        owner=owner,
+        status="QUEUED",
+        source=source,
+        created_at=backend.clock(),
+        expiration=backend.expiration(),
+        features=manifest.features,
+        outputs=manifest.outputs,
+        model={"name": manifest.name, "version": manifest.version},
+        options=options,
+        **extra,
+    )
+
+
+def submit_points(backend: JobBackend, job: Job, points: np.ndarray) -> Job:
+    """Points sent inline: stored, counted, chunked and queued now (they are at most one request's worth)."""
+    offset = backend.storage.put_input(job.id, points)
+    backend.store.create(job)
+    running = backend.store.planned(job.id, len(points), backend.chunk_points, offset)
+    assert running is not None
+    backend.queue.chunks(running)
+    return running
+
+
+def submit_design(backend: JobBackend, job: Job) -> Job:
+    """A design is generated by a worker (10^7 points take seconds): record it and queue its plan."""
+    backend.store.create(job)
+    backend.queue.plan(job.id)
+    return job
+
+
+def submit_upload(backend: JobBackend, job: Job) -> Job:
+    backend.store.create(replace(job, status="AWAITING_UPLOAD"))
+    return replace(job, status="AWAITING_UPLOAD")
+
+
+def start_upload(backend: JobBackend, job: Job) -> Job:
+    """POST /jobs/{id}/start: check the uploaded file's size and header, then queue its plan."""
+    if job.status != "AWAITING_UPLOAD":
+        raise RequestError(409, "job already started", [("status", f"the job is {job.status}")])
+    assert job.upload_format is not None
+    storage = backend.storage
+    key = storage.upload_key(job.id, job.upload_format)
+    try:
+        head = storage.s3.head_object(Bucket=storage.bucket, Key=key)
+    except storage.s3.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            message = f"no file uploaded yet: PUT the .{job.upload_format} to the job's upload URL first"
+            raise RequestError(409, "nothing uploaded", [("upload", message)]) from exc
+        raise
+    size = int(head["ContentLength"])
+    if size > MAX_UPLOAD_BYTES:
+        raise RequestError(413, "upload too large", [("upload", f"{size} bytes; at most {MAX_UPLOAD_BYTES}")])
+    first = storage.s3.get_object(Bucket=storage.bucket, Key=key, Range=f"bytes=0-{UPLOAD_HEAD_BYTES - 1}")
+    check_upload_head(first["Body"].read(), job.upload_format, job.features, size, backend.max_points)
+    queued = backend.store.queue_upload(job.id, head["ETag"])
+    if queued is None:  # started by a concurrent call
+        raise RequestError(409, "job already started", [("status", "the job was started by another request")])
+    backend.queue.plan(job.id)
+    return queued
+
+
+def check_upload_head(head: bytes, fmt: str, features: tuple[str, ...], size: int, max_points: int) -> None:
+    """Refuse (422) a file whose header does not name the model's features, before any work is queued."""
+    if fmt == "csv":
+        line, newline, _ = head.partition(b"\n")
+        if not newline and len(head) < size:
+            raise RequestError(422, "invalid upload", [("upload", "the CSV header line is over 64 KiB")])
+        try:
+            names = [name.strip().strip('"').strip() for name in line.decode("utf-8-sig").rstrip("\r").split(",")]
+        except UnicodeDecodeError:
+            raise RequestError(422, "invalid upload", [("upload", "the CSV header is not UTF-8 text")]) from None
+        csv_columns(names, features)
+        return
+    points = npy_shape(head)
+    if points[1] != len(features):
+        message = f"expected {len(features)} columns ({', '.join(features)}), got {points[1]}"
+        raise RequestError(422, "invalid upload", [("upload", message)])
+    if not 1 <= points[0] <= max_points:
+        raise RequestError(422, "invalid upload", [("upload", f"{points[0]} rows; 1 to {max_points} accepted")])
+
+
+def csv_columns(names: list[str], features: tuple[str, ...]) -> list[int]:
+    """Where each feature is among the CSV's columns; 422 naming what is missing or unknown."""
+    problems = []
+    if missing := [f for f in features if f not in names]:
+        problems.append(("upload", f"the CSV header lacks {', '.join(missing)}"))
+    if unknown := [n for n in names if n not in features]:
+        problems.append(("upload", f"the CSV header names unknown column(s) {', '.join(map(repr, unknown[:20]))}"))
+    if len(set(names)) != len(names):
+        problems.append(("upload", "the CSV header repeats a column"))
+    if problems:
+        expected = f"expected a header of the model's features: {','.join(features)}"
+        raise RequestError(422, "invalid upload", [*problems, ("upload", expected)])
+    return [names.index(f) for f in features]
+
+
+def npy_shape(head: bytes) -> tuple[int, int]:
+    """The (rows, columns) of a 2-D numeric, C-order .npy from its first bytes; 422 otherwise."""
+    buffer = io.BytesIO(head)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read(buffer)
+    except Exception as exc:  # numpy raises ValueError or others on anything that is not an .npy header
+        raise RequestError(422, "invalid upload", [("upload", f"not an .npy file: {exc}"[:300])]) from None
+    if dtype.kind not in "fiu" or dtype.hasobject:
+        raise RequestError(422, "invalid upload", [("upload", f"expected a float array, got dtype {dtype}")])
+    if len(shape) != 2 or fortran_order:
+        raise RequestError(422, "invalid upload", [("upload", f"expected a C-order 2-D array, got shape {shape}")])
+    return int(shape[0]), int(shape[1])
+
+
+# --- status -------------------------------------------------------------------------------------------
+
+
+def status_document(backend: JobBackend, job: Job) -> dict[str, Any]:
+    """GET /jobs/{id}: state, progress, timings, and the URL to upload to or download from."""
+    doc: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status,
+        "source": job.source,
+        "model": job.model,
+        "options": job.options.document(),
+        "progress": {
+            "chunks_done": job.chunks_done,
+            "chunks": job.n_chunks,
+            "points_done": job.points_done,
+            "points": job.n_points,
+            "fraction": round(job.points_done / job.n_points, 4) if job.n_points else 0.0,
+        },
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "elapsed_seconds": round((job.finished_at or backend.clock()) - job.created_at, 3),
+        "expires_at": _iso(job.expiration),
+    }
+    if job.design is not None:
+        doc["design"] = job.design
+    if job.status == "FAILED":
+        doc["error"] = job.error
+    if job.status == "AWAITING_UPLOAD":
+        assert job.upload_format is not None
+        doc["upload"] = {
+            "method": "PUT",
+            "url": backend.storage.presigned_put(backend.storage.upload_key(job.id, job.upload_format)),
+            "format": job.upload_format,
+            "then": f"POST /jobs/{job.id}/start",
+            "expires_in_seconds": URL_EXPIRY_S,
+        }
+    if job.status == "SUCCEEDED":
+        fmt = job.options.format
+        key = backend.storage.results_key(job.id, fmt)
+        doc["results"] = {
+            "url": backend.storage.presigned_get(key, f"{job.id}.{fmt}"),
+            "format": fmt,
+            "columns": result_columns(job.features, job.outputs, job.options),
+            "expires_in_seconds": URL_EXPIRY_S,
+        }
+    return doc
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment % 1 * 1000):03d}Z"

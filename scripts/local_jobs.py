@@ -1,0 +1,163 @@
+"""Asynchronous jobs without AWS: their bucket, table and queues on moto, and Lambda's SQS event source.
+
+`local_lambda.py serve` starts moto's server on loopback, creates the resources the template declares
+(`create_resources`) and polls each queue for its function (`SqsEventSource`), as Lambda's event source
+mapping does: receive a batch, invoke the function, delete the messages it did not report as failed.
+Tests use the same pieces in-process, under moto's mock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import orjson
+
+LOG = logging.getLogger("local_jobs")
+MAX_RECEIVE_COUNT = 3  # as the template's RedrivePolicy
+
+
+@dataclass(frozen=True)
+class JobResources:
+    bucket: str
+    table: str
+    work_queue_url: str
+    work_queue_arn: str
+    results_queue_url: str
+    results_queue_arn: str
+    dead_letter_queue_url: str
+    dead_letter_queue_arn: str
+
+    def environment(self) -> dict[str, str]:
+        """The functions' variables, as the template sets them from these resources."""
+        return {
+            "JOBS_BUCKET": self.bucket,
+            "JOBS_TABLE": self.table,
+            "JOB_QUEUE_URL": self.work_queue_url,
+            "RESULTS_QUEUE_URL": self.results_queue_url,
+            "JOB_DEAD_LETTER_QUEUE_ARN": self.dead_letter_queue_arn,
+        }
+
+
+def create_resources(prefix: str = "gpr-local", visibility_timeout_s: int = 60, **client_args: Any) -> JobResources:
+    """The bucket, table (key `id`, TTL on `expiration`) and queues (with redrive to a DLQ) of jobs."""
+    s3 = boto3.client("s3", **client_args)
+    dynamodb = boto3.client("dynamodb", **client_args)
+    sqs = boto3.client("sqs", **client_args)
+    bucket, table = f"{prefix}-jobs", f"{prefix}-jobs"
+    s3.create_bucket(Bucket=bucket)
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    dynamodb.update_time_to_live(
+        TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
+    )
+
+    def queue(name: str, attributes: dict[str, str]) -> tuple[str, str]:
+        url = sqs.create_queue(QueueName=f"{prefix}-{name}", Attributes=attributes)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        return url, arn
+
+    dlq_url, dlq_arn = queue("dead-letters", {})
+    redrive = orjson.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}).decode()
+    attributes = {"VisibilityTimeout": str(visibility_timeout_s), "RedrivePolicy": redrive}
+    work_url, work_arn = queue("work", attributes)
+    results_url, results_arn = queue("results", attributes)
+    return JobResources(bucket, table, work_url, work_arn, results_url, results_arn, dlq_url, dlq_arn)
+
+
+def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
+    """The event Lambda's SQS event source mapping sends for these ReceiveMessage results."""
+    region = queue_arn.split(":")[3]
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": {},
+                "md5OfBody": hashlib.md5(m["Body"].encode(), usedforsecurity=False).hexdigest(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": region,
+            }
+            for m in messages
+        ]
+    }
+
+
+class SqsEventSource:
+    """Lambda's event source mapping for one queue, with ReportBatchItemFailures."""
+
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        queue_arn: str,
+        invoke: Callable[[dict[str, Any]], Any],
+        batch_size: int = 10,
+    ) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.queue_arn = queue_arn
+        self.invoke = invoke
+        self.batch_size = batch_size
+
+    def poll(self, wait_s: int = 0) -> int:
+        """One batch: received, handed to the function, deleted unless reported failed. Returns its size."""
+        messages = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=self.batch_size,
+            WaitTimeSeconds=wait_s,
+            AttributeNames=["All"],
+        ).get("Messages", [])
+        if not messages:
+            return 0
+        try:
+            response = self.invoke(sqs_event(messages, self.queue_arn))
+        except Exception:  # a function error: the whole batch comes back after its visibility timeout
+            LOG.exception("invocation failed for %d message(s) of %s", len(messages), self.queue_arn)
+            return len(messages)
+        failed = {item["itemIdentifier"] for item in (response or {}).get("batchItemFailures", [])}
+        done = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+        done = [entry for entry, m in zip(done, messages, strict=True) if m["MessageId"] not in failed]
+        if done:
+            self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=done)
+        return len(messages)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.poll(wait_s=1)
+            except Exception:  # the local server keeps going, as Lambda's pollers do
+                LOG.exception("polling %s failed", self.queue_arn)
+                time.sleep(1)
+
+
+def drain(sources: list[SqsEventSource], timeout_s: float = 60.0) -> None:
+    """Poll every source until none has messages (in flight ones included) or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sum(source.poll() for source in sources):
+            continue
+        pending = 0
+        for source in sources:
+            counts = source.sqs.get_queue_attributes(
+                QueueUrl=source.queue_url,
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            )["Attributes"]
+            pending += sum(int(value) for value in counts.values())
+        if not pending:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"queues not drained within {timeout_s} s")

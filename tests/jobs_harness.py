@@ -1,0 +1,106 @@
+"""Jobs end to end in one process: moto's AWS, the app's routes, and the worker and finisher on their queues."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import numpy as np
+
+from handler import app, finisher, job_routes, worker
+from handler.jobs import JobBackend, backend_from_settings
+from handler.model import LazyModel
+from scripts.local_jobs import JobResources, SqsEventSource, create_resources, drain
+from tests.events import api_event, lambda_context, response_json
+
+
+@dataclass
+class JobsHarness:
+    resources: JobResources
+    backend: JobBackend
+    sources: list[SqsEventSource]
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        api_key_id: str = "key-a",
+        raw_body: str | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        event = api_event(method, path, body, raw_body=raw_body, headers=headers)
+        event["queryStringParameters"] = query
+        event["multiValueQueryStringParameters"] = {k: [v] for k, v in (query or {}).items()} or None
+        event["requestContext"]["identity"]["apiKeyId"] = api_key_id
+        response = app.lambda_handler(event, lambda_context())
+        headers_out = {k: v[0] for k, v in (response.get("multiValueHeaders") or {}).items()}
+        headers_out |= response.get("headers") or {}
+        return response["statusCode"], headers_out, response_json(response)
+
+    def run(self, timeout_s: float = 120) -> None:
+        """Deliver every queued message to its function, as Lambda's event sources would, until none is left."""
+        drain(self.sources, timeout_s)
+
+    def download(self, url: str) -> bytes:
+        # moto intercepts boto3, not plain HTTP: read the object the presigned URL names.
+        from urllib.parse import unquote, urlparse
+
+        path = unquote(urlparse(url).path).lstrip("/")
+        bucket, _, key = path.partition("/")
+        return self.backend.storage.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def results(self, status: dict[str, Any]) -> np.ndarray:
+        """A SUCCEEDED job's results as a structured array, whatever their format."""
+        data = self.download(status["results"]["url"])
+        fmt = status["results"]["format"]
+        if fmt == "npy":
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        import pyarrow.csv
+        import pyarrow.parquet
+
+        table = pyarrow.csv.read_csv(io.BytesIO(data)) if fmt == "csv" else pyarrow.parquet.read_table(io.BytesIO(data))
+        columns = table.column_names
+        array = np.empty(table.num_rows, dtype=[(name, "<f8") for name in columns])
+        for name in columns:
+            array[name] = table.column(name).to_numpy()
+        return array
+
+
+def start_harness(monkeypatch: Any, model: LazyModel, chunk_points: int = 1_000) -> JobsHarness:
+    """Inside mock_aws: the resources, the app configured for them, and event sources for worker and finisher."""
+    resources = create_resources(prefix="test", region_name="us-east-1")
+    settings = dataclasses.replace(
+        app.settings,
+        jobs_bucket=resources.bucket,
+        jobs_table=resources.table,
+        job_queue_url=resources.work_queue_url,
+        results_queue_url=resources.results_queue_url,
+        job_dead_letter_queue_arn=resources.dead_letter_queue_arn,
+        job_chunk_points=chunk_points,
+    )
+    backend = backend_from_settings(settings)
+    monkeypatch.setattr(app, "model", model)
+    monkeypatch.setattr(job_routes, "_services", job_routes.Services(settings, model.manifest, app.request_parser))
+    monkeypatch.setattr(job_routes, "_backend", lambda _: backend)
+    for module in (worker, finisher):
+        monkeypatch.setattr(module, "settings", settings)
+        monkeypatch.setattr(module, "backend", backend)
+    monkeypatch.setattr(worker, "model", model)
+    monkeypatch.setattr(worker, "RETRY_DELAYS_S", (0, 0, 0))  # retry at once, not after seconds
+    sqs = boto3.client("sqs", region_name="us-east-1")
+
+    def invoke(handler: Any) -> Any:
+        return lambda event: handler.lambda_handler(event, lambda_context(handler.__name__))
+
+    sources = [
+        SqsEventSource(sqs, resources.work_queue_url, resources.work_queue_arn, invoke(worker), batch_size=4),
+        SqsEventSource(sqs, resources.results_queue_url, resources.results_queue_arn, invoke(finisher), batch_size=1),
+        SqsEventSource(sqs, resources.dead_letter_queue_url, resources.dead_letter_queue_arn, invoke(finisher)),
+    ]
+    return JobsHarness(resources, backend, sources)
