@@ -16,12 +16,12 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup check test lint format typecheck serve invoke train build build-PredictFunction package-model scan bench load openapi events clean
+.PHONY: help setup check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction package-model scan bench load openapi events clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-finisher.txt requirements-dev.txt client/pyproject.toml
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found: install it (pyenv install 3.13) or put python3.13 on PATH" >&2; exit 1; }
 	$(PYTHON313) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -55,8 +55,8 @@ format: setup  ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-typecheck: setup  ## mypy on the handler and scripts
-	$(VENV)/bin/mypy handler scripts
+typecheck: setup  ## mypy on the handler, scripts and the client
+	$(VENV)/bin/mypy handler scripts client/src
 
 serve: setup  ## Serve the API on http://127.0.0.1:$(PORT) like `sam local start-api`, without Docker (API_KEY= to require one)
 	$(PY) scripts/local_lambda.py serve --port $(PORT) --workers $(WORKERS) $(if $(API_KEY),--api-key "$(API_KEY)")
@@ -84,8 +84,11 @@ build: setup  ## sam build (arm64, python3.13) into .aws-sam/build
 
 # Called by `sam build` (the template's BuildMethod: makefile) with ARTIFACTS_DIR set: handler/,
 # model_artifacts/ and the runtime wheels for arm64, without tests, docs, scripts or caches.
-build-PredictFunction:
-	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64
+build-PredictFunction build-JobWorkerFunction:
+	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package model
+
+build-JobFinisherFunction:
+	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package finisher
 
 package-model: setup  ## Package your GPy model: make package-model MODEL=my.pkl FEATURES=a,b,c [OUTPUTS=y1,y2 BOUNDS=a=0:1 HOLDOUT=h.csv NAME= VERSION=]
 	@test -n "$(MODEL)" -a -n "$(FEATURES)" || { echo "usage: make package-model MODEL=path/to/model.pkl FEATURES=a,b,c [OUTPUTS=y1,y2] [BOUNDS=a=LOW:HIGH,...] [HOLDOUT=holdout.csv] [NAME=name] [VERSION=1]" >&2; exit 2; }

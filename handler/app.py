@@ -233,7 +233,13 @@ def health() -> dict[str, Any]:
 
 @app.get("/model")
 def model_info() -> dict[str, Any]:
-    return model.manifest().document
+    jobs = settings.jobs_enabled
+    limits = {
+        "max_batch_size": settings.max_batch_size,
+        "max_job_points": settings.job_max_points if jobs else None,
+        "job_chunk_points": settings.job_chunk_points if jobs else None,
+    }
+    return {**model.manifest().document, "limits": limits}
 
 
 @app.get("/openapi.json")

@@ -236,9 +236,7 @@ def _idempotent(backend: JobBackend, function: Any) -> Any:
         idempotent_function,
     )
 
-    persistence = DynamoDBPersistenceLayer(
-        table_name=backend.table_name, boto3_client=backend.dynamodb, key_attr="id"
-    )
+    persistence = DynamoDBPersistenceLayer(table_name=backend.table_name, boto3_client=backend.dynamodb, key_attr="id")
     config = IdempotencyConfig(
         event_key_jmespath="[owner, key]", payload_validation_jmespath="fingerprint", expires_after_seconds=86_400
     )

@@ -16,7 +16,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
 from handler.parsing import body_limit
-from handler.schemas import ErrorResponse, HealthResponse, ModelManifest, request_schemas, response_schemas
+from handler.schemas import ErrorResponse, HealthResponse, ModelDescription, request_schemas, response_schemas
 
 if TYPE_CHECKING:
     from handler.artifact import Manifest
@@ -190,16 +190,19 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
 
     @docs.get(
         "/model",
-        summary="The model's manifest: features, bounds, accuracy, kernel, versions, checksum",
+        summary="The model's manifest (features, bounds, accuracy, kernel, versions, checksum) and the limits",
         tags=["service"],
         operation_id="model",
         responses={
-            200: {"description": "The manifest.", "content": {"application/json": {"model": ModelManifest}}},
+            200: {
+                "description": "The manifest and limits.",
+                "content": {"application/json": {"model": ModelDescription}},
+            },
             503: errors[503],
             500: errors[500],
         },
     )
-    def model() -> ModelManifest:
+    def model() -> ModelDescription:
         raise NotImplementedError
 
     @docs.get(

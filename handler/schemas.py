@@ -274,6 +274,18 @@ def describe_json(value: Any) -> str:
     return f"{json_type(value)} {json.dumps(value)[:40]}"
 
 
+class DeploymentLimits(BaseModel):
+    max_batch_size: int = Field(description="Most points per POST /predict.")
+    max_job_points: int | None = Field(description="Most points per job; null where jobs are not deployed.")
+    job_chunk_points: int | None = Field(description="Points a job worker predicts per message.")
+
+
+class ModelDescription(ModelManifest):
+    """GET /model: the manifest, and the limits of this deployment (for clients that split their work)."""
+
+    limits: DeploymentLimits
+
+
 # --- asynchronous jobs --------------------------------------------------------------------------------
 
 FiniteNumber = Annotated[float, Field(strict=False, allow_inf_nan=False)]

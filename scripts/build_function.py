@@ -1,11 +1,14 @@
-"""Build the Lambda function's package: what it imports and the model, nothing else.
+"""Build a Lambda function's package: what it imports (and the model, if it predicts), nothing else.
 
-`sam build` runs this through the Makefile's `build-PredictFunction` target (the template's
-`BuildMethod: makefile`) with ARTIFACTS_DIR set. It installs requirements.txt as Linux wheels for the
-function's architecture, copies handler/ and model_artifacts/, and drops what the function never loads:
-the dependencies' own test suites, C headers and sources, type stubs and console scripts.
+`sam build` runs this through the Makefile's `build-<Function>` targets (the template's
+`BuildMethod: makefile`) with ARTIFACTS_DIR set. It installs the package's requirements as Linux wheels
+for the function's architecture, copies handler/ (and model_artifacts/), and drops what the function
+never loads: the dependencies' own test suites, C headers and sources, type stubs and console scripts.
 
-    python scripts/build_function.py ARTIFACTS_DIR [--arch arm64|x86_64]
+Two packages: `model` (PredictFunction, JobWorkerFunction: requirements.txt, GPy and the model) and
+`finisher` (JobFinisherFunction: requirements-finisher.txt, pyarrow, no model).
+
+    python scripts/build_function.py ARTIFACTS_DIR [--arch arm64|x86_64] [--package model|finisher]
 """
 
 from __future__ import annotations
@@ -23,28 +26,31 @@ PLATFORMS = {
     "arm64": ["manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"],
     "x86_64": ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"],
 }
-# What the function's code needs from the project: the handler's modules and the model artifacts.
-PROJECT_FILES = {"handler": ["*.py"], "model_artifacts": ["*.pkl", "*.manifest.json"]}
+# What each package's code needs from the project: the handler's modules, and the model artifacts.
+PACKAGES = {
+    "model": ("requirements.txt", {"handler": ["*.py"], "model_artifacts": ["*.pkl", "*.manifest.json"]}),
+    "finisher": ("requirements-finisher.txt", {"handler": ["*.py"]}),
+}
 # Never loaded at run time. GPy imports its own `testing` and `examples` packages, so those stay.
 PRUNED_DIRECTORIES = {"tests", "__pycache__", "include"}
 PRUNED_SUFFIXES = {".pyi", ".pxd", ".pyx", ".c", ".cpp", ".h", ".hpp", ".f", ".f90", ".pyc"}
-# The function calls S3 only (a model from MODEL_S3_URI): botocore's models of its other ~400 services
-# are ~20 MB it never reads.
-BOTOCORE_SERVICES = {"s3"}
+# The functions call S3 (a model from MODEL_S3_URI, jobs' files), DynamoDB and SQS (jobs): botocore's
+# models of its other ~400 services are ~20 MB they never read.
+BOTOCORE_SERVICES = {"s3", "dynamodb", "sqs"}
 
 
-def install_dependencies(target: Path, arch: str) -> None:
+def install_dependencies(target: Path, arch: str, requirements: str = "requirements.txt") -> None:
     platforms = [arg for tag in PLATFORMS[arch] for arg in ("--platform", tag)]
     command = [
         sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
         "--target", str(target), "--implementation", "cp", "--python-version", PYTHON_VERSION,
-        "--only-binary=:all:", *platforms, "-r", str(ROOT / "requirements.txt"),
+        "--only-binary=:all:", *platforms, "-r", str(ROOT / requirements),
     ]  # fmt: skip
     subprocess.run(command, check=True)
 
 
-def copy_project(target: Path) -> None:
-    for folder, patterns in PROJECT_FILES.items():
+def copy_project(target: Path, files: dict[str, list[str]]) -> None:
+    for folder, patterns in files.items():
         for pattern in patterns:
             for path in sorted((ROOT / folder).glob(pattern)):
                 destination = target / folder / path.name
@@ -79,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", type=Path, help="the package folder (sam build's ARTIFACTS_DIR)")
     parser.add_argument("--arch", choices=sorted(PLATFORMS), default="arm64", help="the function's architecture")
+    parser.add_argument("--package", choices=sorted(PACKAGES), default="model", help="which functions' package")
     args = parser.parse_args(argv)
+    requirements, files = PACKAGES[args.package]
     args.target.mkdir(parents=True, exist_ok=True)
-    install_dependencies(args.target, args.arch)
-    copy_project(args.target)
+    install_dependencies(args.target, args.arch, requirements)
+    copy_project(args.target, files)
     freed = prune(args.target)
     print(f"built {args.target}: {package_size(args.target):,} bytes unzipped ({freed:,} pruned)")
     return 0

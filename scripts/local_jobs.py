@@ -62,14 +62,14 @@ def create_resources(prefix: str = "gpr-local", visibility_timeout_s: int = 60, 
         TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
     )
 
-    def queue(name: str, attributes: dict[str, str]) -> tuple[str, str]:
-        url = sqs.create_queue(QueueName=f"{prefix}-{name}", Attributes=attributes)["QueueUrl"]
+    def queue(name: str, attributes: dict[str, Any]) -> tuple[str, str]:
+        url = sqs.create_queue(QueueName=f"{prefix}-{name}", Attributes=attributes)["QueueUrl"]  # type: ignore[arg-type]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         return url, arn
 
     dlq_url, dlq_arn = queue("dead-letters", {})
     redrive = orjson.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}).decode()
-    attributes = {"VisibilityTimeout": str(visibility_timeout_s), "RedrivePolicy": redrive}
+    attributes: dict[str, Any] = {"VisibilityTimeout": str(visibility_timeout_s), "RedrivePolicy": redrive}
     work_url, work_arn = queue("work", attributes)
     results_url, results_arn = queue("results", attributes)
     return JobResources(bucket, table, work_url, work_arn, results_url, results_arn, dlq_url, dlq_arn)

@@ -11,6 +11,11 @@ and `serve` answers HTTP with SAM's own local API Gateway service (the code behi
     python scripts/local_lambda.py invoke --event events/predict.json
     python scripts/local_lambda.py serve --port 3000 --workers 2
 
+`serve` runs asynchronous jobs too: moto's server on loopback stands in for S3, DynamoDB and SQS (the
+bucket, table and queues the template declares), and each function with an SQS event (the job worker,
+the finisher) gets its own warm environments fed by a poller, as Lambda's event source mapping does.
+Presigned upload and result URLs point at that moto server, so curl and the client work unchanged.
+
 Where the emulator cannot run (not Linux, or no binary for this machine) the handler is called
 in-process instead, with a warning.
 """
@@ -18,6 +23,8 @@ in-process instead, with a warning.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import importlib
 import json
 import logging
@@ -28,6 +35,7 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +52,8 @@ from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 from samcli.lib.utils.stream_writer import StreamWriter
 from samcli.local.apigw.local_apigw_service import LocalApigwService
 from samcli.local.docker.exceptions import ProcessSigTermException
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts.local_jobs, run as a script
 
 LOG = logging.getLogger("local_lambda")
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
@@ -67,33 +77,62 @@ class FunctionConfig:
     environment: dict[str, str]
 
 
+@dataclass(frozen=True)
+class QueueEvent:
+    """An SQS event source of a function: the queue's logical id in the template, and the batch size."""
+
+    queue: str
+    batch_size: int
+
+
+def load_functions(template: Path, env_vars_file: Path | None = None) -> tuple[dict[str, FunctionConfig], Any, Any]:
+    """Every Zip function of a SAM template (Globals applied), its API routes, and its functions' SQS events."""
+    # AWS::LanguageExtensions: the parameter-driven Fn::If resolved for the defaults, as CloudFormation does.
+    stacks, _ = SamLocalStackProvider.get_stacks(str(template), language_extensions_enabled=True)
+    overrides = json.loads(env_vars_file.read_text()) if env_vars_file else {}
+    configs, queue_events = {}, {}
+    for function in SamFunctionProvider(stacks).get_all():
+        if function.packagetype != "Zip":
+            continue
+        environment = {k: str(v) for k, v in ((function.environment or {}).get("Variables") or {}).items()}
+        for key in ("Parameters", function.name):  # sam's --env-vars format: all functions, then this one
+            environment.update({k: str(v) for k, v in overrides.get(key, {}).items()})
+        configs[function.name] = FunctionConfig(
+            name=function.name,
+            handler=function.handler,
+            code_dir=(template.parent / (function.codeuri or ".")).resolve(),
+            timeout_s=int(function.timeout or 3),
+            memory_mb=int(function.memory or 128),
+            environment=environment,
+        )
+        queue_events[function.name] = [
+            QueueEvent(_logical_id(event["Properties"]["Queue"]), int(event["Properties"].get("BatchSize", 10)))
+            for event in (function.events or {}).values()
+            if event.get("Type") == "SQS"
+        ]
+    return configs, ApiProvider(stacks, cwd=str(template.parent)).api, queue_events
+
+
+def _logical_id(queue: Any) -> str:
+    """The queue's logical id: SAM's local resolver turns `!GetAtt JobQueue.Arn` into a made-up ARN ending in it."""
+    if isinstance(queue, dict) and "Fn::GetAtt" in queue:
+        return str(queue["Fn::GetAtt"][0])
+    return str(queue).rsplit(":", 1)[-1]
+
+
 def load_function(
     template: Path, function_name: str | None = None, env_vars_file: Path | None = None
 ) -> tuple[FunctionConfig, Any]:
-    """The function (with Globals applied) and the API routes of a SAM template."""
-    # AWS::LanguageExtensions: the parameter-driven Fn::If resolved for the defaults, as CloudFormation does.
-    stacks, _ = SamLocalStackProvider.get_stacks(str(template), language_extensions_enabled=True)
-    functions = [f for f in SamFunctionProvider(stacks).get_all() if f.packagetype == "Zip"]
-    if function_name:
-        functions = [f for f in functions if function_name in (f.name, f.functionname)]
-    if len(functions) != 1:
-        names = ", ".join(f.name for f in SamFunctionProvider(stacks).get_all())
-        raise SystemExit(f"name one function of the template ({names})")
-    function = functions[0]
-    environment = {k: str(v) for k, v in ((function.environment or {}).get("Variables") or {}).items()}
-    if env_vars_file:  # sam's --env-vars format: {"Parameters": {...}} for all, {"<FunctionName>": {...}} for one
-        overrides = json.loads(env_vars_file.read_text())
-        for key in ("Parameters", function.name):
-            environment.update({k: str(v) for k, v in overrides.get(key, {}).items()})
-    config = FunctionConfig(
-        name=function.name,
-        handler=function.handler,
-        code_dir=(template.parent / (function.codeuri or ".")).resolve(),
-        timeout_s=int(function.timeout or 3),
-        memory_mb=int(function.memory or 128),
-        environment=environment,
-    )
-    return config, ApiProvider(stacks, cwd=str(template.parent)).api
+    """One function (by name; by default the one serving the API) and the API routes."""
+    configs, api, _ = load_functions(template, env_vars_file)
+    if function_name is None:
+        serving = {route.function_name for route in api.routes}
+        names = [name for name in configs if name in serving] or list(configs)
+    else:
+        names = [name for name in configs if name == function_name]
+    if len(names) != 1:
+        raise SystemExit(f"name one function of the template ({', '.join(configs)})")
+    return configs[names[0]], api
 
 
 def lambda_environment(config: FunctionConfig) -> dict[str, str]:
@@ -236,6 +275,14 @@ class EnvironmentPool:
         finally:
             self.idle.put(environment)
 
+    def call(self, event: dict[str, Any]) -> Any:
+        """Invoke with an event (an SQS batch, say) and return the function's JSON answer."""
+        environment = self.idle.get()
+        try:
+            return json.loads(environment.invoke(json.dumps(event).encode()))
+        finally:
+            self.idle.put(environment)
+
     def is_debugging(self) -> bool:
         return False  # LocalApigwService then serves requests on many threads
 
@@ -261,36 +308,151 @@ def invoke_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    config, api = load_function(args.template, args.function, args.env_vars)
-    pool = EnvironmentPool(config, args.workers, args.in_process)
+    configs, api, queue_events = load_functions(args.template, args.env_vars)
+    api_functions = sorted({route.function_name for route in api.routes})
+    jobs = None
+    if any(queue_events.values()) and not args.no_jobs:
+        jobs = LocalJobs.start()
+        configs = {name: jobs.configure(config) for name, config in configs.items()}
+    pools = {name: EnvironmentPool(configs[name], args.workers, args.in_process) for name in api_functions}
+    if jobs is not None:
+        for name, events in queue_events.items():
+            if events:
+                pool = EnvironmentPool(configs[name], args.job_workers, args.in_process)
+                pools[name] = pool
+                for event in events:
+                    jobs.feed(event, pool)
+    runner = FunctionRouter(pools, api_keys=args.api_key.split(",") if args.api_key else [])
     service = LocalApigwService(
-        api=api, lambda_runner=pool, port=args.port, host=args.host, stderr=StreamWriter(sys.stderr, auto_flush=True)
+        api=api, lambda_runner=runner, port=args.port, host=args.host, stderr=StreamWriter(sys.stderr, auto_flush=True)
     )
     service.create()
     if args.api_key:
-        _require_api_key(service, args.api_key)
+        _require_api_key(service, runner.api_keys)
     for route in api.routes:
         LOG.info(
             "Mounting %s at http://%s:%s%s %s", route.function_name, args.host, args.port, route.path, route.methods
         )
-    LOG.info(
-        "%d warm execution environment(s), timeout %ss, memory %s MB", args.workers, config.timeout_s, config.memory_mb
-    )
+    for name in api_functions:
+        config = configs[name]
+        LOG.info(
+            "%s: %d warm environment(s), timeout %ss, memory %s MB",
+            name,
+            args.workers,
+            config.timeout_s,
+            config.memory_mb,
+        )
+    if jobs is not None:
+        LOG.info("jobs: S3, DynamoDB and SQS on moto at %s; %d worker environment(s)", jobs.endpoint, args.job_workers)
     try:
         service.run()
     except (KeyboardInterrupt, ProcessSigTermException):  # Ctrl-C, or SIGTERM (SAM's handler raises this)
         LOG.info("stopped")
     finally:
-        pool.stop()
+        if jobs is not None:
+            jobs.stop()
+        for pool in pools.values():
+            pool.stop()
     return 0
 
 
-def _require_api_key(service: LocalApigwService, key: str) -> None:
-    """Refuse requests without `x-api-key: KEY` as API Gateway does with ApiKeyRequired: 403 before the function."""
+class FunctionRouter:
+    """SAM's LocalLambdaRunner for several functions: each route's function has its own pool.
+
+    With API keys, it adds what API Gateway puts in the event for a keyed request: the key's id.
+    """
+
+    def __init__(self, pools: dict[str, EnvironmentPool], api_keys: list[str]) -> None:
+        self.pools = pools
+        self.api_keys = {key: "local-" + hashlib.sha256(key.encode()).hexdigest()[:12] for key in api_keys}
+
+    def invoke(
+        self, function_identifier: str, event: str, stdout: StreamWriter, stderr: StreamWriter, **_: Any
+    ) -> None:
+        if self.api_keys:
+            import flask
+
+            key = flask.request.headers.get("x-api-key", "")
+            data = json.loads(event)
+            data.setdefault("requestContext", {}).setdefault("identity", {}).update(
+                apiKey=key, apiKeyId=self.api_keys.get(key)
+            )
+            event = json.dumps(data)
+        self.pools[function_identifier].invoke(function_identifier, event, stdout, stderr)
+
+    def is_debugging(self) -> bool:
+        return False  # LocalApigwService then serves requests on many threads
+
+
+class LocalJobs:
+    """moto's server on loopback with the jobs' bucket, table and queues, and pollers feeding the functions."""
+
+    def __init__(self, server: Any, endpoint: str) -> None:
+        from scripts.local_jobs import create_resources
+
+        self.server = server
+        self.endpoint = endpoint
+        self.client_args: dict[str, Any] = {
+            "endpoint_url": endpoint,
+            "region_name": _region(),
+            "aws_access_key_id": "local",
+            "aws_secret_access_key": "local",
+        }
+        self.resources = create_resources(**self.client_args)
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    @classmethod
+    def start(cls) -> LocalJobs:
+        """moto's server in its own process (its request log would drown the API's), on a free loopback port."""
+        port = _free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_for_port(port, server)
+        return cls(server, f"http://127.0.0.1:{port}")
+
+    def configure(self, config: FunctionConfig) -> FunctionConfig:
+        """The function's environment pointed at the local resources, as the template's !Ref and !GetAtt would."""
+        environment = {**config.environment, **self.resources.environment(), "AWS_ENDPOINT_URL": self.endpoint}
+        return dataclasses.replace(config, environment=environment)
+
+    def feed(self, event: QueueEvent, pool: EnvironmentPool) -> None:
+        import boto3
+
+        from scripts.local_jobs import SqsEventSource
+
+        queues = {
+            "JobQueue": (self.resources.work_queue_url, self.resources.work_queue_arn),
+            "ResultsQueue": (self.resources.results_queue_url, self.resources.results_queue_arn),
+            "JobDeadLetterQueue": (self.resources.dead_letter_queue_url, self.resources.dead_letter_queue_arn),
+        }
+        url, arn = queues[event.queue]
+        source = SqsEventSource(boto3.client("sqs", **self.client_args), url, arn, pool.call, event.batch_size)
+        thread = threading.Thread(target=source.run, args=(self.stopping,), name=f"poll-{event.queue}", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        self.server.terminate()
+        self.server.wait(timeout=10)
+
+
+def _region() -> str:
+    return os.environ.get("AWS_REGION", "us-east-1")
+
+
+def _require_api_key(service: LocalApigwService, keys: dict[str, str]) -> None:
+    """Refuse requests without a known `x-api-key` as API Gateway does with ApiKeyRequired: 403 before the function."""
     import flask
 
     def check() -> Any:
-        if flask.request.headers.get("x-api-key") != key:
+        if flask.request.headers.get("x-api-key") not in keys:
             return flask.Response('{"message": "Forbidden"}', status=403, content_type="application/json")
         return None
 
@@ -337,8 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", "-p", type=int, default=3000)
     serve.add_argument("--workers", "-w", type=int, default=2, help="warm execution environments (default 2)")
     serve.add_argument(
-        "--api-key", default=os.environ.get("LOCAL_API_KEY"), help="require this x-api-key, as the deployed API does"
+        "--api-key",
+        default=os.environ.get("LOCAL_API_KEY"),
+        help="require this x-api-key (several: comma-separated, each its own caller), as the deployed API does",
     )
+    serve.add_argument("--job-workers", type=int, default=2, help="warm environments per job function (default 2)")
+    serve.add_argument("--no-jobs", action="store_true", help="serve the API only: no moto, no job workers")
     serve.set_defaults(run=serve_command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -35,9 +35,9 @@ def free_port() -> int:
 
 
 def env_vars_file(folder: Path, model_path: Path) -> Path:
-    """Overrides in `sam local --env-vars` format that point the function at another model."""
+    """Overrides in `sam local --env-vars` format that point the functions (API and job worker) at another model."""
     path = folder / "env.json"
-    path.write_text(json.dumps({"PredictFunction": {"MODEL_PATH": str(model_path)}}))
+    path.write_text(json.dumps({"Parameters": {"MODEL_PATH": str(model_path)}}))
     return path
 
 

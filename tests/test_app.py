@@ -137,8 +137,11 @@ def test_health_says_whether_the_model_is_loaded_without_loading_it(app_with_mod
 def test_model_route_returns_the_manifest(app_with_model, tiny_model_path):
     status, body = call(app_with_model, api_event("GET", "/model"))
     assert status == 200
+    limits = body.pop("limits")
     assert body == json.loads(manifest_path_for(tiny_model_path).read_text())
     ModelManifest.model_validate(body)
+    # and the deployment's limits, for clients that split their work (no jobs in this deployment)
+    assert limits == {"max_batch_size": 10_000, "max_job_points": None, "job_chunk_points": None}
 
 
 @pytest.mark.parametrize(

@@ -352,7 +352,8 @@ def test_the_second_model_runs_a_job_with_its_own_features_and_outputs(
     results = jobs.results(done)
     outputs = ("conversion_mean", "conversion_variance", "purity_mean", "purity_variance")
     assert results.dtype.names == (*PLANT_FEATURES, *outputs)
-    assert 300 <= results["temperature"].min() and results["temperature"].max() <= 350
+    assert results["temperature"].min() >= 300
+    assert results["temperature"].max() <= 350
     points = np.column_stack([results[name] for name in PLANT_FEATURES])
     body = {name: points[:500, i].tolist() for i, name in enumerate(PLANT_FEATURES)}
     _, _, expected = jobs.call("POST", "/predict", body)

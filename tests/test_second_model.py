@@ -113,6 +113,7 @@ def test_model_route_and_openapi_describe_this_model(plant_app, plant_model_path
     _, manifest = call(plant_app, api_event("GET", "/model"))
     _, spec = call(plant_app, api_event("GET", "/openapi.json"))
     # then /model has the name, version, features, outputs, bounds and accuracy
+    assert manifest.pop("limits")["max_batch_size"] == 10_000
     assert manifest == json.loads(manifest_path_for(plant_model_path).read_text())
     assert (manifest["name"], manifest["version"]) == ("plant", "2026.11")
     assert manifest["features"] == list(PLANT_FEATURES)

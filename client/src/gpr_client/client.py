@@ -1,0 +1,419 @@
+"""The client: synchronous predictions of any size, and asynchronous jobs."""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import numpy as np
+import tenacity
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+URL_VARIABLE = "GPR_SURROGATE_URL"
+KEY_VARIABLE = "GPR_SURROGATE_API_KEY"
+MAX_RETRY_AFTER_S = 120.0
+
+
+class ApiError(Exception):
+    """The service refused a request: `status`, `error` and `details` ([{field, message}]) as it sent them."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.error = body.get("error", "") if isinstance(body, dict) else str(body)[:200]
+        self.details: list[dict[str, str]] = body.get("details", []) if isinstance(body, dict) else []
+        said = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in self.details[:5])
+        super().__init__(f"HTTP {status}: {self.error}" + (f" ({said})" if said else ""))
+
+
+class JobFailedError(Exception):
+    """A job ended FAILED; `reason` is the service's."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        super().__init__(f"job {job_id} failed: {reason}")
+
+
+class _RetryableError(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        super().__init__(f"HTTP {response.status_code}")
+
+
+class _WaitRetryAfter(tenacity.wait.wait_base):
+    """The server's Retry-After when it sent one (seconds or an HTTP date), else the fallback backoff."""
+
+    def __init__(self, fallback: tenacity.wait.wait_base) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, _RetryableError) and (header := error.response.headers.get("retry-after")):
+            seconds = _retry_after_seconds(header)
+            if seconds is not None:
+                return min(seconds, MAX_RETRY_AFTER_S)
+        return float(self.fallback(retry_state))
+
+
+def _retry_after_seconds(header: str) -> float | None:
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        moment = email.utils.parsedate_to_datetime(header) if header else None
+        return None if moment is None else max(0.0, moment.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    features: tuple[str, ...]
+    outputs: tuple[str, ...]
+    bounds: dict[str, tuple[float, float]]
+    max_batch_size: int
+    max_job_points: int | None
+
+
+@dataclass
+class Predictions:
+    """Answers in input order: `mean` and `variance` are (N, n_outputs); `extras` holds std/lower_95/upper_95."""
+
+    outputs: tuple[str, ...]
+    mean: np.ndarray
+    variance: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        columns: dict[str, np.ndarray] = {}
+        for j, output in enumerate(self.outputs):
+            columns[f"{output}_mean"] = self.mean[:, j]
+            columns[f"{output}_variance"] = self.variance[:, j]
+            for name, values in self.extras.items():
+                columns[f"{output}_{name}"] = values[:, j]
+        return pd.DataFrame(columns)
+
+
+@dataclass
+class JobResults:
+    """A finished job's rows, in input order: the features, then each output's statistics."""
+
+    table: np.ndarray  # structured: one named float64 field per column
+    features: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def inputs(self) -> np.ndarray:
+        return np.column_stack([self.table[name] for name in self.features])
+
+    def statistic(self, name: str) -> np.ndarray:
+        """(N, n_outputs) of one statistic: mean, variance, std, lower_95 or upper_95."""
+        fields = self.table.dtype.names or ()
+        columns = []
+        for output in self.outputs:
+            column = next((f for f in fields if f in (f"{output}_{name}", f"predicted_{output}_{name}")), None)
+            if column is None:
+                raise KeyError(f"the results have no {name} (ask for it with include=)")
+            columns.append(self.table[column])
+        return np.column_stack(columns)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.statistic("mean")
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.statistic("variance")
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.table)
+
+
+class SurrogateClient:
+    """The API at `base_url` (or $GPR_SURROGATE_URL), with `api_key` (or $GPR_SURROGATE_API_KEY) if it needs one.
+
+    Thread-safe; use as a context manager or call `close()`.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        concurrency: int = 4,
+        max_attempts: int = 8,
+        timeout_s: float = 60.0,
+        batch_size: int | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        base_url = base_url or os.environ.get(URL_VARIABLE)
+        if not base_url:
+            raise ValueError(f"give base_url or set {URL_VARIABLE}")
+        api_key = api_key if api_key is not None else os.environ.get(KEY_VARIABLE)
+        headers = {"x-api-key": api_key} if api_key else {}
+        limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, limits=limits, transport=transport
+        )
+        # Presigned S3 URLs carry their own signature: no API key goes to S3.
+        self._files = httpx.Client(timeout=max(timeout_s, 300.0), transport=transport)
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self._batch_size = batch_size
+        self._model: ModelInfo | None = None
+
+    def __enter__(self) -> SurrogateClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+        self._files.close()
+
+    # --- HTTP with retries ---------------------------------------------------------------------------
+
+    def _request(self, method: str, url: str, *, client: httpx.Client | None = None, **kwargs: Any) -> httpx.Response:
+        """One request, retried on 429/502/503/504 and transport errors; ApiError for any other 4xx/5xx."""
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            wait=_WaitRetryAfter(tenacity.wait_random_exponential(multiplier=0.5, max=30)),
+            retry=tenacity.retry_if_exception_type((_RetryableError, httpx.TransportError)),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    response = (client or self._http).request(method, url, **kwargs)
+                    if response.status_code in RETRYABLE_STATUSES:
+                        raise _RetryableError(response)
+        except _RetryableError as exhausted:
+            response = exhausted.response
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": response.text[:200]}
+            raise ApiError(response.status_code, body)
+        return response
+
+    # --- the model ----------------------------------------------------------------------------------
+
+    def model(self) -> ModelInfo:
+        """GET /model, once: names, bounds and the deployment's limits."""
+        if self._model is None:
+            doc = self._request("GET", "/model").json()
+            limits = doc.get("limits", {})
+            self._model = ModelInfo(
+                name=doc["name"],
+                version=str(doc["version"]),
+                features=tuple(doc["features"]),
+                outputs=tuple(doc["outputs"]),
+                bounds={k: (float(v[0]), float(v[1])) for k, v in doc["bounds"].items()},
+                max_batch_size=int(limits.get("max_batch_size", 10_000)),
+                max_job_points=limits.get("max_job_points"),
+            )
+        return self._model
+
+    def _points(self, X: Any) -> np.ndarray:
+        """X as an (N, n_features) float array in the model's feature order (a DataFrame by column name)."""
+        features = self.model().features
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):
+            missing = [f for f in features if f not in X.columns]
+            if missing:
+                raise ValueError(
+                    f"X lacks column(s) {', '.join(missing)} (the model's features: {', '.join(features)})"
+                )
+            X = X[list(features)].to_numpy(dtype=float)
+        points = np.asarray(X, dtype=float)
+        if points.ndim == 1 and len(features) == 1:
+            points = points[:, None]
+        if points.ndim != 2 or points.shape[1] != len(features):
+            raise ValueError(f"X must be (N, {len(features)}) for features {', '.join(features)}; got {points.shape}")
+        return points
+
+    # --- synchronous predictions --------------------------------------------------------------------
+
+    def predict(
+        self, X: Any, *, latent: bool = False, include: Sequence[str] = (), progress: bool = False
+    ) -> Predictions:
+        """Predictions for every row of X, in order: batches within the limit, sent `concurrency` at a time."""
+        info = self.model()
+        points = self._points(X)
+        size = self._batch_size or info.max_batch_size
+        params = {"variance": "latent" if latent else "noisy"}
+        if include:
+            params["include"] = ",".join(include)
+        starts = range(0, len(points), size)
+
+        def send(start: int) -> dict[str, Any]:
+            batch = points[start : start + size]
+            body = {name: batch[:, i].tolist() for i, name in enumerate(info.features)}
+            content = json.dumps(body, allow_nan=False)
+            headers = {"content-type": "application/json"}
+            return self._request("POST", "/predict", params=params, content=content, headers=headers).json()
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            answers = list(tqdm(pool.map(send, starts), total=len(starts), unit="batch", disable=not progress))
+        return _gather(answers, info.outputs, tuple(include))
+
+    # --- asynchronous jobs --------------------------------------------------------------------------
+
+    def submit(
+        self,
+        X: Any = None,
+        *,
+        design: dict[str, Any] | None = None,
+        latent: bool = False,
+        include: Sequence[str] = (),
+        format: str = "npy",
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Start a job on the rows of X (inline, or uploaded when over one request) or on a design spec."""
+        if (X is None) == (design is None):
+            raise ValueError("give either X or design")
+        params = {"variance": "latent" if latent else "noisy", "format": format}
+        if include:
+            params["include"] = ",".join(include)
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}  # a retried submit is the same job
+        if design is not None:
+            body: dict[str, Any] = {"design": design}
+            points = None
+        else:
+            points = self._points(X)
+            if len(points) <= self.model().max_batch_size:
+                body = {"points": {n: points[:, i].tolist() for i, n in enumerate(self.model().features)}}
+            else:
+                body = {"upload": {"format": "npy"}}
+        doc = self._request("POST", "/jobs", params=params, json=body, headers=headers).json()
+        if doc["status"] == "AWAITING_UPLOAD" and points is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, points)
+            self._request("PUT", doc["upload"]["url"], client=self._files, content=buffer.getvalue())
+            doc = self._request("POST", f"/jobs/{doc['id']}/start").json()
+        return Job(self, doc["id"], doc)
+
+    def job(self, job_id: str) -> Job:
+        """A job submitted earlier (by id)."""
+        return Job(self, job_id, self._request("GET", f"/jobs/{job_id}").json())
+
+    def run_design(
+        self,
+        method: str,
+        n: int,
+        *,
+        seed: int | None = None,
+        bounds: dict[str, tuple[float, float]] | None = None,
+        latent: bool = False,
+        include: Sequence[str] = (),
+        progress: bool = True,
+        poll_interval_s: float = 2.0,
+        timeout_s: float | None = None,
+    ) -> JobResults:
+        """Generate a design server-side (sobol, lhs, halton or grid), predict it as a job, and return the results."""
+        design: dict[str, Any] = {"method": method, "n": n}
+        if seed is not None:
+            design["seed"] = seed
+        if bounds:
+            design["bounds"] = {k: list(v) for k, v in bounds.items()}
+        job = self.submit(design=design, latent=latent, include=include)
+        return job.wait(progress=progress, poll_interval_s=poll_interval_s, timeout_s=timeout_s)
+
+
+class Job:
+    """A submitted job: `status()`, `wait()`, `results()`."""
+
+    def __init__(self, client: SurrogateClient, job_id: str, doc: dict[str, Any]) -> None:
+        self.client = client
+        self.id = job_id
+        self.last_status = doc
+
+    def status(self) -> dict[str, Any]:
+        self.last_status = self.client._request("GET", f"/jobs/{self.id}").json()
+        return self.last_status
+
+    def wait(
+        self,
+        *,
+        progress: bool = True,
+        poll_interval_s: float = 2.0,
+        timeout_s: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> JobResults:
+        """Poll until SUCCEEDED (then download the results) or FAILED (JobFailedError with the reason)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        doc = self.last_status
+        with tqdm(total=doc["progress"]["points"] or None, unit="pt", disable=not progress, desc=self.id[:8]) as bar:
+            while True:
+                total, done = doc["progress"]["points"], doc["progress"]["points_done"]
+                if total and bar.total != total:
+                    bar.total = total
+                bar.update(done - bar.n)
+                if doc["status"] == "SUCCEEDED":
+                    return self.results()
+                if doc["status"] == "FAILED":
+                    raise JobFailedError(self.id, doc.get("error") or "no reason given")
+                if doc["status"] == "AWAITING_UPLOAD":
+                    raise RuntimeError(
+                        f"job {self.id} waits for its upload: PUT the file, then POST /jobs/{self.id}/start"
+                    )
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {self.id} is still {doc['status']} after {timeout_s} s")
+                sleep(poll_interval_s)
+                doc = self.status()
+
+    def results(self) -> JobResults:
+        doc = self.last_status if self.last_status.get("results") else self.status()
+        if doc["status"] != "SUCCEEDED":
+            raise RuntimeError(f"job {self.id} is {doc['status']}; its results come when it has SUCCEEDED")
+        info = self.client.model()
+        data = self.client._request("GET", doc["results"]["url"], client=self.client._files).content
+        return JobResults(_read_table(data, doc["results"]["format"]), info.features, info.outputs)
+
+
+def _read_table(data: bytes, fmt: str) -> np.ndarray:
+    if fmt == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    if fmt == "csv":
+        return np.genfromtxt(io.BytesIO(data), delimiter=",", names=True, dtype=float, deletechars="")
+    import pyarrow.parquet as pq  # the `parquet` extra
+
+    table = pq.read_table(io.BytesIO(data))
+    array = np.empty(table.num_rows, dtype=[(name, "<f8") for name in table.column_names])
+    for name in table.column_names:
+        array[name] = table.column(name).to_numpy()
+    return array
+
+
+def _gather(answers: Iterable[Any], outputs: tuple[str, ...], include: tuple[str, ...]) -> Predictions:
+    """Columns answers (one per batch) into (N, n_outputs) arrays."""
+    names = ["mean", "variance"] + (["std"] if "std" in include else [])
+    names += ["lower_95", "upper_95"] if "interval" in include else []
+    per_name: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for answer in answers:
+        per_output = [answer] if len(outputs) == 1 else [answer[output] for output in outputs]
+        for name in names:
+            per_name[name].append(np.column_stack([np.asarray(o[name], dtype=float) for o in per_output]))
+    stacked = {
+        name: np.concatenate(parts) if parts else np.empty((0, len(outputs))) for name, parts in per_name.items()
+    }
+    mean, variance = stacked.pop("mean"), stacked.pop("variance")
+    return Predictions(outputs, mean, variance, stacked)

@@ -1,0 +1,60 @@
+"""Jobs over real HTTP on the local server: moto's server for S3, DynamoDB and SQS, the worker and finisher polled."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import numpy as np
+
+from tests.conftest import FEATURES
+
+
+def wait_for(base_url: str, job_id: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{base_url}/jobs/{job_id}", timeout=30).json()
+        if status["status"] in ("SUCCEEDED", "FAILED"):
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish: {status}")
+
+
+def test_a_sobol_job_runs_on_the_local_server_and_its_results_download_from_the_presigned_url(local_server):
+    base_url, _ = local_server
+    # Given a Sobol' design submitted as a user would with curl
+    response = httpx.post(
+        f"{base_url}/jobs?format=npy", json={"design": {"method": "sobol", "n": 4096, "seed": 3}}, timeout=30
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"].endswith(f"/jobs/{job['id']}")
+    # When the local worker and finisher have run it
+    done = wait_for(base_url, job["id"])
+    assert done["status"] == "SUCCEEDED", done
+    # Then its results download from the presigned URL, without the API, and equal /predict's answers
+    results = np.load(io.BytesIO(httpx.get(done["results"]["url"], timeout=60).content))
+    assert len(results) == 4096
+    points = np.column_stack([results[name] for name in FEATURES])
+    body = {name: points[:, i].tolist() for i, name in enumerate(FEATURES)}
+    expected = httpx.post(f"{base_url}/predict", json=body, timeout=60).json()
+    np.testing.assert_allclose(results["y_mean"], expected["mean"], rtol=1e-12)
+    np.testing.assert_allclose(results["y_variance"], expected["variance"], rtol=1e-9)
+
+
+def test_a_csv_uploaded_to_the_presigned_url_runs(local_server):
+    base_url, _ = local_server
+    job = httpx.post(f"{base_url}/jobs", json={"upload": {"format": "csv"}}, timeout=30).json()
+    points = np.random.default_rng(8).uniform(0, 1, (300, 4))
+    text = ",".join(FEATURES) + "\n" + "\n".join(",".join(map(repr, row)) for row in points.tolist())
+    put = httpx.put(job["upload"]["url"], content=text.encode(), timeout=30)
+    assert put.status_code == 200, put.text
+    started = httpx.post(f"{base_url}/jobs/{job['id']}/start", timeout=30)
+    assert started.status_code == 202, started.text
+    done = wait_for(base_url, job["id"])
+    assert done["status"] == "SUCCEEDED", done
+    csv = httpx.get(done["results"]["url"], timeout=60).text
+    header, first = csv.splitlines()[:2]
+    assert header.replace('"', "") == "x1,x2,x3,x4,y_mean,y_variance"
+    np.testing.assert_array_equal(np.array(first.split(",")[:4], dtype=float), points[0])
