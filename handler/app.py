@@ -283,7 +283,7 @@ def handle_model_unavailable(exc: ModelUnavailableError) -> Response:
 def handle_not_found(exc: NotFoundError) -> Response:
     path, method = app.current_event.path, app.current_event.http_method.upper()
     # Powertools answers 404 for a known path with another method; HTTP says 405 with Allow.
-    allowed = sorted(route.method for route in app._static_routes if route.rule.match(path))
+    allowed = sorted(route.method for route in (*app._static_routes, *app._dynamic_routes) if route.rule.match(path))
     if allowed:
         message = f"{method} is not allowed on {path}; use {', '.join(allowed)}"
         return _error(

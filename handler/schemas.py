@@ -336,3 +336,46 @@ def submission_errors(data: Any) -> tuple[JobSubmission | None, list[ErrorDetail
         return JobSubmission.model_validate(data), []
     except ValidationError as exc:
         return None, [_detail(error) for error in exc.errors()[:20]]
+
+
+class JobProgress(BaseModel):
+    chunks_done: int
+    chunks: int | None = Field(description="Known once the points are (inline: at once; designs and uploads: planned).")
+    points_done: int
+    points: int | None
+    fraction: float
+
+
+class JobUpload(BaseModel):
+    method: Literal["PUT"]
+    url: str = Field(description="Presigned S3 URL: PUT the file there (curl -T points.csv URL).")
+    format: Literal["csv", "npy"]
+    then: str = Field(description="What to call once the file is uploaded.")
+    expires_in_seconds: int
+
+
+class JobResultsLink(BaseModel):
+    url: str = Field(description="Presigned S3 URL of the results file.")
+    format: Literal["csv", "npy", "parquet"]
+    columns: list[str] = Field(description="The features, then OUTPUT_mean, OUTPUT_variance (and std, interval).")
+    expires_in_seconds: int
+
+
+class JobStatus(BaseModel):
+    """An asynchronous job: its state, progress and timings; the upload or results URL when there is one."""
+
+    id: str
+    status: Literal["AWAITING_UPLOAD", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED"]
+    source: Literal["inline", "design", "upload"]
+    model: dict[str, str]
+    options: dict[str, Any]
+    progress: JobProgress
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    elapsed_seconds: float
+    expires_at: str
+    design: dict[str, Any] | None = Field(None, description="The design with every default resolved (seed, bounds).")
+    error: str | None = Field(None, description="Why the job FAILED.")
+    upload: JobUpload | None = None
+    results: JobResultsLink | None = None

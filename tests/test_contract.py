@@ -24,7 +24,8 @@ def test_the_documented_operations_are_exactly_the_handlers_routes():
 
     paths = document()["paths"]
     documented = {(method.upper(), path) for path, operations in paths.items() for method in operations}
-    assert documented == {(route.method, route.path) for route in app._static_routes}
+    routes = (*app._static_routes, *app._dynamic_routes)
+    assert documented == {(route.method, route.path.replace("<", "{").replace(">", "}")) for route in routes}
 
 
 def test_the_api_serves_the_document(app_with_model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -55,30 +56,42 @@ def test_the_api_declares_exactly_the_handlers_paths_with_any_method(template: d
 
     events = template["Resources"]["PredictFunction"]["Properties"]["Events"].values()
     declared = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events if e["Type"] == "Api"}
-    assert declared == {("any", route.path) for route in app._static_routes}
+    routes = (*app._static_routes, *app._dynamic_routes)
+    assert declared == {("any", route.path.replace("<", "{").replace(">", "}")) for route in routes}
     assert "{proxy+}" not in TEMPLATE.read_text()
 
 
-def s3_statements(parameters: dict[str, str]) -> list[dict]:
-    """The function role's statements that mention S3, as CloudFormation receives them for these parameters."""
-    roles = of_type(translated(parameters), "AWS::IAM::Role")
-    policies = [policy for role in roles for policy in role["Properties"].get("Policies", [])]
-    statements = [statement for policy in policies for statement in policy["PolicyDocument"]["Statement"]]
-    return [statement for statement in statements if "s3:" in str(statement["Action"])]
+def model_statements(parameters: dict[str, str]) -> dict[str, list[dict]]:
+    """Per function role, the statements on S3 objects other than the jobs bucket's, as CloudFormation gets them."""
+    found = {}
+    for name, role in translated(parameters)["Resources"].items():
+        if role["Type"] != "AWS::IAM::Role":
+            continue
+        statements = [
+            s for policy in role["Properties"].get("Policies", []) for s in policy["PolicyDocument"]["Statement"]
+        ]
+        found[name] = [s for s in statements if "s3:" in str(s["Action"]) and "JobsBucket" not in json.dumps(s)]
+    return found
 
 
 def test_a_model_from_s3_grants_get_object_on_exactly_its_two_objects(template: dict, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    # a packaged model: no S3 permission at all
-    assert s3_statements({}) == []
-    # when the URI is set
-    [statement] = s3_statements({"ModelS3Uri": "s3://lab-models/plant/v2/model.pkl"})
-    # then
-    assert statement["Action"] == "s3:GetObject"
-    assert statement["Resource"] == [
-        "arn:${AWS::Partition}:s3:::lab-models/plant/v2/model.pkl",
-        "arn:${AWS::Partition}:s3:::lab-models/plant/v2/model.manifest.json",
-    ]
+    # a packaged model: no S3 permission beyond the jobs bucket
+    assert all(statements == [] for statements in model_statements({}).values())
+    # when the URI is set, the two functions that load the model (the API and the job worker), and no other
+    granted = model_statements({"ModelS3Uri": "s3://lab-models/plant/v2/model.pkl"})
+    assert {role for role, statements in granted.items() if statements} == {
+        "PredictFunctionRole",
+        "JobWorkerFunctionRole",
+    }
+    for role in ("PredictFunctionRole", "JobWorkerFunctionRole"):
+        [statement] = granted[role]
+        # then
+        assert statement["Action"] == "s3:GetObject"
+        assert statement["Resource"] == [
+            "arn:${AWS::Partition}:s3:::lab-models/plant/v2/model.pkl",
+            "arn:${AWS::Partition}:s3:::lab-models/plant/v2/model.manifest.json",
+        ]
     function = template["Resources"]["PredictFunction"]["Properties"]
     assert function["Environment"]["Variables"]["MODEL_S3_URI"] == {"Ref": "ModelS3Uri"}
     assert function["EphemeralStorage"] == {"Size": {"Ref": "EphemeralStorageMiB"}}
@@ -155,6 +168,57 @@ def test_sam_build_packages_only_what_the_function_loads_under_the_size_limit(tm
     size = sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
     assert size < 190 * 2**20, f"{size / 2**20:.0f} MiB unzipped; before this package was pruned it was 192 MiB"
     assert size < LAMBDA_UNZIPPED_LIMIT_BYTES
+    # the job worker runs the same package; the finisher has pyarrow and no model, GPy or scipy
+    worker = build_dir / "JobWorkerFunction"
+    assert sorted(p.relative_to(worker) for p in worker.rglob("*")) == sorted(
+        p.relative_to(package) for p in package.rglob("*")
+    )
+    finisher = build_dir / "JobFinisherFunction"
+    assert list(finisher.glob("pyarrow/__init__.py"))
+    for absent in ("GPy", "scipy", "model_artifacts"):
+        assert not list(finisher.glob(absent)), absent
+    assert_lean(finisher)
+    size = sum(f.stat().st_size for f in finisher.rglob("*") if f.is_file())
+    assert size < LAMBDA_UNZIPPED_LIMIT_BYTES, f"{size / 2**20:.0f} MiB unzipped"
+
+
+FINISHER_SMOKE = """
+import io, sys
+sys.path.insert(0, sys.argv[1])
+assert "site-packages" not in " ".join(sys.path), sys.path
+import numpy as np, pyarrow.csv, pyarrow.parquet, smart_open
+import handler.finisher  # its module-level setup, as at a cold start
+from handler.results import write_results
+for module in (np, pyarrow, smart_open, handler.finisher):
+    assert module.__file__.startswith(sys.argv[1]), module.__file__
+assert "GPy" not in sys.modules and "scipy" not in sys.modules
+rows = np.arange(12.0).reshape(4, 3)
+for fmt in ("csv", "parquet", "npy"):
+    sink = io.BytesIO()
+    assert write_results(fmt, sink, 4, ["a", "b", "c"], [rows[:2], rows[2:]]) == 4
+    print(fmt, len(sink.getvalue()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_finisher_package_writes_results_without_the_model_or_site_packages(tmp_path: Path):
+    import platform
+
+    arch = {"x86_64": "x86_64", "aarch64": "arm64"}[platform.machine()]
+    package = tmp_path / "finisher"
+    build = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_function.py"), str(package), "--arch", arch,
+         "--package", "finisher"], capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", FINISHER_SMOKE, str(package)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "AWS_DEFAULT_REGION": "us-east-1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["csv", "parquet", "npy"]
 
 
 SMOKE = """
@@ -232,7 +296,9 @@ def translated(parameters: dict[str, str]) -> dict:
     from samtranslator.translator.translator import Translator
 
     template = yaml_parse(TEMPLATE.read_text())
-    template["Resources"]["PredictFunction"]["Properties"]["CodeUri"] = "s3://bucket/code.zip"  # as after sam package
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            resource["Properties"]["CodeUri"] = "s3://bucket/code.zip"  # as after sam package
     expanded = expand_language_extensions(copy.deepcopy(template), parameter_values=parameters, enabled=True)
     document = expanded.expanded_template
     document["Transform"] = "AWS::Serverless-2016-10-31"
@@ -273,7 +339,7 @@ def test_the_parameters_choose_access_cold_start_and_cors(
         assert plan["Properties"]["Quota"] == {"Limit": 1000000, "Period": "DAY"}
         assert plan["Properties"]["Throttle"] == {"RateLimit": 100, "BurstLimit": 200}
     # and the cold-start mode, on a published version behind the `live` alias
-    [function] = of_type(resources, "AWS::Lambda::Function")
+    function = resources["Resources"]["PredictFunction"]
     assert function["Properties"]["SnapStart"] == {"ApplyOn": snap_start}
     assert function["Properties"]["ReservedConcurrentExecutions"] == 20
     [alias] = of_type(resources, "AWS::Lambda::Alias")
@@ -288,7 +354,7 @@ def test_the_parameters_choose_access_cold_start_and_cors(
     assert "$context.requestId" in stage["Properties"]["AccessLogSetting"]["Format"]
 
 
-def test_alarms_cover_errors_throttles_latency_and_the_model(template: dict):
+def test_alarms_cover_errors_throttles_latency_the_model_and_failed_jobs(template: dict):
     alarms = {
         name: r["Properties"] for name, r in template["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"
     }
@@ -299,6 +365,7 @@ def test_alarms_cover_errors_throttles_latency_and_the_model(template: dict):
         ("AWS/Lambda", "Throttles"),
         ("AWS/Lambda", "Duration"),
         ("GPRSurrogate", "ModelLoadFailures"),
+        ("AWS/SQS", "NumberOfMessagesReceived"),  # job messages dead-lettered
     }
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == {"Fn::If": ["AlarmMail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
@@ -318,3 +385,74 @@ def test_every_checkov_skip_says_why(template: dict):
     assert skips
     for name, skip in skips:
         assert len(skip.get("comment", "")) > 40, f"{name} skips {skip['id']} without a reason"
+
+
+def test_the_jobs_resources_are_private_expiring_and_retried_into_a_dead_letter_queue():
+    resources = translated({})["Resources"]
+    bucket = resources["JobsBucket"]["Properties"]
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    (rule,) = bucket["LifecycleConfiguration"]["Rules"]
+    assert (rule["Prefix"], rule["ExpirationInDays"]) == ("jobs/", 7)  # JobRetentionDays' default
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    (tls,) = resources["JobsBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert (tls["Effect"], tls["Condition"]) == ("Deny", {"Bool": {"aws:SecureTransport": False}})
+    table = resources["JobsTable"]["Properties"]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    worker_timeout = resources["JobWorkerFunction"]["Properties"]["Timeout"]
+    for queue in ("JobQueue", "ResultsQueue"):
+        properties = resources[queue]["Properties"]
+        assert properties["RedrivePolicy"] == {
+            "deadLetterTargetArn": {"Fn::GetAtt": ["JobDeadLetterQueue", "Arn"]},
+            "maxReceiveCount": 3,
+        }
+        assert properties["SqsManagedSseEnabled"] is True
+    assert resources["JobQueue"]["Properties"]["VisibilityTimeout"] >= 6 * worker_timeout
+    mappings = {
+        name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::Lambda::EventSourceMapping"
+    }
+    assert {(m["FunctionName"]["Ref"], m["EventSourceArn"]["Fn::GetAtt"][0]) for m in mappings.values()} == {
+        ("JobWorkerFunction", "JobQueue"),
+        ("JobFinisherFunction", "ResultsQueue"),
+        ("JobFinisherFunction", "JobDeadLetterQueue"),
+    }
+    assert all(m["FunctionResponseTypes"] == ["ReportBatchItemFailures"] for m in mappings.values())
+    assert mappings["JobWorkerFunctionWork"]["ScalingConfig"] == {"MaximumConcurrency": 20}  # JobWorkerConcurrency
+    assert resources["JobWorkerFunction"]["Properties"]["ReservedConcurrentExecutions"] == 20
+
+
+def _granted(resources: dict, role: str) -> dict[str, set[str]]:
+    """Each action the role's inline policies allow -> the resources (logical ids) it is allowed on."""
+    granted: dict[str, set[str]] = {}
+    for policy in resources[role]["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            names = set()
+            for target in targets:
+                assert target != "*", f"{role} grants {actions} on every resource"
+                text = json.dumps(target)
+                names |= {n for n in ("JobsBucket", "JobsTable", "JobQueue", "ResultsQueue") if n in text}
+            for action in actions:
+                granted.setdefault(action, set()).update(names)
+    return granted
+
+
+def test_each_function_may_touch_only_the_jobs_resources_it_uses():
+    resources = translated({})["Resources"]
+    api = _granted(resources, "PredictFunctionRole")
+    worker = _granted(resources, "JobWorkerFunctionRole")
+    finisher = _granted(resources, "JobFinisherFunctionRole")
+    # the API writes inputs and signs URLs, keeps job and idempotency records, and queues work, never results
+    assert api["s3:PutObject"] == {"JobsBucket"}
+    assert set(api) >= {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
+    assert api["sqs:SendMessage*"] == {"JobQueue"}
+    assert not any(action.startswith("dynamodb:Scan") for action in api)
+    # the worker queues chunks and assemblies, and may delay its own retries
+    assert worker["sqs:SendMessage*"] == {"JobQueue", "ResultsQueue"}
+    assert worker["sqs:ChangeMessageVisibility"] == {"JobQueue"}
+    # the finisher sends nothing, and may abort the multipart upload of a failed assembly
+    assert not any(action.startswith("sqs:Send") for action in finisher)
+    assert finisher["s3:AbortMultipartUpload"] == {"JobsBucket"}
+    assert not any(action.startswith("dynamodb:Delete") for action in {**worker, **finisher})
