@@ -3,6 +3,7 @@
     POST /jobs                 submit: points inline, a design spec, or an upload to come -> 202 + Location
     GET  /jobs/{job_id}        status, progress, timings; the results' URL once SUCCEEDED
     POST /jobs/{job_id}/start  after uploading the file to the URL the submit answer gave
+    POST /jobs/{job_id}/cancel FAILED ("cancelled by the caller"); workers skip its remaining chunks
 
 Jobs belong to the caller (their API key's id, or IAM identity): another caller's job is a 404.
 """
@@ -263,6 +264,17 @@ def start_job(job_id: str) -> Response:
     settings, _, _ = _context()
     backend = _jobs(settings)
     return _job_response(backend, start_upload(backend, _owned_job(backend, job_id)), 202)
+
+
+@router.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    settings, _, _ = _context()
+    backend = _jobs(settings)
+    job = _owned_job(backend, job_id)
+    cancelled = backend.store.fail(job.id, "cancelled by the caller")
+    if cancelled is None:
+        raise RequestError(409, "job already ended", [("status", f"the job is {job.status}")])
+    return _job_response(backend, cancelled, 200)
 
 
 def _job_response(backend: JobBackend, job: Job, status: int, jobs_path: str | None = None) -> Response:

@@ -253,6 +253,7 @@ def _document_deployment_limits(document: dict[str, Any], manifest: "Manifest", 
     body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     rows = next(option for option in body["anyOf"] if option.get("type") == "array")
     rows["maxItems"] = settings.max_batch_size
+    schemas["DesignSpec"]["properties"]["n"]["maximum"] = settings.job_max_points  # JOB_MAX_POINTS
     for column in schemas["PredictColumns"]["properties"].values():
         column["maxItems"] = settings.max_batch_size
     domain = zip(manifest.features, manifest.bounds.tolist(), *manifest.domain(settings.domain_margin), strict=True)
@@ -351,6 +352,22 @@ def _document_jobs(
         responses={200: job_answer("The job."), 404: not_found, 503: errors[503], 500: errors[500]},
     )
     def get_job(job_id: Annotated[str, Path(description="The id POST /jobs answered with.")]) -> JobStatus:
+        raise NotImplementedError
+
+    @docs.post(
+        "/jobs/<job_id>/cancel",
+        summary="Cancel a job: it becomes FAILED (cancelled by the caller) and workers skip its remaining chunks",
+        tags=["jobs"],
+        operation_id="cancelJob",
+        responses={
+            200: job_answer("The cancelled job."),
+            404: not_found,
+            409: _error("The job had already ended.", {"error": "job already ended", "details": []}),
+            503: errors[503],
+            500: errors[500],
+        },
+    )
+    def cancel_job(job_id: Annotated[str, Path(description="The job's id.")]) -> JobStatus:
         raise NotImplementedError
 
     @docs.post(

@@ -359,3 +359,20 @@ def test_the_second_model_runs_a_job_with_its_own_features_and_outputs(
     _, _, expected = jobs.call("POST", "/predict", body)
     np.testing.assert_allclose(results["purity_mean"][:500], expected["purity"]["mean"], rtol=1e-12)
     np.testing.assert_allclose(results["conversion_variance"][:500], expected["conversion"]["variance"], rtol=1e-9)
+
+
+def test_a_cancelled_job_fails_and_its_remaining_chunks_are_skipped(jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch):
+    from handler import worker
+
+    predicted = []
+    real = worker.model.get().model.predict
+    monkeypatch.setattr(worker.model.get().model, "predict", lambda X, **kw: predicted.append(len(X)) or real(X, **kw))
+    _, _, submitted = jobs.call("POST", "/jobs", {"design": {"method": "sobol", "n": 5_000, "seed": 1}})
+    code, _, cancelled = jobs.call("POST", f"/jobs/{submitted['id']}/cancel")
+    assert code == 200
+    assert (cancelled["status"], cancelled["error"]) == ("FAILED", "cancelled by the caller")
+    jobs.run()
+    assert predicted == []  # its plan found it FAILED and queued nothing
+    assert jobs.call("GET", f"/jobs/{submitted['id']}")[2]["status"] == "FAILED"
+    assert jobs.call("POST", f"/jobs/{submitted['id']}/cancel")[0] == 409
+    assert jobs.call("POST", f"/jobs/{submitted['id']}/cancel", api_key_id="key-b")[0] == 404

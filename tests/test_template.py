@@ -387,7 +387,8 @@ def test_every_checkov_skip_says_why(template: dict):
         assert len(skip.get("comment", "")) > 40, f"{name} skips {skip['id']} without a reason"
 
 
-def test_the_jobs_resources_are_private_expiring_and_retried_into_a_dead_letter_queue():
+def test_the_jobs_resources_are_private_expiring_and_retried_into_a_dead_letter_queue(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     resources = translated({})["Resources"]
     bucket = resources["JobsBucket"]["Properties"]
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
@@ -439,7 +440,8 @@ def _granted(resources: dict, role: str) -> dict[str, set[str]]:
     return granted
 
 
-def test_each_function_may_touch_only_the_jobs_resources_it_uses():
+def test_each_function_may_touch_only_the_jobs_resources_it_uses(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     resources = translated({})["Resources"]
     api = _granted(resources, "PredictFunctionRole")
     worker = _granted(resources, "JobWorkerFunctionRole")

@@ -1,0 +1,281 @@
+"""Asynchronous jobs: worker throughput per chunk size, projected time and cost of large designs, and the client.
+
+Three measurements, in one run, medians of --repeats:
+  1. A worker's chunk, end to end, against moto's server on loopback (real HTTP S3, DynamoDB and SQS APIs):
+     read the rows from the input .npy by byte range, predict with the packaged model, write the chunk,
+     count it in DynamoDB. Points per second per worker for each chunk size, and the share of it that is
+     prediction. The chunk size is where the fitted fixed cost per chunk is 10% of the chunk's time.
+  2. From those: wall time and cost of 10^6 and 10^7 points at a stated concurrency, arm64 prices.
+  3. The client against `local_lambda.py serve` for 10^5 points: predict() (synchronous, 10 requests of 10,000)
+     against submit() + wait() (a job: upload, worker, finisher) and run_design() (a server-side Sobol' design).
+
+    python benchmarks/jobs.py [--repeats 3] [--concurrency 20,100] [--skip-client]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CHUNK_SIZES = (1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 200_000)
+# AWS list prices, us-east-1, arm64 (2026): Lambda per GB-second and per request; SQS standard per request
+# (send, receive and delete each count); DynamoDB on-demand per write and read request unit; S3 Standard.
+LAMBDA_GB_SECOND = 0.0000133334
+LAMBDA_REQUEST = 0.20 / 1e6
+SQS_REQUEST = 0.40 / 1e6
+DYNAMODB_WRITE = 0.625 / 1e6
+DYNAMODB_READ = 0.125 / 1e6
+S3_PUT = 0.005 / 1000
+S3_GET = 0.0004 / 1000
+MEMORY_GB = 1769 / 1024  # the template's MemorySize
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def measure_chunks(repeats: int) -> list[dict[str, float]]:
+    """Seconds per chunk (end to end, and predicting only) for each chunk size, medians of `repeats`."""
+    from handler.artifact import PackagedArtifact
+    from handler.config import load_settings
+    from handler.jobs import JobBackend, OutputOptions, WorkMessage, new_job
+    from handler.model import load_model
+    from handler.worker import predict_chunk
+    from scripts.local_jobs import create_resources
+
+    loaded = load_model(PackagedArtifact(load_settings().resolved_model_path))
+    model, manifest = loaded.model, loaded.manifest
+    rows = []
+    with moto_server() as endpoint:
+        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        resources = create_resources(prefix="bench")
+        backend = JobBackend(
+            resources.bucket, resources.table, resources.work_queue_url, resources.results_queue_url, chunk_points=10
+        )
+        largest = max(CHUNK_SIZES)
+        rng = np.random.default_rng(0)
+        low, high = manifest.bounds[:, 0], manifest.bounds[:, 1]
+        points = low + (high - low) * rng.uniform(size=(largest * (repeats + 1), len(manifest.features)))
+        for size in CHUNK_SIZES:
+            job = new_job(backend, "bench", manifest, "inline", OutputOptions())
+            offset = backend.storage.put_input(job.id, points)
+            backend.store.create(job)
+            job = backend.store.planned(job.id, len(points), size, offset)
+            assert job is not None
+            model.predict(points[:size])  # warm: BLAS threads, caches
+            end_to_end, predicting = [], []
+            for repeat in range(repeats):
+                start = repeat * size
+                message = WorkMessage("chunk", job.id, repeat, start, start + size)
+                began = time.perf_counter()
+                predict_chunk(backend, message, model)
+                end_to_end.append(time.perf_counter() - began)
+                began = time.perf_counter()
+                model.predict(points[start : start + size])
+                predicting.append(time.perf_counter() - began)
+            seconds, compute = statistics.median(end_to_end), statistics.median(predicting)
+            rows.append({"size": size, "seconds": seconds, "predict_seconds": compute, "points_per_s": size / seconds})
+            print(f"  chunk {size:>7,}: {seconds * 1000:8.1f} ms ({compute / seconds:4.0%} predicting), "
+                  f"{size / seconds:10,.0f} points/s per worker", flush=True)  # fmt: skip
+    return rows
+
+
+def choose_chunk(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Fit seconds = overhead + per_point * size; choose the size at which the overhead is 10% of a chunk.
+
+    Larger chunks than that gain under 10% per worker but cut the fan-out of smaller jobs; the fit is steadier
+    than picking from noisy timings.
+    """
+    sizes = np.array([row["size"] for row in rows], dtype=float)
+    seconds = np.array([row["seconds"] for row in rows])
+    per_point, overhead = np.polyfit(sizes, seconds, 1)
+    size = int(math.ceil(9 * overhead / per_point / 5_000) * 5_000)
+    chunk_seconds = overhead + per_point * size
+    return {"size": size, "seconds": chunk_seconds, "overhead_s": overhead, "per_point_s": per_point,
+            "points_per_s": size / chunk_seconds}  # fmt: skip
+
+
+def measure_plan_and_assembly(n: int, repeats: int) -> dict[str, float]:
+    """Seconds to generate and store an n-point Sobol' design, and to assemble n result rows per format."""
+    from handler.designs import generate
+    from handler.jobs import npy_header
+    from handler.results import write_results
+
+    times: dict[str, list[float]] = {"plan": [], "csv": [], "npy": [], "parquet": []}
+    columns = ["x1", "x2", "x3", "x4", "y_mean", "y_variance"]
+    for _ in range(repeats):
+        began = time.perf_counter()
+        points = generate("sobol", n, 1, np.zeros(4), np.ones(4))
+        _NullSink().write(npy_header(points.shape, points.dtype) + points.tobytes())  # put_input's bytes; not S3
+        times["plan"].append(time.perf_counter() - began)
+        rows = np.hstack([points, points[:, :2]])
+        for fmt in ("csv", "npy", "parquet"):
+            began = time.perf_counter()
+            write_results(fmt, _NullSink(), n, columns, (rows[i : i + 50_000] for i in range(0, n, 50_000)))
+            times[fmt].append(time.perf_counter() - began)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+class _NullSink:
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.bytes += len(data)
+        return len(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.bytes
+
+
+def project(points: int, chunk: dict[str, float], concurrency: int, plan_s: float, assemble_s: float) -> dict:
+    """Wall time and cost of a job of `points`, from the measured chunk at this concurrency."""
+    chunks = math.ceil(points / chunk["size"])
+    waves = math.ceil(chunks / concurrency)
+    wall = plan_s + waves * chunk["seconds"] + assemble_s
+    compute_s = plan_s + chunks * chunk["seconds"] + assemble_s
+    lambda_cost = compute_s * MEMORY_GB * LAMBDA_GB_SECOND + (chunks / 4 + 2) * LAMBDA_REQUEST
+    sqs_cost = (chunks + 2) * 3 * SQS_REQUEST
+    dynamodb_cost = (chunks * 2 + 6) * DYNAMODB_WRITE + (chunks * 2 + 6) * DYNAMODB_READ
+    s3_cost = (chunks + 2 + math.ceil(points * 120 / 16e6)) * S3_PUT + (chunks * 3) * S3_GET
+    return {
+        "points": points,
+        "chunks": chunks,
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "cost": lambda_cost + sqs_cost + dynamodb_cost + s3_cost,
+        "lambda_cost": lambda_cost,
+    }
+
+
+def measure_client(repeats: int, n: int = 100_000) -> dict[str, float]:
+    """The client against the local server (2 API environments, 2 job workers): sync predict vs a job."""
+    from gpr_client import SurrogateClient
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "local_lambda.py"), "serve", "--port", str(port), "-w", "2"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base_url}/health", timeout=30).status_code == 200:
+                    break
+            time.sleep(0.2)
+        with SurrogateClient(base_url, concurrency=2) as client:
+            features = client.model().features
+            X = np.random.default_rng(1).uniform(size=(n, len(features)))
+            bounds = np.array([client.model().bounds[f] for f in features])
+            X = bounds[:, 0] + X * (bounds[:, 1] - bounds[:, 0])
+            client.predict(X[:1_000])  # warm both API environments
+            client.run_design("sobol", 1_000, progress=False, poll_interval_s=0.1)  # and the job functions
+            timings: dict[str, list[float]] = {"predict": [], "submit_wait": [], "run_design": []}
+            for _ in range(repeats):
+                began = time.perf_counter()
+                client.predict(X)
+                timings["predict"].append(time.perf_counter() - began)
+                began = time.perf_counter()
+                client.submit(X).wait(progress=False, poll_interval_s=0.1)
+                timings["submit_wait"].append(time.perf_counter() - began)
+                began = time.perf_counter()
+                client.run_design("sobol", n, seed=1, progress=False, poll_interval_s=0.1)
+                timings["run_design"].append(time.perf_counter() - began)
+        return {name: statistics.median(values) for name, values in timings.items()}
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", default="20,100", help="worker concurrencies to project at")
+    parser.add_argument("--skip-client", action="store_true")
+    args = parser.parse_args(argv)
+
+    print(f"1. A worker's chunk, end to end against moto on loopback (medians of {args.repeats})", flush=True)
+    rows = measure_chunks(args.repeats)
+    chunk = choose_chunk(rows)
+    print(f"   fit: {chunk['overhead_s'] * 1000:.0f} ms per chunk + {chunk['per_point_s'] * 1e6:.2f} us per point; "
+          f"chosen {chunk['size']:,} points per chunk (overhead 10% of it): {chunk['seconds']:.2f} s, "
+          f"{chunk['points_per_s']:,.0f} points/s per worker, far inside the worker's 300 s", flush=True)  # fmt: skip
+
+    print("2. Projection (plan and assembly measured at 10^6 points, scaled linearly to 10^7)", flush=True)
+    measured = measure_plan_and_assembly(1_000_000, args.repeats)
+    print("   10^6 points: plan (Sobol' + .npy) {plan:.2f} s; assemble csv {csv:.2f} s, npy {npy:.2f} s, "
+          "parquet {parquet:.2f} s".format(**measured), flush=True)  # fmt: skip
+    for concurrency in (int(c) for c in args.concurrency.split(",")):
+        for points in (1_000_000, 10_000_000):
+            scale = points / 1_000_000
+            p = project(points, chunk, concurrency, measured["plan"] * scale, measured["csv"] * scale)
+            print(f"   {points:>10,} points, {concurrency:>3} workers: {p['chunks']:>4} chunks, ~{p['wall_s']:6.1f} s "
+                  f"wall, ~${p['cost']:.4f} (Lambda ${p['lambda_cost']:.4f})", flush=True)  # fmt: skip
+
+    if not args.skip_client:
+        print(f"3. The client against the local server, 10^5 points (medians of {args.repeats})", flush=True)
+        client = measure_client(args.repeats)
+        for name, seconds in client.items():
+            print(f"   {name:<12} {seconds:6.2f} s  {100_000 / seconds:10,.0f} points/s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
