@@ -382,7 +382,10 @@ def _document_jobs(
             413: _error("The file is over 2 GiB.", {"error": "upload too large", "details": []}),
             422: _error(
                 "The file's header does not name the features, or it is not a 2-D float .npy.",
-                {"error": "invalid upload", "details": [{"field": "upload", "message": "the CSV header lacks x4"}]},
+                {
+                    "error": "invalid upload",
+                    "details": [{"field": "upload", "message": f"the CSV header lacks {manifest.features[-1]}"}],
+                },
             ),
             503: errors[503],
             500: errors[500],
