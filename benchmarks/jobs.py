@@ -42,6 +42,12 @@ DYNAMODB_READ = 0.125 / 1e6
 S3_PUT = 0.005 / 1000
 S3_GET = 0.0004 / 1000
 MEMORY_GB = 1769 / 1024  # the template's MemorySize
+# Not measurable here, so assumed and stated: a worker's cold start (imports and unpickling, as
+# benchmarks/results.md measures: ~2 s; workers have no SnapStart) and S3 throughput from one Lambda
+# environment (~100 MB/s), which moves the input, the chunks and the results file.
+COLD_START_S = 2.0
+S3_BYTES_PER_S = 100e6
+CSV_BYTES_PER_ROW = 120  # measured: Park's 4 features and 2 statistics as pyarrow writes them
 
 
 def free_port() -> int:
@@ -180,15 +186,23 @@ class _NullSink:
 
 
 def project(points: int, chunk: dict[str, float], concurrency: int, plan_s: float, assemble_s: float) -> dict:
-    """Wall time and cost of a job of `points`, from the measured chunk at this concurrency."""
+    """Wall time and cost of a job of `points` (Park: 4 features), from the measured chunk at this concurrency.
+
+    wall = plan + input upload + one cold start + waves of chunks + assembly (reading inputs and chunks, writing
+    the CSV); compute is the same with every chunk and every worker's cold start counted.
+    """
     chunks = math.ceil(points / chunk["size"])
+    workers = min(chunks, concurrency)
     waves = math.ceil(chunks / concurrency)
-    wall = plan_s + waves * chunk["seconds"] + assemble_s
-    compute_s = plan_s + chunks * chunk["seconds"] + assemble_s
+    input_bytes, chunk_bytes, csv_bytes = points * 4 * 8, points * 2 * 8, points * CSV_BYTES_PER_ROW
+    plan = plan_s + input_bytes / S3_BYTES_PER_S
+    assemble = assemble_s + (input_bytes + chunk_bytes + csv_bytes) / S3_BYTES_PER_S
+    wall = plan + COLD_START_S + waves * chunk["seconds"] + assemble
+    compute_s = plan + workers * COLD_START_S + chunks * chunk["seconds"] + assemble
     lambda_cost = compute_s * MEMORY_GB * LAMBDA_GB_SECOND + (chunks / 4 + 2) * LAMBDA_REQUEST
     sqs_cost = (chunks + 2) * 3 * SQS_REQUEST
     dynamodb_cost = (chunks * 2 + 6) * DYNAMODB_WRITE + (chunks * 2 + 6) * DYNAMODB_READ
-    s3_cost = (chunks + 2 + math.ceil(points * 120 / 16e6)) * S3_PUT + (chunks * 3) * S3_GET
+    s3_cost = (chunks + 2 + math.ceil(csv_bytes / 16e6)) * S3_PUT + (chunks * 3) * S3_GET
     return {
         "points": points,
         "chunks": chunks,
@@ -253,12 +267,20 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"1. A worker's chunk, end to end against moto on loopback (medians of {args.repeats})", flush=True)
     rows = measure_chunks(args.repeats)
-    chunk = choose_chunk(rows)
-    print(f"   fit: {chunk['overhead_s'] * 1000:.0f} ms per chunk + {chunk['per_point_s'] * 1e6:.2f} us per point; "
-          f"chosen {chunk['size']:,} points per chunk (overhead 10% of it): {chunk['seconds']:.2f} s, "
-          f"{chunk['points_per_s']:,.0f} points/s per worker, far inside the worker's 300 s", flush=True)  # fmt: skip
+    fit = choose_chunk(rows)
+    print(f"   fit: {fit['overhead_s'] * 1000:.0f} ms per chunk + {fit['per_point_s'] * 1e6:.2f} us per point: the "
+          f"overhead is 10% of a chunk at {fit['size']:,} points", flush=True)  # fmt: skip
+    from handler.config import load_settings
 
-    print("2. Projection (plan and assembly measured at 10^6 points, scaled linearly to 10^7)", flush=True)
+    size = load_settings().job_chunk_points
+    seconds = fit["overhead_s"] + fit["per_point_s"] * size
+    chunk = {"size": size, "seconds": seconds}
+    print(f"   deployed JOB_CHUNK_POINTS {size:,}: {seconds:.2f} s a chunk (fit), {size / seconds:,.0f} points/s "
+          f"per worker, far inside the worker's 300 s", flush=True)  # fmt: skip
+
+    assumed = f"{COLD_START_S:g} s worker cold start and {S3_BYTES_PER_S / 1e6:g} MB/s S3"
+    print(f"2. Projection: plan and assembly measured at 10^6 points (scaled linearly to 10^7); assumed {assumed}; "
+          "arm64 list prices", flush=True)  # fmt: skip
     measured = measure_plan_and_assembly(1_000_000, args.repeats)
     print("   10^6 points: plan (Sobol' + .npy) {plan:.2f} s; assemble csv {csv:.2f} s, npy {npy:.2f} s, "
           "parquet {parquet:.2f} s".format(**measured), flush=True)  # fmt: skip

@@ -84,7 +84,7 @@ class Settings:
     """SQS queue of finished jobs whose results are to be assembled."""
     job_dead_letter_queue_arn: str = ""
     """ARN of the work queue's dead-letter queue: the finisher fails the jobs of the messages that land there."""
-    job_chunk_points: int = 50_000
+    job_chunk_points: int = 200_000
     """Points a worker predicts per SQS message (benchmarks/jobs.py measured the choice)."""
     job_max_points: int = 10_000_000
     """Most points one job may have (a design's n, an upload's rows)."""

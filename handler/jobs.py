@@ -455,7 +455,7 @@ class JobBackend:
     table_name: str
     work_queue_url: str
     results_queue_url: str
-    chunk_points: int = 50_000
+    chunk_points: int = 200_000
     max_points: int = 10_000_000
     retention_days: int = 7
     clock: Callable[[], float] = time.time
