@@ -635,6 +635,8 @@ def npy_shape(head: bytes) -> tuple[int, int]:
 
 def status_document(backend: JobBackend, job: Job) -> dict[str, Any]:
     """GET /jobs/{id}: state, progress, timings, and the URL to upload to or download from."""
+    # A design's size is known before its plan has run; an upload's only once read.
+    points = job.n_points if job.n_points is not None else (job.design or {}).get("points")
     doc: dict[str, Any] = {
         "id": job.id,
         "status": job.status,
@@ -645,8 +647,8 @@ def status_document(backend: JobBackend, job: Job) -> dict[str, Any]:
             "chunks_done": job.chunks_done,
             "chunks": job.n_chunks,
             "points_done": job.points_done,
-            "points": job.n_points,
-            "fraction": round(job.points_done / job.n_points, 4) if job.n_points else 0.0,
+            "points": points,
+            "fraction": round(job.points_done / points, 4) if points else 0.0,
         },
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),

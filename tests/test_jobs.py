@@ -44,6 +44,7 @@ def test_a_sobol_design_runs_to_succeeded_and_its_results_equal_synchronous_pred
     assert status == 202, submitted
     assert headers["Location"] == f"/prod/jobs/{submitted['id']}"
     assert submitted["status"] == "QUEUED"
+    assert submitted["progress"]["points"] == 2_500  # known from the spec before the plan runs
     jobs.run()
     # Then the job succeeded, every chunk and point counted once
     status, _, done = jobs.call("GET", f"/jobs/{submitted['id']}")
