@@ -8,6 +8,7 @@ Routes:  POST /predict   GET /health   GET /model   GET /openapi.json
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import time
@@ -26,12 +27,22 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handler import job_routes
+from handler import inference_protocol, job_routes
+from handler.app_limits import RESPONSE_BUDGET_BYTES, SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES
 from handler.artifact import Manifest, ModelUnavailableError
 from handler.config import load_settings
 from handler.model import LazyModel, LoadedModel, SurrogateModel
-from handler.parsing import PredictOptions, PredictRequest, RequestError, RequestParser, decode_body, parse_options
+from handler.parsing import (
+    PredictOptions,
+    PredictRequest,
+    RequestError,
+    RequestParser,
+    decode_body,
+    parse_options,
+)
+from handler.parsing import load_json as parse_json
 from handler.posterior import Z_95, Prediction
+from handler.services import Services
 
 # Batches are predicted in slices, checking Lambda's remaining time before each; the reserve covers
 # serialising and returning the answer (~20 ms for 10,000 points) with a wide margin. Smaller slices
@@ -113,9 +124,17 @@ def request_parser(features: tuple[str, ...]) -> RequestParser:
     return RequestParser(features, max_batch_size=settings.max_batch_size, max_body_bytes=settings.max_body_bytes)
 
 
-# A lambda, not model.manifest: the routes follow `model` when it is replaced (tests do).
-job_routes.configure(job_routes.Services(settings, lambda: model.manifest(), request_parser))
-app.include_router(job_routes.router)
+# Lambdas, not model.manifest: the routes follow `model` when it is replaced (tests do).
+services = Services(
+    settings,
+    manifest=lambda: model.manifest(),
+    parser=lambda features: request_parser(features),
+    loaded_model=lambda: _loaded_model(),
+    model_is_loaded=lambda: model.is_loaded,
+)
+for router in (job_routes, inference_protocol):
+    router.configure(services)
+    app.include_router(router.router)
 
 
 @app.post("/predict")
@@ -137,6 +156,9 @@ def predict() -> Any:
                 for v in violations
             ],
         )
+    if options.include_covariance and len(request.points) > (limit := covariance_limit(len(manifest.outputs))):
+        message = f"{len(request.points)} points; a covariance matrix is answered for at most {limit}"
+        raise RequestError(422, "batch too large for include=covariance", [("include", message)])
     loaded = _loaded_model()
     with _subsegment("predict"):
         mean, variance = _predict_within_budget(loaded.model, request.points, options.latent)
@@ -146,7 +168,146 @@ def predict() -> Any:
     np.maximum(variance, 0.0, out=variance)
     metrics.add_metric(name="PointsPredicted", unit=MetricUnit.Count, value=len(request.points))
     metrics.add_metric(name="BatchSize", unit=MetricUnit.Count, value=len(request.points))
-    return _prediction_body(request, options, manifest, mean, variance)
+    if not (options.include_gradient or options.include_covariance):
+        return _prediction_body(request, options, manifest, mean, variance)
+    extras: dict[str, Any] = {}
+    with _subsegment("gradients and covariance"):
+        if options.include_gradient:
+            extras["gradients"] = loaded.model.gradients(request.points)
+        if options.include_covariance:
+            extras["covariance"] = loaded.model.covariance(request.points, latent=options.latent)
+    return _extended_body(request, options, manifest, mean, variance, **extras)
+
+
+def covariance_limit(n_outputs: int) -> int:
+    """Most points of a batch whose joint covariance fits the response: 426 for one output, 301 for two."""
+    return int(math.sqrt(RESPONSE_BUDGET_BYTES / (22 * n_outputs)))
+
+
+def _extended_body(
+    request: PredictRequest,
+    options: PredictOptions,
+    manifest: Manifest,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    gradients: tuple[np.ndarray, np.ndarray] | None = None,
+    covariance: np.ndarray | None = None,
+) -> Any:
+    """The answer with gradients and/or the joint covariance (per output, by feature name).
+
+    Gradients follow the request's shape; with the covariance (a property of the batch, not of a point)
+    each output answers as columns, with `covariance` an n x n matrix beside them.
+    """
+    per_output = []
+    for o in range(len(manifest.outputs)):
+        # contiguous copies: orjson serialises C-contiguous arrays only
+        columns: dict[str, Any] = _output_columns(
+            options, np.ascontiguousarray(mean[:, o]), np.ascontiguousarray(variance[:, o])
+        )
+        if gradients is not None:
+            for name, values in zip(("mean_gradient", "variance_gradient"), gradients, strict=True):
+                columns[name] = {f: np.ascontiguousarray(values[:, i, o]) for i, f in enumerate(manifest.features)}
+        if covariance is not None:
+            columns["covariance"] = covariance[o]
+        per_output.append(columns)
+    shape = "columns" if covariance is not None else request.shape
+    shaped = [_shape_nested(shape, columns) for columns in per_output]
+    if len(shaped) == 1:
+        return shaped[0]
+    if shape == "rows":
+        return [dict(zip(manifest.outputs, answers, strict=True)) for answers in zip(*shaped, strict=True)]
+    return dict(zip(manifest.outputs, shaped, strict=True))
+
+
+def _shape_nested(shape: str, columns: dict[str, Any]) -> Any:
+    """One output's columns (arrays, or objects of arrays by feature) in the answer's shape."""
+    if shape == "columns":
+        return columns
+    lists = {
+        k: {f: v.tolist() for f, v in c.items()} if isinstance(c, dict) else c.tolist() for k, c in columns.items()
+    }
+    rows = [
+        {k: {f: v[i] for f, v in c.items()} if isinstance(c, dict) else c[i] for k, c in lists.items()}
+        for i in range(len(lists["mean"]))
+    ]
+    return rows[0] if shape == "point" else rows
+
+
+@app.post("/sample")
+def sample() -> Any:
+    """Joint draws of the latent function (or of observations) at the points: for Thompson sampling, q-EI."""
+    from handler.sampling import joint_draws
+
+    event = app.current_event
+    body = decode_body(event.body, bool(event.is_base64_encoded))
+    manifest = model.manifest()
+    parser = request_parser(manifest.features)
+    if len(body) > parser.max_body_bytes:
+        raise RequestError(413, "request body too large", [("body", f"at most {parser.max_body_bytes} bytes")])
+    data = parse_json(body)
+    spec = _sample_spec(data, len(manifest.outputs))
+    try:
+        request = parser.parse(orjson.dumps(data["points"]))
+    except RequestError as exc:
+        raise RequestError(exc.status_code, exc.error, [(_under("points", f), m) for f, m in exc.details]) from None
+    points = request.points
+    if len(points) > SAMPLE_MAX_POINTS or len(points) * spec["samples"] * len(manifest.outputs) > SAMPLE_MAX_VALUES:
+        message = (
+            f"{len(points)} points x {spec['samples']} samples x {len(manifest.outputs)} output(s); at most "
+            f"{SAMPLE_MAX_POINTS} points and {SAMPLE_MAX_VALUES} values in all"
+        )
+        raise RequestError(422, "too many samples", [("samples", message)])
+    if violations := manifest.domain_violations(points, settings.domain_margin):
+        details = [
+            (_under("points", request.field_name(v.row, v.feature)), f"{v.value:g} is outside [{v.low:g}, {v.high:g}]")
+            for v in violations
+        ]
+        raise RequestError(422, "point(s) outside the model's domain", details)
+    loaded = _loaded_model()
+    observations = spec["target"] == "observations"
+    with _subsegment("sample"):
+        mean, _ = loaded.model.predict(points, latent=not observations)
+        covariance = loaded.model.covariance(points, latent=not observations)
+        rng = np.random.default_rng(spec["seed"])
+        draws = [joint_draws(mean[:, o], covariance[o], spec["samples"], rng) for o in range(len(manifest.outputs))]
+    metrics.add_metric(name="PointsSampled", unit=MetricUnit.Count, value=len(points) * spec["samples"])
+    answer: dict[str, Any] = {"target": spec["target"], "seed": spec["seed"], "points": len(points)}
+    if len(draws) == 1:
+        answer |= {"samples": draws[0].samples, "jitter": draws[0].jitter, "method": draws[0].method}
+    else:
+        answer["samples"] = {name: d.samples for name, d in zip(manifest.outputs, draws, strict=True)}
+        answer["jitter"] = {name: d.jitter for name, d in zip(manifest.outputs, draws, strict=True)}
+        answer["method"] = {name: d.method for name, d in zip(manifest.outputs, draws, strict=True)}
+    return answer
+
+
+def _sample_spec(data: Any, n_outputs: int) -> dict[str, Any]:
+    """`samples`, `seed` (drawn when absent, and answered, so a draw can be repeated) and `target`."""
+    problems = []
+    if not isinstance(data, dict):
+        raise RequestError(422, "invalid sample request", [("body", "expected an object with points and samples")])
+    if unknown := set(data) - {"points", "samples", "seed", "target"}:
+        problems += [(name, "unknown field (points, samples, seed, target)") for name in sorted(unknown)]
+    if "points" not in data:
+        problems.append(("points", "Field required"))
+    samples = data.get("samples")
+    if type(samples) is not int or not 1 <= samples <= SAMPLE_MAX_SAMPLES:
+        problems.append(("samples", f"expected an integer from 1 to {SAMPLE_MAX_SAMPLES}, got {samples!r}"))
+    seed = data.get("seed", None)
+    if seed is not None and (type(seed) is not int or not 0 <= seed < 2**63):
+        problems.append(("seed", f"expected a non-negative integer, got {seed!r}"))
+    target = data.get("target", "latent")
+    if target not in ("latent", "observations"):
+        problems.append(("target", f"expected latent or observations, got {target!r}"))
+    if problems:
+        raise RequestError(422, "invalid sample request", problems)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**63))
+    return {"samples": samples, "seed": seed, "target": target}
+
+
+def _under(prefix: str, field: str) -> str:
+    return f"{prefix}{field}" if field.startswith("[") else f"{prefix}.{field}"
 
 
 def _loaded_model() -> LoadedModel:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -39,21 +37,13 @@ from handler.jobs import (
     submit_points,
     submit_upload,
 )
-from handler.parsing import RequestError, RequestParser, _load_json, decode_body, parse_options
+from handler.parsing import RequestError, RequestParser, decode_body, load_json, parse_options
+from handler.services import Services
 
 router = Router()
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as HTTP header values are
 DESIGN_BODY_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Services:
-    """What the routes need of the app, which owns them: settings, the model's manifest, the /predict parser."""
-
-    settings: Settings
-    manifest: Callable[[], Manifest]
-    parser: Callable[[tuple[str, ...]], RequestParser]
 
 
 _services: Services | None = None
@@ -92,7 +82,7 @@ def caller() -> str:
 
 def job_options(query: dict[str, str] | None) -> OutputOptions:
     query = query or {}
-    predict = parse_options(query)
+    predict = parse_options(query, allowed=("std", "interval"))  # per point, so a file can hold them
     fmt = query.get("format", "csv")
     if fmt not in RESULT_FORMATS:
         raise RequestError(422, "invalid query parameter", [("format", f"expected csv, npy or parquet, got {fmt!r}")])
@@ -132,7 +122,7 @@ def _submit(
 ) -> Job:
     from handler.schemas import submission_errors
 
-    submission, problems = submission_errors(_load_json(body))
+    submission, problems = submission_errors(load_json(body))
     if submission is None:
         raise RequestError(422, "invalid job", [(p.field, p.message) for p in problems])
     if submission.points is not None:

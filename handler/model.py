@@ -68,6 +68,14 @@ class SurrogateModel(ABC):
         """The inputs the model was fitted on, if it keeps them (for default bounds)."""
         return None
 
+    def gradients(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """d mean / dx and d variance / dx, (n, input_dim, output_dim) each; models that can say, say."""
+        raise NotImplementedError(f"{type(self).__name__} gives no gradients")
+
+    def covariance(self, X: np.ndarray, *, latent: bool = False) -> np.ndarray:
+        """The joint predictive covariance of the points, (output_dim, n, n)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no joint covariance")
+
 
 class GPRegressionModel(SurrogateModel):
     """A GPy `GPRegression`. Predictions equal GPy's `predict` (or `predict_noiseless` for latent=True).
@@ -156,6 +164,25 @@ class GPRegressionModel(SurrogateModel):
             mean[start : start + rows] = chunk_mean
             variance[start : start + rows] = chunk_variance  # (rows, 1) without a normalizer: one for all outputs
         return Prediction(mean, variance)
+
+    def gradients(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Analytic through `GPPosterior` where it applies, else GPy's `predictive_gradients`."""
+        if self.posterior is not None:
+            return self.posterior.gradients(X)
+        mean_gradient, variance_gradient = self.gp.predictive_gradients(X)
+        if variance_gradient.ndim == 2:  # one variance for all outputs
+            variance_gradient = np.repeat(variance_gradient[:, :, None], self.output_dim, axis=2)
+        return np.asarray(mean_gradient, dtype=float), np.asarray(variance_gradient, dtype=float)
+
+    def covariance(self, X: np.ndarray, *, latent: bool = False) -> np.ndarray:
+        """As GPy's `predict(..., full_cov=True)` (`predict_noiseless` for latent=True), per output."""
+        if self.posterior is not None:
+            return self.posterior.covariance(X, latent=latent)
+        _, covariance = (self.gp.predict_noiseless if latent else self.gp.predict)(X, full_cov=True)
+        covariance = np.asarray(covariance, dtype=float)
+        if covariance.ndim == 2:  # one covariance for all outputs
+            return np.repeat(covariance[None], self.output_dim, axis=0)
+        return np.moveaxis(covariance, -1, 0)
 
     def _inputs_held(self) -> int:
         return int(self.gp.num_data)

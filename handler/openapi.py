@@ -20,8 +20,14 @@ from handler.schemas import (
     DesignSpec,
     ErrorResponse,
     HealthResponse,
+    InferenceErrorBody,
+    InferenceModelMetadata,
+    InferenceRequest,
+    InferenceResponse,
+    InferenceServerMetadata,
     JobStatus,
     ModelDescription,
+    SampleAnswer,
     UploadSpec,
     request_schemas,
     response_schemas,
@@ -143,7 +149,10 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
         description=(
             "One point gives one prediction; rows give a list in the same order; columns give columns. "
             "By default the variance is that of a new observation (GPy `predict`); `variance=latent` gives the "
-            "noise-free function's (GPy `predict_noiseless`)."
+            "noise-free function's (GPy `predict_noiseless`). `include=gradient` adds, per point and output, "
+            "`mean_gradient` and `variance_gradient` by feature (GPy `predictive_gradients`); "
+            "`include=covariance` adds the batch's joint covariance (GPy `predict(full_cov=True)`) and answers "
+            f"as columns, for at most {_covariance_limit(manifest)} points."
         ),
         tags=["predictions"],
         operation_id="predict",
@@ -175,8 +184,8 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
         include: Annotated[
             str,
             Query(
-                description="Comma-separated extras: std, interval (lower_95 and upper_95).",
-                pattern=r"^\s*((std|interval)\s*(,\s*(std|interval)\s*)*)?$",
+                description="Comma-separated extras: std, interval (lower_95 and upper_95), gradient, covariance.",
+                pattern=r"^\s*((std|interval|gradient|covariance)\s*(,\s*(std|interval|gradient|covariance)\s*)*)?$",
             ),
         ] = "",
     ) -> Answer:  # type: ignore[valid-type]
@@ -230,6 +239,8 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
         raise NotImplementedError
 
     _document_jobs(docs, manifest, settings, schemas, errors, first, second)
+    _document_sampling(docs, manifest, settings, schemas, errors, first, second)
+    _document_inference_protocol(docs, manifest, settings, first)
 
     title = f"{manifest.name} surrogate API"
     document = json.loads(docs.get_openapi_json_schema(title=title, version=VERSION, description=description))
@@ -392,4 +403,149 @@ def _document_jobs(
         },
     )
     def start_job(job_id: Annotated[str, Path(description="The job's id.")]) -> JobStatus:
+        raise NotImplementedError
+
+
+def _covariance_limit(manifest: "Manifest") -> int:
+    import math
+
+    from handler.app_limits import RESPONSE_BUDGET_BYTES
+
+    return int(math.sqrt(RESPONSE_BUDGET_BYTES / (22 * len(manifest.outputs))))
+
+
+def _document_sampling(
+    docs: APIGatewayRestResolver,
+    manifest: "Manifest",
+    settings: "Settings",
+    schemas: Any,
+    errors: dict[int, OpenAPIResponse],
+    first: dict[str, float],
+    second: dict[str, float],
+) -> None:
+    """POST /sample."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from handler.app_limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES
+
+    class SampleRequest(BaseModel):
+        """Points (as /predict takes them), how many joint draws, a seed, and of what."""
+
+        model_config = ConfigDict(extra="forbid")
+        points: schemas.point | schemas.rows | schemas.columns
+        samples: int = Field(ge=1, le=SAMPLE_MAX_SAMPLES)
+        seed: int | None = Field(None, ge=0, description="The same seed gives the same draws.")
+        target: Literal["latent", "observations"] = "latent"
+
+    @docs.post(
+        "/sample",
+        summary="Joint posterior samples at a set of points (Thompson sampling, q-EI)",
+        description=(
+            "Draws of the latent function (default) or of observations, jointly over the points: each draw is "
+            "one function evaluated at all of them. Reproducible for a seed. The covariance is factored by "
+            "Cholesky, with jitter added to its diagonal only when needed (the answer says how much). At most "
+            f"{SAMPLE_MAX_POINTS} points and {SAMPLE_MAX_VALUES} values (points x samples x outputs) per request."
+        ),
+        tags=["predictions"],
+        operation_id="sample",
+        responses={
+            200: {"description": "The draws.", "content": {"application/json": {"model": SampleAnswer}}},
+            **{k: v for k, v in errors.items() if k != 504},
+        },
+    )
+    def sample(
+        body: Annotated[
+            SampleRequest,
+            Body(
+                openapi_examples={
+                    "thompson": {"summary": "64 draws", "value": {"points": [first, second], "samples": 64, "seed": 7}}
+                }
+            ),
+        ],
+    ) -> SampleAnswer:
+        raise NotImplementedError
+
+
+def _document_inference_protocol(
+    docs: APIGatewayRestResolver, manifest: "Manifest", settings: "Settings", first: dict[str, float]
+) -> None:
+    """The Open Inference Protocol V2 routes."""
+
+    def answer(description: str, model: Any) -> OpenAPIResponse:
+        return {"description": description, "content": {"application/json": {"model": model}}}
+
+    error = answer('Refused: {"error": "..."}, as the protocol has it.', InferenceErrorBody)
+    empty: OpenAPIResponse = {"description": "Yes (the status is the answer; no body)."}
+    name_doc = Path(description=f"The model's name: {manifest.name}.")
+    version_doc = Path(description=f"The model's version: {manifest.version}.")
+    tags = ["open inference protocol"]
+    point = [first[f] for f in manifest.features]
+    example = {"inputs": [{"name": "input", "shape": [1, len(point)], "datatype": "FP64", "data": point}]}
+    metadata: dict[int, OpenAPIResponse] = {
+        200: answer(
+            "Model metadata: one FP64 input [-1, n_features]; outputs mean and variance.", InferenceModelMetadata
+        ),
+        404: error,
+        503: error,
+    }
+    readiness: dict[int, OpenAPIResponse] = {200: empty, 404: error, 503: error}
+    inference: dict[int, OpenAPIResponse] = {
+        200: answer("Outputs mean and variance, FP64 [N, n_outputs].", InferenceResponse),
+        **{status: error for status in (400, 404, 413, 422, 503)},
+    }
+    description = (
+        f"One input tensor, FP64 or FP32, shape [N, {len(manifest.features)}] with columns "
+        f"{', '.join(manifest.features)}, N up to {settings.max_batch_size}; `parameters.variance`: noisy "
+        "(default) or latent. JSON tensor data only (no binary extension)."
+    )
+    body_doc = Body(openapi_examples={"one point": {"value": example}})  # type: ignore[dict-item]
+
+    @docs.get("/v2", summary="V2 server metadata", tags=tags, operation_id="v2ServerMetadata",
+              responses={200: answer("Server metadata.", InferenceServerMetadata)})  # fmt: skip
+    def v2_server() -> InferenceServerMetadata:
+        raise NotImplementedError
+
+    @docs.get("/v2/health/live", summary="V2 liveness", tags=tags, operation_id="v2Live", responses={200: empty})
+    def v2_live() -> None:
+        raise NotImplementedError
+
+    @docs.get("/v2/health/ready", summary="V2 readiness", tags=tags, operation_id="v2Ready",
+              responses={200: empty, 503: error})  # fmt: skip
+    def v2_ready() -> None:
+        raise NotImplementedError
+
+    @docs.get("/v2/models/<name>", summary="V2 model metadata", tags=tags, operation_id="v2ModelMetadata",
+              responses=metadata)  # fmt: skip
+    def v2_model(name: Annotated[str, name_doc]) -> InferenceModelMetadata:
+        raise NotImplementedError
+
+    @docs.get("/v2/models/<name>/versions/<version>", summary="V2 model metadata, by version", tags=tags,
+              operation_id="v2ModelVersionMetadata", responses=metadata)  # fmt: skip
+    def v2_model_version(
+        name: Annotated[str, name_doc], version: Annotated[str, version_doc]
+    ) -> InferenceModelMetadata:
+        raise NotImplementedError
+
+    @docs.get("/v2/models/<name>/ready", summary="V2 model readiness (loads the model)", tags=tags,
+              operation_id="v2ModelReady", responses=readiness)  # fmt: skip
+    def v2_model_ready(name: Annotated[str, name_doc]) -> None:
+        raise NotImplementedError
+
+    @docs.get("/v2/models/<name>/versions/<version>/ready", summary="V2 model readiness, by version", tags=tags,
+              operation_id="v2ModelVersionReady", responses=readiness)  # fmt: skip
+    def v2_model_version_ready(name: Annotated[str, name_doc], version: Annotated[str, version_doc]) -> None:
+        raise NotImplementedError
+
+    @docs.post("/v2/models/<name>/infer", summary="V2 inference", description=description, tags=tags,
+               operation_id="v2Infer", responses=inference)  # fmt: skip
+    def v2_infer(name: Annotated[str, name_doc], body: Annotated[InferenceRequest, body_doc]) -> InferenceResponse:
+        raise NotImplementedError
+
+    @docs.post("/v2/models/<name>/versions/<version>/infer", summary="V2 inference, by version",
+               description=description, tags=tags, operation_id="v2InferVersion", responses=inference)  # fmt: skip
+    def v2_infer_version(
+        name: Annotated[str, name_doc],
+        version: Annotated[str, version_doc],
+        body: Annotated[InferenceRequest, body_doc],
+    ) -> InferenceResponse:
         raise NotImplementedError

@@ -58,9 +58,14 @@ class PredictOptions:
     latent: bool = False  # ?variance=latent: the noise-free function's variance (GPy predict_noiseless)
     include_std: bool = False  # ?include=std
     include_interval: bool = False  # ?include=interval: 95% interval, mean -+ 1.96 std
+    include_gradient: bool = False  # ?include=gradient: d mean / dx and d variance / dx per feature
+    include_covariance: bool = False  # ?include=covariance: the batch's joint covariance matrix
 
 
-def parse_options(query: Mapping[str, str] | None) -> PredictOptions:
+INCLUDE_OPTIONS = ("std", "interval", "gradient", "covariance")
+
+
+def parse_options(query: Mapping[str, str] | None, allowed: tuple[str, ...] = INCLUDE_OPTIONS) -> PredictOptions:
     """Read the known query parameters strictly; others are ignored, as HTTP APIs usually do."""
     query = query or {}
     variance = query.get("variance", "noisy")
@@ -70,13 +75,16 @@ def parse_options(query: Mapping[str, str] | None) -> PredictOptions:
         )
     text = query.get("include", "").strip()
     include = {item.strip() for item in text.split(",")} if text else set()
-    if unknown := include - {"std", "interval"}:
+    if unknown := include - set(allowed):
         unknown_list = ", ".join(repr(item) for item in sorted(unknown))
-        raise RequestError(
-            422, "invalid query parameter", [("include", f"expected std and/or interval, got {unknown_list}")]
-        )
+        expected = ", ".join(allowed)
+        raise RequestError(422, "invalid query parameter", [("include", f"expected {expected}, got {unknown_list}")])
     return PredictOptions(
-        latent=variance == "latent", include_std="std" in include, include_interval="interval" in include
+        latent=variance == "latent",
+        include_std="std" in include,
+        include_interval="interval" in include,
+        include_gradient="gradient" in include,
+        include_covariance="covariance" in include,
     )
 
 
@@ -92,7 +100,7 @@ def decode_body(body: str | None, is_base64_encoded: bool) -> str | bytes:
         raise RequestError(400, "body is not valid base64", [("body", str(exc))]) from exc
 
 
-def _load_json(body: str | bytes) -> Any:
+def load_json(body: str | bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -137,7 +145,7 @@ class RequestParser:
         if size > self.max_body_bytes:
             message = f"at most {self.max_body_bytes} bytes are accepted"
             raise RequestError(413, "request body too large", [("body", message)])
-        data = _load_json(body)
+        data = load_json(body)
         if isinstance(data, dict):
             if data and all(type(value) is list for value in data.values()):
                 return self._columns(data)

@@ -195,6 +195,82 @@ class GPPosterior:
         mean += self.y_mean
         return Prediction(mean, np.multiply.outer(variance, self.y_std**2))
 
+    # --- what optimisers need: gradients, joint covariance ------------------------------------------------
+
+    @property
+    def _scaled_inputs(self) -> np.ndarray:
+        return self.inputs_augmented[:, : len(self.inverse_lengthscale)]
+
+    def _kernel_of_distance(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """k(r), and g(r) = (dk/dr) / r, so that dk/dx = g (x - z) / lengthscale^2. r is scaled distance."""
+        s2 = self.kernel_variance
+        if self.kernel == "RBF":
+            k = s2 * np.exp(-0.5 * r**2)
+            return k, -k
+        if self.kernel == "Exponential":
+            k = s2 * np.exp(-r)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                g = np.where(r > 0, -k / r, 0.0)  # a subgradient at r = 0, as GPy takes
+            return k, g
+        if self.kernel == "Matern32":
+            e = np.exp(-_SQRT3 * r)
+            return s2 * (1 + _SQRT3 * r) * e, -3.0 * s2 * e
+        e = np.exp(-_SQRT5 * r)  # Matern52
+        return s2 * (1 + _SQRT5 * r + (5.0 / 3.0) * r**2) * e, -(5.0 / 3.0) * s2 * (1 + _SQRT5 * r) * e
+
+    def _distances(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """Scaled distances |(a - b) / lengthscale| between rows of A and B (already divided by the lengthscale)."""
+        squared = np.vecdot(A, A)[:, None] + np.vecdot(B, B)[None, :] - 2.0 * (A @ B.T)
+        return np.sqrt(np.maximum(squared, 0.0))
+
+    def _times_inverse(self, K: np.ndarray) -> np.ndarray:
+        """K A: the cross-covariance times the posterior's inverse (exact: L^-T L^-1; sparse: woodbury_inv)."""
+        if self.woodbury_inverse is not None:
+            return K @ self.woodbury_inverse
+        assert self.cholesky_inverse is not None
+        return (K @ self.cholesky_inverse.T) @ self.cholesky_inverse
+
+    def gradients(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """d mean / dx, (n, d, n_outputs), and d variance / dx, (n, d, n_outputs), as GPy's predictive_gradients.
+
+        The noise does not depend on x, so the latent and the noisy variance have the same gradient.
+        """
+        S = X * self.inverse_lengthscale
+        U = self._scaled_inputs
+        n_outputs = self.woodbury_vector.shape[1]
+        mean_grad = np.empty((len(X), X.shape[1], n_outputs))
+        var_grad = np.empty((len(X), X.shape[1]))
+        rows = max(1, self.chunk_rows // 3)
+        for start in range(0, len(X), rows):
+            stop = min(start + rows, len(X))
+            K, G = self._kernel_of_distance(self._distances(S[start:stop], U))
+            # sum_j G_ij (s_iq - u_jq) B_j / l_q, for B = the woodbury vector (mean) and K A (variance)
+            GW = G @ self.woodbury_vector  # (rows, outputs)
+            GUW = G @ (U[:, :, None] * self.woodbury_vector[:, None, :]).reshape(len(U), -1)
+            GUW = GUW.reshape(stop - start, X.shape[1], n_outputs)
+            mean_grad[start:stop] = (S[start:stop, :, None] * GW[:, None, :] - GUW) * self.inverse_lengthscale[:, None]
+            H = G * self._times_inverse(K)
+            var_grad[start:stop] = -2.0 * (S[start:stop] * H.sum(axis=1)[:, None] - H @ U) * self.inverse_lengthscale
+        return mean_grad * self.y_std, np.multiply.outer(var_grad, self.y_std**2)
+
+    def covariance(self, X: np.ndarray, *, latent: bool = False) -> np.ndarray:
+        """The joint posterior covariance of the points, (n_outputs, n, n), as GPy's predict(full_cov=True)."""
+        S = X * self.inverse_lengthscale
+        K = self.cross_covariance(X)
+        distances = self._distances(S, S)
+        np.fill_diagonal(distances, 0.0)  # exactly, not the rounding of |a|^2 + |a|^2 - 2 a.a (as GPy does)
+        prior, _ = self._kernel_of_distance(distances)
+        if self.woodbury_inverse is not None:
+            covariance = prior - self._times_inverse(K) @ K.T
+        else:
+            assert self.cholesky_inverse is not None
+            W = K @ self.cholesky_inverse.T
+            covariance = prior - W @ W.T
+        covariance = 0.5 * (covariance + covariance.T)  # symmetric to the last bit
+        if not latent:
+            covariance[np.diag_indices_from(covariance)] += self.noise_variance
+        return covariance[None, :, :] * (self.y_std**2)[:, None, None]
+
 
 def _inverse_cholesky(cholesky: np.ndarray) -> np.ndarray:
     from scipy.linalg.lapack import dtrtri

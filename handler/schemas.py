@@ -70,6 +70,12 @@ class Prediction(BaseModel):
     std: float | None = Field(default=None, description="sqrt(variance); with ?include=std.")
     lower_95: float | None = Field(default=None, description="mean - 1.96 std; with ?include=interval.")
     upper_95: float | None = Field(default=None, description="mean + 1.96 std; with ?include=interval.")
+    mean_gradient: dict[str, float] | None = Field(
+        default=None, description="d mean / d feature, by feature name; with ?include=gradient."
+    )
+    variance_gradient: dict[str, float] | None = Field(
+        default=None, description="d variance / d feature (the same for noisy and latent); with ?include=gradient."
+    )
 
 
 class ColumnarPrediction(BaseModel):
@@ -80,6 +86,13 @@ class ColumnarPrediction(BaseModel):
     std: list[float] | None = None
     lower_95: list[float] | None = None
     upper_95: list[float] | None = None
+    mean_gradient: dict[str, list[float]] | None = None
+    variance_gradient: dict[str, list[float]] | None = None
+    covariance: list[list[float]] | None = Field(
+        default=None,
+        description="The batch's joint posterior covariance (n x n, of observations or latent as `variance` says); "
+        "with ?include=covariance, which answers as columns whatever the request's shape.",
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -379,3 +392,67 @@ class JobStatus(BaseModel):
     error: str | None = Field(None, description="Why the job FAILED.")
     upload: JobUpload | None = None
     results: JobResultsLink | None = None
+
+
+class SampleAnswer(BaseModel):
+    """Joint draws at the points: `samples[s][i]` is draw s at point i (one such array per output if several)."""
+
+    target: Literal["latent", "observations"]
+    seed: int = Field(
+        description="The seed used (drawn when none was sent): the same request and seed, the same draws."
+    )
+    points: int
+    samples: list[list[float]] | dict[str, list[list[float]]]
+    jitter: float | dict[str, float] = Field(
+        description="Added to the covariance's diagonal to factor it; 0 when none was needed."
+    )
+    method: Literal["cholesky", "eigh"] | dict[str, Literal["cholesky", "eigh"]]
+
+
+class InferenceTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Literal["FP64", "FP32"]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] = Field(description="Row-major, flat or nested.")
+
+
+class InferenceRequest(BaseModel):
+    """Open Inference Protocol V2: one input tensor [N, n_features]; parameters.variance noisy or latent."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferenceTensor] = Field(min_length=1, max_length=1)
+    outputs: list[dict[str, Any]] | None = Field(default=None, description='[{"name": "mean"}, ...]: a subset.')
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[InferenceTensor]
+
+
+class InferenceErrorBody(BaseModel):
+    error: str
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class InferenceModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]

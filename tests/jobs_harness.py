@@ -86,7 +86,7 @@ def start_harness(monkeypatch: Any, model: LazyModel, chunk_points: int = 1_000)
     )
     backend = backend_from_settings(settings)
     monkeypatch.setattr(app, "model", model)
-    monkeypatch.setattr(job_routes, "_services", job_routes.Services(settings, model.manifest, app.request_parser))
+    monkeypatch.setattr(job_routes, "_services", dataclasses.replace(app.services, settings=settings))
     monkeypatch.setattr(job_routes, "_backend", lambda _: backend)
     for module in (worker, finisher):
         monkeypatch.setattr(module, "settings", settings)

@@ -1,0 +1,270 @@
+"""The Open Inference Protocol (KServe/Triton/MLServer "V2") REST API, for clients teams already have.
+
+    GET  /v2                                   server metadata
+    GET  /v2/health/live, /v2/health/ready     200 when live / ready
+    GET  /v2/models/{name}[/versions/{v}]      model metadata: one FP64 input [-1, n_features], mean and variance
+    GET  /v2/models/{name}[/versions/{v}]/ready
+    POST /v2/models/{name}[/versions/{v}]/infer
+
+The model's name and version are the manifest's. One input tensor, FP64 (FP32 accepted), shape
+[N, n_features] in the manifest's feature order, data flat (row-major) or nested; outputs `mean` and
+`variance`, FP64 [N, n_outputs]. Parameter `variance` ("noisy" or "latent") as on /predict. Errors are
+`{"error": "..."}` as the protocol says, with the same statuses as the rest of the API.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import orjson
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import Router
+
+from handler.artifact import Manifest, ModelUnavailableError
+from handler.parsing import RequestError, decode_body, load_json
+from handler.services import Services
+
+router = Router()
+_services: Services | None = None
+DATATYPES = {"FP64": np.float64, "FP32": np.float32}
+SERVER_VERSION = "1.0.0"
+
+
+def configure(services: Services) -> None:
+    global _services
+    _services = services
+
+
+def _context() -> Services:
+    assert _services is not None, "handler.inference_protocol.configure() was not called"
+    return _services
+
+
+class InferenceError(Exception):
+    """A V2 request refused: `{"error": message}` with this status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _answer(body: dict[str, Any] | None, status: int = 200) -> Response:
+    return Response(status, content_types.APPLICATION_JSON, orjson.dumps(body).decode() if body is not None else "")
+
+
+def _error(status: int, message: str) -> Response:
+    return _answer({"error": message}, status)
+
+
+def _model(name: str, version: str | None) -> Manifest:
+    try:
+        manifest = _context().manifest()
+    except ModelUnavailableError as exc:
+        raise InferenceError(503, f"model unavailable: {exc}") from None
+    if name != manifest.name or (version is not None and version != manifest.version):
+        wanted = name + (f" version {version}" if version is not None else "")
+        raise InferenceError(404, f"no model {wanted}; this server has {manifest.name} version {manifest.version}")
+    return manifest
+
+
+def _guard(handler: Any) -> Any:
+    """Map this protocol's refusals (and the API's own) to `{"error": ...}`, as V2 clients expect."""
+
+    def guarded(**kwargs: Any) -> Response:
+        try:
+            return handler(**kwargs)
+        except InferenceError as exc:
+            return _error(exc.status, str(exc))
+        except ModelUnavailableError as exc:
+            return _error(503, f"model unavailable: {exc}")
+        except RequestError as exc:
+            said = "; ".join(f"{field}: {message}" for field, message in exc.details[:5])
+            return _error(exc.status_code, f"{exc.error}" + (f" ({said})" if said else ""))
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+@router.get("/v2")
+def server_metadata() -> Response:
+    # No protocol extensions: in particular not binary tensor data, so clients send and ask for JSON.
+    return _answer({"name": "gpr-surrogate", "version": SERVER_VERSION, "extensions": []})
+
+
+@router.get("/v2/health/live")
+def live() -> Response:
+    return _answer(None)
+
+
+@router.get("/v2/health/ready")
+@_guard
+def ready() -> Response:
+    _model(_context().manifest().name, None)
+    return _answer(None)
+
+
+def _metadata(name: str, version: str | None) -> Response:
+    manifest = _model(name, version)
+    outputs = len(manifest.outputs)
+    return _answer(
+        {
+            "name": manifest.name,
+            "versions": [manifest.version],
+            "platform": "gpy",
+            "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, len(manifest.features)]}],
+            "outputs": [
+                {"name": "mean", "datatype": "FP64", "shape": [-1, outputs]},
+                {"name": "variance", "datatype": "FP64", "shape": [-1, outputs]},
+            ],
+            "parameters": {"features": list(manifest.features), "outputs": list(manifest.outputs)},
+        }
+    )
+
+
+@router.get("/v2/models/<name>")
+@_guard
+def model_metadata(name: str) -> Response:
+    return _metadata(name, None)
+
+
+@router.get("/v2/models/<name>/versions/<version>")
+@_guard
+def model_version_metadata(name: str, version: str) -> Response:
+    return _metadata(name, version)
+
+
+def _ready(name: str, version: str | None) -> Response:
+    _model(name, version)
+    try:
+        _context().loaded_model()
+    except ModelUnavailableError as exc:
+        raise InferenceError(503, f"model not ready: {exc}") from None
+    return _answer(None)
+
+
+@router.get("/v2/models/<name>/ready")
+@_guard
+def model_ready(name: str) -> Response:
+    return _ready(name, None)
+
+
+@router.get("/v2/models/<name>/versions/<version>/ready")
+@_guard
+def model_version_ready(name: str, version: str) -> Response:
+    return _ready(name, version)
+
+
+@router.post("/v2/models/<name>/infer")
+@_guard
+def infer(name: str) -> Response:
+    return _infer(name, None)
+
+
+@router.post("/v2/models/<name>/versions/<version>/infer")
+@_guard
+def infer_version(name: str, version: str) -> Response:
+    return _infer(name, version)
+
+
+def _infer(name: str, version: str | None) -> Response:
+    services = _context()
+    manifest = _model(name, version)
+    event = router.current_event
+    body = decode_body(event.body, bool(event.is_base64_encoded))
+    limit = services.parser(manifest.features).max_body_bytes
+    if len(body) > limit:
+        raise InferenceError(413, f"request body too large: at most {limit} bytes are accepted")
+    request = load_json(body)
+    points, latent = _read_request(request, manifest, services.settings.max_batch_size)
+    if violations := manifest.domain_violations(points, services.settings.domain_margin, limit=5):
+        described = "; ".join(
+            f"input[{v.row}][{manifest.features.index(v.feature)}] ({v.feature}) = {v.value:g} is outside "
+            f"[{v.low:g}, {v.high:g}]"
+            for v in violations
+        )
+        raise InferenceError(422, f"point(s) outside the model's domain: {described}")
+    mean, variance = services.loaded_model().model.predict(points, latent=latent)
+    if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
+        raise ArithmeticError("model returned non-finite predictions")
+    np.maximum(variance, 0.0, out=variance)
+    wanted = _requested_outputs(request)
+    tensors = {"mean": mean, "variance": variance}
+    answer: dict[str, Any] = {
+        "model_name": manifest.name,
+        "model_version": manifest.version,
+        "outputs": [
+            {"name": key, "datatype": "FP64", "shape": list(values.shape), "data": values.ravel()}
+            for key, values in tensors.items()
+            if key in wanted
+        ],
+    }
+    if isinstance(request.get("id"), str):
+        answer["id"] = request["id"]
+    return Response(
+        200,
+        content_types.APPLICATION_JSON,
+        orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+    )
+
+
+def _read_request(request: Any, manifest: Manifest, max_batch_size: int) -> tuple[np.ndarray, bool]:
+    """The input tensor as an (N, n_features) float array, and whether the latent variance is wanted."""
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise InferenceError(400, "expected an inference request: an object with an `inputs` array")
+    if len(request["inputs"]) != 1 or not isinstance(request["inputs"][0], dict):
+        count = len(request["inputs"])
+        raise InferenceError(400, f"expected exactly one input tensor ([N, {len(manifest.features)}]), got {count}")
+    tensor = request["inputs"][0]
+    name, shape, datatype = tensor.get("name", "input"), tensor.get("shape"), tensor.get("datatype")
+    if datatype not in DATATYPES:
+        raise InferenceError(400, f"input {name!r}: datatype {datatype!r} is not supported; send FP64 (or FP32)")
+    d = len(manifest.features)
+    if (
+        not (isinstance(shape, list) and len(shape) == 2 and all(type(n) is int for n in shape) and shape[1] == d)
+        or shape[0] < 1
+    ):
+        raise InferenceError(400, f"input {name!r}: shape {shape!r}; expected [N, {d}] with N >= 1")
+    if shape[0] > max_batch_size:
+        raise InferenceError(422, f"input {name!r}: {shape[0]} points; at most {max_batch_size} per request")
+    data = tensor.get("data")
+    flat = _flatten(data, shape[0] * d)
+    if flat is None:
+        raise InferenceError(400, f"input {name!r}: data must hold {shape[0] * d} finite numbers for shape {shape}")
+    points = flat.reshape(shape[0], d)
+    parameters = request.get("parameters") or {}
+    variance = parameters.get("variance", "noisy") if isinstance(parameters, dict) else "noisy"
+    if variance not in ("noisy", "latent"):
+        raise InferenceError(400, f"parameter variance: expected noisy or latent, got {variance!r}")
+    return points, variance == "latent"
+
+
+def _flatten(data: Any, count: int) -> np.ndarray | None:
+    """Row-major numbers from flat or nested JSON arrays; None unless exactly `count` finite numbers."""
+    if not isinstance(data, list):
+        return None
+    values = data
+    while values and all(isinstance(item, list) for item in values):
+        values = list(chain.from_iterable(values))
+    if len(values) != count or not all(type(v) in (int, float) for v in values):
+        return None
+    try:
+        array = np.asarray(values, dtype=float)
+    except OverflowError:
+        return None
+    return array if np.isfinite(array).all() else None
+
+
+def _requested_outputs(request: dict[str, Any]) -> set[str]:
+    outputs = request.get("outputs")
+    if outputs is None:
+        return {"mean", "variance"}
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise InferenceError(400, 'outputs: expected a list of {"name": ...}')
+    names = {o["name"] for o in outputs}
+    if unknown := names - {"mean", "variance"}:
+        raise InferenceError(400, f"outputs: unknown {', '.join(sorted(unknown))}; this model has mean and variance")
+    return names
