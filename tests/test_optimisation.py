@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -119,7 +117,7 @@ def test_predict_with_gradient_equals_gpy_and_central_differences_of_its_own_pre
     np.testing.assert_allclose(variance_gradient, expected_variance[:, :, 0], rtol=0, atol=1e-8 * scale)
     # and central differences of the service's own answers
     h = 1e-5
-    for j, feature in enumerate(FEATURES):
+    for j in range(len(FEATURES)):
         step = np.zeros(4)
         step[j] = h
         _, up = call(app_with_model, columns(points + step), {"variance": "latent"})
@@ -242,3 +240,26 @@ def test_a_bad_sample_request_names_the_field(app_with_model, body, field):
     status, answer = call(app_with_model, body, path="/sample")
     assert status == 422, answer
     assert any(d["field"].startswith(field) for d in answer["details"]), answer
+
+
+def test_the_second_model_samples_and_answers_v2_per_output(plant_app):
+    points = [
+        {"temperature": 300.0, "pressure": 5.0, "flow_rate": 1.0},
+        {"temperature": 330.0, "pressure": 2.0, "flow_rate": 0.4},
+    ]
+    status, answer = call(plant_app, {"points": points, "samples": 500, "seed": 3}, path="/sample")
+    assert status == 200, answer
+    assert set(answer["samples"]) == set(PLANT_OUTPUTS)
+    assert np.array(answer["samples"]["purity"]).shape == (500, 2)
+    assert set(answer["jitter"]) == set(PLANT_OUTPUTS)
+    # V2: one input [N, 3], outputs [N, 2] in the manifest's output order, equal to /predict's
+    manifest = plant_app.model.manifest()
+    data = [[p[f] for f in PLANT_FEATURES] for p in points]
+    request = {"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP64", "data": data}]}
+    status, inferred = call(plant_app, request, path=f"/v2/models/{manifest.name}/versions/{manifest.version}/infer")
+    assert status == 200, inferred
+    mean = next(o for o in inferred["outputs"] if o["name"] == "mean")
+    assert mean["shape"] == [2, 2]
+    _, predicted = call(plant_app, points)
+    expected = [predicted[i][output]["mean"] for i in range(2) for output in PLANT_OUTPUTS]
+    assert mean["data"] == expected

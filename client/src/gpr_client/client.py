@@ -90,12 +90,17 @@ class ModelInfo:
 
 @dataclass
 class Predictions:
-    """Answers in input order: `mean` and `variance` are (N, n_outputs); `extras` holds std/lower_95/upper_95."""
+    """Answers in input order: `mean` and `variance` are (N, n_outputs); `extras` holds std/lower_95/upper_95.
+
+    With include=["gradient"], `mean_gradient` and `variance_gradient` are (N, n_features, n_outputs).
+    """
 
     outputs: tuple[str, ...]
     mean: np.ndarray
     variance: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    mean_gradient: np.ndarray | None = None
+    variance_gradient: np.ndarray | None = None
 
     def to_frame(self) -> pd.DataFrame:
         import pandas as pd
@@ -273,7 +278,35 @@ class SurrogateClient:
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             answers = list(tqdm(pool.map(send, starts), total=len(starts), unit="batch", disable=not progress))
-        return _gather(answers, info.outputs, tuple(include))
+        return _gather(answers, info.outputs, info.features, tuple(include))
+
+    def covariance(self, X: Any, *, latent: bool = False) -> np.ndarray:
+        """The joint predictive covariance of the rows of X, (n_outputs, N, N); N within the service's limit."""
+        info = self.model()
+        points = self._points(X)
+        body = {name: points[:, i].tolist() for i, name in enumerate(info.features)}
+        params = {"variance": "latent" if latent else "noisy", "include": "covariance"}
+        answer = self._request("POST", "/predict", params=params, json=body).json()
+        per_output = [answer] if len(info.outputs) == 1 else [answer[o] for o in info.outputs]
+        return np.array([np.asarray(o["covariance"], dtype=float) for o in per_output])
+
+    def sample(
+        self, X: Any, samples: int, *, seed: int | None = None, target: str = "latent"
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Joint draws at the rows of X: (n_outputs, samples, N), and the answer's seed, jitter and method."""
+        info = self.model()
+        points = self._points(X)
+        body: dict[str, Any] = {
+            "points": {name: points[:, i].tolist() for i, name in enumerate(info.features)},
+            "samples": samples,
+            "target": target,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        answer = self._request("POST", "/sample", json=body).json()
+        draws = answer.pop("samples")
+        per_output = [draws] if len(info.outputs) == 1 else [draws[o] for o in info.outputs]
+        return np.array(per_output, dtype=float), answer
 
     # --- asynchronous jobs --------------------------------------------------------------------------
 
@@ -403,17 +436,27 @@ def _read_table(data: bytes, fmt: str) -> np.ndarray:
     return array
 
 
-def _gather(answers: Iterable[Any], outputs: tuple[str, ...], include: tuple[str, ...]) -> Predictions:
-    """Columns answers (one per batch) into (N, n_outputs) arrays."""
+def _gather(
+    answers: Iterable[Any], outputs: tuple[str, ...], features: tuple[str, ...], include: tuple[str, ...]
+) -> Predictions:
+    """Columns answers (one per batch) into (N, n_outputs) arrays (and (N, n_features, n_outputs) gradients)."""
     names = ["mean", "variance"] + (["std"] if "std" in include else [])
     names += ["lower_95", "upper_95"] if "interval" in include else []
-    per_name: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    gradients = ["mean_gradient", "variance_gradient"] if "gradient" in include else []
+    per_name: dict[str, list[np.ndarray]] = {name: [] for name in names + gradients}
     for answer in answers:
         per_output = [answer] if len(outputs) == 1 else [answer[output] for output in outputs]
         for name in names:
             per_name[name].append(np.column_stack([np.asarray(o[name], dtype=float) for o in per_output]))
-    stacked = {
-        name: np.concatenate(parts) if parts else np.empty((0, len(outputs))) for name, parts in per_name.items()
-    }
-    mean, variance = stacked.pop("mean"), stacked.pop("variance")
-    return Predictions(outputs, mean, variance, stacked)
+        for name in gradients:
+            per_name[name].append(
+                np.stack(
+                    [np.column_stack([np.asarray(o[name][f], dtype=float) for f in features]) for o in per_output],
+                    axis=2,
+                )
+            )
+    stacked = {name: np.concatenate(parts) for name, parts in per_name.items() if parts}
+    empty = np.empty((0, len(outputs)))
+    mean, variance = stacked.pop("mean", empty), stacked.pop("variance", empty)
+    mean_gradient, variance_gradient = stacked.pop("mean_gradient", None), stacked.pop("variance_gradient", None)
+    return Predictions(outputs, mean, variance, stacked, mean_gradient, variance_gradient)
