@@ -51,7 +51,9 @@ class InferenceError(Exception):
 
 
 def _answer(body: dict[str, Any] | None, status: int = 200) -> Response:
-    return Response(status, content_types.APPLICATION_JSON, orjson.dumps(body).decode() if body is not None else "")
+    if body is None:  # health: "the HTTP request and response bodies should be empty"; the status is the answer
+        return Response(status, content_types.TEXT_PLAIN, "")
+    return Response(status, content_types.APPLICATION_JSON, orjson.dumps(body).decode())
 
 
 def _error(status: int, message: str) -> Response:

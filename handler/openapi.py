@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from handler.config import Settings
 
 VERSION = "2.0.0"
+EMPTY_ANSWER = "Yes (the status is the answer; no body)."
 
 
 def _error(description: str, example: dict[str, Any]) -> OpenAPIResponse:
@@ -255,6 +256,11 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError", "ResponseValidationError"):
         document["components"]["schemas"].pop(name)
     _document_deployment_limits(document, manifest, settings)
+    # V2 health and readiness answer with the status alone: an empty text/plain body, not JSON null
+    for operation in (op for path in document["paths"].values() for op in path.values()):
+        answer = operation["responses"].get("200", {})
+        if answer.get("description") == EMPTY_ANSWER:
+            answer["content"] = {"text/plain": {"schema": {"type": "string", "maxLength": 0}}}
     return document
 
 
@@ -475,7 +481,7 @@ def _document_inference_protocol(
         return {"description": description, "content": {"application/json": {"model": model}}}
 
     error = answer('Refused: {"error": "..."}, as the protocol has it.', InferenceErrorBody)
-    empty: OpenAPIResponse = {"description": "Yes (the status is the answer; no body)."}
+    empty: OpenAPIResponse = {"description": EMPTY_ANSWER}
     name_doc = Path(description=f"The model's name: {manifest.name}.")
     version_doc = Path(description=f"The model's version: {manifest.version}.")
     tags = ["open inference protocol"]

@@ -155,3 +155,21 @@ def test_a_client_error_is_not_retried():
     ):
         client._request("POST", "/predict")
     assert len(calls) == 1
+
+
+def test_gradients_covariance_and_samples_through_the_client(client, local_server):
+    base_url, _ = local_server
+    points = np.random.default_rng(9).uniform(0.1, 0.9, (30, 4))
+    prediction = client.predict(points, include=["gradient"], latent=True)
+    assert prediction.mean_gradient is not None
+    assert prediction.mean_gradient.shape == prediction.variance_gradient.shape == (30, 4, 1)
+    expected = direct_predictions(base_url, points, include="gradient", variance="latent")
+    np.testing.assert_array_equal(prediction.mean_gradient[:, 2, 0], expected["mean_gradient"]["x3"])
+    covariance = client.covariance(points[:5], latent=True)
+    assert covariance.shape == (1, 5, 5)
+    np.testing.assert_allclose(np.diag(covariance[0]), prediction.variance[:5, 0], rtol=1e-6)
+    draws, meta = client.sample(points[:5], 200, seed=4)
+    assert draws.shape == (1, 200, 5)
+    assert meta["seed"] == 4
+    again, _ = client.sample(points[:5], 200, seed=4)
+    np.testing.assert_array_equal(draws, again)

@@ -170,7 +170,9 @@ def test_schemathesis_finds_no_failures_against_the_second_model(plant_server, t
     command = [
         str(Path(sys.executable).with_name("st")), "run", str(spec), "--url", base_url,
         "--checks", "all", "--exclude-checks", EXCLUDED_CHECKS,
-        "--max-examples", "150", "--seed", "20261127",
+        # the stateful phase (links between operations) runs against the Park model's server; here the
+        # model-dependent schemas are what is new, and the CI budget is finite
+        "--phases", "examples,coverage,fuzzing", "--max-examples", "100", "--seed", "20261127",
         "--workers", "2", "--request-timeout", "60", "--output-truncate", "true",
     ]  # fmt: skip
     # when (in tmp_path: schemathesis keeps a cache folder in its working directory)
@@ -179,7 +181,7 @@ def test_schemathesis_finds_no_failures_against_the_second_model(plant_server, t
     assert result.returncode == 0, result.stdout[-6000:]
     summary = re.search(r"(\d+) generated, (\d+) (passed|found)", result.stdout)
     assert summary, result.stdout[-3000:]
-    assert int(summary.group(1)) >= 150
+    assert int(summary.group(1)) >= 100
     assert not (ROOT / ".schemathesis").exists()
 
 
