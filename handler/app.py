@@ -37,8 +37,10 @@ from handler.parsing import (
     PredictRequest,
     RequestError,
     RequestParser,
+    brief,
     decode_body,
     parse_options,
+    under,
 )
 from handler.parsing import load_json as parse_json
 from handler.posterior import Z_95, Prediction
@@ -245,11 +247,11 @@ def sample() -> Any:
     if len(body) > parser.max_body_bytes:
         raise RequestError(413, "request body too large", [("body", f"at most {parser.max_body_bytes} bytes")])
     data = parse_json(body)
-    spec = _sample_spec(data, len(manifest.outputs))
+    spec = _sample_spec(data)
     try:
         request = parser.parse(orjson.dumps(data["points"]))
     except RequestError as exc:
-        raise RequestError(exc.status_code, exc.error, [(_under("points", f), m) for f, m in exc.details]) from None
+        raise RequestError(exc.status_code, exc.error, [(under("points", f), m) for f, m in exc.details]) from None
     points = request.points
     if len(points) > SAMPLE_MAX_POINTS or len(points) * spec["samples"] * len(manifest.outputs) > SAMPLE_MAX_VALUES:
         message = (
@@ -259,7 +261,7 @@ def sample() -> Any:
         raise RequestError(422, "too many samples", [("samples", message)])
     if violations := manifest.domain_violations(points, settings.domain_margin):
         details = [
-            (_under("points", request.field_name(v.row, v.feature)), f"{v.value:g} is outside [{v.low:g}, {v.high:g}]")
+            (under("points", request.field_name(v.row, v.feature)), f"{v.value:g} is outside [{v.low:g}, {v.high:g}]")
             for v in violations
         ]
         raise RequestError(422, "point(s) outside the model's domain", details)
@@ -281,33 +283,29 @@ def sample() -> Any:
     return answer
 
 
-def _sample_spec(data: Any, n_outputs: int) -> dict[str, Any]:
+def _sample_spec(data: Any) -> dict[str, Any]:
     """`samples`, `seed` (drawn when absent, and answered, so a draw can be repeated) and `target`."""
     problems = []
     if not isinstance(data, dict):
         raise RequestError(422, "invalid sample request", [("body", "expected an object with points and samples")])
     if unknown := set(data) - {"points", "samples", "seed", "target"}:
-        problems += [(name, "unknown field (points, samples, seed, target)") for name in sorted(unknown)]
+        problems += [(brief(name), "unknown field (points, samples, seed, target)") for name in sorted(unknown)[:5]]
     if "points" not in data:
         problems.append(("points", "Field required"))
     samples = data.get("samples")
     if type(samples) is not int or not 1 <= samples <= SAMPLE_MAX_SAMPLES:
-        problems.append(("samples", f"expected an integer from 1 to {SAMPLE_MAX_SAMPLES}, got {samples!r}"))
+        problems.append(("samples", f"expected an integer from 1 to {SAMPLE_MAX_SAMPLES}, got {brief(samples)}"))
     seed = data.get("seed", None)
     if seed is not None and (type(seed) is not int or not 0 <= seed < 2**63):
-        problems.append(("seed", f"expected a non-negative integer, got {seed!r}"))
+        problems.append(("seed", f"expected a non-negative integer, got {brief(seed)}"))
     target = data.get("target", "latent")
     if target not in ("latent", "observations"):
-        problems.append(("target", f"expected latent or observations, got {target!r}"))
+        problems.append(("target", f"expected latent or observations, got {brief(target)}"))
     if problems:
         raise RequestError(422, "invalid sample request", problems)
     if seed is None:
         seed = int(np.random.default_rng().integers(2**63))
     return {"samples": samples, "seed": seed, "target": target}
-
-
-def _under(prefix: str, field: str) -> str:
-    return f"{prefix}{field}" if field.startswith("[") else f"{prefix}.{field}"
 
 
 def _loaded_model() -> LoadedModel:

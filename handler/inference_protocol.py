@@ -23,7 +23,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from handler.artifact import Manifest, ModelUnavailableError
-from handler.parsing import RequestError, decode_body, load_json
+from handler.parsing import RequestError, brief, decode_body, load_json
 from handler.services import Services
 
 router = Router()
@@ -66,7 +66,7 @@ def _model(name: str, version: str | None) -> Manifest:
     except ModelUnavailableError as exc:
         raise InferenceError(503, f"model unavailable: {exc}") from None
     if name != manifest.name or (version is not None and version != manifest.version):
-        wanted = name + (f" version {version}" if version is not None else "")
+        wanted = brief(name) + (f" version {brief(version)}" if version is not None else "")
         raise InferenceError(404, f"no model {wanted}; this server has {manifest.name} version {manifest.version}")
     return manifest
 
@@ -219,26 +219,26 @@ def _read_request(request: Any, manifest: Manifest, max_batch_size: int) -> tupl
         count = len(request["inputs"])
         raise InferenceError(400, f"expected exactly one input tensor ([N, {len(manifest.features)}]), got {count}")
     tensor = request["inputs"][0]
-    name, shape, datatype = tensor.get("name", "input"), tensor.get("shape"), tensor.get("datatype")
+    name, shape, datatype = brief(tensor.get("name", "input")), tensor.get("shape"), tensor.get("datatype")
     if datatype not in DATATYPES:
-        raise InferenceError(400, f"input {name!r}: datatype {datatype!r} is not supported; send FP64 (or FP32)")
+        raise InferenceError(400, f"input {name}: datatype {brief(datatype)} is not supported; send FP64 (or FP32)")
     d = len(manifest.features)
     if (
         not (isinstance(shape, list) and len(shape) == 2 and all(type(n) is int for n in shape) and shape[1] == d)
         or shape[0] < 1
     ):
-        raise InferenceError(400, f"input {name!r}: shape {shape!r}; expected [N, {d}] with N >= 1")
+        raise InferenceError(400, f"input {name}: shape {brief(shape)}; expected [N, {d}] with N >= 1")
     if shape[0] > max_batch_size:
-        raise InferenceError(422, f"input {name!r}: {shape[0]} points; at most {max_batch_size} per request")
+        raise InferenceError(422, f"input {name}: {shape[0]} points; at most {max_batch_size} per request")
     data = tensor.get("data")
     flat = _flatten(data, shape[0] * d)
     if flat is None:
-        raise InferenceError(400, f"input {name!r}: data must hold {shape[0] * d} finite numbers for shape {shape}")
+        raise InferenceError(400, f"input {name}: data must hold {shape[0] * d} finite numbers for shape {shape}")
     points = flat.reshape(shape[0], d)
     parameters = request.get("parameters") or {}
     variance = parameters.get("variance", "noisy") if isinstance(parameters, dict) else "noisy"
     if variance not in ("noisy", "latent"):
-        raise InferenceError(400, f"parameter variance: expected noisy or latent, got {variance!r}")
+        raise InferenceError(400, f"parameter variance: expected noisy or latent, got {brief(variance)}")
     return points, variance == "latent"
 
 
@@ -268,5 +268,6 @@ def _requested_outputs(request: dict[str, Any]) -> set[str]:
         raise InferenceError(400, 'outputs: expected a list of {"name": ...}')
     names = {o["name"] for o in outputs}
     if unknown := names - {"mean", "variance"}:
-        raise InferenceError(400, f"outputs: unknown {', '.join(sorted(unknown))}; this model has mean and variance")
+        unknown_names = ", ".join(brief(name) for name in sorted(unknown)[:5])
+        raise InferenceError(400, f"outputs: unknown {unknown_names}; this model has mean and variance")
     return names

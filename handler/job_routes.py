@@ -37,7 +37,7 @@ from handler.jobs import (
     submit_points,
     submit_upload,
 )
-from handler.parsing import RequestError, RequestParser, decode_body, load_json, parse_options
+from handler.parsing import RequestError, RequestParser, brief, decode_body, load_json, parse_options, under
 from handler.services import Services
 
 router = Router()
@@ -85,7 +85,9 @@ def job_options(query: dict[str, str] | None) -> OutputOptions:
     predict = parse_options(query, allowed=("std", "interval"))  # per point, so a file can hold them
     fmt = query.get("format", "csv")
     if fmt not in RESULT_FORMATS:
-        raise RequestError(422, "invalid query parameter", [("format", f"expected csv, npy or parquet, got {fmt!r}")])
+        raise RequestError(
+            422, "invalid query parameter", [("format", f"expected csv, npy or parquet, got {brief(fmt)}")]
+        )
     return OutputOptions(predict.latent, predict.include_std, predict.include_interval, fmt)
 
 
@@ -129,13 +131,13 @@ def _submit(
         try:
             request = parser.parse(orjson.dumps(submission.points))
         except RequestError as exc:
-            raise RequestError(exc.status_code, exc.error, [(_under("points", f), m) for f, m in exc.details]) from None
+            raise RequestError(exc.status_code, exc.error, [(under("points", f), m) for f, m in exc.details]) from None
         if request.shape == "point":
             request = type(request)(request.points, "rows")
         if violations := manifest.domain_violations(request.points, settings.domain_margin):
             details = [
                 (
-                    _under("points", request.field_name(v.row, v.feature)),
+                    under("points", request.field_name(v.row, v.feature)),
                     f"{v.value:g} is outside [{v.low:g}, {v.high:g}]",
                 )
                 for v in violations
@@ -148,10 +150,6 @@ def _submit(
     assert submission.upload is not None
     job = new_job(backend, owner, manifest, "upload", options, upload_format=submission.upload.format)
     return submit_upload(backend, job)
-
-
-def _under(prefix: str, field: str) -> str:
-    return f"{prefix}{field}" if field.startswith("[") else f"{prefix}.{field}"
 
 
 def _resolved_design(spec: Any, manifest: Manifest, settings: Settings, max_points: int) -> dict[str, Any]:

@@ -231,6 +231,17 @@ def _finite_array(values: list[Any], rows: int, columns: int) -> np.ndarray | No
     return array if np.isfinite(array).all() else None
 
 
+def under(prefix: str, field: str) -> str:
+    """A field's path inside `prefix`: `points[3].x1`, `points.x1[3]`."""
+    return f"{prefix}{field}" if field.startswith("[") else f"{prefix}.{field}"
+
+
+def brief(value: Any, limit: int = 40) -> str:
+    """A caller's value, quoted in an error message no longer than `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a parsed value's type: null, boolean, number, string, array or object."""
     names = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array"}

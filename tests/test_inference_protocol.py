@@ -76,7 +76,7 @@ def test_latent_variance_through_parameters(v2):
 def test_errors_reach_the_v2_client_as_the_protocol_says(v2):
     client, base_url = v2
     name, _ = model_name(base_url)
-    with pytest.raises(InferenceServerException, match="no model nope"):
+    with pytest.raises(InferenceServerException, match="no model 'nope'"):
         client.get_model_metadata("nope")
     tensor = triton.InferInput("input", [1, 3], "FP64")
     tensor.set_data_from_numpy(np.zeros((1, 3)), binary_data=False)
