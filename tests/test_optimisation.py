@@ -263,3 +263,25 @@ def test_the_second_model_samples_and_answers_v2_per_output(plant_app):
     _, predicted = call(plant_app, points)
     expected = [predicted[i][output]["mean"] for i in range(2) for output in PLANT_OUTPUTS]
     assert mean["data"] == expected
+
+
+def test_every_option_combines_in_one_answer(app_with_model):
+    points = np.random.default_rng(6).uniform(0, 1, size=(3, 4))
+    rows = [dict(zip(FEATURES, p, strict=True)) for p in points.tolist()]
+    status, answer = call(app_with_model, rows, {"include": "std,interval,gradient,covariance", "variance": "latent"})
+    assert status == 200, answer
+    assert set(answer) == {
+        "mean",
+        "variance",
+        "std",
+        "lower_95",
+        "upper_95",
+        "mean_gradient",
+        "variance_gradient",
+        "covariance",
+    }
+    _, plain = call(app_with_model, rows, {"include": "std,interval", "variance": "latent"})
+    assert answer["mean"] == [row["mean"] for row in plain]
+    assert answer["upper_95"] == [row["upper_95"] for row in plain]
+    assert set(answer["mean_gradient"]) == set(FEATURES)
+    assert len(answer["mean_gradient"]["x1"]) == 3
