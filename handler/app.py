@@ -132,7 +132,6 @@ services = Services(
     manifest=lambda: model.manifest(),
     parser=lambda features: request_parser(features),
     loaded_model=lambda: _loaded_model(),
-    model_is_loaded=lambda: model.is_loaded,
 )
 for router in (job_routes, inference_protocol):
     router.configure(services)

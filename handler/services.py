@@ -21,4 +21,3 @@ class Services:
     manifest: Callable[[], Manifest]
     parser: Callable[[tuple[str, ...]], RequestParser]
     loaded_model: Callable[[], LoadedModel]
-    model_is_loaded: Callable[[], bool]
