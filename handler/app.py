@@ -1,8 +1,8 @@
 """HTTP layer: API Gateway REST (proxy integration) events in, JSON out.
 
-Routes:  POST /predict   GET /health   GET /model   GET /openapi.json
-         POST /jobs   GET /jobs/{job_id}   POST /jobs/{job_id}/start   POST /jobs/{job_id}/cancel
-         (the job routes are handler.job_routes)
+Routes:  POST /predict   POST /sample   GET /health   GET /model   GET /openapi.json
+         POST /jobs   GET /jobs/{job_id}   POST /jobs/{job_id}/start   POST /jobs/{job_id}/cancel  (handler.job_routes)
+         /v2/...: the Open Inference Protocol  (handler.inference_protocol)
 """
 
 from __future__ import annotations
