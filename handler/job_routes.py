@@ -101,7 +101,7 @@ def submit_job() -> Response:
     limit = parser.max_body_bytes + DESIGN_BODY_BYTES
     if len(body) > limit:
         raise RequestError(413, "request body too large", [("body", f"at most {limit} bytes are accepted")])
-    key = (event.headers or {}).get("idempotency-key") or (event.headers or {}).get("Idempotency-Key")
+    key = event.headers.get("idempotency-key")  # Powertools' headers ignore case, as HTTP does
     owner = caller()
     if key is None:
         job = _submit(backend, settings, manifest, parser, owner, body, options)
