@@ -35,7 +35,9 @@ from handler.jobs import (
 from handler.model import LazyModel, SurrogateModel
 from handler.parsing import RequestError
 
-RETRY_DELAYS_S = (5, 30, 120)  # visibility after the 1st, 2nd, 3rd failed attempt (then the DLQ takes it)
+# Visibility after the 1st and 2nd failed attempt; after the 3rd (the queue's maxReceiveCount) the next receive
+# moves the message to the dead-letter queue, so it should come back at once.
+RETRY_DELAYS_S = (5, 30, 1)
 
 settings = load_settings()
 logger = Logger()
