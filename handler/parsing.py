@@ -232,7 +232,7 @@ def _finite_array(values: list[Any], rows: int, columns: int) -> np.ndarray | No
 
 
 def under(prefix: str, field: str) -> str:
-    """A field's path inside `prefix`: `points[3].x1`, `points.x1[3]`."""
+    """A field's path inside `prefix`: `points[3].name`, `points.name[3]`."""
     return f"{prefix}{field}" if field.startswith("[") else f"{prefix}.{field}"
 
 
