@@ -39,8 +39,8 @@ from handler.parsing import (
     RequestParser,
     brief,
     decode_body,
+    outside_domain,
     parse_options,
-    under,
 )
 from handler.parsing import load_json as parse_json
 from handler.posterior import Z_95, Prediction
@@ -146,17 +146,7 @@ def predict() -> Any:
     manifest = model.manifest()
     request = request_parser(manifest.features).parse(body)
     if violations := manifest.domain_violations(request.points, settings.domain_margin):
-        raise RequestError(
-            422,
-            "point(s) outside the model's domain",
-            [
-                (
-                    request.field_name(v.row, v.feature),
-                    f"{v.value:g} is outside the allowed range [{v.low:g}, {v.high:g}]",
-                )
-                for v in violations
-            ],
-        )
+        raise outside_domain(request, violations)
     if options.include_covariance and len(request.points) > (limit := covariance_limit(len(manifest.outputs))):
         message = f"{len(request.points)} points; a covariance matrix is answered for at most {limit}"
         raise RequestError(422, "batch too large for include=covariance", [("include", message)])
@@ -247,10 +237,7 @@ def sample() -> Any:
         raise RequestError(413, "request body too large", [("body", f"at most {parser.max_body_bytes} bytes")])
     data = parse_json(body)
     spec = _sample_spec(data)
-    try:
-        request = parser.parse(orjson.dumps(data["points"]))
-    except RequestError as exc:
-        raise RequestError(exc.status_code, exc.error, [(under("points", f), m) for f, m in exc.details]) from None
+    request = parser.parse_nested(data["points"], "points")
     points = request.points
     if len(points) > SAMPLE_MAX_POINTS or len(points) * spec["samples"] * len(manifest.outputs) > SAMPLE_MAX_VALUES:
         message = (
@@ -259,11 +246,7 @@ def sample() -> Any:
         )
         raise RequestError(422, "too many samples", [("samples", message)])
     if violations := manifest.domain_violations(points, settings.domain_margin):
-        details = [
-            (under("points", request.field_name(v.row, v.feature)), f"{v.value:g} is outside [{v.low:g}, {v.high:g}]")
-            for v in violations
-        ]
-        raise RequestError(422, "point(s) outside the model's domain", details)
+        raise outside_domain(request, violations, "points")
     loaded = _loaded_model()
     observations = spec["target"] == "observations"
     with _subsegment("sample"):

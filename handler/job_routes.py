@@ -37,7 +37,7 @@ from handler.jobs import (
     submit_points,
     submit_upload,
 )
-from handler.parsing import RequestError, RequestParser, brief, decode_body, load_json, parse_options, under
+from handler.parsing import RequestError, RequestParser, brief, decode_body, load_json, outside_domain, parse_options
 from handler.services import Services
 
 router = Router()
@@ -128,21 +128,11 @@ def _submit(
     if submission is None:
         raise RequestError(422, "invalid job", [(p.field, p.message) for p in problems])
     if submission.points is not None:
-        try:
-            request = parser.parse(orjson.dumps(submission.points))
-        except RequestError as exc:
-            raise RequestError(exc.status_code, exc.error, [(under("points", f), m) for f, m in exc.details]) from None
+        request = parser.parse_nested(submission.points, "points")
         if request.shape == "point":
             request = type(request)(request.points, "rows")
         if violations := manifest.domain_violations(request.points, settings.domain_margin):
-            details = [
-                (
-                    under("points", request.field_name(v.row, v.feature)),
-                    f"{v.value:g} is outside [{v.low:g}, {v.high:g}]",
-                )
-                for v in violations
-            ]
-            raise RequestError(422, "point(s) outside the model's domain", details)
+            raise outside_domain(request, violations, "points")
         return submit_points(backend, new_job(backend, owner, manifest, "inline", options), request.points)
     if submission.design is not None:
         design = _resolved_design(submission.design, manifest, settings, backend.max_points)

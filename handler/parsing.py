@@ -156,6 +156,13 @@ class RequestParser:
             422, "wrong body type", [("body", f"expected a JSON object or array, got {json_type(data)}")]
         )
 
+    def parse_nested(self, value: Any, prefix: str) -> PredictRequest:
+        """Points inside a larger body (`{"points": ...}`): parsed as a /predict body, errors named under `prefix`."""
+        try:
+            return self.parse(orjson.dumps(value))
+        except RequestError as exc:
+            raise RequestError(exc.status_code, exc.error, [(under(prefix, f), m) for f, m in exc.details]) from None
+
     def _point(self, data: dict[str, Any]) -> PredictRequest:
         if data.keys() == self._feature_set and all(type(value) in _NUMBER for value in data.values()):
             points = _finite_array([[data[name] for name in self.features]], 1, len(self.features))
@@ -229,6 +236,16 @@ def _finite_array(values: list[Any], rows: int, columns: int) -> np.ndarray | No
     except OverflowError:  # an integer beyond float range
         return None
     return array if np.isfinite(array).all() else None
+
+
+def outside_domain(request: PredictRequest, violations: list[Any], prefix: str = "") -> RequestError:
+    """422 naming each point outside the model's domain (`manifest.domain_violations`), under `prefix` if nested."""
+    details = []
+    for v in violations:
+        field = request.field_name(v.row, v.feature)
+        message = f"{v.value:g} is outside the allowed range [{v.low:g}, {v.high:g}]"
+        details.append((under(prefix, field) if prefix else field, message))
+    return RequestError(422, "point(s) outside the model's domain", details)
 
 
 def under(prefix: str, field: str) -> str:
