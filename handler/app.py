@@ -8,7 +8,6 @@ Routes:  POST /predict   POST /sample   GET /health   GET /model   GET /openapi.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import time
@@ -28,7 +27,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler import inference_protocol, job_routes
-from handler.app_limits import RESPONSE_BUDGET_BYTES, SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES
+from handler.app_limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES, covariance_limit
 from handler.artifact import Manifest, ModelUnavailableError
 from handler.config import load_settings
 from handler.model import LazyModel, LoadedModel, SurrogateModel
@@ -168,11 +167,6 @@ def predict() -> Any:
         if options.include_covariance:
             extras["covariance"] = loaded.model.covariance(request.points, latent=options.latent)
     return _extended_body(request, options, manifest, mean, variance, **extras)
-
-
-def covariance_limit(n_outputs: int) -> int:
-    """Most points of a batch whose joint covariance fits the response: 426 for one output, 301 for two."""
-    return int(math.sqrt(RESPONSE_BUDGET_BYTES / (22 * n_outputs)))
 
 
 def _extended_body(

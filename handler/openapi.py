@@ -15,6 +15,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
+from handler.app_limits import covariance_limit
 from handler.parsing import body_limit
 from handler.schemas import (
     DesignSpec,
@@ -153,7 +154,7 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
             "noise-free function's (GPy `predict_noiseless`). `include=gradient` adds, per point and output, "
             "`mean_gradient` and `variance_gradient` by feature (GPy `predictive_gradients`); "
             "`include=covariance` adds the batch's joint covariance (GPy `predict(full_cov=True)`) and answers "
-            f"as columns, for at most {_covariance_limit(manifest)} points."
+            f"as columns, for at most {covariance_limit(len(manifest.outputs))} points."
         ),
         tags=["predictions"],
         operation_id="predict",
@@ -410,14 +411,6 @@ def _document_jobs(
     )
     def start_job(job_id: Annotated[str, Path(description="The job's id.")]) -> JobStatus:
         raise NotImplementedError
-
-
-def _covariance_limit(manifest: "Manifest") -> int:
-    import math
-
-    from handler.app_limits import RESPONSE_BUDGET_BYTES
-
-    return int(math.sqrt(RESPONSE_BUDGET_BYTES / (22 * len(manifest.outputs))))
 
 
 def _document_sampling(

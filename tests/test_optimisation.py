@@ -159,7 +159,7 @@ def test_the_second_model_answers_gradients_and_covariance_per_named_output(plan
 
 
 def test_covariance_answers_as_columns_and_is_refused_past_its_limit(app_with_model):
-    from handler.app import covariance_limit
+    from handler.app_limits import covariance_limit
 
     points = np.random.default_rng(4).uniform(0, 1, size=(4, 4))
     status, answer = call(
