@@ -42,8 +42,8 @@ class SurrogateModel(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, path: Path) -> Self:
-        """Read a model saved by `save`."""
+    def load(cls, path: Path, manifest: Manifest | None = None) -> Self:
+        """Read a model saved by `save`, as its manifest (if given) says."""
 
     @abstractmethod
     def predict(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
@@ -86,14 +86,17 @@ class GPRegressionModel(SurrogateModel):
 
     model_type = "GPy.models.GPRegression"
 
-    def __init__(self, gp: Any) -> None:
+    def __init__(self, gp: Any, *, predict_through_gpy: str | None = None) -> None:
+        """`predict_through_gpy`: the manifest's reason to skip the fast path (packaging found it does not match)."""
         self.gp = gp
-        self.posterior: GPPosterior | None
+        self.posterior: GPPosterior | None = None
+        if predict_through_gpy is not None:
+            logger.warning("predicting through GPy, as the manifest says: %s", predict_through_gpy)
+            return
         try:
             self.posterior = GPPosterior.from_gpy(gp)
         except ValueError as exc:
             logger.warning("fast path not available, predicting through GPy: %s", exc)
-            self.posterior = None
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:
@@ -127,12 +130,13 @@ class GPRegressionModel(SurrogateModel):
         return cls(gp)
 
     @classmethod
-    def load(cls, path: Path) -> Self:
+    def load(cls, path: Path, manifest: Manifest | None = None) -> Self:
         gp = load_pickle(path)
         if not cls.accepts(gp):
             found = f"{type(gp).__module__}.{type(gp).__qualname__}"
             raise TypeError(f"expected a {cls.model_type}, found {found}")
-        return cls(gp)
+        reason = manifest.document.get("predict_through_gpy") if manifest is not None else None
+        return cls(gp, predict_through_gpy=None if reason is None else str(reason))
 
     def save(self, path: Path) -> None:
         atomic_write(path, pickle.dumps(self.gp, protocol=pickle.HIGHEST_PROTOCOL))
@@ -240,7 +244,7 @@ def load_model(source: ArtifactSource, manifest: Manifest | None = None) -> Load
         )
     path = source.fetch_model(manifest)
     try:
-        model = model_class.load(path)
+        model = model_class.load(path, manifest)
     except UnsafePickleError as exc:
         logger.error("model artifact refused", extra={"refused_global": exc.name})
         raise ModelUnavailableError(f"model artifact refused: {exc}") from exc

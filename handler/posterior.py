@@ -164,6 +164,35 @@ class GPPosterior:
         r *= self.kernel_variance
         return r
 
+    def cross_covariance_rounding(self, X: np.ndarray) -> np.ndarray:
+        """How far two correct float64 evaluations of k(X, U) may differ, entrywise, (len(X), m).
+
+        This class and GPy both form r^2 = |z|^2 + |u|^2 - 2 z.u from z = x / lengthscale, in different orders:
+        with eps per rounding (twice the unit roundoff), their sums of at most d + 2 terms are off by at most
+        (d + 1) eps (|z| + |u|)^2 and the scaling (a relative eps per coordinate, times dr^2/dz = 2 (z - u)) by
+        2 eps (|z| + |u|)^2, so r^2 is off by at most (d + 3) eps (|z| + |u|)^2 in each evaluation, and two
+        differ by delta, twice that.
+        k moves by |dk/d(r^2)| delta (first order in eps) or, for the Exponential, whose slope in r^2 is
+        unbounded at 0, by k delta / max(r, sqrt(delta)), since r = sqrt(r^2) moves by at most that. The RBF
+        here adds log s2 to -r^2 / 2 before exp: (d + 3) eps |log s2| more, relative; the few roundings of k
+        from r add 8 eps k.
+        """
+        eps = np.finfo(float).eps
+        d = X.shape[1]
+        scaled = X * self.inverse_lengthscale
+        spread = np.add.outer(np.linalg.norm(scaled, axis=1), np.linalg.norm(self._scaled_inputs, axis=1))
+        spread **= 2
+        spread *= 2 * (d + 3) * eps
+        r = self._distances(scaled, self._scaled_inputs)
+        k, g = self._kernel_of_distance(r)  # g = (dk/dr) / r = 2 dk/d(r^2)
+        if self.kernel == "Exponential":
+            change = k * spread / np.maximum(r, np.sqrt(spread))
+        else:
+            change = 0.5 * np.abs(g) * spread
+        relative = 8 + (d + 3) * abs(math.log(self.kernel_variance)) * (self.kernel == "RBF")
+        change += relative * eps * k
+        return change
+
     def predict(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
         from scipy.linalg.blas import dtrmm
 

@@ -140,6 +140,13 @@ class ModelManifest(BaseModel):
     kernel: dict[str, Any]
     training: dict[str, Any] = {}
     versions: dict[str, str]
+    predict_through_gpy: str | None = Field(
+        default=None,
+        exclude_if=lambda reason: reason is None,  # absent, not null: manifests written before it stay as they are
+        min_length=1,
+        description="Why this model predicts through GPy's own predict rather than the numpy/BLAS fast path (set "
+        "by packaging when the fast path differs from GPy by more than rounding explains); absent: the fast path.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

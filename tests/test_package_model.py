@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import subprocess
@@ -11,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handler.artifact import PackagedArtifact, manifest_path_for, sha256_of
-from handler.model import SparseGPRegressionModel, load_model
+from handler.artifact import PackagedArtifact, load_pickle, manifest_path_for, sha256_of
+from handler.model import GPRegressionModel, SparseGPRegressionModel, load_model, wrap_gpy_model
+from handler.posterior import GPPosterior
 from handler.schemas import ModelManifest
-from tests.conftest import PACKAGE_MODEL, PLANT_BOUNDS, PLANT_FEATURES, plant, plant_design
+from scripts import package_model
+from tests.conftest import PACKAGE_MODEL, PLANT_BOUNDS, PLANT_FEATURES, SHIPPED_MODEL, plant, plant_design
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -35,6 +38,56 @@ def sparse_pickle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sparse") / "sparse.pkl"
     path.write_bytes(pickle.dumps(gp))
     return path
+
+
+# Two ordinary user fits that packaging once refused (issue 14): their covariance is ill-conditioned (the
+# optimiser drives the noise to GPy's 1e-8 floor), so the fast path and GPy differ by more than a fixed 1e-9.
+ORDINARY_BOUNDS = {"temperature": (300.0, 400.0), "pressure": (1.0, 5.0), "flow_rate": (0.1, 2.0)}
+
+
+def ordinary_design(n: int, seed: int) -> np.ndarray:
+    from scipy.stats import qmc
+
+    low, high = np.array(list(ORDINARY_BOUNDS.values())).T
+    return qmc.scale(qmc.LatinHypercube(d=3, seed=seed).random(n), low, high)
+
+
+@pytest.fixture(scope="module")
+def matern_user_pickle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 points, two outputs, Matern-5/2 ARD, normaliser, noise started at 1e-4, optimize(max_iters=200)."""
+    import GPy
+
+    X = ordinary_design(60, seed=0)
+    gp = GPy.models.GPRegression(X, plant(X), GPy.kern.Matern52(3, ARD=True), normalizer=True)
+    gp.likelihood.variance = 1e-4
+    gp.optimize(max_iters=200)
+    path = tmp_path_factory.mktemp("matern-user") / "matern.pkl"
+    path.write_bytes(pickle.dumps(gp))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rbf_restarts_pickle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 points, two outputs, RBF ARD, normaliser, optimize_restarts (refused at 4.6x the old fixed bound)."""
+    import GPy
+
+    X = ordinary_design(200, seed=5)
+    gp = GPy.models.GPRegression(X, plant(X), GPy.kern.RBF(3, ARD=True), normalizer=True)
+    np.random.seed(5)  # GPy draws restart points from numpy's global generator
+    gp.optimize_restarts(num_restarts=2, robust=True, verbose=False, max_iters=100)
+    path = tmp_path_factory.mktemp("rbf-restarts") / "rbf.pkl"
+    path.write_bytes(pickle.dumps(gp))
+    return path
+
+
+def ordinary_arguments(path: Path, output: Path) -> list[str]:
+    bounds = ",".join(f"{name}={low:g}:{high:g}" for name, (low, high) in ORDINARY_BOUNDS.items())
+    return [str(path), "--features", ",".join(ORDINARY_BOUNDS), "--outputs", "conversion,purity",
+            "--bounds", bounds, "--output", str(output)]  # fmt: skip
+
+
+def wrapped(path: Path) -> GPRegressionModel:
+    return wrap_gpy_model(load_pickle(path))
 
 
 def test_the_plant_model_was_packaged_with_everything_the_manifest_promises(plant_model_path: Path):
@@ -85,7 +138,8 @@ def test_a_bound_given_on_the_command_line_wins_and_the_others_come_from_the_dat
     ("args", "message"),
     [
         (["--features", "a,b"], "the model takes 3 inputs but 2 features were named"),
-        (["--features", "a,b,c", "--outputs", "y,z"], "the model has 1 outputs but 2 output names were given"),
+        (["--features", "a"], "the model takes 3 inputs but 1 feature was named"),
+        (["--features", "a,b,c", "--outputs", "y,z"], "the model has 1 output but 2 output names were given"),
         (["--features", "a,b,c", "--bounds", "a=5:1"], "--bounds: a needs finite LOW < HIGH, got 5:1"),
         (["--features", "a,b,c", "--bounds", "d=0:1"], "--bounds: 'd' is not one of the features (a, b, c)"),
         (["--features", "a,b,c", "--bounds", "a=0"], "--bounds: expected NAME=LOW:HIGH, got 'a=0'"),
@@ -94,8 +148,8 @@ def test_a_bound_given_on_the_command_line_wins_and_the_others_come_from_the_dat
                                     "_ or - (64 at most)"),
         (["--features", "a,b,c", "--holdout", "missing.csv"], "--holdout: missing.csv: no such file"),
     ],
-    ids=["feature-count", "output-count", "low-above-high", "unknown-feature", "malformed-bound", "duplicate",
-         "bad-name", "missing-csv"],
+    ids=["feature-count", "one-feature", "output-count", "low-above-high", "unknown-feature", "malformed-bound",
+         "duplicate", "bad-name", "missing-csv"],
 )  # fmt: skip
 def test_a_wrong_argument_exits_2_with_one_clear_line(sparse_pickle: Path, tmp_path: Path, args, message: str):
     result = run(sparse_pickle, *args, "--output", tmp_path / "out.pkl")
@@ -129,24 +183,151 @@ def test_a_file_that_is_not_a_supported_model_exits_2(tmp_path: Path, content: b
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_the_shipped_manifest_is_what_the_packaging_code_writes(tmp_path: Path):
-    # given the shipped pickle packaged again with the shipped manifest's names and bounds
-    from tests.conftest import SHIPPED_MODEL
+def log_likelihood_tolerance(model: GPRegressionModel) -> float:
+    """How far two machines' float64 log-likelihoods of an exact GP may differ (first order in eps).
 
-    shipped = json.loads(manifest_path_for(SHIPPED_MODEL).read_text())
-    output = tmp_path / "pretrained-model.pkl"
-    bounds = ",".join(f"{k}={lo}:{hi}" for k, (lo, hi) in shipped["bounds"].items())
-    result = run(SHIPPED_MODEL, "--features", ",".join(shipped["features"]), "--bounds", bounds,
-                 "--name", shipped["name"], "--output", output)  # fmt: skip
+    GPy computes -1/2 (y^T alpha + D log|K| + n D log 2 pi) from K (entries up to dK apart:
+    `GPPosterior.cross_covariance_rounding`), its Cholesky factor L ((K + E) = L L^T, |E| <= (n + 1) eps |L| |L^T| / 2)
+    and alpha from two triangular solves (backward errors of the same size, with L). A change dK of K moves y^T alpha
+    by alpha^T dK alpha and log|K| by tr(K^-1 dK); the sum y^T alpha and the logs of L's diagonal add a few eps.
+    Each machine is within half of this of the exact value.
+    """
+    assert model.posterior is not None
+    assert model.posterior.cholesky_inverse is not None
+    gp, eps = model.gp, float(np.finfo(float).eps)
+    n, outputs = np.shape(gp.Y_normalized)
+    gamma = (n + 1) * eps
+    alpha, y = np.abs(gp.posterior.woodbury_vector), np.abs(np.asarray(gp.Y_normalized))
+    L, K_inverse = np.abs(gp.posterior.woodbury_chol), np.abs(gp.posterior.woodbury_inv)
+    dK = model.posterior.cross_covariance_rounding(np.asarray(gp.X, dtype=float))
+    quadratic = np.sum(alpha * (dK @ alpha)) + 3 * gamma * np.sum((L.T @ alpha) ** 2) + gamma * np.sum(alpha * y)
+    log_det = outputs * (np.sum(K_inverse * dK) + gamma * np.sum(K_inverse * (L @ L.T)))
+    log_det += 2 * outputs * n * eps * np.max(np.abs(np.log(np.diag(gp.posterior.woodbury_chol))))
+    return float(quadratic + log_det)
+
+
+def test_the_deployed_manifest_is_what_the_packaging_code_writes(tmp_path: Path):
+    # given whatever model is deployed in model_artifacts/ (the Park example, or the user's own), packaged again
+    # with its manifest's names and bounds
+    deployed = json.loads(manifest_path_for(SHIPPED_MODEL).read_text())
+    output = tmp_path / SHIPPED_MODEL.name
+    bounds = ",".join(f"{name}={low!r}:{high!r}" for name, (low, high) in deployed["bounds"].items())
+    # when
+    result = run(SHIPPED_MODEL, "--features", ",".join(deployed["features"]),
+                 "--outputs", ",".join(deployed["outputs"]), "--bounds", bounds, "--name", deployed["name"],
+                 "--version", deployed["version"], "--output", output)  # fmt: skip
+    # then what no arithmetic produces is equal, the hyperparameters (read from the pickle) included
     assert result.returncode == 0, result.stderr
     again = json.loads(manifest_path_for(output).read_text())
-    for key in ("schema_version", "name", "model_type", "sha256", "features", "outputs", "bounds", "n_train", "kernel"):
-        assert again[key] == shipped[key], key
-    X = np.random.default_rng(0).uniform(size=(10, 4))
-    np.testing.assert_array_equal(
-        load_model(PackagedArtifact(output)).model.predict(X).mean,
-        load_model(PackagedArtifact(SHIPPED_MODEL)).model.predict(X).mean,
-    )
+    exact = ("schema_version", "name", "version", "model_type", "sha256", "features", "outputs", "bounds", "n_train")
+    for key in exact:
+        assert again[key] == deployed[key], key
+    assert {**again["kernel"], "log_likelihood": None} == {**deployed["kernel"], "log_likelihood": None}
+    # and the log-likelihood (a Cholesky factorisation: its last digits differ by CPU) agrees to that rounding
+    model = load_model(PackagedArtifact(output)).model
+    assert isinstance(model, GPRegressionModel)
+    if model.posterior is not None and model.posterior.cholesky_inverse is not None:
+        tolerance = log_likelihood_tolerance(model)
+        assert abs(again["kernel"]["log_likelihood"] - deployed["kernel"]["log_likelihood"]) <= tolerance
+    else:  # no derived bound for sparse (VarDTC) or other inference: finite is all that is checked
+        assert np.isfinite(again["kernel"]["log_likelihood"])
+    # and both artifacts predict alike across the bounds
+    X = package_model.points_across({k: tuple(v) for k, v in deployed["bounds"].items()}, 64)
+    reference = load_model(PackagedArtifact(SHIPPED_MODEL)).model.predict(X)
+    mean_bound, variance_bound = package_model.rounding_tolerances(model, X) if model.posterior else (0.0, 0.0)
+    assert np.all(np.abs(model.predict(X).mean - reference.mean) <= mean_bound)
+    assert np.all(np.abs(model.predict(X).variance - reference.variance) <= variance_bound)
+
+
+@pytest.mark.parametrize("fixture", ["matern_user_pickle", "rbf_restarts_pickle"])
+def test_an_ordinary_user_model_is_packaged_with_the_fast_path(fixture: str, request, tmp_path: Path, capsys):
+    # given an ordinary fit, ill-conditioned as fitted GPs are
+    path = request.getfixturevalue(fixture)
+    output = tmp_path / "model.pkl"
+    # when
+    status = package_model.main(ordinary_arguments(path, output))
+    # then it is packaged, predicting through the fast path, which agrees with GPy to rounding
+    stdout = capsys.readouterr().out
+    assert status == 0
+    assert "predicts through the numpy/BLAS fast path" in stdout
+    assert "warning" not in stdout
+    manifest = json.loads(manifest_path_for(output).read_text())
+    assert "predict_through_gpy" not in manifest
+    model = load_model(PackagedArtifact(output)).model
+    assert isinstance(model, GPRegressionModel)
+    assert model.posterior is not None
+    X = package_model.points_across(ORDINARY_BOUNDS, package_model.CHECK_POINTS)
+    mean_error, variance_error = package_model.fast_path_error(model, X)
+    assert mean_error <= 1
+    assert variance_error <= 1
+
+
+def _lengthscale_off(posterior: GPPosterior) -> GPPosterior:
+    return dataclasses.replace(posterior, inverse_lengthscale=posterior.inverse_lengthscale * (1 + 1e-6))
+
+
+def _offset_dropped(posterior: GPPosterior) -> GPPosterior:
+    return dataclasses.replace(posterior, y_mean=np.zeros_like(posterior.y_mean))
+
+
+def _cholesky_inverse_off(posterior: GPPosterior) -> GPPosterior:
+    assert posterior.cholesky_inverse is not None
+    return dataclasses.replace(posterior, cholesky_inverse=posterior.cholesky_inverse * (1 + 1e-9))
+
+
+@pytest.mark.parametrize("fixture", ["matern_user_pickle", "rbf_restarts_pickle"])
+@pytest.mark.parametrize(
+    ("perturb", "which"),
+    [(_lengthscale_off, "mean"), (_offset_dropped, "mean"), (_cholesky_inverse_off, "variance")],
+    ids=["lengthscale-1e-6-relative", "normaliser-offset-dropped", "cholesky-inverse-1e-9-relative"],
+)
+def test_the_check_catches_a_fast_path_that_computes_something_else(fixture: str, perturb, which: str, request):
+    # given an ordinary model whose fast path agrees with GPy to rounding
+    model = wrapped(request.getfixturevalue(fixture))
+    X = package_model.points_across(ORDINARY_BOUNDS, package_model.CHECK_POINTS)
+    assert model.posterior is not None
+    assert max(package_model.fast_path_error(model, X)) <= 1
+    # when the fast path is slightly wrong
+    model.posterior = perturb(model.posterior)
+    mean_error, variance_error = package_model.fast_path_error(model, X)
+    # then the check says so
+    assert (mean_error if which == "mean" else variance_error) > 1
+
+
+def test_a_model_the_fast_path_cannot_match_is_packaged_to_predict_through_gpy(
+    matern_user_pickle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, caplog
+):
+    # given a fast path that drops the normaliser's offset: it cannot match GPy
+    from_gpy = GPPosterior.from_gpy
+    monkeypatch.setattr(GPPosterior, "from_gpy", lambda gp: _offset_dropped(from_gpy(gp)))
+    output = tmp_path / "model.pkl"
+    # when
+    status = package_model.main(ordinary_arguments(matern_user_pickle, output))
+    # then it is packaged, not refused; the summary warns, and the manifest records why it predicts through GPy
+    stdout = capsys.readouterr().out
+    assert status == 0
+    assert "predicts through GPy's own predict (the fast path does not match it" in stdout
+    assert "warning: the fast path differs from GPy by" in stdout
+    manifest = ModelManifest.model_validate_json(manifest_path_for(output).read_text())
+    assert manifest.predict_through_gpy is not None
+    assert manifest.predict_through_gpy.startswith("the fast path differs from GPy by")
+    # and the loader honours it, saying why in the log
+    with caplog.at_level("WARNING", logger="handler.model"):
+        model = load_model(PackagedArtifact(output)).model
+    assert isinstance(model, GPRegressionModel)
+    assert model.posterior is None
+    assert f"predicting through GPy, as the manifest says: {manifest.predict_through_gpy}" in caplog.text
+    X = ordinary_design(50, seed=11)
+    gpy_mean, gpy_variance = model.gp.predict(X)
+    prediction = model.predict(X)
+    np.testing.assert_array_equal(prediction.mean, gpy_mean)  # the same code on the same machine: bit for bit
+    np.testing.assert_array_equal(prediction.variance, gpy_variance)
+
+
+def test_counts_of_one_read_in_the_singular(matern_user_pickle: Path):
+    model = wrapped(matern_user_pickle)
+    with pytest.raises(package_model.PackagingError, match=r"^the model has 2 outputs but 1 output name was given$"):
+        package_model.check_counts(model, ["a", "b", "c"], ["y"])
 
 
 def test_a_pickle_that_reaches_for_os_system_is_refused_at_packaging(tmp_path: Path):
