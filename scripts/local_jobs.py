@@ -4,15 +4,22 @@
 (`create_resources`) and polls each queue for its function (`SqsEventSource`), as Lambda's event source
 mapping does: receive a batch, invoke the function, delete the messages it did not report as failed.
 Tests use the same pieces in-process, under moto's mock.
+
+moto's server itself runs from here (`python scripts/local_jobs.py --port N`, see `moto_app`), so that a
+presigned PUT keeps its bytes whatever its Content-Type, as S3 does.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
+import os
+import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,3 +168,58 @@ def drain(sources: list[SqsEventSource], timeout_s: float = 60.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"queues not drained within {timeout_s} s")
+
+
+def moto_app() -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
+    """moto's server application (S3, SQS, DynamoDB, ...), with S3's rule for PUT bodies: stored as sent.
+
+    moto parses a body sent as `application/x-www-form-urlencoded` (Python urllib's default) or multipart as a
+    form, as its Query APIs and S3's browser POST uploads need; for a PUT that leaves an empty object (or a
+    form key) where S3 would store the bytes. Its dispatcher also reads such a body to guess the service,
+    which loses a body that is not UTF-8. S3 parses no PUT body as a form; neither does this application.
+    """
+    from moto.moto_server.werkzeug_app import BackendRequest, DomainDispatcherApplication, create_backend_app
+
+    class RawPutRequest(BackendRequest):
+        @property
+        def want_form_data_parsed(self) -> bool:  # werkzeug's hook: False keeps the stream for request.data
+            return self.method != "PUT" and bool(super().want_form_data_parsed)
+
+    def create_app(service: Any) -> Any:
+        app = create_backend_app(service)
+        app.request_class = RawPutRequest
+        return app
+
+    dispatcher = DomainDispatcherApplication(create_app)
+
+    def application(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "PUT":
+            # Routed on the URL and headers alone (a presigned PUT, unsigned by header, goes to S3): the
+            # dispatcher must not read the body to guess the service.
+            backend = dispatcher.get_application({**environ, "CONTENT_TYPE": ""})
+            return backend(environ, start_response)
+        return dispatcher(environ, start_response)
+
+    return application
+
+
+def serve_moto(host: str, port: int) -> None:
+    """`moto_app` on host:port, threaded, as `python -m moto.server` serves moto's own; SIGTERM stops it."""
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.serving import run_simple
+
+    os.environ.setdefault("MOTO_PORT", str(port))  # as moto.server: moto links some resources to its own port
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    run_simple(host, port, moto_app(), threaded=True, request_handler=MotoRequestHandler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="moto's server for the local jobs (S3 keeps PUT bodies as sent)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", "-p", type=int, required=True)
+    args = parser.parse_args(argv)
+    serve_moto(args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

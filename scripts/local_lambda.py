@@ -31,6 +31,7 @@ import logging
 import os
 import platform
 import queue
+import re
 import resource
 import socket
 import subprocess
@@ -43,7 +44,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Protocol, TextIO
+from typing import IO, Any, Protocol, TextIO
 
 import samcli
 from samcli.lib.providers.api_provider import ApiProvider
@@ -59,6 +60,7 @@ LOG = logging.getLogger("local_lambda")
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 # Variables the host must pass on: OpenBLAS needs OPENBLAS_CORETYPE on some CPUs to compute correctly.
 PASS_THROUGH_PREFIXES = ("OPENBLAS_",)
+REPORT_MAX_MEMORY = re.compile(rb"Max Memory Used: \d+ MB\t?")
 
 
 class UsageError(Exception):
@@ -197,10 +199,15 @@ class EmulatedEnvironment:
             command,
             cwd=config.code_dir,
             env=lambda_environment(config),
-            stdout=log,
-            stderr=log,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             preexec_fn=lambda: _limit_memory(config.memory_mb),
         )
+        assert self.process.stdout is not None
+        self.log_forwarder = threading.Thread(
+            target=_forward_log, args=(self.process.stdout, log, self.process.pid), name="log", daemon=True
+        )
+        self.log_forwarder.start()
         _wait_for_port(self.port, self.process)
 
     def invoke(self, event: bytes) -> bytes:
@@ -215,6 +222,55 @@ class EmulatedEnvironment:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log_forwarder.join(timeout=5)
+
+
+def _forward_log(stream: IO[bytes], log: TextIO, emulator_pid: int) -> None:
+    """The emulator's output to the log, with the real peak memory in REPORT lines.
+
+    The RIE writes the function's memory size as `Max Memory Used`; Lambda measures the environment's peak.
+    Here that is the runtime's peak resident set, read when the line passes (the runtime is still warm);
+    where it cannot be read the field is left out rather than made up.
+    """
+    for line in iter(stream.readline, b""):
+        if line.startswith(b"REPORT RequestId:"):
+            peak_mb = runtime_peak_memory_mb(emulator_pid)
+            field = f"Max Memory Used: {peak_mb} MB\t".encode() if peak_mb is not None else b""
+            line = REPORT_MAX_MEMORY.sub(field, line)
+        log.write(line.decode(errors="replace"))
+        log.flush()
+
+
+def runtime_peak_memory_mb(emulator_pid: int) -> int | None:
+    """Peak resident memory (Linux's VmHWM) of the emulator's descendants, the runtime running the handler, summed.
+
+    In MB as Lambda counts them (MiB), rounded up; None if there is no such process or /proc cannot say.
+    """
+    total_kib = 0
+    processes = _descendants(emulator_pid)
+    for pid in processes:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        peak = re.search(r"^VmHWM:\s+(\d+) kB$", status, re.MULTILINE)
+        if peak is None:
+            return None
+        total_kib += int(peak[1])
+    return -(-total_kib // 1024) if processes else None
+
+
+def _descendants(pid: int) -> list[int]:
+    found, parents = [], [pid]
+    while parents:
+        for children in Path(f"/proc/{parents.pop()}/task").glob("*/children"):
+            try:
+                new = [int(child) for child in children.read_text().split()]
+            except OSError:  # the thread or process ended meanwhile
+                continue
+            found += new
+            parents += new
+    return found
 
 
 class InProcessEnvironment:
@@ -404,10 +460,21 @@ class LocalJobs:
 
     @classmethod
     def start(cls) -> LocalJobs:
-        """moto's server in its own process (its request log would drown the API's), on a free loopback port."""
+        """moto's server in its own process (its request log would drown the API's), on a free loopback port.
+
+        It is `scripts/local_jobs.py`'s `moto_app`: moto's, but a presigned PUT keeps its body whatever its
+        Content-Type, as S3 does.
+        """
         port = _free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [
+                sys.executable,
+                str(Path(__file__).with_name("local_jobs.py")),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

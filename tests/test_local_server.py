@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import boto3
 import httpx
 import numpy as np
 import pytest
 
+from handler.artifact import PackagedArtifact, manifest_path_for
+from handler.model import LazyModel
 from scripts import local_lambda
-from tests.conftest import LOCAL_LAMBDA, env_vars_file
+from tests.conftest import FEATURES, LOCAL_LAMBDA, SHIPPED_MODEL, env_vars_file
+from tests.events import api_event, lambda_context, response_json
 
 ROOT = Path(__file__).resolve().parent.parent
 POINT = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
@@ -204,6 +212,120 @@ def test_the_templates_memory_size_is_enforced(tmp_path: Path):
     assert json.loads(small.stdout) == {"statusCode": 200, "body": str(16 * 1024 * 1024)}
 
 
+def max_memory_used_mb(report: str) -> int:
+    (line,) = [line for line in report.splitlines() if line.startswith("REPORT RequestId:")]
+    assert "Memory Size: 1024 MB" in line
+    return int(re.search(r"Max Memory Used: (\d+) MB", line)[1])  # type: ignore[index]
+
+
+def test_report_lines_give_the_runtimes_peak_memory_not_the_memory_size(tmp_path: Path):
+    # given a 1024 MB function run once holding 16 MB, once 400 MB (bytearray zero-fills: every page is touched)
+    template = limits_template(tmp_path, timeout_s=10, memory_mb=1024)
+    (tmp_path / "small.json").write_text('{"megabytes": 16}')
+    (tmp_path / "big.json").write_text('{"megabytes": 400}')
+    # when
+    small = run_script(
+        "--template", str(template), "--function", "Allocate", "invoke", "-e", str(tmp_path / "small.json")
+    )
+    big = run_script("--template", str(template), "--function", "Allocate", "invoke", "-e", str(tmp_path / "big.json"))
+    # then each REPORT line says what its runtime peaked at: the interpreter plus the block, under the memory size
+    small_mb, big_mb = max_memory_used_mb(small.stderr), max_memory_used_mb(big.stderr)
+    assert 16 < small_mb < 1024 - 400, small.stderr
+    # the same runtime and code, 384 MB more held: the peaks differ by that, to the interpreter's own noise
+    assert big_mb - small_mb == pytest.approx(400 - 16, abs=16), (small_mb, big_mb)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's server as `serve` starts it (scripts/local_jobs.py) on a free loopback port, with a bucket `uploads`."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "local_jobs.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        local_lambda._wait_for_port(port, process, timeout_s=30)
+        endpoint = f"http://127.0.0.1:{port}"
+        s3_client(endpoint).create_bucket(Bucket="uploads")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def s3_client(endpoint: str):
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local"
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/csv"],
+)
+@pytest.mark.parametrize(
+    "body", [b"x1,x2\n0.5,0.25\n", b"key=1&file=2", b"\x93NUMPY\x01\x00\xff\xfe not UTF-8", b""], ids=repr
+)
+def test_a_presigned_put_keeps_its_bytes_and_content_type_whatever_they_are(
+    s3_endpoint: str, content_type: str | None, body: bytes
+):
+    # given a bucket on the local moto server and a presigned PUT URL, as a job's upload gets
+    s3 = s3_client(s3_endpoint)
+    url = s3.generate_presigned_url("put_object", Params={"Bucket": "uploads", "Key": "points"}, ExpiresIn=60)
+    # when it is PUT as urllib sends it (without a Content-Type header of its own: application/x-www-form-urlencoded)
+    request = urllib.request.Request(url, data=body, method="PUT")
+    if content_type is not None:
+        request.add_header("Content-Type", content_type)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+    # then S3 holds the bytes as sent, and the type the caller said
+    stored = s3.get_object(Bucket="uploads", Key="points")
+    assert stored["Body"].read() == body
+    assert stored["ContentType"] == (content_type or "application/x-www-form-urlencoded")
+
+
+def wait_for_job(base_url: str, job_id: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{base_url}/jobs/{job_id}", timeout=30).json()
+        if status["status"] in ("SUCCEEDED", "FAILED"):
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish: {status}")
+
+
+@pytest.mark.parametrize("upload_format", ["csv", "npy"])
+def test_a_file_put_with_urllibs_default_content_type_runs_as_a_job(local_server, upload_format: str):
+    # given an upload job and its points as a file
+    base_url, _ = local_server
+    job = httpx.post(f"{base_url}/jobs?format=npy", json={"upload": {"format": upload_format}}, timeout=30).json()
+    points = np.random.default_rng(14).uniform(0, 1, (50, 4))
+    if upload_format == "csv":
+        content = (",".join(FEATURES) + "\n" + "\n".join(",".join(map(repr, row)) for row in points.tolist())).encode()
+    else:
+        buffer = io.BytesIO()
+        np.save(buffer, points)
+        content = buffer.getvalue()
+    # when it is PUT with urllib as a new user would (Content-Type: application/x-www-form-urlencoded), and started
+    upload = urllib.request.Request(job["upload"]["url"], data=content, method="PUT")
+    with urllib.request.urlopen(upload, timeout=30) as put:
+        assert put.status == 200
+    started = httpx.post(f"{base_url}/jobs/{job['id']}/start", timeout=30)
+    # then the job runs on the bytes as sent: every point, in order, predicted as /predict predicts it
+    assert started.status_code == 202, started.text
+    done = wait_for_job(base_url, job["id"])
+    assert done["status"] == "SUCCEEDED", done
+    results = np.load(io.BytesIO(httpx.get(done["results"]["url"], timeout=60).content))
+    np.testing.assert_array_equal(np.column_stack([results[name] for name in FEATURES]), points)
+    expected = httpx.post(
+        f"{base_url}/predict", json={k: points[:, i].tolist() for i, k in enumerate(FEATURES)}, timeout=60
+    )
+    np.testing.assert_allclose(results["y_mean"], expected.json()["mean"], rtol=1e-12)
+
+
 def test_without_the_emulator_the_handler_runs_in_process_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
@@ -285,3 +407,42 @@ def test_the_local_server_can_require_an_api_key_as_the_deployed_api_does(tiny_m
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def shipped_park_model() -> Path:
+    """The README's examples are the packaged Park model's; `make package-model` may have replaced it."""
+    if json.loads(manifest_path_for(SHIPPED_MODEL).read_text())["name"] != "park1991":
+        pytest.skip("model_artifacts/ holds another model than the README's examples")
+    return SHIPPED_MODEL
+
+
+def test_the_readmes_predict_and_sample_examples_are_what_the_shipped_model_answers(monkeypatch: pytest.MonkeyPatch):
+    # given the README's /predict answer for one point and its /sample command with the first two draws answered
+    readme = (ROOT / "README.md").read_text()
+    point = json.loads(re.search(r"```json\n(\{\"x1\": 0\.51[^\n]*\})\n```\n→ `200 ", readme)[1])  # type: ignore[index]
+    documented = json.loads(re.search(r'→ `200 (\{"mean": [^`]*\})`', readme)[1])  # type: ignore[index]
+    sample = re.search(r"\$ curl -X POST \"\$URL/sample\" -d '([^']*)'\n(.*)\n", readme)
+    assert sample is not None
+    first_two = re.search(r'"samples":\[(\[[^]]*\]),(\[[^]]*\]),', sample[2])
+    assert first_two is not None
+    draws = [json.loads(first_two[1]), json.loads(first_two[2])]
+    from handler import app
+
+    model_path = shipped_park_model()
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_path)))
+    # when the service answers them
+    answer = response_json(app.lambda_handler(api_event(body=point), lambda_context()))
+    sampled = response_json(app.lambda_handler(api_event(path="/sample", raw_body=sample[1]), lambda_context()))
+    # then to the rounding BLAS leaves on another machine: a variance this small is what is left of the prior
+    # variance (n_train products of it, each rounded), so it moves by ~n_train * eps * prior / variance relative
+    with model_path.open("rb") as handle:
+        gp = pickle.load(handle)
+    x = np.array([[point[name] for name in FEATURES]])
+    prior = float(gp.kern.Kdiag(x)[0] * gp.normalizer.std[0] ** 2)
+    variance_rtol = gp.X.shape[0] * np.finfo(float).eps * prior / answer["variance"]
+    assert answer["mean"] == pytest.approx(documented["mean"], rel=1e-9)
+    assert answer["variance"] == pytest.approx(documented["variance"], rel=variance_rtol)
+    # and the seeded draws are the documented ones: the mean's rounding plus the factor's on a draw's spread
+    got = np.array(sampled["samples"][:2])
+    spread = np.abs(got - got.mean(axis=0)).max()
+    np.testing.assert_allclose(got, draws, rtol=1e-9, atol=variance_rtol * spread)
