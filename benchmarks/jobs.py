@@ -10,6 +10,12 @@ Three measurements, in one run, medians of --repeats:
      against submit() + wait() (a job: upload, worker, finisher) and run_design() (a server-side Sobol' design).
 
     python benchmarks/jobs.py [--repeats 3] [--concurrency 20,100] [--skip-client]
+
+And, on its own, what an upload job costs a worker: the peak of Python and numpy allocations (tracemalloc) while
+`start` checks the file, the plan reads it and the first chunk is predicted, at the deployed JOB_CHUNK_POINTS,
+for ordinary files and for the hostile ones of issue 14 (trailing bytes, one enormous row):
+
+    python benchmarks/jobs.py --upload-memory
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -258,12 +265,132 @@ def measure_client(repeats: int, n: int = 100_000) -> dict[str, float]:
         process.wait(timeout=20)
 
 
+UPLOAD_CASES = ("npy", "csv", "npy-10-chunks", "csv-10-chunks", "npy-trailing-150MB", "csv-40MB-row")
+
+
+def upload_bytes(case: str, rows: int, bounds: np.ndarray, features: tuple[str, ...]) -> bytes:
+    """The file of an upload case: `rows` points inside the bounds, or a hostile file of issue 14."""
+    import io
+
+    rng = np.random.default_rng(0)
+    if case == "npy-trailing-150MB":  # 10 rows, then 150 MB the header does not declare
+        buffer = io.BytesIO()
+        np.save(buffer, bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * rng.uniform(size=(10, len(features))))
+        return buffer.getvalue() + bytes(150 * 10**6)
+    if case == "csv-40MB-row":  # one row of 40 MB of empty fields
+        return (",".join(features) + "\n" + "," * (40 * 10**6) + "\n").encode()
+    points = bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * rng.uniform(size=(rows, len(features)))
+    if case.startswith("npy"):
+        buffer = io.BytesIO()
+        np.save(buffer, points)
+        return buffer.getvalue()
+    lines = (",".join(map(repr, row)) for row in points.tolist())
+    return (",".join(features) + "\n" + "\n".join(lines) + "\n").encode()
+
+
+def describe_upload_case(row: dict[str, Any]) -> str:
+    def peak(name: str) -> str:
+        return f"{row[name] / 1e6:7.1f} MB" if name in row else "      -   "
+
+    seconds = f"{row['plan_seconds']:6.2f} s" if "plan_seconds" in row else "     -  "
+    return (
+        f"  {row['case']:<20} {row['bytes'] / 1e6:7.1f} MB file | start {peak('start_peak')} | "
+        f"plan {peak('plan_peak')} {seconds} | chunk {peak('chunk_peak')} | {row['outcome']}"
+    )
+
+
+def measure_upload_memory(cases: tuple[str, ...] = UPLOAD_CASES) -> list[dict[str, Any]]:
+    """Peak traced memory of `start`, the plan and the first chunk of an upload job, per case; and plan seconds.
+
+    moto's server runs in its own process, so only the worker's (and the API's) allocations are traced.
+    """
+    import gc
+    import tracemalloc
+
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")  # the worker's log line per plan
+    from handler.artifact import PackagedArtifact
+    from handler.config import load_settings
+    from handler.jobs import JobBackend, JobInputError, OutputOptions, WorkMessage, new_job, start_upload, submit_upload
+    from handler.model import load_model
+    from handler.parsing import RequestError
+    from handler.worker import plan_job, predict_chunk
+    from scripts.local_jobs import create_resources
+
+    settings = load_settings()
+    loaded = load_model(PackagedArtifact(settings.resolved_model_path))
+    manifest = loaded.manifest
+    chunk = settings.job_chunk_points
+    results = []
+    with moto_server() as endpoint:
+        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        resources = create_resources(prefix="memory")
+        backend = JobBackend(
+            resources.bucket, resources.table, resources.work_queue_url, resources.results_queue_url, chunk_points=chunk
+        )
+        loaded.model.predict(manifest.bounds.T.copy())  # warm: BLAS threads, caches
+        for case in cases:
+            rows = chunk * (10 if "10-chunks" in case else 1)
+            data = upload_bytes(case, rows, manifest.bounds, manifest.features)
+            size = len(data)
+            row: dict[str, Any] = {"case": case, "bytes": size}
+            for traced in (True, False):  # peaks with tracemalloc, then seconds without its overhead
+                job = new_job(backend, "bench", manifest, "upload", OutputOptions(), upload_format=case[:3])
+                submit_upload(backend, job)
+                key = backend.storage.upload_key(job.id, case[:3])
+                backend.storage.s3.put_object(Bucket=backend.bucket, Key=key, Body=data)
+                gc.collect()
+                if traced:
+                    tracemalloc.start()
+                try:
+                    start_upload(backend, backend.store.get(job.id))
+                except RequestError as exc:
+                    row["outcome"] = f"start {exc.status_code}: {exc.details[0][1]}"
+                    break
+                if traced:
+                    row["start_peak"] = tracemalloc.get_traced_memory()[1]
+                    tracemalloc.reset_peak()
+                began = time.perf_counter()
+                try:
+                    plan_job(backend, job.id, manifest, settings.domain_margin)
+                    planned = backend.store.get(job.id)
+                    row["outcome"] = f"planned: {planned.n_points:,} points" if planned else "planned"
+                except JobInputError as exc:
+                    row["outcome"] = f"failed: {exc}"[:160]
+                    planned = None
+                if not traced:
+                    row["plan_seconds"] = time.perf_counter() - began
+                    break
+                row["plan_peak"] = tracemalloc.get_traced_memory()[1]
+                tracemalloc.reset_peak()
+                if planned is not None and planned.status == "RUNNING":
+                    assert planned.n_points is not None
+                    message = WorkMessage("chunk", job.id, 0, 0, min(chunk, planned.n_points))
+                    predict_chunk(backend, message, loaded.model)
+                    row["chunk_peak"] = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+            tracemalloc.stop()
+            del data
+            results.append(row)
+            print(describe_upload_case(row), flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", default="20,100", help="worker concurrencies to project at")
     parser.add_argument("--skip-client", action="store_true")
+    parser.add_argument("--upload-memory", action="store_true", help="only the upload jobs' peak memory")
     args = parser.parse_args(argv)
+
+    if args.upload_memory:
+        from handler.config import load_settings
+
+        chunk = load_settings().job_chunk_points
+        print(f"Upload jobs: peak traced memory (tracemalloc) at JOB_CHUNK_POINTS {chunk:,}", flush=True)
+        measure_upload_memory()
+        return 0
 
     print(f"1. A worker's chunk, end to end against moto on loopback (medians of {args.repeats})", flush=True)
     rows = measure_chunks(args.repeats)

@@ -4,13 +4,15 @@ Knows nothing of API Gateway and nothing of how a model predicts: `handler.job_r
 `handler.worker` (plans and chunks, with the model) and `handler.finisher` (results and dead
 letters, without it) drive it. boto3 is imported on first use.
 
-A job's points become one float64 .npy (`jobs/ID/input.npy`) that chunks read by byte range; each
+A job's points are one .npy that chunks read by byte range: the uploaded .npy itself, or a float64
+`jobs/ID/input.npy` (a design, inline points, or an uploaded CSV converted batch by batch). Each
 chunk writes its predictions to `jobs/ID/chunks/NNNNNN.npy`; the finisher streams inputs and
 predictions, in input order, into `jobs/ID/results.{csv,npy,parquet}`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
@@ -31,6 +33,10 @@ DESIGN_METHODS = ("sobol", "lhs", "halton", "grid")
 URL_EXPIRY_S = 3600
 MAX_UPLOAD_BYTES = 2 * 1024**3  # 10^7 rows of a few features as CSV take ~1 GB
 UPLOAD_HEAD_BYTES = 64 * 1024  # what POST /jobs/{id}/start reads to check the header
+# A CSV value (its separator and the line end included) is a float's repr, at most 24 characters; 64 allows
+# padding and quotes, as the request body limit does. A longer row is refused rather than parsed.
+CSV_VALUE_CHARS = 64
+MIN_PART_BYTES = 5 * 2**20  # S3's least size for every part of a multipart upload but the last
 MAX_REASON_CHARS = 500
 SQS_BATCH = 10  # SendMessageBatch's maximum
 
@@ -103,6 +109,7 @@ class Job:
     chunk_points: int | None = None
     n_chunks: int | None = None
     input_offset: int | None = None
+    input_dtype: str | None = None  # set when chunks read the uploaded .npy itself: its dtype, e.g. "<f4"
     chunks_done: int = 0
     points_done: int = 0
     started_at: float | None = None
@@ -133,7 +140,7 @@ class Job:
             "chunks_done": self.chunks_done,
             "points_done": self.points_done,
         }
-        for name in ("n_points", "chunk_points", "n_chunks", "input_offset", "upload_etag"):
+        for name in ("n_points", "chunk_points", "n_chunks", "input_offset", "input_dtype", "upload_etag"):
             if getattr(self, name) is not None:
                 item[name] = getattr(self, name)
         return item
@@ -166,6 +173,7 @@ class Job:
             chunk_points=number("chunk_points"),
             n_chunks=number("n_chunks"),
             input_offset=number("input_offset"),
+            input_dtype=item.get("input_dtype"),
             chunks_done=int(item.get("chunks_done", 0)),
             points_done=int(item.get("points_done", 0)),
             started_at=moment("started_at"),
@@ -231,22 +239,25 @@ class JobStore:
             "#status = :awaiting",
         )
 
-    def planned(self, job_id: str, n_points: int, chunk_points: int, input_offset: int) -> Job | None:
+    def planned(
+        self, job_id: str, n_points: int, chunk_points: int, input_offset: int, input_dtype: str | None = None
+    ) -> Job | None:
         """The points are in S3 and their chunks about to be queued: RUNNING."""
+        values = {
+            ":running": "RUNNING",
+            ":n": n_points,
+            ":c": chunk_points,
+            ":k": math.ceil(n_points / chunk_points),
+            ":o": input_offset,
+            ":now": str(self.clock()),
+            ":queued": "QUEUED",
+        }
+        expression = "SET #status = :running, n_points = :n, chunk_points = :c, n_chunks = :k, input_offset = :o, "
+        if input_dtype is not None:
+            expression += "input_dtype = :d, "
+            values[":d"] = input_dtype
         return self._conditional(
-            job_id,
-            "SET #status = :running, n_points = :n, chunk_points = :c, n_chunks = :k, input_offset = :o, "
-            "started_at = if_not_exists(started_at, :now)",
-            {
-                ":running": "RUNNING",
-                ":n": n_points,
-                ":c": chunk_points,
-                ":k": math.ceil(n_points / chunk_points),
-                ":o": input_offset,
-                ":now": str(self.clock()),
-                ":queued": "QUEUED",
-            },
-            "#status = :queued",
+            job_id, expression + "started_at = if_not_exists(started_at, :now)", values, "#status = :queued"
         )
 
     def complete_chunk(self, job_id: str, index: int, points: int) -> tuple[bool, Job]:
@@ -330,15 +341,46 @@ class JobStorage:
         self.s3.upload_fileobj(body, self.bucket, self.input_key(job_id))
         return len(header)
 
+    def input_writer(self, job_id: str, columns: int, part_bytes: int) -> NpyPartWriter:
+        """A float64 `input.npy` written batch by batch, for points whose number is known only at the end."""
+        return NpyPartWriter(self.s3, self.bucket, self.input_key(job_id), columns, part_bytes)
+
     def read_input_rows(self, job: Job, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop of the job's points, as float64: from `input.npy`, or from the uploaded .npy itself."""
         assert job.input_offset is not None
-        width = len(job.features) * 8
-        first, last = job.input_offset + start * width, job.input_offset + stop * width - 1
-        body = self.s3.get_object(Bucket=self.bucket, Key=self.input_key(job.id), Range=f"bytes={first}-{last}")
-        data = body["Body"].read()
+        if job.input_dtype is None:
+            return self.read_npy_rows(self.input_key(job.id), job.input_offset, "<f8", len(job.features), start, stop)
+        key = self.upload_key(job.id, "npy")
+        return self.read_npy_rows(
+            key, job.input_offset, job.input_dtype, len(job.features), start, stop, etag=job.upload_etag
+        )
+
+    def read_npy_rows(
+        self, key: str, offset: int, dtype: str, columns: int, start: int, stop: int, etag: str | None = None
+    ) -> np.ndarray:
+        """Rows start:stop of a C-order 2-D .npy whose data begin at `offset`, by one ranged GET, as float64."""
+        width = columns * np.dtype(dtype).itemsize
+        data = self.read_bytes(key, offset + start * width, offset + stop * width, etag)
         if len(data) != (stop - start) * width:
             raise ValueError(f"input rows {start}:{stop} are incomplete ({len(data)} bytes)")
-        return np.frombuffer(data, dtype="<f8").reshape(stop - start, len(job.features))
+        rows = np.frombuffer(data, dtype=dtype).reshape(stop - start, columns)
+        return rows.astype(np.float64, copy=False)  # a view of the bytes when they are little-endian float64
+
+    def read_bytes(self, key: str, start: int, stop: int, etag: str | None = None) -> bytes:
+        """Bytes start:stop of an object (fewer if it ends before)."""
+        return bytes(self.open(key, etag, Range=f"bytes={start}-{stop - 1}").read())
+
+    def open(self, key: str, etag: str | None = None, **arguments: Any) -> Any:
+        """The object's streaming body; with `etag`, an object replaced since is a JobInputError (the file the
+        job was started with is gone)."""
+        if etag is not None:
+            arguments["IfMatch"] = etag
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key, **arguments)["Body"]
+        except self.s3.exceptions.ClientError as exc:
+            if etag and exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise JobInputError(f"{key.rpartition('/')[2]} was replaced after the job started") from exc
+            raise
 
     def put_chunk(self, job_id: str, index: int, predictions: np.ndarray) -> None:
         buffer = io.BytesIO()
@@ -359,6 +401,71 @@ class JobStorage:
     def presigned_get(self, key: str, filename: str) -> str:
         params = {"Bucket": self.bucket, "Key": key, "ResponseContentDisposition": f'attachment; filename="{filename}"'}
         return str(self.s3.generate_presigned_url("get_object", Params=params, ExpiresIn=URL_EXPIRY_S))
+
+
+class NpyPartWriter:
+    """A float64 .npy in S3 from batches of rows, as a multipart upload; `with` it: an exception aborts it.
+
+    Its header, which holds the number of rows, goes in part 1, which is sent last (S3 orders parts by
+    number, not by arrival). So at most two parts are held: the first, and the one being filled.
+    """
+
+    def __init__(self, s3: Any, bucket: str, key: str, columns: int, part_bytes: int) -> None:
+        self.s3, self.bucket, self.key, self.columns = s3, bucket, key, columns
+        self.part_bytes = max(part_bytes, MIN_PART_BYTES)
+        self.first = bytearray()
+        self.filling = bytearray()
+        self.parts: list[dict[str, Any]] = []
+        self.upload_id: str | None = None
+        self.rows = 0
+        self.header_bytes = 0
+
+    def __enter__(self) -> NpyPartWriter:
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, traceback: Any) -> None:
+        if exc is None:
+            self._finish()
+        elif self.upload_id is not None:
+            with contextlib.suppress(Exception):  # the bucket's lifecycle rule aborts it a day later anyway
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+
+    def write(self, rows: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(rows, dtype="<f8")).cast("B")
+        self.rows += len(rows)
+        if len(self.first) < self.part_bytes:
+            self.first += data
+        else:
+            self.filling += data
+            if len(self.filling) >= self.part_bytes:
+                self._send(self.filling)
+                self.filling = bytearray()
+
+    def _send(self, body: bytearray) -> None:
+        if self.upload_id is None:
+            self.upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
+        number = len(self.parts) + 2  # part 1, with the header, is sent last
+        etag = self.s3.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+        )["ETag"]
+        self.parts.append({"PartNumber": number, "ETag": etag})
+
+    def _finish(self) -> None:
+        header = npy_header((self.rows, self.columns), np.dtype("<f8"))
+        self.header_bytes = len(header)
+        if self.upload_id is None and not self.filling:  # all of it fits one part: one PUT
+            self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=header + self.first)
+            return
+        if self.filling:  # the last part, of any size
+            self._send(self.filling)
+            self.filling = bytearray()
+        first = self.s3.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=1, Body=header + self.first
+        )["ETag"]
+        parts = [{"PartNumber": 1, "ETag": first}, *self.parts]
+        self.s3.complete_multipart_upload(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
+        )
 
 
 class _Concatenated(io.RawIOBase):
@@ -568,10 +675,16 @@ def start_upload(backend: JobBackend, job: Job) -> Job:
             raise RequestError(409, "nothing uploaded", [("upload", message)]) from exc
         raise
     size = int(head["ContentLength"])
+    if size == 0:  # S3 answers a ranged GET of an empty object with InvalidRange
+        raise RequestError(422, "invalid upload", [("upload", f"the uploaded .{job.upload_format} is empty (0 bytes)")])
     if size > MAX_UPLOAD_BYTES:
         raise RequestError(413, "upload too large", [("upload", f"{size} bytes; at most {MAX_UPLOAD_BYTES}")])
-    first = storage.s3.get_object(Bucket=storage.bucket, Key=key, Range=f"bytes=0-{UPLOAD_HEAD_BYTES - 1}")
-    check_upload_head(first["Body"].read(), job.upload_format, job.features, size, backend.max_points)
+    try:  # the head of the version HEAD saw, whose size was checked and whose ETag the job keeps
+        first = storage.read_bytes(key, 0, UPLOAD_HEAD_BYTES, etag=head["ETag"])
+    except JobInputError:
+        message = "the file was replaced while the job was being started: start it again"
+        raise RequestError(409, "upload replaced", [("upload", message)]) from None
+    check_upload_head(first, job.upload_format, job.features, size, backend.max_points)
     queued = backend.store.queue_upload(job.id, head["ETag"])
     if queued is None:  # started by a concurrent call
         raise RequestError(409, "job already started", [("status", "the job was started by another request")])
@@ -580,23 +693,46 @@ def start_upload(backend: JobBackend, job: Job) -> Job:
 
 
 def check_upload_head(head: bytes, fmt: str, features: tuple[str, ...], size: int, max_points: int) -> None:
-    """Refuse (422) a file whose header does not name the model's features, before any work is queued."""
+    """Refuse (422) a file whose header does not name the model's features, or whose size its rows cannot
+    explain, before any work is queued."""
     if fmt == "csv":
         line, newline, _ = head.partition(b"\n")
         if not newline and len(head) < size:
             raise RequestError(422, "invalid upload", [("upload", "the CSV header line is over 64 KiB")])
         try:
-            names = [name.strip().strip('"').strip() for name in line.decode("utf-8-sig").rstrip("\r").split(",")]
+            names = csv_header_names(line.decode("utf-8-sig"))
         except UnicodeDecodeError:
             raise RequestError(422, "invalid upload", [("upload", "the CSV header is not UTF-8 text")]) from None
         csv_columns(names, features)
+        most = len(line) + len(newline) + max_points * csv_row_chars(len(features))
+        if size > most:
+            message = (
+                f"{size} bytes is more than {max_points} rows of {len(features)} values take "
+                f"(at most {most} bytes: {csv_row_chars(len(features))} a row); split the job"
+            )
+            raise RequestError(422, "invalid upload", [("upload", message)])
         return
-    points = npy_shape(head)
-    if points[1] != len(features):
-        message = f"expected {len(features)} columns ({', '.join(features)}), got {points[1]}"
+    layout = npy_layout(head)
+    if layout.columns != len(features):
+        message = f"expected {len(features)} columns ({', '.join(features)}), got {layout.columns}"
         raise RequestError(422, "invalid upload", [("upload", message)])
-    if not 1 <= points[0] <= max_points:
-        raise RequestError(422, "invalid upload", [("upload", f"{points[0]} rows; 1 to {max_points} accepted")])
+    if not 1 <= layout.rows <= max_points:
+        raise RequestError(422, "invalid upload", [("upload", f"{layout.rows} rows; 1 to {max_points} accepted")])
+    if size != layout.size:
+        message = (
+            f"{size} bytes, but its header declares {layout.rows} rows x {layout.columns} columns of "
+            f"{np.dtype(layout.dtype).name}: {layout.size} bytes with the {layout.offset}-byte header"
+        )
+        raise RequestError(422, "invalid upload", [("upload", message)])
+
+
+def csv_row_chars(columns: int) -> int:
+    """The longest CSV row accepted, in characters (bytes, as the values are ASCII), its line end included."""
+    return CSV_VALUE_CHARS * columns
+
+
+def csv_header_names(line: str) -> list[str]:
+    return [name.strip().strip('"').strip() for name in line.rstrip("\r\n").split(",")]
 
 
 def csv_columns(names: list[str], features: tuple[str, ...]) -> list[int]:
@@ -614,20 +750,38 @@ def csv_columns(names: list[str], features: tuple[str, ...]) -> list[int]:
     return [names.index(f) for f in features]
 
 
-def npy_shape(head: bytes) -> tuple[int, int]:
-    """The (rows, columns) of a 2-D numeric, C-order .npy from its first bytes; 422 otherwise."""
+@dataclass(frozen=True)
+class NpyLayout:
+    """Where a 2-D .npy's rows are: `offset` bytes of header, then rows x columns values of `dtype`."""
+
+    rows: int
+    columns: int
+    dtype: str  # as numpy spells it with its byte order: "<f8", ">i4", "|u1"
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return self.offset + self.rows * self.columns * np.dtype(self.dtype).itemsize
+
+
+def npy_layout(head: bytes) -> NpyLayout:
+    """The layout of a 2-D numeric, C-order .npy from its first bytes; 422 otherwise."""
     buffer = io.BytesIO(head)
     try:
         version = np.lib.format.read_magic(buffer)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unknown format version {version}")
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = read(buffer)
     except Exception as exc:  # numpy raises ValueError or others on anything that is not an .npy header
         raise RequestError(422, "invalid upload", [("upload", f"not an .npy file: {exc}"[:300])]) from None
-    if dtype.kind not in "fiu" or dtype.hasobject:
-        raise RequestError(422, "invalid upload", [("upload", f"expected a float array, got dtype {dtype}")])
+    # Wider floats (np.longdouble) are not one format across machines.
+    if dtype.kind not in "fiu" or dtype.hasobject or dtype.itemsize > 8:
+        message = f"expected a float or integer array of at most 64 bits, got dtype {dtype}"
+        raise RequestError(422, "invalid upload", [("upload", message)])
     if len(shape) != 2 or fortran_order:
         raise RequestError(422, "invalid upload", [("upload", f"expected a C-order 2-D array, got shape {shape}")])
-    return int(shape[0]), int(shape[1])
+    return NpyLayout(int(shape[0]), int(shape[1]), dtype.str, buffer.tell())
 
 
 # --- status -------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The job worker: an SQS event source of the work queue, one message a plan or a chunk.
 
-A plan turns a job's design or uploaded file into its input .npy and queues its chunks; a chunk is
-predicted with the same model code as /predict and its predictions written to S3, then counted once.
+A plan checks a job's points and stores them where its chunks read them (a design or an uploaded CSV
+becomes `input.npy`; an uploaded .npy is read in place), then queues its chunks; a chunk is predicted
+with the same model code as /predict and its predictions written to S3, then counted once. Uploads
+are read a batch of rows at a time: a worker's memory is bounded by its chunk, not by the file.
 Failures are reported per message (partial batch response): SQS retries them after a short backoff,
 then moves them to the dead-letter queue, where `handler.finisher` fails the job with the reason.
 """
@@ -9,9 +11,11 @@ then moves them to the dead-letter queue, where `handler.finisher` fails the job
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
-import warnings
-from typing import Any
+import itertools
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 import numpy as np
 from aws_lambda_powertools import Logger, Metrics
@@ -24,13 +28,18 @@ from handler.artifact import Manifest
 from handler.config import load_settings
 from handler.designs import generate
 from handler.jobs import (
-    MAX_UPLOAD_BYTES,
+    UPLOAD_HEAD_BYTES,
     Job,
     JobBackend,
     JobInputError,
+    NpyLayout,
     WorkMessage,
     backend_from_settings,
+    chunk_ranges,
     csv_columns,
+    csv_header_names,
+    csv_row_chars,
+    npy_layout,
 )
 from handler.model import LazyModel, SurrogateModel
 from handler.parsing import RequestError
@@ -38,6 +47,10 @@ from handler.parsing import RequestError
 # Visibility after the 1st and 2nd failed attempt; after the 3rd (the queue's maxReceiveCount) the next receive
 # moves the message to the dead-letter queue, so it should come back at once.
 RETRY_DELAYS_S = (5, 30, 1)
+# CSV text read and parsed at once: ~800 rows of 4 features, ~0.3 MB of Python strings; a block of the
+# shortest rows (",,,") ~2.5 MB.
+CSV_BLOCK_CHARS = 64 * 1024
+MAX_BLANK_LINES = 1000  # skipped, as np.loadtxt did; a file of nothing else fails fast
 
 settings = load_settings()
 logger = Logger()
@@ -48,7 +61,11 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 
 def plan_job(backend: JobBackend, job_id: str, manifest: Manifest, margin: float) -> None:
-    """Materialise a job's points into S3 and queue its chunks (again, if a plan message comes twice)."""
+    """Check a job's points, store them where chunks read them, and queue its chunks (again, if a plan comes twice).
+
+    Uploads are read a chunk (.npy) or a 64 KiB block (CSV) at a time: a plan holds a few chunks' worth at most
+    (a CSV's converted rows go to S3 in parts of a chunk), whatever the file holds.
+    """
     job = backend.store.get(job_id)
     if job is None or job.status not in ("QUEUED", "RUNNING"):
         logger.info("plan skipped", extra={"job": job_id, "status": job and job.status})
@@ -56,13 +73,20 @@ def plan_job(backend: JobBackend, job_id: str, manifest: Manifest, margin: float
     if job.status == "RUNNING":  # planned before, but perhaps stopped before all its chunks were sent
         backend.queue.chunks(job)
         return
-    points = design_of(job) if job.source == "design" else read_upload(backend, job)
-    check_points(points, manifest, margin, backend.max_points)
-    offset = backend.storage.put_input(job.id, points)
-    running = backend.store.planned(job.id, len(points), backend.chunk_points, offset)
+    dtype = None
+    if job.source == "design":
+        points = design_of(job)
+        check_points(points, manifest, margin)
+        n_points, offset = len(points), backend.storage.put_input(job.id, points)
+    elif job.upload_format == "npy":
+        layout = check_npy_upload(backend, job, manifest, margin)
+        n_points, offset, dtype = layout.rows, layout.offset, layout.dtype
+    else:
+        n_points, offset = convert_csv_upload(backend, job, manifest, margin)
+    running = backend.store.planned(job.id, n_points, backend.chunk_points, offset, dtype)
     if running is not None:
         backend.queue.chunks(running)
-        logger.info("job planned", extra={"job": job.id, "points": len(points), "chunks": running.n_chunks})
+        logger.info("job planned", extra={"job": job.id, "points": n_points, "chunks": running.n_chunks})
 
 
 def design_of(job: Job) -> np.ndarray:
@@ -72,56 +96,149 @@ def design_of(job: Job) -> np.ndarray:
     return generate(design["method"], design["n"], design["seed"], bounds[:, 0], bounds[:, 1])
 
 
-def read_upload(backend: JobBackend, job: Job) -> np.ndarray:
-    """The uploaded file's points in the manifest's feature order; JobInputError saying what is wrong with it."""
+def check_npy_upload(backend: JobBackend, job: Job, manifest: Manifest, margin: float) -> NpyLayout:
+    """Check every row of the uploaded .npy, a chunk's worth per ranged GET; chunks then read it in place."""
     storage = backend.storage
-    assert job.upload_format is not None
-    key = storage.upload_key(job.id, job.upload_format)
+    key = storage.upload_key(job.id, "npy")
     try:
-        body = storage.s3.get_object(Bucket=storage.bucket, Key=key, IfMatch=job.upload_etag)["Body"]
-    except storage.s3.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-            raise JobInputError(f"upload.{job.upload_format} was replaced after the job started") from exc
-        raise
-    name = f"upload.{job.upload_format}"
+        layout = npy_layout(storage.read_bytes(key, 0, UPLOAD_HEAD_BYTES, etag=job.upload_etag))
+    except RequestError as exc:  # `start` checked this version of the file; said, not assumed
+        raise JobInputError(f"upload.npy: {exc.details[0][1]}") from exc
+    if layout.columns != len(job.features):
+        raise JobInputError(f"upload.npy: expected {len(job.features)} columns, got {layout.columns}")
+    for start, stop in chunk_ranges(layout.rows, backend.chunk_points):
+        points = storage.read_npy_rows(
+            key, layout.offset, layout.dtype, layout.columns, start, stop, etag=job.upload_etag
+        )
+        check_points(points, manifest, margin, first_row=start + 1)
+    return layout
+
+
+def convert_csv_upload(backend: JobBackend, job: Job, manifest: Manifest, margin: float) -> tuple[int, int]:
+    """Read the uploaded CSV as a stream, check its rows batch by batch and write them to `input.npy`.
+
+    Returns the number of points and where their data begin.
+    """
+    storage = backend.storage
+    body = storage.open(storage.upload_key(job.id, "csv"), job.upload_etag)
+    columns = len(job.features)
+    part_bytes = backend.chunk_points * columns * 8
     try:
-        if job.upload_format == "npy":
-            data = body.read(MAX_UPLOAD_BYTES + 1)
-            points = np.load(io.BytesIO(data), allow_pickle=False)
-            if points.ndim != 2 or points.shape[1] != len(job.features):
-                raise JobInputError(f"{name}: expected {len(job.features)} columns, got shape {points.shape}")
-            return np.asarray(points, dtype=float)
-        text = io.TextIOWrapper(body, encoding="utf-8-sig", newline="")
-        header = [name.strip().strip('"').strip() for name in text.readline().rstrip("\r\n").split(",")]
-        order = csv_columns(header, job.features)
-        with warnings.catch_warnings():  # a header without rows: said below, not warned about
-            warnings.simplefilter("ignore", UserWarning)
-            points = np.loadtxt(
-                text, delimiter=",", usecols=order, dtype=float, ndmin=2, max_rows=backend.max_points + 1, quotechar='"'
-            )
-    except RequestError as exc:
-        raise JobInputError(f"{name}: {exc.details[0][1]}") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        # loadtxt says where: "could not convert string 'abc' to float64 at row 2, column 3."
-        raise JobInputError(f"{name}: {exc}"[:400]) from exc
+        text = io.TextIOWrapper(body, encoding="utf-8-sig")  # universal newlines: \r\n and \r become \n
+        with storage.input_writer(job.id, columns, part_bytes) as writer:
+            for points, rows in csv_batches(text, job.features, backend.max_points):
+                check_points(points, manifest, margin, rows=rows)
+                writer.write(points)
+            if writer.rows == 0:
+                raise JobInputError("upload.csv has a header but no rows")
     finally:
         body.close()
-    if len(points) == 0:
-        raise JobInputError(f"{name} has a header but no rows")
-    return points
+    return writer.rows, writer.header_bytes
 
 
-def check_points(points: np.ndarray, manifest: Manifest, margin: float, max_points: int) -> None:
-    if len(points) > max_points:
-        raise JobInputError(f"more than {max_points} points; split the job")
+def csv_batches(
+    text: TextIO, features: tuple[str, ...], max_points: int, block_chars: int = CSV_BLOCK_CHARS
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of (points in the features' order, their 1-based row numbers) from a CSV with a header line.
+
+    The text is read `block_chars` at a time and split into lines, so memory is bounded by the block whatever
+    the file holds: a line longer than `csv_row_chars` fails the job before it is parsed. A row with fewer or
+    more values than the header, a value that is not a number, a quoted value spanning lines, or more than
+    `max_points` rows fail the job naming the row. Empty lines are skipped, as np.loadtxt did; rows count the
+    lines after the header.
+    """
+    header = text.readline(UPLOAD_HEAD_BYTES + 1)
+    if len(header) > UPLOAD_HEAD_BYTES:
+        raise JobInputError("upload.csv: the CSV header line is over 64 KiB")
+    names = csv_header_names(header)
+    try:
+        order = csv_columns(names, features)
+    except RequestError as exc:
+        raise JobInputError(f"upload.csv: {exc.details[0][1]}") from exc
+    columns, limit = len(features), csv_row_chars(len(features))
+    lines_before = points = blank = 0  # lines of the blocks before this one; points and empty lines so far
+    pending = ""  # the start of a line the block ended in
+    while True:
+        try:
+            block = text.read(block_chars)
+        except UnicodeDecodeError:
+            raise JobInputError(f"upload.csv: not UTF-8 text after row {lines_before}") from None
+        lines = (pending + block).split("\n")
+        pending = lines.pop() if block else ""
+        if len(pending) >= limit:
+            lines.append(pending)
+        if max(map(len, lines), default=0) >= limit:
+            row = lines_before + next(i for i, line in enumerate(lines) if len(line) >= limit) + 1
+            raise JobInputError(f"upload.csv: row {row} is longer than {limit} characters ({columns} values)")
+        try:
+            rows = list(csv.reader(lines, strict=True))
+        except csv.Error:
+            rows = []
+        if len(rows) != len(lines):  # a syntax error, or a quoted value that spans lines: say where
+            _raise_csv_error(lines, lines_before)
+        if empty := rows.count([]):
+            blank += empty
+            if blank > MAX_BLANK_LINES:
+                raise JobInputError(f"upload.csv: more than {MAX_BLANK_LINES} empty lines")
+            numbers = np.array([lines_before + i + 1 for i, fields in enumerate(rows) if fields], dtype=np.int64)
+            rows = [fields for fields in rows if fields]
+        else:
+            numbers = np.arange(lines_before + 1, lines_before + len(rows) + 1)
+        if set(map(len, rows)) - {columns}:
+            i = next(i for i, fields in enumerate(rows) if len(fields) != columns)
+            message = f"row {numbers[i]} has {len(rows[i])} values; the header names {columns}"
+            raise JobInputError(f"upload.csv: {message}")
+        points += len(rows)
+        if points > max_points:
+            raise JobInputError(f"more than {max_points} points; split the job")
+        if rows:
+            yield _floats(rows, numbers, names, order), numbers
+        lines_before += len(lines)
+        if not block:
+            return
+
+
+def _raise_csv_error(lines: list[str], lines_before: int) -> None:
+    for i, line in enumerate(lines):
+        try:
+            list(csv.reader([line], strict=True))
+        except csv.Error as exc:
+            raise JobInputError(f"upload.csv: row {lines_before + i + 1}: {exc}") from None
+    raise JobInputError(f"upload.csv: a row after row {lines_before} could not be read as CSV")
+
+
+def _floats(batch: list[list[str]], rows: np.ndarray, names: list[str], order: list[int]) -> np.ndarray:
+    """The batch's values as float64 in the features' order; JobInputError naming a value that is not a number."""
+    try:
+        values = np.fromiter(itertools.chain.from_iterable(batch), dtype=float, count=len(batch) * len(names))
+    except ValueError:  # np.fromiter converts as float() does: find which value it was
+        for fields, row in zip(batch, rows, strict=True):
+            for name, value in zip(names, fields, strict=True):
+                try:
+                    float(value)
+                except ValueError:
+                    raise JobInputError(f"upload.csv: row {row}: {name} is {value[:40]!r}, not a number") from None
+        raise
+    return values.reshape(len(batch), len(names))[:, order]
+
+
+def check_points(
+    points: np.ndarray, manifest: Manifest, margin: float, first_row: int = 1, rows: np.ndarray | None = None
+) -> None:
+    """JobInputError naming the first non-finite value, else the first points outside the domain.
+
+    Point i is row `rows[i]` when given, else row `first_row + i`.
+    """
+
+    def row(i: int) -> int:
+        return int(rows[i]) if rows is not None else first_row + int(i)
+
     if not np.isfinite(points).all():
-        row, column = np.argwhere(~np.isfinite(points))[0]
-        raise JobInputError(
-            f"row {row + 1}: {manifest.features[column]} is {points[row, column]} (not a finite number)"
-        )
+        i, column = np.argwhere(~np.isfinite(points))[0]
+        raise JobInputError(f"row {row(i)}: {manifest.features[column]} is {points[i, column]} (not a finite number)")
     if violations := manifest.domain_violations(points, margin, limit=3):
         described = "; ".join(
-            f"row {v.row + 1}: {v.feature} = {v.value:g} is outside [{v.low:g}, {v.high:g}]" for v in violations
+            f"row {row(v.row)}: {v.feature} = {v.value:g} is outside [{v.low:g}, {v.high:g}]" for v in violations
         )
         raise JobInputError(f"point(s) outside the model's domain: {described}")
 

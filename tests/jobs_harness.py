@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,9 +78,12 @@ class JobsHarness:
         return array
 
 
-def start_harness(monkeypatch: Any, model: LazyModel, chunk_points: int = 1_000) -> JobsHarness:
-    """Inside mock_aws: the resources, the app configured for them, and event sources for worker and finisher."""
-    resources = create_resources(prefix="test", region_name="us-east-1")
+def start_harness(
+    monkeypatch: Any, model: LazyModel, chunk_points: int = 1_000, max_points: int | None = None, prefix: str = "test"
+) -> JobsHarness:
+    """Inside mock_aws (or with AWS_ENDPOINT_URL at moto's server): the resources, the app configured for them,
+    and event sources for worker and finisher."""
+    resources = create_resources(prefix=prefix, region_name="us-east-1")
     settings = dataclasses.replace(
         app.settings,
         jobs_bucket=resources.bucket,
@@ -83,6 +92,7 @@ def start_harness(monkeypatch: Any, model: LazyModel, chunk_points: int = 1_000)
         results_queue_url=resources.results_queue_url,
         job_dead_letter_queue_arn=resources.dead_letter_queue_arn,
         job_chunk_points=chunk_points,
+        job_max_points=max_points or app.settings.job_max_points,
     )
     backend = backend_from_settings(settings)
     monkeypatch.setattr(app, "model", model)
@@ -104,3 +114,29 @@ def start_harness(monkeypatch: Any, model: LazyModel, chunk_points: int = 1_000)
         SqsEventSource(sqs, resources.dead_letter_queue_url, resources.dead_letter_queue_arn, invoke(finisher)),
     ]
     return JobsHarness(resources, backend, sources)
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's server on a free loopback port, in its own process: what it holds is not this process's memory."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("moto's server did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -11,7 +11,7 @@ from moto import mock_aws
 from handler.artifact import PackagedArtifact
 from handler.model import LazyModel
 from tests.conftest import FEATURES
-from tests.jobs_harness import JobsHarness, start_harness
+from tests.jobs_harness import JobsHarness, moto_server, start_harness
 
 
 @pytest.fixture
@@ -218,10 +218,20 @@ def test_starting_before_uploading_is_a_conflict(jobs: JobsHarness):
 @pytest.mark.parametrize(
     ("csv", "reason"),
     [
-        ("x1,x2,x3,x4\n0.1,0.2,0.3,0.4\n0.1,abc,0.3,0.4\n", "could not convert string 'abc'"),
+        ("x1,x2,x3,x4\n0.1,0.2,0.3,0.4\n0.1,abc,0.3,0.4\n", "row 2: x2 is 'abc', not a number"),
+        ("x2,x1,x3,x4\n0.1,0.2,0.3,0.4\n0.1,,0.3,0.4\n", "row 2: x1 is '', not a number"),
         ("x1,x2,x3,x4\n0.1,0.2,0.3,0.4\n0.1,nan,0.3,0.4\n", "row 2: x2 is nan"),
         ("x1,x2,x3,x4\n0.1,0.2,0.3,0.4\n7,0.2,0.3,0.4\n", "row 2: x1 = 7 is outside"),
+        ("x1,x2,x3,x4\n0.1,0.2,0.3,0.4\n\n7,0.2,0.3,0.4\n", "row 3: x1 = 7 is outside"),  # rows count lines
+        ("x1,x2,x3,x4\n0.1,0.2,0.3,0.4\n0.1,0.2,0.3\n", "row 2 has 3 values; the header names 4"),
+        ("x1,x2,x3,x4\n0.1,0.2,0.3,0.4\n0.1,0.2,0.3,0.4,0.5\n", "row 2 has 5 values; the header names 4"),
+        ("x1,x2,x3,x4\n0.1,0.2,0.3,0.4\n0.1,0.2,0.3,0.4,\n", "row 2 has 5 values; the header names 4"),
+        ('x1,x2,x3,x4\n0.1,0.2,"0.3"x,0.4\n', "row 1: ',' expected after '\"'"),
+        ('x1,x2,x3,x4\n0.1,0.2,0.3,0.4\n0.1,"0.2\n0.3",0.3,0.4\n', "row 2: unexpected end of data"),
+        ("x1,x2,x3,x4\n0.1,0.2,0.3," + "9" * 300 + "\n", "row 1 is longer than 256 characters"),
+        ("x1,x2,x3,x4\n" + "\n" * 1_001, "more than 1000 empty lines"),
         ("x1,x2,x3,x4\n", "no rows"),
+        ("x1,x2,x3,x4\n\n\n", "no rows"),
     ],
 )
 def test_an_upload_with_bad_rows_fails_with_the_row_and_the_reason(jobs, csv, reason):
@@ -377,3 +387,293 @@ def test_a_cancelled_job_fails_and_its_remaining_chunks_are_skipped(jobs: JobsHa
     assert jobs.call("GET", f"/jobs/{submitted['id']}")[2]["status"] == "FAILED"
     assert jobs.call("POST", f"/jobs/{submitted['id']}/cancel")[0] == 409
     assert jobs.call("POST", f"/jobs/{submitted['id']}/cancel", api_key_id="key-b")[0] == 404
+
+
+def npy_bytes(points: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, points)
+    return buffer.getvalue()
+
+
+def upload_job(jobs: JobsHarness, fmt: str, data: bytes) -> str:
+    """An upload job with `data` PUT to its URL (not started): its id."""
+    status, _, submitted = jobs.call("POST", "/jobs", {"upload": {"format": fmt}})
+    assert status == 202, submitted
+    put_upload(jobs, submitted["upload"]["url"], data)
+    return submitted["id"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            npy_bytes(np.full((10, 4), 0.5)) + bytes(100_000),
+            "100448 bytes, but its header declares 10 rows x 4 columns of float64",
+        ),
+        (
+            npy_bytes(np.full((10, 4), 0.5))[:-8],
+            "440 bytes, but its header declares 10 rows x 4 columns of float64: 448 bytes",
+        ),
+        (npy_bytes(np.full((10, 4), 0.5, dtype=np.longdouble)), "at most 64 bits, got dtype float128"),
+    ],
+)
+def test_an_npy_whose_size_its_header_does_not_explain_is_refused_when_started(jobs: JobsHarness, data, message):
+    # Given a .npy of 10 rows followed by bytes its header does not declare (or cut short, or of a float
+    # type whose layout differs between machines)
+    job_id = upload_job(jobs, "npy", data)
+    # When the job is started
+    code, _, answer = jobs.call("POST", f"/jobs/{job_id}/start")
+    # Then it is refused naming the upload and what its header declares, and nothing was queued
+    assert code == 422, answer
+    assert answer["details"][0]["field"] == "upload"
+    assert message in answer["details"][0]["message"], answer
+    assert jobs.call("GET", f"/jobs/{job_id}")[2]["status"] == "AWAITING_UPLOAD"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "npy"])
+def test_an_empty_upload_is_refused_when_started(jobs: JobsHarness, fmt: str):
+    # Given an upload job whose file is 0 bytes
+    job_id = upload_job(jobs, fmt, b"")
+    # When it is started
+    code, _, answer = jobs.call("POST", f"/jobs/{job_id}/start")
+    # Then a 422 says so (not S3's InvalidRange as a 5xx), and the job still waits for a file
+    assert code == 422, answer
+    assert answer["details"] == [{"field": "upload", "message": f"the uploaded .{fmt} is empty (0 bytes)"}]
+    assert jobs.call("GET", f"/jobs/{job_id}")[2]["status"] == "AWAITING_UPLOAD"
+
+
+def test_a_csv_larger_than_its_row_limit_explains_is_refused_and_one_with_too_many_rows_fails(
+    aws, monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path
+):
+    # Given jobs of at most 100 points, so at most 100 rows of 4 x 64 characters after the header
+    jobs = start_harness(monkeypatch, LazyModel(PackagedArtifact(tiny_model_path)), max_points=100)
+    header = ",".join(FEATURES) + "\n"
+    row = "0.5,0.5,0.5,0.5\n"
+    # When a CSV of more bytes than that is started
+    too_big = upload_job(jobs, "csv", (header + row * (100 * 256 // len(row) + 1)).encode())
+    code, _, answer = jobs.call("POST", f"/jobs/{too_big}/start")
+    # Then it is refused naming the upload
+    assert code == 422, answer
+    assert answer["details"][0]["field"] == "upload"
+    assert "more than 100 rows of 4 values take (at most 25612 bytes" in answer["details"][0]["message"]
+    # And a CSV small enough in bytes but of 101 rows starts, then fails at its 101st
+    too_many = upload_job(jobs, "csv", (header + row * 101).encode())
+    assert jobs.call("POST", f"/jobs/{too_many}/start")[0] == 202
+    jobs.run()
+    _, _, status = jobs.call("GET", f"/jobs/{too_many}")
+    assert (status["status"], status["error"]) == ("FAILED", "more than 100 points; split the job")
+
+
+@pytest.mark.parametrize(("fmt", "bad_row"), [("csv", 2_500), ("npy", 2_500), ("csv", 1_001), ("npy", 1_000)])
+def test_rows_are_numbered_through_the_whole_file_when_it_is_read_in_batches(jobs: JobsHarness, fmt, bad_row):
+    # Given 3,000 points, read 1,000 at a time (the harness's chunk), one of them NaN, another far outside
+    points = np.random.default_rng(2).uniform(0, 1, (3_000, 4))
+    points[bad_row - 1, 2] = np.nan
+    points[2_999, 0] = 9.0
+    if fmt == "csv":
+        data = (",".join(FEATURES) + "\n" + "\n".join(",".join(map(repr, r)) for r in points.tolist())).encode()
+    else:
+        data = npy_bytes(points.astype(np.float32))
+    job_id = upload_job(jobs, fmt, data)
+    assert jobs.call("POST", f"/jobs/{job_id}/start")[0] == 202
+    # When its plan runs
+    jobs.run()
+    # Then the job fails naming the first bad row as the file numbers it (1-based, after a CSV's header)
+    _, _, status = jobs.call("GET", f"/jobs/{job_id}")
+    assert status["status"] == "FAILED"
+    assert status["error"] == f"row {bad_row}: x3 is nan (not a finite number)"
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f8", "<i2", "|u1"])
+def test_an_uploaded_npy_of_any_numeric_type_is_predicted_in_place(jobs: JobsHarness, dtype: str):
+    # Given a .npy of 2,500 points (three chunks) in a type other than float64 (values 0 and 1 for integers)
+    rng = np.random.default_rng(5)
+    points = (rng.uniform(0, 1, (2_500, 4)) if dtype[1] == "f" else rng.integers(0, 2, (2_500, 4))).astype(dtype)
+    job_id = upload_job(jobs, "npy", npy_bytes(points))
+    # When it runs
+    assert jobs.call("POST", f"/jobs/{job_id}/start")[0] == 202
+    jobs.run()
+    # Then its chunks read the upload itself (no converted copy) and the results hold its points as float64
+    _, _, done = jobs.call("GET", f"/jobs/{job_id}")
+    assert done["status"] == "SUCCEEDED", done
+    assert jobs.backend.store.get(job_id).input_dtype == np.dtype(dtype).str
+    assert "Contents" not in jobs.backend.storage.s3.list_objects_v2(
+        Bucket=jobs.backend.bucket, Prefix=jobs.backend.storage.input_key(job_id)
+    )
+    results = jobs.results(done)
+    np.testing.assert_array_equal(np.column_stack([results[n] for n in FEATURES]), points.astype(float))
+    expected = sync_predict(jobs, points.astype(float)[:1_000])
+    np.testing.assert_allclose(results["y_mean"][:1_000], expected["mean"], rtol=1e-12)
+
+
+def test_a_csv_with_a_bom_crlf_quotes_spaces_and_empty_lines_runs(jobs: JobsHarness):
+    text = '\ufeff"x2", x1 ,x3,x4\r\n"0.25", 0.5 ,0.75,1\r\n\r\n0,1e-1,+.5,1.0E-0\r\n'
+    job_id = upload_job(jobs, "csv", text.encode())
+    assert jobs.call("POST", f"/jobs/{job_id}/start")[0] == 202
+    jobs.run()
+    _, _, done = jobs.call("GET", f"/jobs/{job_id}")
+    assert done["status"] == "SUCCEEDED", done
+    results = jobs.results(done)
+    points = np.column_stack([results[n] for n in FEATURES])
+    np.testing.assert_array_equal(points, [[0.5, 0.25, 0.75, 1.0], [0.1, 0.0, 0.5, 1.0]])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "npy"])
+def test_an_upload_replaced_after_start_fails_the_job(jobs: JobsHarness, fmt: str):
+    # Given a started upload job
+    def upload(value: float) -> bytes:
+        if fmt == "npy":
+            return npy_bytes(np.full((1_500, 4), value))
+        return (",".join(FEATURES) + "\n" + f"{value},{value},{value},{value}\n" * 1_500).encode()
+
+    job_id = upload_job(jobs, fmt, upload(0.5))
+    assert jobs.call("POST", f"/jobs/{job_id}/start")[0] == 202
+    # When its file is replaced through the (still valid) upload URL before the plan reads it
+    key = jobs.backend.storage.upload_key(job_id, fmt)
+    jobs.backend.storage.s3.put_object(Bucket=jobs.backend.bucket, Key=key, Body=upload(0.25))
+    jobs.run()
+    # Then the job fails saying so rather than reading a file that was not checked
+    _, _, status = jobs.call("GET", f"/jobs/{job_id}")
+    assert (status["status"], status["error"]) == ("FAILED", f"upload.{fmt} was replaced after the job started")
+
+
+@pytest.mark.parametrize("rows", [0, 10, 163_840, 163_841, 400_000])
+def test_the_input_writer_sends_its_header_last_and_keeps_every_row(aws, rows: int):
+    # Given rows written in batches of 4,096 to an S3 .npy of parts of S3's least size (5 MiB: 163,840 rows)
+    import io
+
+    import boto3
+
+    from handler.jobs import JobStorage
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="writer-test")
+    points = np.random.default_rng(rows).uniform(size=(rows, 4))
+    with JobStorage(s3, "writer-test").input_writer("job", 4, part_bytes=0) as writer:
+        for start in range(0, rows, 4_096):
+            writer.write(points[start : start + 4_096])
+    # Then the object is a .npy of exactly those rows, its data where the writer says
+    data = s3.get_object(Bucket="writer-test", Key="jobs/job/input.npy")["Body"].read()
+    np.testing.assert_array_equal(np.load(io.BytesIO(data)), points)
+    assert len(data) == writer.header_bytes + points.nbytes
+
+
+def test_an_input_writer_that_fails_leaves_no_object_and_no_open_upload(aws):
+    import boto3
+
+    from handler.jobs import JobStorage
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="writer-test")
+
+    def write_then_fail() -> None:
+        with JobStorage(s3, "writer-test").input_writer("job", 4, 0) as writer:
+            writer.write(np.zeros((400_000, 4)))  # two parts sent
+            raise RuntimeError("a bad row")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
+    assert "Contents" not in s3.list_objects_v2(Bucket="writer-test")
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket="writer-test")
+
+
+# --- memory: moto's server in its own process, so what this process traces is the worker's own -----------
+
+
+@pytest.fixture(scope="module")
+def aws_server():
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def served_jobs(aws_server: str, monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path) -> JobsHarness:
+    import uuid
+
+    for variable, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_server)
+    model = LazyModel(PackagedArtifact(tiny_model_path))
+    return start_harness(monkeypatch, model, chunk_points=20_000, prefix=f"t{uuid.uuid4().hex[:12]}")
+
+
+def traced_peak(action) -> int:
+    """The most this process had allocated at once (Python and numpy) while `action` ran, above its start."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        action()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_40_mb_csv_row_fails_its_job_fast_in_memory_bounded_by_the_chunk(served_jobs: JobsHarness):
+    # Given a CSV whose one row is 40 MB of empty fields (np.loadtxt took 1.2 GB for it), and chunks of 20,000 points
+    jobs = served_jobs
+    data = (",".join(FEATURES) + "\n" + "," * 40_000_000 + "\n").encode()
+    job_id = upload_job(jobs, "csv", data)
+    del data
+    assert jobs.call("POST", f"/jobs/{job_id}/start")[0] == 202
+    # When its plan runs
+    peak = traced_peak(jobs.run)
+    # Then the job fails naming the row, having held a fraction of the file
+    _, _, status = jobs.call("GET", f"/jobs/{job_id}")
+    assert (status["status"], status["error"]) == (
+        "FAILED",
+        "upload.csv: row 1 is longer than 256 characters (4 values)",
+    )
+    assert peak < 20_000 * 4 * 8, f"{peak / 1e6:.1f} MB"  # one chunk's float64 rows: 640 kB (0.15 MB seen)
+
+
+def test_an_npy_upload_is_checked_a_chunk_at_a_time(served_jobs: JobsHarness):
+    # Given a 12.8 MB .npy of 400,000 points (20 chunks of 20,000: 640 kB each), the last one outside the domain
+    from handler import worker
+
+    jobs = served_jobs
+    points = np.random.default_rng(3).uniform(0, 1, (400_000, 4))
+    points[-1, 3] = 5.0
+    job_id = upload_job(jobs, "npy", npy_bytes(points))
+    del points
+    assert jobs.call("POST", f"/jobs/{job_id}/start")[0] == 202
+    # When its plan reads all of it
+    manifest = worker.model.manifest()
+
+    def plan() -> None:
+        with pytest.raises(worker.JobInputError, match="row 400000: x4 = 5 is outside"):
+            worker.plan_job(jobs.backend, job_id, manifest, worker.settings.domain_margin)
+
+    peak = traced_peak(plan)
+    # Then it held about a chunk's rows (bytes, their float64 and the checks' masks), not the file's
+    assert peak < 4 * 20_000 * 4 * 8 + 2**20, f"{peak / 1e6:.1f} MB"  # 3.6 MB (1.35 MB seen) of a 12.8 MB file
+
+
+def test_an_upload_replaced_while_it_is_started_is_a_conflict(jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch):
+    # Given an upload job whose file is replaced between `start`'s HEAD and its read of the file's first bytes
+    from handler.jobs import JobStorage
+
+    job_id = upload_job(jobs, "npy", npy_bytes(np.full((10, 4), 0.5)))
+    read_bytes = JobStorage.read_bytes
+
+    def replaced_first(storage: JobStorage, key: str, *args, **kwargs) -> bytes:
+        storage.s3.put_object(Bucket=storage.bucket, Key=key, Body=npy_bytes(np.full((10, 4), 0.25)))
+        return read_bytes(storage, key, *args, **kwargs)
+
+    monkeypatch.setattr(JobStorage, "read_bytes", replaced_first)
+    # When it is started
+    code, _, answer = jobs.call("POST", f"/jobs/{job_id}/start")
+    # Then a 409 says to start it again, and it still waits
+    assert code == 409, answer
+    assert answer["details"][0] == {
+        "field": "upload",
+        "message": "the file was replaced while the job was being started: start it again",
+    }
+    assert jobs.call("GET", f"/jobs/{job_id}")[2]["status"] == "AWAITING_UPLOAD"

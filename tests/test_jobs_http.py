@@ -58,3 +58,30 @@ def test_a_csv_uploaded_to_the_presigned_url_runs(local_server):
     header, first = csv.splitlines()[:2]
     assert header.replace('"', "") == "x1,x2,x3,x4,y_mean,y_variance"
     np.testing.assert_array_equal(np.array(first.split(",")[:4], dtype=float), points[0])
+
+
+def test_an_npy_uploaded_to_the_presigned_url_is_predicted_in_place(local_server):
+    # Given a float32 .npy of 1,500 points PUT over HTTP to moto's server
+    base_url, _ = local_server
+    job = httpx.post(f"{base_url}/jobs?format=npy", json={"upload": {"format": "npy"}}, timeout=30).json()
+    points = np.random.default_rng(9).uniform(0, 1, (1_500, 4)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, points)
+    assert httpx.put(job["upload"]["url"], content=buffer.getvalue(), timeout=30).status_code == 200
+    # When it is started and run (chunks read it by ranged GETs pinned to its ETag)
+    started = httpx.post(f"{base_url}/jobs/{job['id']}/start", timeout=30)
+    assert started.status_code == 202, started.text
+    done = wait_for(base_url, job["id"])
+    # Then the results hold its points, as float64
+    assert done["status"] == "SUCCEEDED", done
+    results = np.load(io.BytesIO(httpx.get(done["results"]["url"], timeout=60).content))
+    np.testing.assert_array_equal(np.column_stack([results[name] for name in FEATURES]), points.astype(float))
+
+
+def test_an_empty_upload_is_refused_when_started(local_server):
+    base_url, _ = local_server
+    job = httpx.post(f"{base_url}/jobs", json={"upload": {"format": "npy"}}, timeout=30).json()
+    assert httpx.put(job["upload"]["url"], content=b"", timeout=30).status_code == 200
+    started = httpx.post(f"{base_url}/jobs/{job['id']}/start", timeout=30)
+    assert started.status_code == 422, started.text
+    assert started.json()["details"] == [{"field": "upload", "message": "the uploaded .npy is empty (0 bytes)"}]

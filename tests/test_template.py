@@ -460,4 +460,5 @@ def test_each_function_may_touch_only_the_jobs_resources_it_uses(monkeypatch):
     # the finisher sends nothing, and may abort the multipart upload of a failed assembly
     assert not any(action.startswith("sqs:Send") for action in finisher)
     assert finisher["s3:AbortMultipartUpload"] == {"JobsBucket"}
+    assert worker["s3:AbortMultipartUpload"] == {"JobsBucket"}
     assert not any(action.startswith("dynamodb:Delete") for action in {**worker, **finisher})
