@@ -408,11 +408,12 @@ def handle_request_error(exc: RequestError) -> Response:
 
 @app.exception_handler(ModelUnavailableError)
 def handle_model_unavailable(exc: ModelUnavailableError) -> Response:
+    # The reason can quote the artifact (an exception raised while unpickling it, bytes of a file): the log gets it,
+    # callers a fixed message.
     logger.error("model unavailable", extra={"reason": str(exc)}, exc_info=exc)
     retry_after = str(max(1, round(settings.model_retry_seconds)))
-    return _error(
-        HTTPStatus.SERVICE_UNAVAILABLE, "model unavailable", [("model", str(exc))], {"Retry-After": retry_after}
-    )
+    detail = ("model", "the model could not be loaded; the reason is logged, and a later request tries again")
+    return _error(HTTPStatus.SERVICE_UNAVAILABLE, "model unavailable", [detail], {"Retry-After": retry_after})
 
 
 @app.not_found

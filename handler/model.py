@@ -246,7 +246,8 @@ def load_model(source: ArtifactSource, manifest: Manifest | None = None) -> Load
     try:
         model = model_class.load(path, manifest)
     except UnsafePickleError as exc:
-        logger.error("model artifact refused", extra={"refused_global": exc.name})
+        # `refused_global` names what was refused: a global, or what the pickle overreached on (opcodes, nesting).
+        logger.error("model artifact refused", extra={"refused_global": exc.name, "reason": str(exc)})
         raise ModelUnavailableError(f"model artifact refused: {exc}") from exc
     except Exception as exc:  # unpickling can raise almost anything
         raise ModelUnavailableError(f"model artifact could not be read: {type(exc).__name__}: {exc}"[:300]) from exc

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from handler import model as model_module
-from handler.artifact import PackagedArtifact
+from handler.artifact import PackagedArtifact, manifest_path_for
 from handler.model import LazyModel
 from tests.conftest import FEATURES
 from tests.events import api_event, lambda_context
@@ -124,3 +124,52 @@ def test_a_request_with_less_time_left_than_the_reserve_gets_504_at_once(app_wit
     response = app_with_model.lambda_handler(api_event(body=POINT), context)
     assert response["statusCode"] == 504
     assert json.loads(response["body"])["details"][0]["message"].startswith("predicted 0 of 1 points")
+
+
+SECRET = "TOPSECRET-0123456789abcdef"
+
+
+def _unpickling_raises_quoting_the_file(monkeypatch: pytest.MonkeyPatch, model_copy: Path) -> None:
+    """Loading raises as GPy's Netpbm reader did, with the first bytes of the file it was pointed at."""
+
+    def failing_load(path: Path) -> None:
+        raise ValueError(f"Not a Netpbm file:\n{SECRET.encode()!r}")
+
+    monkeypatch.setattr(model_module, "load_pickle", failing_load)
+
+
+def _manifest_quoting_a_name(monkeypatch: pytest.MonkeyPatch, model_copy: Path) -> None:
+    """A manifest whose invalid name its error quotes."""
+    path = manifest_path_for(model_copy)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "name": f"{SECRET} name"}))
+
+
+@pytest.mark.parametrize(
+    ("breaks", "method", "path", "body"),
+    [
+        (_unpickling_raises_quoting_the_file, "POST", "/predict", POINT),
+        (_unpickling_raises_quoting_the_file, "POST", "/sample", {"points": [POINT], "samples": 3}),
+        (_manifest_quoting_a_name, "POST", "/predict", POINT),
+        (_manifest_quoting_a_name, "GET", "/model", None),
+        (_manifest_quoting_a_name, "GET", "/openapi.json", None),
+    ],
+    ids=["predict-unpickling", "sample-unpickling", "predict-manifest", "model-manifest", "openapi-manifest"],
+)
+def test_what_made_a_load_fail_is_logged_and_never_answered(
+    monkeypatch: pytest.MonkeyPatch, model_copy: Path, caplog: pytest.LogCaptureFixture, breaks, method, path, body
+):
+    # given an artifact whose loading fails with an error quoting what it read
+    from handler import app
+
+    breaks(monkeypatch, model_copy)
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy)))
+    # when
+    response = app.lambda_handler(api_event(method, path, body), lambda_context())
+    # then the caller gets 503 "model unavailable" with a retry hint, and nothing of the error
+    assert response["statusCode"] == 503
+    assert json.loads(response["body"])["error"] == "model unavailable"
+    assert response["multiValueHeaders"]["Retry-After"] == [str(max(1, round(app.settings.model_retry_seconds)))]
+    assert SECRET not in response["body"]
+    # and the log has the error
+    [error] = [record for record in caplog.records if record.getMessage() == "model unavailable"]
+    assert SECRET in error.reason

@@ -14,6 +14,7 @@ from handler.artifact import ModelUnavailableError, S3Artifact, manifest_path_fo
 from handler.config import SettingsError, load_settings
 from handler.model import LazyModel
 from tests.events import api_event, lambda_context, response_json
+from tests.test_app import MODEL_UNAVAILABLE
 
 BUCKET = "surrogates"
 KEY = "plant/v1/model.pkl"
@@ -50,6 +51,12 @@ def s3_app(monkeypatch: pytest.MonkeyPatch, client, cache_dir: Path):
     return app
 
 
+def logged_reason(caplog: pytest.LogCaptureFixture) -> str:
+    """The reason of the one "model unavailable" error logged."""
+    [error] = [record for record in caplog.records if record.getMessage() == "model unavailable"]
+    return str(error.reason)
+
+
 def predict(app, body=POINT) -> tuple[int, dict]:
     response = app.lambda_handler(api_event(body=body), lambda_context())
     return response["statusCode"], response_json(response)
@@ -84,17 +91,16 @@ def test_a_file_left_by_an_earlier_attempt_is_checked_not_fetched_again(s3, tiny
 
 
 def test_a_missing_object_gives_503_and_a_later_request_retries(
-    s3, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    s3, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     # given an empty bucket
     app = s3_app(monkeypatch, s3, tmp_path)
     # when
     status, body = predict(app)
-    # then
+    # then the caller is told the model is unavailable, and the log names the missing object
     assert status == 503
-    assert body["details"] == [
-        {"field": "model", "message": f"s3://{BUCKET}/plant/v1/model.manifest.json does not exist"}
-    ]
+    assert body == MODEL_UNAVAILABLE
+    assert logged_reason(caplog) == f"s3://{BUCKET}/plant/v1/model.manifest.json does not exist"
     # and once the objects are there, the next request loads them
     upload(s3, tiny_model_path)
     assert predict(app)[0] == 200
@@ -125,7 +131,7 @@ def test_access_denied_gives_503_naming_the_object(tmp_path: Path):
 
 
 def test_a_pickle_that_does_not_match_the_manifest_is_refused_and_not_kept(
-    s3, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    s3, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     # given a manifest and a different pickle
     upload(s3, tiny_model_path, pickle_bytes=tiny_model_path.read_bytes()[:-10] + b"0123456789")
@@ -134,7 +140,8 @@ def test_a_pickle_that_does_not_match_the_manifest_is_refused_and_not_kept(
     status, body = predict(app)
     # then
     assert status == 503
-    assert body["details"][0]["message"] == f"{URI} does not match its manifest checksum (corrupt or replaced)"
+    assert body == MODEL_UNAVAILABLE
+    assert logged_reason(caplog) == f"{URI} does not match its manifest checksum (corrupt or replaced)"
     assert list((tmp_path / "cache").iterdir()) == [], "nothing unverified is left in /tmp"
 
 
