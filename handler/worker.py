@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handler.artifact import Manifest
+from handler.artifact import Manifest, ModelUnavailableError
 from handler.config import load_settings
 from handler.designs import generate
 from handler.jobs import (
@@ -275,8 +275,10 @@ def handle_message(record: SQSRecord) -> None:
         logger.warning("job failed", extra={"job": message.job, "reason": str(exc)})
         backend.store.fail(message.job, str(exc))
     except Exception as exc:
-        reason = f"{message.describe()}: {type(exc).__name__}: {exc}"
-        logger.exception("job message failed", extra={"job": message.job, "reason": reason})
+        # A model's load error may quote the artifact: the log gets it, the job's caller does not.
+        noted = "model unavailable" if isinstance(exc, ModelUnavailableError) else f"{type(exc).__name__}: {exc}"
+        reason = f"{message.describe()}: {noted}"
+        logger.exception("job message failed", extra={"job": message.job, "reason": f"{type(exc).__name__}: {exc}"})
         with contextlib.suppress(Exception):  # the retry matters more than the note
             backend.store.record_error(message.job, reason)
         _delay_retry(record)

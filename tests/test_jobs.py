@@ -278,6 +278,27 @@ def test_a_poison_chunk_is_retried_then_dead_lettered_and_the_job_fails_with_the
     assert "results" not in status
 
 
+def test_a_model_that_cannot_load_fails_the_job_without_quoting_the_artifact(
+    jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch
+):
+    # Given a worker whose model load fails with a reason that quotes the artifact's bytes
+    from handler import worker
+    from handler.artifact import ModelUnavailableError
+
+    def broken():
+        raise ModelUnavailableError("model artifact could not be read: TOPSECRET-bytes")
+
+    monkeypatch.setattr(worker.model, "get", broken)
+    _, _, submitted = jobs.call("POST", "/jobs", {"points": [{n: 0.5 for n in FEATURES}] * 3})
+    # When the queues run (the chunk is retried, then dead-lettered)
+    jobs.run()
+    # Then the job failed saying the model was unavailable, and nothing of the reason reached its caller
+    _, _, status = jobs.call("GET", f"/jobs/{submitted['id']}")
+    assert status["status"] == "FAILED", status
+    assert "model unavailable" in status["error"]
+    assert "TOPSECRET" not in str(status)
+
+
 def test_a_chunk_delivered_twice_is_counted_once(jobs: JobsHarness):
     # Given a running job of three chunks, whose chunk messages are duplicated on the queue (at-least-once)
     import boto3
