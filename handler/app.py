@@ -14,6 +14,7 @@ import time
 import warnings
 from functools import lru_cache
 from http import HTTPStatus
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -32,16 +33,18 @@ from handler.artifact import Manifest, ModelUnavailableError
 from handler.config import load_settings
 from handler.model import LazyModel, LoadedModel, SurrogateModel
 from handler.parsing import (
+    BodyLimits,
     PredictOptions,
     PredictRequest,
     RequestError,
     RequestParser,
+    body_limits,
     brief,
     decode_body,
+    load_body,
     outside_domain,
     parse_options,
 )
-from handler.parsing import load_json as parse_json
 from handler.posterior import Z_95, Prediction
 from handler.services import Services
 
@@ -123,6 +126,11 @@ else:
 @lru_cache(maxsize=1)
 def request_parser(features: tuple[str, ...]) -> RequestParser:
     return RequestParser(features, max_batch_size=settings.max_batch_size, max_body_bytes=settings.max_body_bytes)
+
+
+def sample_limits(features: tuple[str, ...]) -> BodyLimits:
+    """/sample reads what its largest request (SAMPLE_MAX_POINTS points) needs, not what /predict's does."""
+    return body_limits(features, SAMPLE_MAX_POINTS, settings.max_body_bytes)
 
 
 # Lambdas, not model.manifest: the routes follow `model` when it is replaced (tests do).
@@ -226,12 +234,9 @@ def sample() -> Any:
     event = app.current_event
     body = decode_body(event.body, bool(event.is_base64_encoded))
     manifest = model.manifest()
-    parser = request_parser(manifest.features)
-    if len(body) > parser.max_body_bytes:
-        raise RequestError(413, "request body too large", [("body", f"at most {parser.max_body_bytes} bytes")])
-    data = parse_json(body)
+    data = load_body(body, sample_limits(manifest.features))
     spec = _sample_spec(data)
-    request = parser.parse_nested(data["points"], "points")
+    request = request_parser(manifest.features).parse_nested(data["points"], "points")
     points = request.points
     if len(points) > SAMPLE_MAX_POINTS or len(points) * spec["samples"] * len(manifest.outputs) > SAMPLE_MAX_VALUES:
         message = (
@@ -264,8 +269,10 @@ def _sample_spec(data: Any) -> dict[str, Any]:
     problems = []
     if not isinstance(data, dict):
         raise RequestError(422, "invalid sample request", [("body", "expected an object with points and samples")])
-    if unknown := set(data) - {"points", "samples", "seed", "target"}:
-        problems += [(brief(name), "unknown field (points, samples, seed, target)") for name in sorted(unknown)[:5]]
+    known = ("points", "samples", "seed", "target")
+    if len(data) > len(known) or not data.keys() <= set(known):
+        unknown = islice((name for name in data if name not in known), 5)  # in the body's order: no sort of them all
+        problems += [(brief(name), "unknown field (points, samples, seed, target)") for name in unknown]
     if "points" not in data:
         problems.append(("points", "Field required"))
     samples = data.get("samples")
@@ -463,7 +470,14 @@ def malformed_event(event: Any) -> str | None:
     for name in ("queryStringParameters", "headers"):
         if any(not isinstance(value, str) for value in (event.get(name) or {}).values()):
             return f"the event's {name} must map names to strings"
+    identity = (event.get("requestContext") or {}).get("identity")
+    if not isinstance(identity, (dict, type(None))):
+        return f"the event's requestContext.identity is a {type(identity).__name__}"
     return None
+
+
+# What lambda_handler answers when even building an answer failed: a constant, so that it cannot fail too.
+_LAST_RESORT_BODY = '{"error":"internal error; it has been logged","details":[]}'
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
@@ -479,7 +493,17 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             "body": _to_json(body),
             "isBase64Encoded": False,
         }
-    return app.resolve(event, context)
+    try:
+        return app.resolve(event, context)
+    except Exception:  # the routes' errors are answered by handle_unexpected; this is what escapes the resolver
+        logger.exception("unhandled error outside the routes")
+        _count_refusal(HTTPStatus.INTERNAL_SERVER_ERROR)
+        return {
+            "statusCode": HTTPStatus.INTERNAL_SERVER_ERROR,
+            "multiValueHeaders": {"Content-Type": [content_types.APPLICATION_JSON]},
+            "body": _LAST_RESORT_BODY,
+            "isBase64Encoded": False,
+        }
 
 
 if tracer is not None:

@@ -12,13 +12,19 @@ import numpy as np
 
 
 def grid_levels(n: int, dimensions: int) -> int:
-    """Levels per feature of the largest full grid of at most n points."""
-    levels = round(n ** (1 / dimensions))
-    while levels**dimensions > n:
-        levels -= 1
-    while (levels + 1) ** dimensions <= n:
-        levels += 1
-    return levels
+    """Levels per feature of the largest full grid of at most n points: the integer `dimensions`-th root of n.
+
+    Integer Newton steps, exact for any n (a float root is off by far more than one for n beyond 2**53, and
+    raises OverflowError beyond 1e308); a few dozen steps for any n a job may have.
+    """
+    if n < 1:
+        return 0
+    root = 1 << -(-n.bit_length() // dimensions)  # 2**ceil(bits / d) > the root: Newton descends from above
+    while True:
+        step = ((dimensions - 1) * root + n // root ** (dimensions - 1)) // dimensions
+        if step >= root:
+            return root
+        root = step
 
 
 def design_points(method: str, n: int, dimensions: int) -> int:

@@ -14,7 +14,7 @@ The model's name and version are the manifest's. One input tensor, FP64 (FP32 ac
 
 from __future__ import annotations
 
-from itertools import chain
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from handler.artifact import Manifest, ModelUnavailableError
-from handler.parsing import RequestError, brief, decode_body, load_json
+from handler.parsing import RequestError, brief, decode_body, encodable, load_body
 from handler.services import Services
 
 router = Router()
@@ -57,7 +57,7 @@ def _answer(body: dict[str, Any] | None, status: int = 200) -> Response:
 
 
 def _error(status: int, message: str) -> Response:
-    return _answer({"error": message}, status)
+    return _answer({"error": encodable(message)}, status)  # it may quote what the caller sent
 
 
 def _model(name: str, version: str | None) -> Manifest:
@@ -175,11 +175,10 @@ def _infer(name: str, version: str | None) -> Response:
     manifest = _model(name, version)
     event = router.current_event
     body = decode_body(event.body, bool(event.is_base64_encoded))
-    limit = services.parser(manifest.features).max_body_bytes
-    if len(body) > limit:
-        raise InferenceError(413, f"request body too large: at most {limit} bytes are accepted")
-    request = load_json(body)
+    # /predict's limits: the same points, as flat or nested numbers
+    request = load_body(body, services.parser(manifest.features).limits)
     points, latent = _read_request(request, manifest, services.settings.max_batch_size)
+    wanted = _requested_outputs(request)
     if violations := manifest.domain_violations(points, services.settings.domain_margin, limit=5):
         described = "; ".join(
             f"input[{v.row}][{manifest.features.index(v.feature)}] ({v.feature}) = {v.value:g} is outside "
@@ -191,7 +190,6 @@ def _infer(name: str, version: str | None) -> Response:
     if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
         raise ArithmeticError("model returned non-finite predictions")
     np.maximum(variance, 0.0, out=variance)
-    wanted = _requested_outputs(request)
     tensors = {"mean": mean, "variance": variance}
     answer: dict[str, Any] = {
         "model_name": manifest.name,
@@ -202,8 +200,8 @@ def _infer(name: str, version: str | None) -> Response:
             if key in wanted
         ],
     }
-    if isinstance(request.get("id"), str):
-        answer["id"] = request["id"]
+    if request.get("id") is not None:
+        answer["id"] = request["id"]  # _read_request checked that it can be echoed
     return Response(
         200,
         content_types.APPLICATION_JSON,
@@ -212,15 +210,26 @@ def _infer(name: str, version: str | None) -> Response:
 
 
 def _read_request(request: Any, manifest: Manifest, max_batch_size: int) -> tuple[np.ndarray, bool]:
-    """The input tensor as an (N, n_features) float array, and whether the latent variance is wanted."""
+    """The input tensor as an (N, n_features) float array, and whether the latent variance is wanted.
+
+    Every field's type is checked before it is used (a datatype sent as an array cannot be looked up).
+    """
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise InferenceError(400, "expected an inference request: an object with an `inputs` array")
+    if (request_id := request.get("id")) is not None and not _echoable(request_id):
+        raise InferenceError(400, f"id: expected a string of Unicode text, got {brief(request_id)}")
+    parameters = request.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InferenceError(400, f"parameters: expected an object, got {brief(parameters)}")
     if len(request["inputs"]) != 1 or not isinstance(request["inputs"][0], dict):
         count = len(request["inputs"])
         raise InferenceError(400, f"expected exactly one input tensor ([N, {len(manifest.features)}]), got {count}")
     tensor = request["inputs"][0]
-    name, shape, datatype = brief(tensor.get("name", "input")), tensor.get("shape"), tensor.get("datatype")
-    if datatype not in DATATYPES:
+    raw_name, shape, datatype = tensor.get("name", "input"), tensor.get("shape"), tensor.get("datatype")
+    if not isinstance(raw_name, str):
+        raise InferenceError(400, f"input name: expected a string, got {brief(raw_name)}")
+    name = brief(raw_name)
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InferenceError(400, f"input {name}: datatype {brief(datatype)} is not supported; send FP64 (or FP32)")
     d = len(manifest.features)
     if (
@@ -235,11 +244,21 @@ def _read_request(request: Any, manifest: Manifest, max_batch_size: int) -> tupl
     if flat is None:
         raise InferenceError(400, f"input {name}: data must hold {shape[0] * d} finite numbers for shape {shape}")
     points = flat.reshape(shape[0], d)
-    parameters = request.get("parameters") or {}
-    variance = parameters.get("variance", "noisy") if isinstance(parameters, dict) else "noisy"
-    if variance not in ("noisy", "latent"):
+    variance = (parameters or {}).get("variance", "noisy")
+    if not isinstance(variance, str) or variance not in ("noisy", "latent"):
         raise InferenceError(400, f"parameter variance: expected noisy or latent, got {brief(variance)}")
     return points, variance == "latent"
+
+
+def _echoable(request_id: Any) -> bool:
+    """Whether the answer can carry the id back as sent: a lone surrogate cannot be, and an altered id would mislead."""
+    if not isinstance(request_id, str):
+        return False
+    try:
+        request_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _flatten(data: Any, count: int) -> np.ndarray | None:
@@ -268,6 +287,6 @@ def _requested_outputs(request: dict[str, Any]) -> set[str]:
         raise InferenceError(400, 'outputs: expected a list of {"name": ...}')
     names = {o["name"] for o in outputs}
     if unknown := names - {"mean", "variance"}:
-        unknown_names = ", ".join(brief(name) for name in sorted(unknown)[:5])
+        unknown_names = ", ".join(brief(name) for name in islice(unknown, 5))
         raise InferenceError(400, f"outputs: unknown {unknown_names}; this model has mean and variance")
     return names

@@ -10,6 +10,7 @@ Jobs belong to the caller (their API key's id, or IAM identity): another caller'
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from functools import cache
@@ -37,12 +38,20 @@ from handler.jobs import (
     submit_points,
     submit_upload,
 )
-from handler.parsing import RequestError, RequestParser, brief, decode_body, load_json, outside_domain, parse_options
+from handler.parsing import (
+    RequestError,
+    RequestParser,
+    brief,
+    decode_body,
+    load_body,
+    outside_domain,
+    parse_options,
+)
 from handler.services import Services
 
 router = Router()
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as HTTP header values are
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # fullmatch: `$` would let a trailing newline through
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as HTTP header values are: fullmatch
 DESIGN_BODY_BYTES = 64 * 1024
 
 
@@ -73,11 +82,26 @@ def _jobs(settings: Settings) -> JobBackend:
     return _backend(settings)
 
 
+def _request_context() -> dict[str, Any]:
+    """The event's requestContext, with the identity object API Gateway always sends: 400 otherwise."""
+    context = router.current_event.raw_event.get("requestContext")
+    if not isinstance(context, dict) or not isinstance(context.get("identity"), dict):
+        message = "the event's requestContext has no identity object: jobs belong to their caller"
+        raise RequestError(400, "malformed event", [("event", message)])
+    return context
+
+
 def caller() -> str:
     """Who owns the jobs this request makes or reads: the API key's id, else the IAM caller, else anyone."""
-    event: APIGatewayProxyEvent = router.current_event  # type: ignore[assignment]
-    identity = event.request_context.identity
-    return identity.api_key_id or identity.user_arn or identity.caller or "anonymous"
+    identity = _request_context()["identity"]
+    for name in ("apiKeyId", "userArn", "caller"):
+        value = identity.get(name)
+        if not isinstance(value, (str, type(None))):
+            message = f"the event's requestContext.identity.{name} is a {type(value).__name__}"
+            raise RequestError(400, "malformed event", [("event", message)])
+        if value:
+            return value
+    return "anonymous"
 
 
 def job_options(query: dict[str, str] | None) -> OutputOptions:
@@ -98,19 +122,20 @@ def submit_job() -> Response:
     event: APIGatewayProxyEvent = router.current_event  # type: ignore[assignment]
     options = job_options(event.query_string_parameters)
     body = decode_body(event.body, bool(event.is_base64_encoded))
-    limit = parser.max_body_bytes + DESIGN_BODY_BYTES
-    if len(body) > limit:
-        raise RequestError(413, "request body too large", [("body", f"at most {limit} bytes are accepted")])
     key = event.headers.get("idempotency-key")  # Powertools' headers ignore case, as HTTP does
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        message = "expected 1 to 255 visible ASCII characters"
+        raise RequestError(400, "invalid Idempotency-Key header", [("Idempotency-Key", message)])
     owner = caller()
+    # Inline points as many as /predict takes, beside a design's or an upload's few fields.
+    limits = dataclasses.replace(parser.limits, max_bytes=parser.limits.max_bytes + DESIGN_BODY_BYTES)
+    data = load_body(body, limits)
     if key is None:
-        job = _submit(backend, settings, manifest, parser, owner, body, options)
+        job = _submit(backend, settings, manifest, parser, owner, data, options)
     else:
-        if not IDEMPOTENCY_KEY.match(key):
-            message = "expected 1 to 255 visible ASCII characters"
-            raise RequestError(400, "invalid Idempotency-Key header", [("Idempotency-Key", message)])
-        job = _submit_once(backend, settings, manifest, parser, owner, key, body, options)
-    return _job_response(backend, job, 202, event.request_context.path or event.path)
+        job = _submit_once(backend, settings, manifest, parser, owner, key, body, data, options)
+    path = _request_context().get("path")
+    return _job_response(backend, job, 202, path if isinstance(path, str) and path else event.path)
 
 
 def _submit(
@@ -119,12 +144,12 @@ def _submit(
     manifest: Manifest,
     parser: RequestParser,
     owner: str,
-    body: str | bytes,
+    data: Any,
     options: OutputOptions,
 ) -> Job:
     from handler.schemas import submission_errors
 
-    submission, problems = submission_errors(load_json(body))
+    submission, problems = submission_errors(data, manifest.features)
     if submission is None:
         raise RequestError(422, "invalid job", [(p.field, p.message) for p in problems])
     if submission.points is not None:
@@ -143,14 +168,19 @@ def _submit(
 
 
 def _resolved_design(spec: Any, manifest: Manifest, settings: Settings, max_points: int) -> dict[str, Any]:
-    """The spec with every default made explicit (seed, bounds, point count), so the job can be rerun exactly."""
+    """The spec with every default made explicit (seed, bounds, point count), so the job can be rerun exactly.
+
+    `n` is compared with the job limit before anything whose work grows with it (a grid's levels).
+    """
     problems = []
     low_limit, high_limit = manifest.domain(settings.domain_margin)
     training = zip(manifest.features, manifest.bounds.tolist(), strict=True)
     bounds = {name: [float(low), float(high)] for name, (low, high) in training}
+    # schemas.submission_errors kept the features and at most MAX_ERROR_DETAILS other names
     for name, (low, high) in (spec.bounds or {}).items():
         if name not in bounds:
-            problems.append((f"design.bounds.{name}", f"not a feature of this model ({', '.join(manifest.features)})"))
+            message = f"not a feature of this model ({', '.join(manifest.features)})"
+            problems.append((f"design.bounds.{name}", message))
             continue
         i = manifest.features.index(name)
         if not low < high:
@@ -159,13 +189,16 @@ def _resolved_design(spec: Any, manifest: Manifest, settings: Settings, max_poin
             message = f"[{low:g}, {high:g}] leaves the model's domain [{low_limit[i]:g}, {high_limit[i]:g}]"
             problems.append((f"design.bounds.{name}", message))
         bounds[name] = [low, high]
-    points = design_points(spec.method, spec.n, len(manifest.features))
-    if spec.n > max_points:
-        problems.append(("design.n", f"{spec.n} points; at most {max_points} per job"))
-    elif points < 1 or (spec.method == "grid" and points < 2 ** len(manifest.features)):
-        problems.append(
-            ("design.n", f"a grid of {len(manifest.features)} features needs n >= {2 ** len(manifest.features)}")
-        )
+    dimensions = len(manifest.features)
+    points = 0
+    if type(spec.n) is not int or spec.n < 1:  # the schema's strict check, restated beside the work that needs it
+        problems.append(("design.n", f"expected a positive integer, got {brief(spec.n)}"))
+    elif spec.n > max_points:
+        problems.append(("design.n", f"{brief(spec.n)} points; at most {max_points} per job"))
+    else:
+        points = design_points(spec.method, spec.n, dimensions)
+        if points < 1 or (spec.method == "grid" and points < 2**dimensions):
+            problems.append(("design.n", f"a grid of {dimensions} features needs n >= {2**dimensions}"))
     if problems:
         raise RequestError(422, "invalid design", problems)
     seed = spec.seed if spec.seed is not None else int(np.random.default_rng().integers(2**63))
@@ -180,6 +213,7 @@ def _submit_once(
     owner: str,
     key: str,
     body: str | bytes,
+    data: Any,
     options: OutputOptions,
 ) -> Job:
     """Powertools idempotency on the jobs table: the same (caller, key) returns the first job for 24 hours."""
@@ -192,7 +226,7 @@ def _submit_once(
     fingerprint = hashlib.sha256(raw + b"\n" + orjson.dumps(options.document())).hexdigest()
 
     def create(request: dict[str, Any]) -> dict[str, Any]:
-        return {"job": _submit(backend, settings, manifest, parser, owner, body, options).id}
+        return {"job": _submit(backend, settings, manifest, parser, owner, data, options).id}
 
     submit = _idempotent(backend, create)
     try:
@@ -224,7 +258,7 @@ def _idempotent(backend: JobBackend, function: Any) -> Any:
 
 
 def _owned_job(backend: JobBackend, job_id: str) -> Job:
-    job = backend.store.get(job_id) if JOB_ID.match(job_id) else None
+    job = backend.store.get(job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None or job.owner != caller():  # another caller's job is as absent as a wrong id
         raise RequestError(404, "job not found", [("job_id", f"no job {job_id[:64]!r} of yours")])
     return job

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, NamedTuple, Self
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
 from handler.artifact import NAME_PATTERN
-from handler.parsing import json_type
+from handler.parsing import MAX_ERROR_DETAILS, encodable, json_type
 
 # Strict: booleans and numeric strings are refused rather than coerced; NaN and +-Infinity
 # (which Python's json module accepts, and 1e400 becomes) are refused as well.
@@ -219,7 +219,8 @@ def _explain_object(data: Any, features: tuple[str, ...], limit: int, prefix: tu
         return _explain_whole(stand_in, features, "point", prefix)
     kept = {name: data[name] for name in features if name in data}
     unknown = (key for key in data if key not in kept)
-    kept |= {key: data[key] for key in itertools.islice(unknown, limit)}
+    # pydantic refuses a key it cannot encode without saying which: it sees the key escaped, and names it
+    kept |= {encodable(key): data[key] for key in itertools.islice(unknown, limit)}
     return _explain_whole(kept, features, "point", prefix)[:limit]
 
 
@@ -228,7 +229,7 @@ def _explain_columns(data: dict[str, Any], features: tuple[str, ...], limit: int
     present = [name for name in features if name in data]
     unknown = list(itertools.islice((key for key in data if key not in features), limit))
     if len(present) != len(features) or unknown:
-        kept = {key: data[key][:1] for key in (*present, *unknown)}
+        kept = {encodable(key): data[key][:1] for key in (*present, *unknown)}
         return [d for d in _explain_whole(kept, features, "columns") if "[" not in d.field][:limit]
     lengths = {name: len(data[name]) for name in features}
     if len(set(lengths.values())) > 1:
@@ -291,7 +292,8 @@ def describe_json(value: Any) -> str:
         return json_type(value)
     import json
 
-    return f"{json_type(value)} {json.dumps(value)[:40]}"
+    shown = value[:40] if isinstance(value, str) else value  # not all of a long string
+    return f"{json_type(value)} {json.dumps(shown)[:40]}"
 
 
 class DeploymentLimits(BaseModel):
@@ -308,7 +310,8 @@ class ModelDescription(ModelManifest):
 
 # --- asynchronous jobs --------------------------------------------------------------------------------
 
-FiniteNumber = Annotated[float, Field(strict=False, allow_inf_nan=False)]
+# Strict as a point's features are: a bound sent as "0.5" is refused, not read as a number.
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class DesignSpec(BaseModel):
@@ -350,12 +353,41 @@ class JobSubmission(BaseModel):
         return self
 
 
-def submission_errors(data: Any) -> tuple[JobSubmission | None, list[ErrorDetail]]:
-    """The submission, or why not (at most MAX_ERROR_DETAILS reasons)."""
+def submission_errors(data: Any, features: tuple[str, ...]) -> tuple[JobSubmission | None, list[ErrorDetail]]:
+    """The submission, or why not (at most MAX_ERROR_DETAILS reasons).
+
+    pydantic is handed the body trimmed to what it can report on: at each level the known fields and the first
+    MAX_ERROR_DETAILS unknown ones, and of a design's bounds the model's features and the first MAX_ERROR_DETAILS
+    other names (refused by name later). A valid submission is unchanged; a body of 100,000 unknown keys or
+    bounds costs what 20 do. `points` is not looked into: the request parser reads it.
+    """
     try:
-        return JobSubmission.model_validate(data), []
+        return JobSubmission.model_validate(_trimmed_submission(data, features)), []
     except ValidationError as exc:
-        return None, [_detail(error) for error in exc.errors()[:20]]
+        return None, [_detail(error) for error in exc.errors()[:MAX_ERROR_DETAILS]]
+
+
+def _trimmed_submission(data: Any, features: tuple[str, ...]) -> Any:
+    if type(data) is not dict:
+        return data
+    submission = _trimmed(data, tuple(JobSubmission.model_fields))
+    if type(design := submission.get("design")) is dict:
+        design = _trimmed(design, tuple(DesignSpec.model_fields))
+        if type(bounds := design.get("bounds")) is dict:
+            design = {**design, "bounds": _trimmed(bounds, features)}
+        submission = {**submission, "design": design}
+    if type(upload := submission.get("upload")) is dict:
+        submission = {**submission, "upload": _trimmed(upload, tuple(UploadSpec.model_fields))}
+    return submission
+
+
+def _trimmed(data: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    """`data`'s known keys, then its first MAX_ERROR_DETAILS others; `data` itself when it has no others."""
+    if len(data) <= len(known) and all(key in known for key in data):
+        return data
+    kept = {key: data[key] for key in known if key in data}
+    unknown = itertools.islice((key for key in data if key not in known), MAX_ERROR_DETAILS)
+    return kept | {encodable(key): data[key] for key in unknown}  # escaped, so that pydantic can name them
 
 
 class JobProgress(BaseModel):

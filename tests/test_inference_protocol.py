@@ -1,6 +1,9 @@
-"""The Open Inference Protocol V2 routes, driven by Triton's own HTTP client against the local server."""
+"""The Open Inference Protocol V2 routes: Triton's own HTTP client against the local server, and hostile requests."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import httpx
 import numpy as np
@@ -9,6 +12,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import FEATURES
+from tests.events import api_event, lambda_context, response_json
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +93,63 @@ def test_errors_reach_the_v2_client_as_the_protocol_says(v2):
     answer = httpx.post(f"{base_url}/v2/models/{name}/infer", content=b"{not json", timeout=30)
     assert answer.status_code == 400
     assert set(answer.json()) == {"error"}
+
+
+def infer_in_process(app, body: str) -> tuple[int, dict]:
+    """POST infer through lambda_handler, with the model's own name; the answer must be JSON whatever its status."""
+    name = app.model.manifest().name
+    response = app.lambda_handler(api_event(path=f"/v2/models/{name}/infer", raw_body=body), lambda_context())
+    return response["statusCode"], response_json(response)
+
+
+def v2_body(**changes: Any) -> str:
+    tensor = {"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [0.5, 0.5, 0.5, 0.5]}
+    request = {"inputs": [tensor | changes.pop("tensor", {})], **changes}
+    return json.dumps(request)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (v2_body(tensor={"datatype": ["FP64"]}), "datatype ['FP64'] is not supported"),
+        (v2_body(tensor={"datatype": {"FP64": 1}}), "datatype {'FP64': 1} is not supported"),
+        (v2_body(tensor={"name": ["input"]}), "input name: expected a string"),
+        (v2_body(tensor={"shape": [True, 4]}), "expected [N, 4]"),
+        (v2_body(id=7), "id: expected a string of Unicode text, got 7"),
+        (v2_body(id="x").replace('"x"', '"\\ud800"'), "id: expected a string of Unicode text, got '\\ud800'"),
+        (v2_body(parameters="latent"), "parameters: expected an object"),
+        (v2_body(parameters={"variance": ["latent"]}), "parameter variance: expected noisy or latent"),
+        (v2_body(outputs=[{"name": ["mean"]}]), 'outputs: expected a list of {"name": ...}'),
+    ],
+    ids=[
+        "datatype-list", "datatype-object", "name-list", "shape-boolean", "id-number", "id-lone-surrogate",
+        "parameters-string", "variance-list", "output-name-list",
+    ],
+)  # fmt: skip
+def test_a_v2_field_of_the_wrong_type_is_a_400_naming_it(app_with_model, body: str, message: str):
+    status, answer = infer_in_process(app_with_model, body)
+    assert status == 400, answer
+    assert message in answer["error"], answer
+
+
+def test_a_v2_id_is_echoed_as_sent(app_with_model):
+    status, answer = infer_in_process(app_with_model, v2_body(id="run-7 é"))
+    assert status == 200, answer
+    assert answer["id"] == "run-7 é"
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        ("[" * 30_000 + "0.5" + "]" * 30_000, 422, "too many arrays and objects"),
+        ("[[[" + "1" + "0" * 400 + ", 0.5, 0.5, 0.5]]]", 400, "must hold 4 finite numbers"),
+        ('[{"\\ud800": 1}]', 400, "must hold 4 finite numbers"),
+        ("[" * 260 + "0.5" + "]" * 260, 400, "must hold 4 finite numbers"),
+    ],
+    ids=["nested-singletons", "400-digit-integer", "lone-surrogate-key", "nested-260-deep"],
+)
+def test_hostile_v2_data_is_refused_with_a_4xx(app_with_model, data: str, status: int, message: str):
+    body = v2_body(tensor={"data": "DATA"}).replace('"DATA"', data)
+    code, answer = infer_in_process(app_with_model, body)
+    assert code == status, answer
+    assert message in answer["error"]

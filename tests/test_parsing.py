@@ -106,7 +106,9 @@ def test_a_bad_field_is_named_with_its_problem(body: str, field: str, message: s
         ("0.5", 422, "got number"),
         ("null", 422, "got null"),
         ("[]", 422, "at least one point"),
-        ("[" * 40_000 + "]" * 40_000, 400, "nested too deeply"),
+        ("[" * 10_000 + "]" * 10_000, 400, "nested too deeply"),
+        ("[" * 40_000 + "]" * 40_000, 422, "at most 21000 arrays and objects"),
+        ("{" + ",".join(f'"k{i}":1' for i in range(90_000)) + "}", 422, "at most 81000 object members"),
         ("[[" * 10 + "]]" * 10, 422, "Input should be an object"),
     ],
     ids=[
@@ -118,11 +120,13 @@ def test_a_bad_field_is_named_with_its_problem(body: str, field: str, message: s
         "null",
         "empty-list",
         "deep-nesting",
+        "too-many-arrays",
+        "too-many-members",
         "nested-lists",
     ],
 )
 def test_a_malformed_body_is_refused_with_a_4xx(body, status: int, message: str):
-    error = refusal(body)
+    error = refusal(body, max_batch_size=10_000)
     assert error.status_code == status
     assert error.details
     assert message in error.details[0][1]
@@ -253,3 +257,53 @@ def test_a_model_with_one_feature_parses_every_shape():
     with pytest.raises(RequestError) as caught:
         parser.parse('[{"t": 1}, {"u": 2}]')
     assert caught.value.details[0][0] == "[1].t"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        POINT,
+        f"[{POINT}, {POINT}]",
+        '{"x1": [0.1, 0.2], "x2": [0.3, 0.4], "x3": [0.5, 0.6], "x4": [0.7, 1]}',
+        '{"x1": 0.5, "x2": "a", "x3": 0.5}',
+        '[{"x1": 0.5}, 7]',
+        '{"x1": 1' + "0" * 400 + ', "x2": 0.5, "x3": 0.5, "x4": 0.5}',
+    ],
+    ids=["point", "rows", "columns", "bad-point", "bad-rows", "400-digit-integer"],
+)
+def test_decoded_json_parses_as_its_text_does(body: str):
+    # given a body, and the same body already decoded (as /sample and /jobs hold their points)
+    parser = RequestParser(FEATURES, max_batch_size=100, max_body_bytes=1_000_000)
+    # when
+    outcomes = []
+    for parse_one in (lambda: parser.parse(body), lambda: parser.parse_data(json.loads(body))):
+        try:
+            outcomes.append(parse_one().points.tolist())
+        except RequestError as exc:
+            outcomes.append(exc)
+    # then the same points, or the same refusal
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        ({"\ud800": 1}, "points.\\ud800"),
+        ([{"x1": "\ud800", "x2": 0.5, "x3": 0.5, "x4": 0.5}], "points[0].x1"),
+        ([{"x1": 10**400, "x2": 0.5, "x3": 0.5, "x4": 0.5}], "points[0].x1"),
+        ([{"x1": json.loads("[" * 260 + "0.5" + "]" * 260), "x2": 0.5, "x3": 0.5, "x4": 0.5}], "points[0].x1"),
+        ("a string", "points"),
+    ],
+    ids=["lone-surrogate-key", "lone-surrogate-value", "400-digit-integer", "nested-260-deep", "string"],
+)
+def test_nested_points_are_checked_as_decoded_never_re_encoded(value, field: str):
+    # given points that orjson could not write back (surrogates, huge integers, nesting beyond 255)
+    parser = RequestParser(FEATURES, max_batch_size=100, max_body_bytes=1_000_000)
+    # when
+    with pytest.raises(RequestError) as refused:
+        parser.parse_nested(value, "points")
+    # then a 422 naming the field under the prefix, in a body that can be written
+    assert refused.value.status_code == 422
+    body = refused.value.body()
+    assert field in [detail["field"] for detail in body["details"]]
+    json.dumps(body, ensure_ascii=False).encode("utf-8")
