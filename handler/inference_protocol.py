@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
@@ -27,6 +28,7 @@ from handler.parsing import RequestError, brief, decode_body, encodable, load_bo
 from handler.services import Services
 
 router = Router()
+logger = Logger(child=True)
 _services: Services | None = None
 DATATYPES = {"FP64": np.float64, "FP32": np.float32}
 SERVER_VERSION = "1.0.0"
@@ -61,10 +63,7 @@ def _error(status: int, message: str) -> Response:
 
 
 def _model(name: str, version: str | None) -> Manifest:
-    try:
-        manifest = _context().manifest()
-    except ModelUnavailableError as exc:
-        raise InferenceError(503, f"model unavailable: {exc}") from None
+    manifest = _context().manifest()  # ModelUnavailableError: a 503 from _guard
     if name != manifest.name or (version is not None and version != manifest.version):
         wanted = brief(name) + (f" version {brief(version)}" if version is not None else "")
         raise InferenceError(404, f"no model {wanted}; this server has {manifest.name} version {manifest.version}")
@@ -80,7 +79,9 @@ def _guard(handler: Any) -> Any:
         except InferenceError as exc:
             return _error(exc.status, str(exc))
         except ModelUnavailableError as exc:
-            return _error(503, f"model unavailable: {exc}")
+            # The reason may quote the artifact: the log gets it, callers a fixed message (as on every route).
+            logger.error("model unavailable", extra={"reason": str(exc)})
+            return _error(503, "model unavailable")
         except RequestError as exc:
             said = "; ".join(f"{field}: {message}" for field, message in exc.details[:5])
             return _error(exc.status_code, f"{exc.error}" + (f" ({said})" if said else ""))
@@ -139,10 +140,7 @@ def model_version_metadata(name: str, version: str) -> Response:
 
 def _ready(name: str, version: str | None) -> Response:
     _model(name, version)
-    try:
-        _context().loaded_model()
-    except ModelUnavailableError as exc:
-        raise InferenceError(503, f"model not ready: {exc}") from None
+    _context().loaded_model()  # ModelUnavailableError: a 503 from _guard
     return _answer(None)
 
 

@@ -15,7 +15,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
-from handler.app_limits import covariance_limit
+from handler.app_limits import SAMPLE_MAX_POINTS, covariance_limit
 from handler.parsing import body_limit
 from handler.schemas import (
     DesignSpec,
@@ -61,7 +61,8 @@ def _errors(manifest: "Manifest", settings: "Settings") -> dict[int, OpenAPIResp
             },
         ),
         413: _error(
-            f"A body over the byte limit ({limit} bytes: what the largest batch needs, generously written).",
+            f"A body over the route's byte limit: what its largest valid request needs, generously written "
+            f"(/predict: {limit} bytes; /sample: what {SAMPLE_MAX_POINTS} points need).",
             {
                 "error": "request body too large",
                 "details": [{"field": "body", "message": f"at most {limit} bytes are accepted"}],
@@ -69,18 +70,24 @@ def _errors(manifest: "Manifest", settings: "Settings") -> dict[int, OpenAPIResp
         ),
         422: _error(
             "A field is missing, unknown, not a finite number or outside the model's domain; no points or too many; "
-            "columns of unequal length; or an unknown query option.",
+            "columns of unequal length; more arrays, objects or members than the largest valid request holds; or an "
+            "unknown query option.",
             {
                 "error": "invalid point(s) in the batch: 1 problem(s)",
                 "details": [{"field": f"[3].{feature}", "message": "Input should be a valid number, got boolean true"}],
             },
         ),
         503: _error(
-            "The model artifact is missing, unreadable or does not match its manifest; the next request tries again.",
+            "The model artifact is missing, unreadable or does not match its manifest (the reason goes to the log, not "
+            "to callers); a later request tries again.",
             {
                 "error": "model unavailable",
                 "details": [
-                    {"field": "model", "message": f"model artifact {manifest.document.get('artifact')} is missing"}
+                    {
+                        "field": "model",
+                        "message": "the model could not be loaded; the reason is logged, "
+                        "and a later request tries again",
+                    }
                 ],
             },
         ),
@@ -425,7 +432,7 @@ def _document_sampling(
     """POST /sample."""
     from pydantic import BaseModel, ConfigDict, Field
 
-    from handler.app_limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES
+    from handler.app_limits import SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES
 
     class SampleRequest(BaseModel):
         """Points (as /predict takes them), how many joint draws, a seed, and of what."""

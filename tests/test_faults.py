@@ -173,3 +173,32 @@ def test_what_made_a_load_fail_is_logged_and_never_answered(
     # and the log has the error
     [error] = [record for record in caplog.records if record.getMessage() == "model unavailable"]
     assert SECRET in error.reason
+
+
+@pytest.mark.parametrize("breaks", [_unpickling_raises_quoting_the_file, _manifest_quoting_a_name])
+@pytest.mark.parametrize("route", ["infer", "ready", "metadata"])
+def test_the_v2_routes_answer_a_failed_load_with_a_fixed_message(
+    monkeypatch: pytest.MonkeyPatch, model_copy: Path, caplog: pytest.LogCaptureFixture, breaks, route
+):
+    # given an artifact whose loading fails with an error quoting what it read
+    from handler import app
+
+    name = json.loads(manifest_path_for(model_copy).read_text())["name"]
+    breaks(monkeypatch, model_copy)
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy)))
+    # when a V2 client asks
+    infer_body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [0.5] * 4}]}
+    method, path, body = {
+        "infer": ("POST", f"/v2/models/{name}/infer", infer_body),
+        "ready": ("GET", f"/v2/models/{name}/ready", None),
+        "metadata": ("GET", f"/v2/models/{name}", None),
+    }[route]
+    response = app.lambda_handler(api_event(method, path, body), lambda_context())
+    # then it gets 503 "model unavailable", nothing of the error, and the log has it
+    if route == "metadata" and breaks is _unpickling_raises_quoting_the_file:
+        assert response["statusCode"] == 200  # metadata needs only the manifest, which is fine
+        return
+    assert response["statusCode"] == 503, response["body"]
+    assert json.loads(response["body"]) == {"error": "model unavailable"}
+    assert SECRET not in response["body"]
+    assert any(SECRET in str(getattr(record, "reason", "")) for record in caplog.records)
