@@ -86,11 +86,11 @@ def moto_server() -> Iterator[str]:
 
 def measure_chunks(repeats: int) -> list[dict[str, float]]:
     """Seconds per chunk (end to end, and predicting only) for each chunk size, medians of `repeats`."""
-    from handler.artifact import PackagedArtifact
     from handler.config import load_settings
-    from handler.jobs import JobBackend, OutputOptions, WorkMessage, new_job
-    from handler.model import load_model
-    from handler.worker import predict_chunk
+    from handler.gp.artifact import PackagedArtifact
+    from handler.gp.model import load_model
+    from handler.jobs.backend import JobBackend, OutputOptions, WorkMessage, new_job
+    from handler.jobs.worker import predict_chunk
     from scripts.local_jobs import create_resources
 
     loaded = load_model(PackagedArtifact(load_settings().resolved_model_path))
@@ -148,9 +148,9 @@ def choose_chunk(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def measure_plan_and_assembly(n: int, repeats: int) -> dict[str, float]:
     """Seconds to generate and store an n-point Sobol' design, and to assemble n result rows per format."""
-    from handler.designs import generate
-    from handler.jobs import npy_header
-    from handler.results import write_results
+    from handler.jobs.backend import npy_header
+    from handler.jobs.designs import generate
+    from handler.jobs.results import write_results
 
     times: dict[str, list[float]] = {"plan": [], "csv": [], "npy": [], "parquet": []}
     columns = ["x1", "x2", "x3", "x4", "y_mean", "y_variance"]
@@ -308,12 +308,20 @@ def measure_upload_memory(cases: tuple[str, ...] = UPLOAD_CASES) -> list[dict[st
     import tracemalloc
 
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")  # the worker's log line per plan
-    from handler.artifact import PackagedArtifact
+    from handler.api.errors import RequestError
     from handler.config import load_settings
-    from handler.jobs import JobBackend, JobInputError, OutputOptions, WorkMessage, new_job, start_upload, submit_upload
-    from handler.model import load_model
-    from handler.parsing import RequestError
-    from handler.worker import plan_job, predict_chunk
+    from handler.gp.artifact import PackagedArtifact
+    from handler.gp.model import load_model
+    from handler.jobs.backend import (
+        JobBackend,
+        JobInputError,
+        OutputOptions,
+        WorkMessage,
+        new_job,
+        start_upload,
+        submit_upload,
+    )
+    from handler.jobs.worker import plan_job, predict_chunk
     from scripts.local_jobs import create_resources
 
     settings = load_settings()

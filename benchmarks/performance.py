@@ -34,8 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from handler import posterior as posterior_module  # noqa: E402
-from handler.model import GPRegressionModel  # noqa: E402
+from handler.gp import posterior as posterior_module  # noqa: E402
+from handler.gp.model import GPRegressionModel  # noqa: E402
 from scripts.train_model import FEATURES, train  # noqa: E402
 from tests.events import api_event, lambda_context  # noqa: E402
 
@@ -159,7 +159,7 @@ def seed_flask_app(model_path: Path) -> Any:
 def single_request(report: Report, repeats: int) -> None:
     """(a) the seed's Flask service vs (b) our handler, one point per request, warm; and where (b)'s time goes."""
     from handler import app as handler_app
-    from handler.parsing import RequestParser
+    from handler.api.parsing import RequestParser
 
     client = seed_flask_app(SHIPPED_MODEL).test_client()
     flask_s = median_seconds(lambda: client.post("/predict", json=POINT), repeats)

@@ -42,7 +42,8 @@ manifest = app.model.manifest()
 parser = app.request_parser(manifest.features)
 if route == "limits":
     limits = {"/predict": parser.limits, "/sample": app.sample_limits(manifest.features), "v2": parser.limits}
-    jobs = parser.limits.max_bytes + __import__("handler.job_routes").job_routes.DESIGN_BODY_BYTES
+    from handler.jobs.routes import DESIGN_BODY_BYTES
+    jobs = parser.limits.max_bytes + DESIGN_BODY_BYTES
     print(json.dumps({"features": manifest.features, "name": manifest.name, "outputs": len(manifest.outputs),
                       "bounds": manifest.bounds.tolist(),
                       **{r: [l.max_bytes, l.max_containers] for r, l in limits.items()},

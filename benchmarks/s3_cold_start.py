@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from handler.artifact import S3Artifact, sha256_of  # noqa: E402
+from handler.gp.artifact import S3Artifact, sha256_of  # noqa: E402
 
 BUCKET = "models"
 KEY = "big/model.pkl"

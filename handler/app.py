@@ -1,8 +1,8 @@
 """HTTP layer: API Gateway REST (proxy integration) events in, JSON out.
 
 Routes:  POST /predict   POST /sample   GET /health   GET /model   GET /openapi.json
-         POST /jobs   GET /jobs/{job_id}   POST /jobs/{job_id}/start   POST /jobs/{job_id}/cancel  (handler.job_routes)
-         /v2/...: the Open Inference Protocol  (handler.inference_protocol)
+         POST /jobs   GET /jobs/{job_id}   POST /jobs/{job_id}/start   POST /jobs/{job_id}/cancel  (handler.jobs.routes)
+         /v2/...: the Open Inference Protocol  (handler.api.inference_protocol)
 """
 
 from __future__ import annotations
@@ -27,26 +27,26 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handler import inference_protocol, job_routes
-from handler.app_limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES, covariance_limit
-from handler.artifact import Manifest, ModelUnavailableError
-from handler.config import load_settings
-from handler.model import LazyModel, LoadedModel, SurrogateModel
-from handler.parsing import (
+from handler.api import inference_protocol
+from handler.api.errors import RequestError, brief
+from handler.api.limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES, covariance_limit
+from handler.api.parsing import (
     BodyLimits,
     PredictOptions,
     PredictRequest,
-    RequestError,
     RequestParser,
     body_limits,
-    brief,
     decode_body,
     load_body,
     outside_domain,
     parse_options,
 )
-from handler.posterior import Z_95, Prediction
-from handler.services import Services
+from handler.api.services import Services
+from handler.config import load_settings
+from handler.gp.artifact import Manifest, ModelUnavailableError
+from handler.gp.model import LazyModel, LoadedModel, SurrogateModel
+from handler.gp.posterior import Z_95, Prediction
+from handler.jobs import routes as job_routes
 
 # Batches are predicted in slices, checking Lambda's remaining time before each; the reserve covers
 # serialising and returning the answer (~20 ms for 10,000 points) with a wide margin. Smaller slices
@@ -229,7 +229,7 @@ def _shape_nested(shape: str, columns: dict[str, Any]) -> Any:
 @app.post("/sample")
 def sample() -> Any:
     """Joint draws of the latent function (or of observations) at the points: for Thompson sampling, q-EI."""
-    from handler.sampling import joint_draws
+    from handler.gp.sampling import joint_draws
 
     event = app.current_event
     body = decode_body(event.body, bool(event.is_base64_encoded))
@@ -387,7 +387,7 @@ def model_info() -> dict[str, Any]:
 
 @app.get("/openapi.json")
 def openapi() -> dict[str, Any]:
-    from handler.openapi import openapi_document  # pydantic and the schema build: only for this route
+    from handler.api.openapi import openapi_document  # pydantic and the schema build: only for this route
 
     return openapi_document(model.manifest(), settings)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from handler.artifact import ArtifactSource, PackagedArtifact, S3Artifact, parse_s3_uri
+from handler.gp.artifact import ArtifactSource, PackagedArtifact, S3Artifact, parse_s3_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # /var/task inside Lambda
 

@@ -28,8 +28,8 @@ PLATFORMS = {
 }
 # What each package's code needs from the project: the handler's modules, and the model artifacts.
 PACKAGES = {
-    "model": ("requirements.txt", {"handler": ["*.py"], "model_artifacts": ["*.pkl", "*.manifest.json"]}),
-    "finisher": ("requirements-finisher.txt", {"handler": ["*.py"]}),
+    "model": ("requirements.txt", {"handler": ["**/*.py"], "model_artifacts": ["*.pkl", "*.manifest.json"]}),
+    "finisher": ("requirements-finisher.txt", {"handler": ["**/*.py"]}),
 }
 # Never loaded at run time. GPy imports its own `testing` and `examples` packages, so those stay.
 PRUNED_DIRECTORIES = {"tests", "__pycache__", "include"}
@@ -53,7 +53,7 @@ def copy_project(target: Path, files: dict[str, list[str]]) -> None:
     for folder, patterns in files.items():
         for pattern in patterns:
             for path in sorted((ROOT / folder).glob(pattern)):
-                destination = target / folder / path.name
+                destination = target / path.relative_to(ROOT)
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, destination)
 

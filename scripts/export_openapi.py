@@ -13,8 +13,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from handler.api.openapi import openapi_document  # noqa: E402
 from handler.config import load_settings  # noqa: E402
-from handler.openapi import openapi_document  # noqa: E402
 
 OPENAPI_PATH = ROOT / "docs" / "openapi.json"
 

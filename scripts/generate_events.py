@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EVENTS_DIR = ROOT / "events"
 sys.path.insert(0, str(ROOT))
 
-from handler.artifact import Manifest, PackagedArtifact  # noqa: E402
-from handler.openapi import example_points  # noqa: E402
+from handler.api.openapi import example_points  # noqa: E402
+from handler.gp.artifact import Manifest, PackagedArtifact  # noqa: E402
 
 
 def cases(manifest: Manifest) -> dict[str, tuple[str, str, str | None, str | None]]:

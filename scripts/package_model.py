@@ -28,19 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handler.artifact import (
-    PackagedArtifact,
-    UnsafePickleError,
-    atomic_write,
-    check_name,
-    check_names,
-    load_pickle,
-    manifest_path_for,
-    sha256_of,
-)
-from handler.model import GPRegressionModel, load_model, wrap_gpy_model
-from handler.posterior import Z_95
-from handler.schemas import HoldoutMetrics, ModelManifest
+from handler.api.schemas import HoldoutMetrics, ModelManifest
+from handler.gp.artifact import PackagedArtifact, atomic_write, check_name, check_names, manifest_path_for, sha256_of
+from handler.gp.model import GPRegressionModel, load_model, wrap_gpy_model
+from handler.gp.posterior import Z_95
+from handler.gp.unpickling import UnsafePickleError, load_pickle
 
 DEFAULT_OUTPUT = Path("model_artifacts/pretrained-model.pkl")
 CHECK_POINTS = 2048  # a power of 2, as Sobol points want

@@ -17,9 +17,9 @@ from scipy.stats import qmc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handler.artifact import manifest_path_for
-from handler.model import GPRegressionModel
-from handler.schemas import ModelManifest
+from handler.api.schemas import ModelManifest
+from handler.gp.artifact import manifest_path_for
+from handler.gp.model import GPRegressionModel
 from scripts.package_model import package
 
 DEFAULT_SEED = 20261126

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from handler.artifact import PackagedArtifact, manifest_path_for
-from handler.model import LazyModel
+from handler.gp.artifact import PackagedArtifact, manifest_path_for
+from handler.gp.model import LazyModel
 from scripts.train_model import train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,9 +16,11 @@ from typing import Any
 import boto3
 import numpy as np
 
-from handler import app, finisher, job_routes, worker
-from handler.jobs import JobBackend, backend_from_settings
-from handler.model import LazyModel
+from handler import app
+from handler.gp.model import LazyModel
+from handler.jobs import finisher, worker
+from handler.jobs import routes as job_routes
+from handler.jobs.backend import JobBackend, backend_from_settings
 from scripts.local_jobs import JobResources, SqsEventSource, create_resources, drain
 from tests.events import api_event, lambda_context, response_json
 

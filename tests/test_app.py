@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handler.artifact import PackagedArtifact, manifest_path_for, sha256_of
-from handler.schemas import ModelManifest
+from handler.api.schemas import ModelManifest
+from handler.gp.artifact import PackagedArtifact, manifest_path_for, sha256_of
 from scripts.train_model import park1991
 from tests.conftest import FEATURES, SHIPPED_MODEL
 from tests.events import EVENTS_DIR, api_event, lambda_context, response_json
@@ -220,7 +220,7 @@ def test_a_missing_artifact_gives_503_and_a_logged_error_then_recovers(
 ):
     # given a cold function whose artifact is missing
     from handler import app
-    from handler.model import LazyModel
+    from handler.gp.model import LazyModel
 
     monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy), retry_interval_s=0))
     model_copy.rename(tmp_path / "elsewhere.pkl")
@@ -241,7 +241,7 @@ def test_a_missing_artifact_gives_503_and_a_logged_error_then_recovers(
 
 def test_a_corrupt_artifact_gives_503(monkeypatch, model_copy: Path, caplog):
     from handler import app
-    from handler.model import LazyModel
+    from handler.gp.model import LazyModel
 
     model_copy.write_bytes(model_copy.read_bytes()[:-100])
     monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy)))
@@ -270,7 +270,7 @@ def test_an_unexpected_failure_gives_500_without_a_traceback(app_with_model, mon
 def test_smoke_the_shipped_artifact(monkeypatch):
     """The packaged model: checksum, quality, and a prediction close to the true Park function."""
     from handler import app
-    from handler.model import LazyModel
+    from handler.gp.model import LazyModel
 
     manifest = ModelManifest.model_validate_json(manifest_path_for(SHIPPED_MODEL).read_text())
     assert manifest.sha256 == sha256_of(SHIPPED_MODEL)

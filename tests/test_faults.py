@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from handler import model as model_module
-from handler.artifact import PackagedArtifact, manifest_path_for
-from handler.model import LazyModel
+from handler.gp import model as model_module
+from handler.gp.artifact import PackagedArtifact, manifest_path_for
+from handler.gp.model import LazyModel
 from tests.conftest import FEATURES
 from tests.events import api_event, lambda_context
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from handler import parsing
-from handler.parsing import MAX_ERROR_DETAILS, RequestError, RequestParser, body_limit
+from handler.api import parsing
+from handler.api.errors import MAX_ERROR_DETAILS, RequestError
+from handler.api.parsing import RequestParser, body_limit
 from tests.conftest import FEATURES, ROOT
 from tests.events import api_event, lambda_context, response_json
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from handler.artifact import PackagedArtifact
-from handler.model import LazyModel
+from handler.gp.artifact import PackagedArtifact
+from handler.gp.model import LazyModel
 from tests.conftest import FEATURES
 from tests.jobs_harness import JobsHarness, moto_server, start_harness
 
@@ -56,7 +56,7 @@ def test_a_sobol_design_runs_to_succeeded_and_its_results_equal_synchronous_pred
     results = jobs.results(done)
     assert results.dtype.names == (*FEATURES, "y_mean", "y_variance")
     points = np.column_stack([results[name] for name in FEATURES])
-    from handler.designs import generate
+    from handler.jobs.designs import generate
 
     np.testing.assert_array_equal(points, generate("sobol", 2_500, 11, np.zeros(4), np.ones(4)))
     for start in range(0, 2_500, 1_000):
@@ -249,7 +249,7 @@ def test_a_poison_chunk_is_retried_then_dead_lettered_and_the_job_fails_with_the
     jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch
 ):
     # Given a model that cannot predict one chunk's points (it returns NaN for points with x1 > 0.9)
-    from handler import worker
+    from handler.jobs import worker
 
     real = worker.model.get().model.predict
     attempts = []
@@ -282,8 +282,8 @@ def test_a_model_that_cannot_load_fails_the_job_without_quoting_the_artifact(
     jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch
 ):
     # Given a worker whose model load fails with a reason that quotes the artifact's bytes
-    from handler import worker
-    from handler.artifact import ModelUnavailableError
+    from handler.gp.artifact import ModelUnavailableError
+    from handler.jobs import worker
 
     def broken():
         raise ModelUnavailableError("model artifact could not be read: TOPSECRET-bytes")
@@ -394,7 +394,7 @@ def test_the_second_model_runs_a_job_with_its_own_features_and_outputs(
 
 
 def test_a_cancelled_job_fails_and_its_remaining_chunks_are_skipped(jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch):
-    from handler import worker
+    from handler.jobs import worker
 
     predicted = []
     real = worker.model.get().model.predict
@@ -567,7 +567,7 @@ def test_the_input_writer_sends_its_header_last_and_keeps_every_row(aws, rows: i
 
     import boto3
 
-    from handler.jobs import JobStorage
+    from handler.jobs.backend import JobStorage
 
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="writer-test")
@@ -584,7 +584,7 @@ def test_the_input_writer_sends_its_header_last_and_keeps_every_row(aws, rows: i
 def test_an_input_writer_that_fails_leaves_no_object_and_no_open_upload(aws):
     import boto3
 
-    from handler.jobs import JobStorage
+    from handler.jobs.backend import JobStorage
 
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="writer-test")
@@ -657,7 +657,7 @@ def test_a_40_mb_csv_row_fails_its_job_fast_in_memory_bounded_by_the_chunk(serve
 
 def test_an_npy_upload_is_checked_a_chunk_at_a_time(served_jobs: JobsHarness):
     # Given a 12.8 MB .npy of 400,000 points (20 chunks of 20,000: 640 kB each), the last one outside the domain
-    from handler import worker
+    from handler.jobs import worker
 
     jobs = served_jobs
     points = np.random.default_rng(3).uniform(0, 1, (400_000, 4))
@@ -679,7 +679,7 @@ def test_an_npy_upload_is_checked_a_chunk_at_a_time(served_jobs: JobsHarness):
 
 def test_an_upload_replaced_while_it_is_started_is_a_conflict(jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch):
     # Given an upload job whose file is replaced between `start`'s HEAD and its read of the file's first bytes
-    from handler.jobs import JobStorage
+    from handler.jobs.backend import JobStorage
 
     job_id = upload_job(jobs, "npy", npy_bytes(np.full((10, 4), 0.5)))
     read_bytes = JobStorage.read_bytes

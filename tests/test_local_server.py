@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
-from handler.artifact import PackagedArtifact, manifest_path_for
-from handler.model import LazyModel
+from handler.gp.artifact import PackagedArtifact, manifest_path_for
+from handler.gp.model import LazyModel
 from scripts import local_lambda
 from tests.conftest import FEATURES, LOCAL_LAMBDA, SHIPPED_MODEL, env_vars_file
 from tests.events import api_event, lambda_context, response_json

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handler import model as model_module
-from handler import posterior as posterior_module
-from handler.artifact import Manifest, ModelUnavailableError, PackagedArtifact, manifest_path_for, sha256_of
-from handler.model import GPRegressionModel, LazyModel, load_model
-from handler.schemas import ModelManifest
+from handler.api.schemas import ModelManifest
+from handler.gp import model as model_module
+from handler.gp import posterior as posterior_module
+from handler.gp.artifact import Manifest, ModelUnavailableError, PackagedArtifact, manifest_path_for, sha256_of
+from handler.gp.model import GPRegressionModel, LazyModel, load_model
 from scripts.train_model import park1991, train
 from tests.conftest import FEATURES, SHIPPED_MODEL
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from handler.artifact import PackagedArtifact
-from handler.model import LazyModel
+from handler.gp.artifact import PackagedArtifact
+from handler.gp.model import LazyModel
 from tests.events import api_event, lambda_context
 
 POINT = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}

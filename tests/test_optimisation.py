@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from handler.model import wrap_gpy_model
+from handler.gp.model import wrap_gpy_model
 from tests.conftest import FEATURES, PLANT_FEATURES, PLANT_OUTPUTS
 from tests.events import api_event, lambda_context, response_json
 from tests.test_posterior import CASES, D, make_gp
@@ -159,7 +159,7 @@ def test_the_second_model_answers_gradients_and_covariance_per_named_output(plan
 
 
 def test_covariance_answers_as_columns_and_is_refused_past_its_limit(app_with_model):
-    from handler.app_limits import covariance_limit
+    from handler.api.limits import covariance_limit
 
     points = np.random.default_rng(4).uniform(0, 1, size=(4, 4))
     status, answer = call(

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handler.artifact import PackagedArtifact, load_pickle, manifest_path_for, sha256_of
-from handler.model import GPRegressionModel, SparseGPRegressionModel, load_model, wrap_gpy_model
-from handler.posterior import GPPosterior
-from handler.schemas import ModelManifest
+from handler.api.schemas import ModelManifest
+from handler.gp.artifact import PackagedArtifact, manifest_path_for, sha256_of
+from handler.gp.model import GPRegressionModel, SparseGPRegressionModel, load_model, wrap_gpy_model
+from handler.gp.posterior import GPPosterior
+from handler.gp.unpickling import load_pickle
 from scripts import package_model
 from tests.conftest import PACKAGE_MODEL, PLANT_BOUNDS, PLANT_FEATURES, SHIPPED_MODEL, plant, plant_design
 
@@ -312,7 +313,7 @@ def test_a_model_the_fast_path_cannot_match_is_packaged_to_predict_through_gpy(
     assert manifest.predict_through_gpy is not None
     assert manifest.predict_through_gpy.startswith("the fast path differs from GPy by")
     # and the loader honours it, saying why in the log
-    with caplog.at_level("WARNING", logger="handler.model"):
+    with caplog.at_level("WARNING", logger="handler.gp.model"):
         model = load_model(PackagedArtifact(output)).model
     assert isinstance(model, GPRegressionModel)
     assert model.posterior is None

@@ -9,16 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from handler.api.errors import MAX_ERROR_DETAILS, RequestError
+from handler.api.parsing import PredictOptions, RequestParser, decode_body, parse_options
+from handler.api.schemas import explain_invalid
 from handler.config import PROJECT_ROOT, SettingsError, load_settings
-from handler.parsing import (
-    MAX_ERROR_DETAILS,
-    PredictOptions,
-    RequestError,
-    RequestParser,
-    decode_body,
-    parse_options,
-)
-from handler.schemas import explain_invalid
 from tests.conftest import FEATURES
 
 POINT = '{"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}'

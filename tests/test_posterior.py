@@ -8,9 +8,9 @@ import itertools
 import numpy as np
 import pytest
 
-from handler import posterior as posterior_module
-from handler.model import GPRegressionModel, SparseGPRegressionModel, wrap_gpy_model
-from handler.posterior import KERNELS
+from handler.gp import posterior as posterior_module
+from handler.gp.model import GPRegressionModel, SparseGPRegressionModel, wrap_gpy_model
+from handler.gp.posterior import KERNELS
 from tests.conftest import plant, plant_design
 from tests.test_model import assert_matches_gpy
 

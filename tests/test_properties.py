@@ -16,10 +16,11 @@ from hypothesis import event as record
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handler.artifact import PackagedArtifact
-from handler.model import LazyModel
-from handler.parsing import RequestError, RequestParser
-from handler.schemas import explain_invalid
+from handler.api.errors import RequestError
+from handler.api.parsing import RequestParser
+from handler.api.schemas import explain_invalid
+from handler.gp.artifact import PackagedArtifact
+from handler.gp.model import LazyModel
 from tests.conftest import FEATURES
 from tests.events import api_event, lambda_context
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from handler.designs import grid_levels
-from handler.parsing import MAX_ERROR_DETAILS, MAX_FIELD_CHARS, MAX_MESSAGE_CHARS, RequestError, brief
+from handler.api.errors import MAX_ERROR_DETAILS, MAX_FIELD_CHARS, MAX_MESSAGE_CHARS, RequestError, brief
+from handler.jobs.designs import grid_levels
 from tests import test_jobs
 from tests.conftest import FEATURES
 from tests.events import api_event, lambda_context, response_json
@@ -107,7 +107,7 @@ def test_many_bounds_are_refused_by_name_and_pydantic_sees_only_what_it_reports(
     jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch
 ):
     # given a design with 60,000 bound entries that are not features (numbers, not arrays: within the structure limits)
-    from handler import schemas
+    from handler.api import schemas
 
     handed_to_pydantic: list[int] = []
     real = schemas._trimmed_submission
@@ -172,7 +172,7 @@ def test_an_identity_that_is_not_an_object_is_a_malformed_event(app_with_model, 
 
 def test_sample_reads_only_what_its_largest_request_needs(app_with_model):
     # given the largest /sample request, written generously (indented, 17 significant digits)
-    from handler.app_limits import SAMPLE_MAX_POINTS
+    from handler.api.limits import SAMPLE_MAX_POINTS
 
     largest = {"points": [dict.fromkeys(FEATURES, 0.12345678901234567)] * SAMPLE_MAX_POINTS, "samples": 200}
     text = json.dumps(largest, indent=8)

@@ -10,9 +10,9 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from handler.artifact import ModelUnavailableError, S3Artifact, manifest_path_for, parse_s3_uri
 from handler.config import SettingsError, load_settings
-from handler.model import LazyModel
+from handler.gp.artifact import ModelUnavailableError, S3Artifact, manifest_path_for, parse_s3_uri
+from handler.gp.model import LazyModel
 from tests.events import api_event, lambda_context, response_json
 from tests.test_app import MODEL_UNAVAILABLE
 

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from handler.artifact import manifest_path_for
+from handler.gp.artifact import manifest_path_for
 from tests.conftest import PLANT_BOUNDS, PLANT_FEATURES, PLANT_OUTPUTS, ROOT, plant
 from tests.events import api_event, lambda_context, response_json
 from tests.test_fuzz_http import EXCLUDED_CHECKS
@@ -136,7 +136,7 @@ def test_model_route_and_openapi_describe_this_model(plant_app, plant_model_path
 
 
 def test_sample_events_follow_the_manifest(plant_model_path: Path, tmp_path: Path):
-    from handler.artifact import PackagedArtifact
+    from handler.gp.artifact import PackagedArtifact
     from scripts.generate_events import cases
 
     generated = cases(PackagedArtifact(plant_model_path).fetch_manifest())

@@ -68,8 +68,8 @@ def test_a_model_that_cannot_load_before_the_snapshot_is_logged_and_left_to_the_
     monkeypatch: pytest.MonkeyPatch, model_copy, tiny_model_path, caplog: pytest.LogCaptureFixture
 ):
     from handler import app
-    from handler.artifact import PackagedArtifact
-    from handler.model import LazyModel
+    from handler.gp.artifact import PackagedArtifact
+    from handler.gp.model import LazyModel
 
     model_copy.unlink()
     monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy)))

@@ -98,7 +98,7 @@ def test_a_model_from_s3_grants_get_object_on_exactly_its_two_objects(template: 
 
 
 def test_the_uri_pattern_accepts_what_the_function_accepts(template: dict):
-    from handler.artifact import parse_s3_uri
+    from handler.gp.artifact import parse_s3_uri
 
     pattern = template["Parameters"]["ModelS3Uri"]["AllowedPattern"]
     for uri in ("", "s3://lab-models/plant/v2/model.pkl", "s3://a.b-c/x.pkl"):
@@ -128,7 +128,9 @@ def assert_lean(package: Path, with_model: bool = True) -> None:
     top_level = {path.name for path in package.iterdir()}
     project = {"handler", "model_artifacts"} if with_model else {"handler"}
     assert top_level - top_level_of_wheels(package) == project, "nothing of the project's else"
-    assert {p.name for p in (package / "handler").iterdir()} == {p.name for p in (ROOT / "handler").glob("*.py")}
+    assert {p.relative_to(package) for p in (package / "handler").rglob("*.py")} == {
+        p.relative_to(ROOT) for p in (ROOT / "handler").rglob("*.py")
+    }
     if with_model:
         assert sorted(p.name for p in (package / "model_artifacts").iterdir()) == [
             "pretrained-model.manifest.json",
@@ -190,9 +192,9 @@ import io, sys
 sys.path.insert(0, sys.argv[1])
 assert "site-packages" not in " ".join(sys.path), sys.path
 import numpy as np, pyarrow.csv, pyarrow.parquet, smart_open
-import handler.finisher  # its module-level setup, as at a cold start
-from handler.results import write_results
-for module in (np, pyarrow, smart_open, handler.finisher):
+import handler.jobs.finisher  # its module-level setup, as at a cold start
+from handler.jobs.results import write_results
+for module in (np, pyarrow, smart_open, handler.jobs.finisher):
     assert module.__file__.startswith(sys.argv[1]), module.__file__
 assert "GPy" not in sys.modules and "scipy" not in sys.modules
 rows = np.arange(12.0).reshape(4, 3)

@@ -24,20 +24,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from handler.artifact import (
+from handler.gp.artifact import PackagedArtifact, manifest_path_for, sha256_of
+from handler.gp.model import LazyModel, wrap_gpy_model
+from handler.gp.posterior import KERNELS
+from handler.gp.unpickling import (
     _RENAMED_MODULES,
     ADMITTED_GLOBALS,
     MAX_PICKLE_OPCODES,
     MAX_TUPLE_NESTING,
-    PackagedArtifact,
     RestrictedUnpickler,
     UnsafePickleError,
     load_pickle,
-    manifest_path_for,
-    sha256_of,
 )
-from handler.model import LazyModel, wrap_gpy_model
-from handler.posterior import KERNELS
 from tests.conftest import ROOT, SHIPPED_MODEL
 from tests.events import api_event, lambda_context, response_json
 from tests.test_posterior import make_gp
@@ -146,7 +144,7 @@ OPTIMISERS = ("lbfgsb", "scg", "org-bfgs", "fmin_tnc", "simplex")  # those param
 
 
 def _fitted_as_the_repo_does() -> Any:
-    from handler.model import GPRegressionModel
+    from handler.gp.model import GPRegressionModel
 
     return GPRegressionModel.fit(*_data(outputs=2), restarts=1, max_iters=10).gp
 
@@ -212,7 +210,7 @@ def test_every_global_a_supported_model_pickles_is_admitted_and_nothing_else():
             opcodes[name, protocol] = sum(1 for _ in pickletools.genops(data))
     # then each is admitted, named where it is defined (a re-export is no way in), and each admitted one is used
     missing = sorted(set(recorded) - ADMITTED_GLOBALS)
-    assert not missing, f"a supported model needs these: add them to handler/artifact.py: {missing}"
+    assert not missing, f"a supported model needs these: add them to handler/gp/unpickling.py: {missing}"
     assert {named: defined for named, defined in recorded.items() if named != defined} == {}
     assert sorted(ADMITTED_GLOBALS - set(recorded)) == [], "admitted, but no supported model pickles it"
     # and the largest model pickle is far below the opcode cap
@@ -333,7 +331,7 @@ def test_the_netpbm_file_reader_is_never_imported_by_a_refusal():
     gadget = calling("GPy.util.netpbmfile", "NetpbmFile", "/etc/hostname")
     script = (
         "import io, sys, GPy\n"
-        "from handler.artifact import RestrictedUnpickler, UnsafePickleError\n"
+        "from handler.gp.unpickling import RestrictedUnpickler, UnsafePickleError\n"
         "assert 'GPy.util.netpbmfile' not in sys.modules\n"
         "try:\n"
         f"    RestrictedUnpickler(io.BytesIO({gadget!r})).load()\n"
@@ -523,13 +521,13 @@ class TrojanModel:
 
 @pytest.fixture
 def model_log() -> Iterator[list[logging.LogRecord]]:
-    """Records of handler.model's logger (configured by Powertools: it does not propagate to caplog)."""
+    """Records of handler.gp.model's logger (configured by Powertools: it does not propagate to caplog)."""
     records: list[logging.LogRecord] = []
     collector = logging.Handler()
     collector.emit = records.append  # type: ignore[method-assign]
-    logging.getLogger("handler.model").addHandler(collector)
+    logging.getLogger("handler.gp.model").addHandler(collector)
     yield records
-    logging.getLogger("handler.model").removeHandler(collector)
+    logging.getLogger("handler.gp.model").removeHandler(collector)
 
 
 @pytest.mark.parametrize("gadget", ["eval-trojan", "netpbm-file-reader"])

@@ -2,7 +2,7 @@
 
 These are the documentation (OpenAPI), the source of the precise messages for refused input and
 the shape the training script writes. The request path does not import this module: valid input
-is checked by `handler.parsing` without pydantic, which costs ~150 ms of every cold start, and
+is checked by `handler.api.parsing` without pydantic, which costs ~150 ms of every cold start, and
 tests hold the two to the same verdicts.
 """
 
@@ -15,14 +15,14 @@ from typing import Annotated, Any, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
-from handler.artifact import NAME_PATTERN
-from handler.parsing import MAX_ERROR_DETAILS, encodable, json_type
+from handler.api.errors import MAX_ERROR_DETAILS, encodable, json_type
+from handler.gp.artifact import NAME_PATTERN
 
 # Strict: booleans and numeric strings are refused rather than coerced; NaN and +-Infinity
 # (which Python's json module accepts, and 1e400 becomes) are refused as well.
 Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 # The batch limit (MAX_BATCH_SIZE) and the input domain (the manifest's bounds widened by DOMAIN_MARGIN)
-# belong to a deployment: handler.openapi writes them into the document it serves; the app enforces them.
+# belong to a deployment: handler.api.openapi writes them into the document it serves; the app enforces them.
 FeatureColumn = Annotated[list[Feature], Field(min_length=1)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern)]
 

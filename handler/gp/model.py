@@ -1,7 +1,7 @@
 """Surrogate models behind one small interface, the registry of model types, and lazy loading.
 
-This module knows nothing of API Gateway or HTTP: it loads an artifact (handler.artifact), checks it
-against its manifest and predicts for arrays of points (handler.posterior has the math).
+This module knows nothing of API Gateway or HTTP: it loads an artifact (handler.gp.artifact), checks it
+against its manifest and predicts for arrays of points (handler.gp.posterior has the math).
 """
 
 from __future__ import annotations
@@ -21,16 +21,10 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from handler import posterior as posterior_module
-from handler.artifact import (
-    ArtifactSource,
-    Manifest,
-    ModelUnavailableError,
-    UnsafePickleError,
-    atomic_write,
-    load_pickle,
-)
-from handler.posterior import GPPosterior, Prediction, describe_kernel
+from handler.gp import posterior as posterior_module
+from handler.gp.artifact import ArtifactSource, Manifest, ModelUnavailableError, atomic_write
+from handler.gp.posterior import GPPosterior, Prediction, describe_kernel
+from handler.gp.unpickling import UnsafePickleError, load_pickle
 
 logger = logging.getLogger(__name__)
 

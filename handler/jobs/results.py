@@ -12,8 +12,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from handler.jobs import OutputOptions, npy_header
-from handler.posterior import Z_95
+from handler.gp.posterior import Z_95
+from handler.jobs.backend import OutputOptions, npy_header
 
 
 def result_rows(points: np.ndarray, predictions: np.ndarray, n_outputs: int, options: OutputOptions) -> np.ndarray:

@@ -22,10 +22,12 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 
-from handler.artifact import Manifest
+from handler.api.errors import RequestError, brief
+from handler.api.parsing import RequestParser, decode_body, load_body, outside_domain, parse_options
+from handler.api.services import Services
 from handler.config import Settings
-from handler.designs import design_points
-from handler.jobs import (
+from handler.gp.artifact import Manifest
+from handler.jobs.backend import (
     RESULT_FORMATS,
     Job,
     JobBackend,
@@ -38,16 +40,7 @@ from handler.jobs import (
     submit_points,
     submit_upload,
 )
-from handler.parsing import (
-    RequestError,
-    RequestParser,
-    brief,
-    decode_body,
-    load_body,
-    outside_domain,
-    parse_options,
-)
-from handler.services import Services
+from handler.jobs.designs import design_points
 
 router = Router()
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # fullmatch: `$` would let a trailing newline through
@@ -64,7 +57,7 @@ def configure(services: Services) -> None:
 
 
 def _context() -> tuple[Settings, Manifest, RequestParser]:
-    assert _services is not None, "handler.job_routes.configure() was not called"
+    assert _services is not None, "handler.jobs.routes.configure() was not called"
     manifest = _services.manifest()
     return _services.settings, manifest, _services.parser(manifest.features)
 
@@ -147,7 +140,7 @@ def _submit(
     data: Any,
     options: OutputOptions,
 ) -> Job:
-    from handler.schemas import submission_errors
+    from handler.api.schemas import submission_errors
 
     submission, problems = submission_errors(data, manifest.features)
     if submission is None:

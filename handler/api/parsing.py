@@ -1,7 +1,7 @@
 """A /predict request turned into a float array, fast.
 
 Valid input never touches pydantic: orjson parses it and a few type checks validate it. A refusal
-is explained by the pydantic schemas in `handler.schemas`, imported only then, so the messages
+is explained by the pydantic schemas in `handler.api.schemas`, imported only then, so the messages
 come from the published contract and valid requests do not pay for it.
 
 Every route that takes a body reads it with `load_body` under its own `BodyLimits`: the bytes, and the arrays
@@ -16,57 +16,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import reprlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from itertools import chain, islice
+from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
 import orjson
 
-MAX_ERROR_DETAILS = 20  # a 10,000-point batch of bad rows must not produce a 10,000-line error
-MAX_FIELD_CHARS = 200  # a field's path quotes the caller's keys, which may be as long as the body
-MAX_MESSAGE_CHARS = 1_000
+from handler.api.errors import MAX_ERROR_DETAILS, RequestError, json_type
 
 _NUMBER = frozenset({int, float})  # exact types: bool is an int subclass and must not pass
 Shape = Literal["point", "rows", "columns"]
-
-
-@dataclass
-class RequestError(Exception):
-    """A request the API refuses; becomes a 4xx JSON error body."""
-
-    status_code: int
-    error: str
-    details: list[tuple[str, str]] = field(default_factory=list)  # (field, message)
-
-    def body(self) -> dict[str, Any]:
-        """The error as JSON-ready data, whatever the caller sent: field names echo its keys, messages its values."""
-        return {
-            "error": encodable(self.error),
-            "details": [
-                {"field": encodable(f, MAX_FIELD_CHARS), "message": encodable(m)}
-                for f, m in self.details[:MAX_ERROR_DETAILS]
-            ],
-        }
-
-
-def encodable(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """`text` as an error body can carry it: at most `limit` characters, every one encodable in UTF-8.
-
-    A lone surrogate (JSON's `\\ud800` decodes to one; orjson cannot write it) becomes the six characters `\\ud800`.
-    """
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 @dataclass(frozen=True)
@@ -283,7 +245,7 @@ class RequestParser:
         raise self._invalid(data, "columns", "invalid columns")
 
     def _invalid(self, data: Any, shape: Shape, summary: str) -> RequestError:
-        from handler.schemas import explain_invalid  # pydantic, only when a request is refused
+        from handler.api.schemas import explain_invalid  # pydantic, only when a request is refused
 
         explained = explain_invalid(data, shape, self.features, limit=MAX_ERROR_DETAILS)
         details = [(detail.field, detail.message) for detail in explained]
@@ -336,28 +298,3 @@ def outside_domain(request: PredictRequest, violations: list[Any], prefix: str =
 def under(prefix: str, field: str) -> str:
     """A field's path inside `prefix`: `points[3].name`, `points.name[3]`."""
     return f"{prefix}{field}" if field.startswith("[") else f"{prefix}.{field}"
-
-
-class _BriefRepr(reprlib.Repr):
-    """reprlib, whose work is bounded by what it shows, except that it sorts a dict's keys first: not here."""
-
-    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
-        if not x or level <= 0:
-            return "{}" if not x else "{...}"
-        items = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}" for k, v in islice(x.items(), self.maxdict)]
-        return "{" + ", ".join(items) + (", ..." if len(x) > self.maxdict else "") + "}"
-
-
-_BRIEF = _BriefRepr(maxlevel=3, maxdict=4, maxlist=6, maxtuple=6, maxstring=60, maxlong=60, maxother=60)
-
-
-def brief(value: Any, limit: int = 40) -> str:
-    """A caller's value, quoted in an error message no longer than `limit` characters, whatever its size."""
-    text = _BRIEF.repr(value)
-    return encodable(text if len(text) <= limit else text[: limit - 3] + "...")
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a parsed value's type: null, boolean, number, string, array or object."""
-    names = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
-    return names.get(type(value), "object" if isinstance(value, dict) else type(value).__name__)

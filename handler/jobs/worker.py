@@ -5,7 +5,7 @@ becomes `input.npy`; an uploaded .npy is read in place), then queues its chunks;
 with the same model code as /predict and its predictions written to S3, then counted once. Uploads
 are read a batch of rows at a time: a worker's memory is bounded by its chunk, not by the file.
 Failures are reported per message (partial batch response): SQS retries them after a short backoff,
-then moves them to the dead-letter queue, where `handler.finisher` fails the job with the reason.
+then moves them to the dead-letter queue, where `handler.jobs.finisher` fails the job with the reason.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handler.artifact import Manifest, ModelUnavailableError
+from handler.api.errors import RequestError
 from handler.config import load_settings
-from handler.designs import generate
-from handler.jobs import (
+from handler.gp.artifact import Manifest, ModelUnavailableError
+from handler.gp.model import LazyModel, SurrogateModel
+from handler.jobs.backend import (
     UPLOAD_HEAD_BYTES,
     Job,
     JobBackend,
@@ -41,8 +42,7 @@ from handler.jobs import (
     csv_row_chars,
     npy_layout,
 )
-from handler.model import LazyModel, SurrogateModel
-from handler.parsing import RequestError
+from handler.jobs.designs import generate
 
 # Visibility after the 1st and 2nd failed attempt; after the 3rd (the queue's maxReceiveCount) the next receive
 # moves the message to the dead-letter queue, so it should come back at once.

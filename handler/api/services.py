@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from handler.artifact import Manifest
+from handler.api.parsing import RequestParser
 from handler.config import Settings
-from handler.model import LoadedModel
-from handler.parsing import RequestParser
+from handler.gp.artifact import Manifest
+from handler.gp.model import LoadedModel
 
 
 @dataclass(frozen=True)

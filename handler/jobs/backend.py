@@ -1,7 +1,7 @@
 """Asynchronous jobs: records in DynamoDB, inputs and results in S3, work on SQS.
 
-Knows nothing of API Gateway and nothing of how a model predicts: `handler.job_routes` (HTTP),
-`handler.worker` (plans and chunks, with the model) and `handler.finisher` (results and dead
+Knows nothing of API Gateway and nothing of how a model predicts: `handler.jobs.routes` (HTTP),
+`handler.jobs.worker` (plans and chunks, with the model) and `handler.jobs.finisher` (results and dead
 letters, without it) drive it. boto3 is imported on first use.
 
 A job's points are one .npy that chunks read by byte range: the uploaded .npy itself, or a float64
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from handler.parsing import RequestError
+from handler.api.errors import RequestError
 
 STATUSES = ("AWAITING_UPLOAD", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED")
 RESULT_FORMATS = ("csv", "npy", "parquet")

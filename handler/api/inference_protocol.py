@@ -23,9 +23,10 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from handler.artifact import Manifest, ModelUnavailableError
-from handler.parsing import RequestError, brief, decode_body, encodable, load_body
-from handler.services import Services
+from handler.api.errors import RequestError, brief, encodable
+from handler.api.parsing import decode_body, load_body
+from handler.api.services import Services
+from handler.gp.artifact import Manifest, ModelUnavailableError
 
 router = Router()
 logger = Logger(child=True)
@@ -40,7 +41,7 @@ def configure(services: Services) -> None:
 
 
 def _context() -> Services:
-    assert _services is not None, "handler.inference_protocol.configure() was not called"
+    assert _services is not None, "handler.api.inference_protocol.configure() was not called"
     return _services
 
 

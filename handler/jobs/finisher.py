@@ -18,8 +18,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.config import load_settings
-from handler.jobs import Job, JobBackend, WorkMessage, backend_from_settings, chunk_ranges, result_columns
-from handler.results import result_rows, write_results
+from handler.jobs.backend import Job, JobBackend, WorkMessage, backend_from_settings, chunk_ranges, result_columns
+from handler.jobs.results import result_rows, write_results
 
 PART_BYTES = 16 * 2**20  # multipart upload parts: 10,000 parts cover 160 GB
 

@@ -1,0 +1,286 @@
+"""The model artifact: its manifest, its checksum, and where it comes from (the package or S3).
+
+Nothing here imports GPy or pydantic: the manifest is read on every cold start, and a pickle is
+only handed on once its bytes match the manifest's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_SCHEMA_VERSION = 2
+# Names appear in JSON keys and in error paths such as `[3].name` and `name[3]`.
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+MAX_MANIFEST_BYTES = 1024 * 1024
+DOWNLOAD_CHUNK_BYTES = 8 * 2**20
+
+
+class ModelUnavailableError(RuntimeError):
+    """The artifact could not be loaded. The message, which can quote the artifact, is for the log, never a caller."""
+
+
+def manifest_path_for(model_path: Path) -> Path:
+    """`pretrained-model.pkl` -> `pretrained-model.manifest.json`."""
+    return model_path.with_name(f"{model_path.stem}.manifest.json")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(DOWNLOAD_CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_name(name: Any) -> str:
+    """A model, feature or output name; ValueError says what a name must be."""
+    if not (isinstance(name, str) and NAME_PATTERN.match(name)):
+        raise ValueError(f"{name!r} must start with a letter or _ and hold only letters, digits, _ or - (64 at most)")
+    return name
+
+
+def check_names(names: Any) -> tuple[str, ...]:
+    """Feature or output names: a non-empty list of distinct names, each as `check_name` wants."""
+    if not (isinstance(names, list) and names):
+        raise ValueError("expected a non-empty list of names")
+    for name in names:
+        check_name(name)
+    if len(set(names)) != len(names):
+        raise ValueError("names must be distinct")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the service reads of the manifest; the full schema is `handler.api.schemas.ModelManifest`.
+
+    Read without pydantic, which would add ~150 ms to every cold start.
+    """
+
+    model_type: str
+    sha256: str
+    name: str
+    version: str
+    features: tuple[str, ...]
+    outputs: tuple[str, ...]
+    bounds: np.ndarray  # (n_features, 2): lower, upper
+    document: dict[str, Any]  # the whole file, for GET /model
+
+    @classmethod
+    def parse(cls, text: bytes) -> Manifest:
+        document = json.loads(text)
+        if not isinstance(document, dict):
+            raise ValueError("expected a JSON object")
+        if (schema := document.get("schema_version")) != MANIFEST_SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version is {schema!r}, expected {MANIFEST_SCHEMA_VERSION}: "
+                "write it with scripts/package_model.py"
+            )
+        model_type, sha256, name, version, bounds = (
+            document.get(k) for k in ("model_type", "sha256", "name", "version", "bounds")
+        )
+        if not isinstance(model_type, str):
+            raise ValueError("model_type must be a string")
+        if not (isinstance(sha256, str) and len(sha256) == 64 and set(sha256) <= set("0123456789abcdef")):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        name = _checked("name", name, check_name)
+        features = _checked("features", document.get("features"), check_names)
+        outputs = _checked("outputs", document.get("outputs"), check_names)
+        if not (isinstance(version, str) and version):
+            raise ValueError("version must be a non-empty string")
+        if not (isinstance(bounds, dict) and tuple(bounds) == features):
+            raise ValueError("bounds must list exactly the features, in order")
+        try:
+            bounds_array = np.array([bounds[f] for f in features], dtype=float).reshape(len(features), 2)
+        except (TypeError, ValueError):
+            raise ValueError("each bound must be a [lower, upper] pair of numbers") from None
+        if not (np.isfinite(bounds_array).all() and np.all(bounds_array[:, 0] < bounds_array[:, 1])):
+            raise ValueError("each bound must be finite with lower < upper")
+        return cls(model_type, sha256, name, version, features, outputs, bounds_array, document)
+
+    def domain(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper limits of the inputs: the training bounds widened by `margin` x each range."""
+        width = self.bounds[:, 1] - self.bounds[:, 0]
+        return self.bounds[:, 0] - margin * width, self.bounds[:, 1] + margin * width
+
+    def domain_violations(self, X: np.ndarray, margin: float, limit: int = 20) -> list[DomainViolation]:
+        """Points outside the domain (at most `limit` of them)."""
+        low, high = self.domain(margin)
+        outside = (low > X) | (high < X)
+        if not outside.any():
+            return []
+        rows, cols = np.nonzero(outside)
+        return [
+            DomainViolation(int(r), self.features[c], float(X[r, c]), float(low[c]), float(high[c]))
+            for r, c in zip(rows[:limit], cols[:limit], strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class DomainViolation:
+    row: int
+    feature: str
+    value: float
+    low: float
+    high: float
+
+
+def _checked[T](kind: str, value: Any, check: Callable[[Any], T]) -> T:
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ValueError(f"{kind}: {exc}") from None
+
+
+def read_manifest(text: bytes, where: str) -> Manifest:
+    try:
+        return Manifest.parse(text)
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelUnavailableError(f"model manifest {where} is invalid: {exc}") from exc
+
+
+class ArtifactSource(Protocol):
+    """Where the pickle and its manifest come from."""
+
+    def fetch_manifest(self) -> Manifest:
+        """The manifest, parsed."""
+
+    def fetch_model(self, manifest: Manifest) -> Path:
+        """A local path to the pickle, its bytes checked against the manifest's sha256."""
+
+
+@dataclass(frozen=True)
+class PackagedArtifact:
+    """The pickle inside the function's package, its manifest beside it."""
+
+    model_path: Path
+
+    def fetch_manifest(self) -> Manifest:
+        path = manifest_path_for(self.model_path)
+        if not self.model_path.is_file():
+            raise ModelUnavailableError(f"model artifact {self.model_path.name} is missing")
+        if not path.is_file():
+            raise ModelUnavailableError(f"model manifest {path.name} is missing")
+        return read_manifest(path.read_bytes(), path.name)
+
+    def fetch_model(self, manifest: Manifest) -> Path:
+        if sha256_of(self.model_path) != manifest.sha256:
+            raise ModelUnavailableError(
+                f"model artifact {self.model_path.name} does not match its manifest checksum (corrupt or replaced)"
+            )
+        return self.model_path
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/path/model.pkl` -> ("bucket", "path/model.pkl"); ValueError otherwise."""
+    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(.+\.pkl)", uri)
+    if match is None:
+        raise ValueError(f"expected s3://BUCKET/KEY.pkl, got {uri!r}")
+    return match.group(1), match.group(2)
+
+
+@dataclass
+class S3Artifact:
+    """A pickle in S3 with its manifest beside it (`KEY.pkl` -> `KEY.manifest.json`).
+
+    Downloaded once per execution environment into `cache_dir` (Lambda's /tmp), streamed and hashed
+    on the way; a file left by an earlier attempt in the same environment is re-hashed, not re-fetched.
+    """
+
+    uri: str
+    cache_dir: Path
+    client: Any = None  # a boto3 S3 client; made on first use (importing boto3 costs ~0.2 s)
+
+    def __post_init__(self) -> None:
+        self.bucket, self.key = parse_s3_uri(self.uri)
+        self.manifest_key = str(manifest_path_for(Path(self.key)))
+
+    def _s3(self) -> Any:
+        if self.client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+            self.client = boto3.client("s3", config=config)
+        return self.client
+
+    def _get(self, key: str) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        uri = f"s3://{self.bucket}/{key}"
+        try:
+            return self._s3().get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ModelUnavailableError(f"{uri} does not exist") from exc
+            if code in ("AccessDenied", "403", "AllAccessDisabled"):
+                raise ModelUnavailableError(f"access to {uri} is denied") from exc
+            if code == "NoSuchBucket":
+                raise ModelUnavailableError(f"bucket {self.bucket} does not exist") from exc
+            raise ModelUnavailableError(f"{uri} could not be read: {code or exc}") from exc
+        except BotoCoreError as exc:
+            raise ModelUnavailableError(f"{uri} could not be read: {type(exc).__name__}") from exc
+
+    def fetch_manifest(self) -> Manifest:
+        body = self._get(self.manifest_key)["Body"]
+        try:
+            text = body.read(MAX_MANIFEST_BYTES + 1)
+        finally:
+            body.close()
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise ModelUnavailableError(f"model manifest {self.manifest_key} is over {MAX_MANIFEST_BYTES} bytes")
+        return read_manifest(text, f"s3://{self.bucket}/{self.manifest_key}")
+
+    def fetch_model(self, manifest: Manifest) -> Path:
+        target = self.cache_dir / f"{manifest.sha256}.pkl"
+        if target.is_file() and sha256_of(target) == manifest.sha256:
+            return target
+        from botocore.exceptions import BotoCoreError
+
+        body = self._get(self.key)["Body"]
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with tempfile.NamedTemporaryFile(dir=self.cache_dir, prefix=".download-", delete=False) as tmp:
+            try:
+                for block in body.iter_chunks(DOWNLOAD_CHUNK_BYTES):
+                    digest.update(block)
+                    tmp.write(block)
+            except (OSError, BotoCoreError) as exc:
+                os.unlink(tmp.name)
+                # Typically /tmp is full: EphemeralStorageSize in the template sets its size.
+                raise ModelUnavailableError(f"s3://{self.bucket}/{self.key} could not be downloaded: {exc}") from exc
+            finally:
+                body.close()
+        if digest.hexdigest() != manifest.sha256:
+            os.unlink(tmp.name)
+            raise ModelUnavailableError(
+                f"s3://{self.bucket}/{self.key} does not match its manifest checksum (corrupt or replaced)"
+            )
+        os.replace(tmp.name, target)
+        logger.info("model downloaded", extra={"uri": self.uri, "bytes": target.stat().st_size})
+        return target
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file so a crash never leaves a half-written artifact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.chmod(tmp.name, 0o644)  # Lambda runs as a non-root user: the packaged file must stay readable
+    os.replace(tmp.name, path)
