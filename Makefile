@@ -21,7 +21,7 @@ SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt requirements-finisher.txt requirements-dev.txt client/pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-gpy.txt requirements-worker.txt requirements-finisher.txt requirements-dev.txt client/pyproject.toml
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found: install it (pyenv install 3.13) or put python3.13 on PATH" >&2; exit 1; }
 	$(PYTHON313) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -64,8 +64,8 @@ serve: setup  ## Serve the API on http://127.0.0.1:$(PORT) like `sam local start
 invoke: setup  ## Run one event through the Lambda runtime like `sam local invoke -e`, without Docker
 	$(PY) scripts/local_lambda.py invoke --event $(EVENT)
 
-train: setup  ## Retrain model_artifacts/pretrained-model.pkl and its manifest
-	$(PY) scripts/train_model.py --output model_artifacts/pretrained-model.pkl
+train: setup  ## Retrain the Park example and package it: model_artifacts/pretrained-model.npz and its manifest
+	$(PY) scripts/train_model.py --output model_artifacts/pretrained-model.npz
 
 load: setup  ## Load the local server: concurrent clients for a bounded time, throughput and latency
 	$(PY) benchmarks/load.py
@@ -82,17 +82,20 @@ bench: setup  ## Full benchmark run (~10 min): writes benchmarks/results.md
 build: setup  ## sam build (arm64, python3.13) into .aws-sam/build
 	PATH="$(SAM_PATH)" $(VENV)/bin/sam build
 
-# Called by `sam build` (the template's BuildMethod: makefile) with ARTIFACTS_DIR set: handler/,
-# model_artifacts/ and the runtime wheels for arm64, without tests, docs, scripts or caches.
-build-PredictFunction build-JobWorkerFunction:
-	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package model
+# Called by `sam build` (the template's BuildMethod: makefile) with ARTIFACTS_DIR set: handler/, the model
+# and the runtime wheels for arm64, without tests, docs, scripts or caches (scripts/build_function.py).
+build-PredictFunction:
+	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package predict
+
+build-JobWorkerFunction:
+	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package worker
 
 build-JobFinisherFunction:
 	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package finisher
 
 package-model: setup  ## Package your GPy model: make package-model MODEL=my.pkl FEATURES=a,b,c [OUTPUTS=y1,y2 BOUNDS=a=0:1 HOLDOUT=h.csv NAME= VERSION=]
-	@test -n "$(MODEL)" -a -n "$(FEATURES)" || { echo "usage: make package-model MODEL=path/to/model.pkl FEATURES=a,b,c [OUTPUTS=y1,y2] [BOUNDS=a=LOW:HIGH,...] [HOLDOUT=holdout.csv] [NAME=name] [VERSION=1]" >&2; exit 2; }
-	$(PY) scripts/package_model.py "$(MODEL)" --features "$(FEATURES)" \
+	@test -n "$(MODEL)" || { echo "usage: make package-model MODEL=path/to/model.pkl FEATURES=a,b,c [OUTPUTS=y1,y2] [BOUNDS=a=LOW:HIGH,...] [HOLDOUT=holdout.csv] [NAME=name] [VERSION=1] (FEATURES may be left out to convert a packaged pickle with its manifest beside it)" >&2; exit 2; }
+	$(PY) scripts/package_model.py "$(MODEL)" $(if $(FEATURES),--features "$(FEATURES)") \
 		$(if $(OUTPUTS),--outputs "$(OUTPUTS)") $(if $(BOUNDS),--bounds "$(BOUNDS)") \
 		$(if $(HOLDOUT),--holdout "$(HOLDOUT)") $(if $(NAME),--name "$(NAME)") $(if $(VERSION),--version "$(VERSION)")
 	PATH="$(SAM_PATH)" $(PY) scripts/generate_events.py

@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--ab", help="a git ref to compare the plain path against (fresh processes, alternating)")
     parser.add_argument("--ab-runs", type=int, default=5)
+    parser.add_argument(
+        "--ab-own-model",
+        action="store_true",
+        help="REF serves the model_artifacts/ it has (the same model in a format REF reads), not this tree's",
+    )
     args = parser.parse_args(argv)
 
     print(f"1. Options against a plain prediction (one warm process, interleaved, medians of {args.repeats})")
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["git", "worktree", "add", "--detach", str(other), args.ab], cwd=ROOT, check=True,
                            capture_output=True)  # fmt: skip
             (other / "model_artifacts").mkdir(exist_ok=True)
-            for path in (ROOT / "model_artifacts").iterdir():  # the same model on both sides
+            for path in [] if args.ab_own_model else (ROOT / "model_artifacts").iterdir():  # the same model
                 (other / "model_artifacts" / path.name).write_bytes(path.read_bytes())
             try:
                 runs: dict[str, list[float]] = {}

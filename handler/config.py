@@ -57,15 +57,15 @@ def _s3_uri(text: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    model_path: Path = Path("model_artifacts/pretrained-model.pkl")
-    """Pickled model; a relative path is taken from the project root (LAMBDA_TASK_ROOT)."""
+    model_path: Path = Path("model_artifacts/pretrained-model.npz")
+    """The model's artifact (manifest beside it); a relative path is from the project root (LAMBDA_TASK_ROOT)."""
     max_batch_size: int = 10_000
     max_body_bytes: int = LARGEST_BODY_BYTES
     """Upper bound of a body; the parser allows less when the largest batch needs less (parsing.body_limit)."""
     domain_margin: float = 0.1
     """How far outside the training bounds a point may lie, as a fraction of each feature's range."""
     model_s3_uri: str = ""
-    """s3://BUCKET/KEY.pkl (manifest beside it): load the model from S3 rather than the package."""
+    """s3://BUCKET/KEY.npz or KEY.pkl (manifest beside it): load the model from S3 rather than the package."""
     model_cache_dir: Path = Path("/tmp/model")
     """Where a model from S3 is downloaded, once per execution environment."""
     cors_allow_origin: str = ""

@@ -5,15 +5,19 @@
 for the function's architecture, copies handler/ (and model_artifacts/), and drops what the function
 never loads: the dependencies' own test suites, C headers and sources, type stubs and console scripts.
 
-Two packages: `model` (PredictFunction, JobWorkerFunction: requirements.txt, GPy and the model) and
-`finisher` (JobFinisherFunction: requirements-finisher.txt, pyarrow, no model).
+Three packages, each with what its function imports:
+- `predict` (PredictFunction): requirements.txt, the model (its manifest and the artifact it names); a posterior
+  file needs numpy alone, so GPy and scipy (requirements-gpy.txt) are added only when the manifest is a pickle's;
+- `worker` (JobWorkerFunction): the same, and scipy for designs of experiments (requirements-worker.txt);
+- `finisher` (JobFinisherFunction): requirements-finisher.txt, pyarrow, no model.
 
-    python scripts/build_function.py ARTIFACTS_DIR [--arch arm64|x86_64] [--package model|finisher]
+    python scripts/build_function.py ARTIFACTS_DIR [--arch arm64|x86_64] [--package predict|worker|finisher]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -26,11 +30,14 @@ PLATFORMS = {
     "arm64": ["manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"],
     "x86_64": ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"],
 }
-# What each package's code needs from the project: the handler's modules, and the model artifacts.
+# Each package's requirements, and whether it carries the model (and so, for a pickle, the GPy route).
 PACKAGES = {
-    "model": ("requirements.txt", {"handler": ["**/*.py"], "model_artifacts": ["*.pkl", "*.manifest.json"]}),
-    "finisher": ("requirements-finisher.txt", {"handler": ["**/*.py"]}),
+    "predict": ("requirements.txt", True),
+    "worker": ("requirements-worker.txt", True),
+    "finisher": ("requirements-finisher.txt", False),
 }
+MODEL_MANIFEST = ROOT / "model_artifacts" / "pretrained-model.manifest.json"
+GPY_REQUIREMENTS = "requirements-gpy.txt"
 # Never loaded at run time. GPy imports its own `testing` and `examples` packages, so those stay.
 PRUNED_DIRECTORIES = {"tests", "__pycache__", "include"}
 PRUNED_SUFFIXES = {".pyi", ".pxd", ".pyx", ".c", ".cpp", ".h", ".hpp", ".f", ".f90", ".pyc"}
@@ -39,23 +46,30 @@ PRUNED_SUFFIXES = {".pyi", ".pxd", ".pyx", ".c", ".cpp", ".h", ".hpp", ".f", ".f
 BOTOCORE_SERVICES = {"s3", "dynamodb", "sqs"}
 
 
-def install_dependencies(target: Path, arch: str, requirements: str = "requirements.txt") -> None:
+def install_dependencies(target: Path, arch: str, requirements: list[str]) -> None:
     platforms = [arg for tag in PLATFORMS[arch] for arg in ("--platform", tag)]
+    files = [arg for name in requirements for arg in ("-r", str(ROOT / name))]
     command = [
         sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
         "--target", str(target), "--implementation", "cp", "--python-version", PYTHON_VERSION,
-        "--only-binary=:all:", *platforms, "-r", str(ROOT / requirements),
+        "--only-binary=:all:", *platforms, *files,
     ]  # fmt: skip
     subprocess.run(command, check=True)
 
 
-def copy_project(target: Path, files: dict[str, list[str]]) -> None:
-    for folder, patterns in files.items():
-        for pattern in patterns:
-            for path in sorted((ROOT / folder).glob(pattern)):
-                destination = target / path.relative_to(ROOT)
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, destination)
+def model_files(manifest_path: Path = MODEL_MANIFEST) -> tuple[list[Path], bool]:
+    """The packaged model's files (its manifest and the artifact it names), and whether it needs the GPy route."""
+    document = json.loads(manifest_path.read_text())
+    artifact = manifest_path.with_name(Path(str(document["artifact"])).name)
+    needs_gpy = document.get("format", "pickle") != "npz"  # schema 2 manifests are pickles'
+    return [manifest_path, artifact], needs_gpy
+
+
+def copy_project(target: Path, paths: list[Path]) -> None:
+    for path in paths:
+        destination = target / path.relative_to(ROOT)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, destination)
 
 
 def prune(target: Path) -> int:
@@ -85,14 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", type=Path, help="the package folder (sam build's ARTIFACTS_DIR)")
     parser.add_argument("--arch", choices=sorted(PLATFORMS), default="arm64", help="the function's architecture")
-    parser.add_argument("--package", choices=sorted(PACKAGES), default="model", help="which functions' package")
+    parser.add_argument("--package", choices=sorted(PACKAGES), default="predict", help="which function's package")
+    parser.add_argument("--with-gpy", action="store_true", help="add the GPy route whatever the packaged model is")
     args = parser.parse_args(argv)
-    requirements, files = PACKAGES[args.package]
+    requirements, with_model = PACKAGES[args.package]
+    paths = sorted((ROOT / "handler").rglob("*.py"))
+    needs_gpy = args.with_gpy
+    if with_model:
+        files, for_model = model_files()
+        needs_gpy = needs_gpy or for_model
+        paths += files
     args.target.mkdir(parents=True, exist_ok=True)
-    install_dependencies(args.target, args.arch, requirements)
-    copy_project(args.target, files)
+    install_dependencies(args.target, args.arch, [requirements, *([GPY_REQUIREMENTS] if needs_gpy else [])])
+    copy_project(args.target, paths)
     freed = prune(args.target)
-    print(f"built {args.target}: {package_size(args.target):,} bytes unzipped ({freed:,} pruned)")
+    route = " with the GPy route (the packaged model is a pickle)" if needs_gpy else ""
+    print(f"built {args.target}{route}: {package_size(args.target):,} bytes unzipped ({freed:,} pruned)")
     return 0
 
 

@@ -4,7 +4,7 @@ SAM's sample is a `{proxy+}` event; the only edit is to name the explicit route 
 declares, so `sam local invoke -e events/<name>.json` sees what API Gateway would send. The bodies
 follow the model's manifest: its feature names, and points inside its bounds.
 
-    python scripts/generate_events.py [--model model_artifacts/pretrained-model.pkl]
+    python scripts/generate_events.py [--model model_artifacts/pretrained-model.npz]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def sam_event(method: str, path: str, body: str | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "model_artifacts" / "pretrained-model.pkl")
+    parser.add_argument("--model", type=Path, default=ROOT / "model_artifacts" / "pretrained-model.npz")
     args = parser.parse_args()
     manifest = PackagedArtifact(args.model).fetch_manifest()
     for name, (method, path, body, resource) in cases(manifest).items():

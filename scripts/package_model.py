@@ -1,40 +1,49 @@
-"""Package a fitted GPy model for the service: the pickle plus the manifest the API is built from.
+"""Package a fitted GPy model for the service: a posterior file (or, failing that, the pickle) and its manifest.
 
     python scripts/package_model.py MODEL.pkl --features temperature,pressure,flow_rate \\
         [--outputs yield,purity] [--bounds temperature=250:400,...] [--name NAME] [--version V] \\
-        [--holdout holdout.csv] [--output model_artifacts/pretrained-model.pkl]
+        [--holdout holdout.csv] [--output model_artifacts/pretrained-model.npz]
 
 Reads any pickled GPy model the service supports (GPRegression, SparseGPRegression, any GPy.core.GP), checks the
 feature and output counts against it, takes each feature's bounds from the training inputs unless given,
-computes hold-out accuracy per output from a CSV whose header names the features and outputs, writes
-the pickle and its manifest (kernel, hyperparameters, library versions, sha256), then loads the result
-the way the function will and checks its fast path against GPy's own predictions across the bounds.
-Anything wrong exits with status 2 and one line saying what.
+computes hold-out accuracy per output from a CSV whose header names the features and outputs. A model the numpy
+posterior covers (RBF/Exponential/Matern kernels, exact or sparse, Gaussian likelihood) is written as a
+posterior file (`NAME.npz`: numbers only, docs/model-format.md), checked against GPy's own predictions across the
+bounds with rounding-aware tolerances, and served without GPy; any other model (or one whose check fails) is
+written as its pickle (`NAME.pkl`) and served through GPy. Either way, `NAME.manifest.json` beside it, and the
+other format's artifact of the same name, if any, is removed (it is replaced). A packaged pickle with its
+manifest beside it is converted by packaging it again: its features, outputs, bounds, name and version are
+read from that manifest when not given. Anything wrong exits with status 2 and one line saying what.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import platform
 import shutil
 import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handler.api.schemas import HoldoutMetrics, ModelManifest
+from handler.api.schemas import HoldoutMetrics, ModelManifest, PosteriorDescription
+from handler.gp import posterior_file
 from handler.gp.artifact import PackagedArtifact, atomic_write, check_name, check_names, manifest_path_for, sha256_of
-from handler.gp.model import GPRegressionModel, load_model, wrap_gpy_model
+from handler.gp.from_gpy import posterior_arrays
+from handler.gp.gpy_model import GPRegressionModel, wrap_gpy_model
+from handler.gp.model import PosteriorModel, SurrogateModel, load_model
 from handler.gp.posterior import Z_95
 from handler.gp.unpickling import UnsafePickleError, load_pickle
 
-DEFAULT_OUTPUT = Path("model_artifacts/pretrained-model.pkl")
+DEFAULT_OUTPUT = Path("model_artifacts/pretrained-model.npz")
+SUFFIXES = {"npz": ".npz", "pickle": ".pkl"}
 CHECK_POINTS = 2048  # a power of 2, as Sobol points want
 
 
@@ -224,15 +233,17 @@ def variance_tolerance(model: GPRegressionModel, X: np.ndarray) -> np.ndarray:
     return rounding_tolerances(model, X)[1]
 
 
-def fast_path_error(model: GPRegressionModel, X: np.ndarray) -> tuple[float, float]:
-    """Largest difference between the fast path and GPy's own predict and predict_noiseless, in tolerance units.
+def fast_path_error(
+    model: GPRegressionModel, X: np.ndarray, served: SurrogateModel | None = None
+) -> tuple[float, float]:
+    """Largest difference between the fast path (or `served`) and GPy's own predict and predict_noiseless.
 
-    Both numbers are at most 1 when the two agree to rounding (`rounding_tolerances`).
+    In tolerance units: both numbers are at most 1 when the two agree to rounding (`rounding_tolerances`).
     """
     mean_bound, variance_bound = rounding_tolerances(model, X)
     worst_mean = worst_variance = 0.0
     for latent in (False, True):
-        fast = model.predict(X, latent=latent)
+        fast = (served or model).predict(X, latent=latent)
         reference = model.predict_with_gpy(X, latent=latent)
         worst_mean = max(worst_mean, _worst_ratio(np.abs(fast.mean - reference.mean), mean_bound))
         worst_variance = max(worst_variance, _worst_ratio(np.abs(fast.variance - reference.variance), variance_bound))
@@ -286,60 +297,88 @@ def package(
     version_label: str = "1",
     description: str = "",
     holdout: tuple[np.ndarray, np.ndarray] | None = None,
+    previous_holdout: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
-) -> ModelManifest:
-    """Write `output` and its manifest, after checking the model against them; nothing is left half-written."""
+    gpy_route: bool = False,
+) -> tuple[ModelManifest, Path]:
+    """Write the artifact beside `output` (its suffix follows the format) and its manifest; nothing half-written.
+
+    `gpy_route`: write the pickle, served through GPy, even where a posterior file would do. Returns the manifest
+    and the artifact's path.
+    """
     outputs = check_counts(model, features, outputs)
     try:
         check_name(name)
     except ValueError as exc:
         raise PackagingError(f"--name: {exc}") from None
     all_bounds = complete_bounds(model, features, bounds or {})
+    check_points = points_across(all_bounds, CHECK_POINTS)
+    reason = None
+    if model.posterior is not None:
+        mean_error, variance_error = fast_path_error(model, check_points)
+        if mean_error > 1 or variance_error > 1:
+            # Not refused: GPy's own predict is the reference, only slower. The manifest says so, and why.
+            reason = (
+                f"the fast path differs from GPy by {mean_error:.2g}x what rounding explains in the mean and "
+                f"{variance_error:.2g}x in the variance"
+            )
+    posterior: PosteriorDescription | None = None
+    artifact_format: Literal["npz", "pickle"] = "pickle"
+    if model.posterior is not None and reason is None and not gpy_route:
+        _, inference, arrays = posterior_arrays(model.gp)
+        data, description_of_arrays = posterior_file.encode(arrays, inference)
+        artifact_format, posterior = "npz", PosteriorDescription.model_validate(description_of_arrays)
+    else:
+        data = pickle_bytes
+    artifact = output.with_suffix(SUFFIXES[artifact_format])
     manifest = ModelManifest(
+        format=artifact_format,
         name=name,
         version=version_label,
         description=description,
         model_type=model.model_type,
-        artifact=output.name,
-        sha256=_sha256(pickle_bytes),
+        artifact=artifact.name,
+        sha256=_sha256(data),
         features=features,
         outputs=outputs,
         bounds=all_bounds,
         n_train=int(model.gp.num_data),
-        holdout=holdout_metrics(model, *holdout, outputs) if holdout is not None else None,
+        holdout=holdout_metrics(model, *holdout, outputs) if holdout is not None else previous_holdout,
         kernel=model.describe(),
         training=training or {},
         versions={
             "python": platform.python_version(),
             **{package: version(package) for package in ("numpy", "scipy", "GPy", "paramz")},
         },
+        posterior=posterior,
+        predict_through_gpy=reason,
     )
     # Written and checked in a scratch folder beside the output, then moved into place.
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".package-") as scratch:
-        staged = Path(scratch) / output.name
-        atomic_write(staged, pickle_bytes)
+        staged = Path(scratch) / artifact.name
+        atomic_write(staged, data)
         atomic_write(manifest_path_for(staged), (manifest.model_dump_json(indent=2) + "\n").encode())
-        loaded = load_model(PackagedArtifact(staged))  # as the function will: checksum, type, shapes
-        assert isinstance(loaded.model, GPRegressionModel)
-        if loaded.model.posterior is not None:
-            mean_error, variance_error = fast_path_error(loaded.model, points_across(all_bounds, CHECK_POINTS))
+        loaded = load_model(PackagedArtifact(staged))  # as the function will: checksum, format, shapes
+        if artifact_format == "npz":
+            # The file, read back as the function reads it, against GPy itself
+            assert isinstance(loaded.model, PosteriorModel)
+            mean_error, variance_error = fast_path_error(model, check_points, served=loaded.model)
             if mean_error > 1 or variance_error > 1:
-                # Not refused: GPy's own predict is the reference, only slower. The manifest says so, and why.
-                reason = (
-                    f"the fast path differs from GPy by {mean_error:.2g}x what rounding explains in the mean and "
-                    f"{variance_error:.2g}x in the variance"
+                raise PackagingError(
+                    f"the posterior file differs from GPy ({mean_error:.2g}x, {variance_error:.2g}x what rounding "
+                    "explains): please report this model"
                 )
-                manifest = manifest.model_copy(update={"predict_through_gpy": reason})
-                atomic_write(manifest_path_for(staged), (manifest.model_dump_json(indent=2) + "\n").encode())
-                loaded = load_model(PackagedArtifact(staged))
-                assert isinstance(loaded.model, GPRegressionModel)
-                if loaded.model.posterior is not None:
-                    raise PackagingError("the loader does not honour the manifest's predict_through_gpy")
-        shutil.move(staged, output)
-        shutil.move(manifest_path_for(staged), manifest_path_for(output))
-    assert sha256_of(output) == manifest.sha256
-    return manifest
+        elif reason is not None:
+            assert isinstance(loaded.model, GPRegressionModel)
+            if loaded.model.posterior is not None:
+                raise PackagingError("the loader does not honour the manifest's predict_through_gpy")
+        for replaced in {output.with_suffix(suffix) for suffix in SUFFIXES.values()} - {artifact}:
+            replaced.unlink(missing_ok=True)  # the other format's artifact of this name is replaced
+        shutil.move(manifest_path_for(staged), manifest_path_for(artifact))
+        shutil.move(staged, artifact)
+    assert sha256_of(artifact) == manifest.sha256
+    return manifest, artifact
 
 
 def _sha256(data: bytes) -> str:
@@ -348,11 +387,14 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def summary(manifest: ModelManifest, model: GPRegressionModel, output: Path) -> str:
+def summary(manifest: ModelManifest, output: Path) -> str:
     if manifest.predict_through_gpy is not None:
         path = "GPy's own predict (the fast path does not match it: see the warning)"
-    elif model.posterior is not None:
-        path = f"the numpy/BLAS fast path, checked against GPy on {CHECK_POINTS} points across the bounds"
+    elif manifest.format == "npz":
+        path = (
+            f"the numpy/BLAS fast path from a posterior file (no GPy, no pickle), checked against GPy on "
+            f"{CHECK_POINTS} points across the bounds"
+        )
     else:
         path = "GPy's own predict (no fast path: see the log)"
     lines = [
@@ -383,29 +425,64 @@ def summary(manifest: ModelManifest, model: GPRegressionModel, output: Path) -> 
     return "\n".join(lines)
 
 
+def beside(model_path: Path) -> dict[str, Any]:
+    """The manifest next to a packaged pickle (`NAME.manifest.json`), to convert it: {} when there is none."""
+    path = manifest_path_for(model_path)
+    if not path.is_file():
+        return {}
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PackagingError(f"{path}: not a readable manifest ({exc})") from None
+    return document if isinstance(document, dict) else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="a pickled GPy GPRegression, SparseGPRegression or other GP")
-    parser.add_argument("--features", required=True, help="input names, comma-separated, in the model's column order")
-    parser.add_argument("--outputs", help="output names, comma-separated (default y, or y1,y2,...)")
-    parser.add_argument("--bounds", default="", help="NAME=LOW:HIGH,... (default: each feature's training range)")
-    parser.add_argument("--name", help="model name (default: the pickle's file name)")
-    parser.add_argument("--version", default="1", help="model version (default 1)")
-    parser.add_argument("--description", default="", help="one line on what the model predicts")
+    parser.add_argument(
+        "--features", help="input names, comma-separated, in the model's column order (default: the manifest's)"
+    )
+    parser.add_argument("--outputs", help="output names, comma-separated (default: the manifest's, or y, y1,y2,...)")
+    parser.add_argument("--bounds", default="", help="NAME=LOW:HIGH,... (default: the manifest's, or training range)")
+    parser.add_argument("--name", help="model name (default: the manifest's, or the pickle's file name)")
+    parser.add_argument("--version", help="model version (default: the manifest's, or 1)")
+    parser.add_argument("--description", help="one line on what the model predicts")
     parser.add_argument("--holdout", type=Path, help="CSV of held-out points: a column per feature and output")
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help=f"where to write (default {DEFAULT_OUTPUT})"
     )
+    parser.add_argument(
+        "--gpy-route",
+        action="store_true",
+        help="package the pickle, served through GPy, even where a posterior "
+        "file would do (a package with GPy and scipy: ~3x larger, ~4x slower cold starts)",
+    )
     args = parser.parse_args(argv)
     try:
         model = read_model(args.model)
-        features = parse_names("features", args.features)
-        outputs = parse_names("outputs", args.outputs) if args.outputs else None
+        previous = beside(args.model)  # a packaged model being converted: its manifest's names and bounds
+        if args.features:
+            features = parse_names("features", args.features)
+        elif previous.get("features"):
+            features = parse_names("features", ",".join(map(str, previous["features"])))
+        else:
+            raise PackagingError("--features is required (no manifest beside the model to take them from)")
+        if args.outputs:
+            outputs = parse_names("outputs", args.outputs)
+        elif previous.get("outputs"):
+            outputs = parse_names("outputs", ",".join(map(str, previous["outputs"])))
+        else:
+            outputs = None
         bounds = parse_bounds(args.bounds, features)
+        if not args.bounds and isinstance(previous.get("bounds"), dict):
+            given = ",".join(f"{k}={lo!r}:{hi!r}" for k, (lo, hi) in previous["bounds"].items() if k in features)
+            bounds = parse_bounds(given, features)
         outputs = check_counts(model, features, outputs)
         holdout = read_holdout(args.holdout, features, outputs) if args.holdout is not None else None
-        name = args.name or args.model.stem.replace(".", "-")
-        manifest = package(
+        name = args.name or previous.get("name") or args.model.stem.replace(".", "-")
+        training = {**(previous.get("training") or {}), "packaged_from": args.model.name}
+        manifest, artifact = package(
             model,
             args.model.read_bytes(),
             args.output,
@@ -413,15 +490,17 @@ def main(argv: list[str] | None = None) -> int:
             outputs=outputs,
             bounds=bounds,
             name=name,
-            version_label=args.version,
-            description=args.description,
+            version_label=args.version or previous.get("version") or "1",
+            description=args.description if args.description is not None else previous.get("description", ""),
             holdout=holdout,
-            training={"packaged_from": args.model.name},
+            previous_holdout=None if holdout is not None else previous.get("holdout"),
+            training=training,
+            gpy_route=args.gpy_route,
         )
     except PackagingError as exc:
         print(f"package_model: error: {exc}", file=sys.stderr)
         return 2
-    print(summary(manifest, model, args.output))
+    print(summary(manifest, artifact))
     return 0
 
 

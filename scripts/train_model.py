@@ -2,7 +2,9 @@
 
 Deterministic for a given seed and library versions: running it again gives the same predictions.
 
-    python scripts/train_model.py --output model_artifacts/pretrained-model.pkl
+    python scripts/train_model.py [--output model_artifacts/pretrained-model.npz] [--source park.pkl]
+
+Packaged as a posterior file by scripts/package_model.py; `--source` also keeps the fitted GPy model's pickle.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from handler.api.schemas import ModelManifest
 from handler.gp.artifact import manifest_path_for
-from handler.gp.model import GPRegressionModel
+from handler.gp.gpy_model import GPRegressionModel
 from scripts.package_model import package
 
 DEFAULT_SEED = 20261126
@@ -43,17 +45,27 @@ def train(
     restarts: int = 5,
     seed: int = DEFAULT_SEED,
     max_iters: int = 1000,
-) -> ModelManifest:
-    """Fit, save the pickle and its manifest beside it, and return the manifest."""
+    source: Path | None = None,
+    gpy_route: bool = False,
+) -> tuple[ModelManifest, Path]:
+    """Fit, package (`output`'s name: a posterior file and its manifest), and return the manifest and the artifact.
+
+    `source`: where to keep the fitted GPy model's pickle as well (tests compare against GPy itself);
+    `gpy_route`: package the pickle, served through GPy, rather than a posterior file.
+    """
     X_train = qmc.LatinHypercube(d=len(FEATURES), seed=seed).random(n_train)
     y_train = park1991(X_train)
     X_holdout = qmc.LatinHypercube(d=len(FEATURES), seed=seed + 1).random(n_holdout)
     y_holdout = park1991(X_holdout)
 
     model = GPRegressionModel.fit(X_train, y_train[:, None], restarts=restarts, seed=seed, max_iters=max_iters)
+    pickle_bytes = pickle.dumps(model.gp, protocol=pickle.HIGHEST_PROTOCOL)
+    if source is not None:
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_bytes(pickle_bytes)
     return package(
         model,
-        pickle.dumps(model.gp, protocol=pickle.HIGHEST_PROTOCOL),
+        pickle_bytes,
         output,
         features=FEATURES,
         outputs=["y"],
@@ -71,27 +83,30 @@ def train(
             "max_iters": max_iters,
             "holdout_design": f"Latin hypercube, seed {seed + 1}",
         },
+        gpy_route=gpy_route,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=Path("model_artifacts/pretrained-model.pkl"))
+    parser.add_argument("--output", type=Path, default=Path("model_artifacts/pretrained-model.npz"))
+    parser.add_argument("--source", type=Path, help="also keep the fitted GPy model's pickle here")
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--n-holdout", type=int, default=1000)
     parser.add_argument("--restarts", type=int, default=5)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--max-iters", type=int, default=1000, help="optimiser iterations per restart")
     args = parser.parse_args(argv)
-    manifest = train(
+    manifest, artifact = train(
         args.output,
+        source=args.source,
         n_train=args.n_train,
         n_holdout=args.n_holdout,
         restarts=args.restarts,
         seed=args.seed,
         max_iters=args.max_iters,
     )
-    print(f"wrote {args.output} and {manifest_path_for(args.output).name}")
+    print(f"wrote {artifact} and {manifest_path_for(artifact).name}")
     print(manifest.model_dump_json(include={"holdout", "kernel"}))
 
 

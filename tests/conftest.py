@@ -22,7 +22,12 @@ from handler.gp.model import LazyModel
 from scripts.train_model import train
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODEL = ROOT / "model_artifacts" / "pretrained-model.pkl"
+# The model the function deploys: the Park example's posterior file until a user packages their own in its place
+# (`make package-model`); tests of the deployment read its manifest, whatever model it is.
+DEPLOYED_MODEL = ROOT / "model_artifacts" / "pretrained-model.npz"
+# The Park example as GPy pickled it, with the schema-2 manifest it was first packaged with: for tests that need
+# that very model (or GPy's own predictions of it), whatever is deployed.
+PARK_PICKLE = ROOT / "tests" / "data" / "park" / "pretrained-model.pkl"
 LOCAL_LAMBDA = ROOT / "scripts" / "local_lambda.py"
 # The Park model's features: tests may name them; handler/ never does (it reads them from the manifest).
 FEATURES = ("x1", "x2", "x3", "x4")
@@ -46,8 +51,16 @@ def env_vars_file(folder: Path, model_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small GP trained by the repo's own script (30 points, one restart): fast, and real."""
+    """A small GP trained by the repo's own script (30 points, one restart), packaged for the GPy route: a pickle."""
     path = tmp_path_factory.mktemp("tiny-model") / "pretrained-model.pkl"
+    train(path, n_train=30, n_holdout=200, restarts=1, seed=7, gpy_route=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_posterior_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same small GP (training is deterministic), packaged as the packaging command does: a posterior file."""
+    path = tmp_path_factory.mktemp("tiny-posterior") / "pretrained-model.npz"
     train(path, n_train=30, n_holdout=200, restarts=1, seed=7)
     return path
 
@@ -94,7 +107,7 @@ def plant_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = np.column_stack([X_holdout, plant(X_holdout)])
     header = ",".join((*PLANT_FEATURES, *PLANT_OUTPUTS))
     np.savetxt(folder / "holdout.csv", rows, delimiter=",", header=header, comments="")
-    output = folder / "artifact" / "plant-model.pkl"
+    output = folder / "artifact" / "plant-model.npz"
     command = [
         sys.executable, str(PACKAGE_MODEL), str(folder / "plant.pkl"),
         "--features", ",".join(PLANT_FEATURES), "--outputs", ",".join(PLANT_OUTPUTS),
@@ -104,6 +117,12 @@ def plant_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return output
+
+
+@pytest.fixture(scope="session")
+def plant_pickle_path(plant_model_path: Path) -> Path:
+    """The plant model as GPy pickled it, before packaging (GPy's own predictions are the reference)."""
+    return plant_model_path.parent.parent / "plant.pkl"
 
 
 @pytest.fixture
@@ -177,9 +196,9 @@ def serving(model_path: Path, folder: Path) -> Iterator[tuple[str, Path]]:
 
 
 @pytest.fixture(scope="session")
-def local_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The local server on the tiny Park model."""
-    with serving(tiny_model_path, tmp_path_factory.mktemp("serve")) as server:
+def local_server(tiny_posterior_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The local server on the tiny Park model's posterior file."""
+    with serving(tiny_posterior_path, tmp_path_factory.mktemp("serve")) as server:
         yield server
 
 

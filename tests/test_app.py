@@ -15,7 +15,7 @@ import pytest
 from handler.api.schemas import ModelManifest
 from handler.gp.artifact import PackagedArtifact, manifest_path_for, sha256_of
 from scripts.train_model import park1991
-from tests.conftest import FEATURES, SHIPPED_MODEL
+from tests.conftest import DEPLOYED_MODEL, FEATURES, PARK_PICKLE
 from tests.events import EVENTS_DIR, api_event, lambda_context, response_json
 
 POINT = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
@@ -267,19 +267,33 @@ def test_an_unexpected_failure_gives_500_without_a_traceback(app_with_model, mon
     assert body == {"error": "internal error; it has been logged", "details": []}
 
 
-def test_smoke_the_shipped_artifact(monkeypatch):
-    """The packaged model: checksum, quality, and a prediction close to the true Park function."""
+def test_the_deployed_artifact_is_what_its_manifest_says_and_the_app_serves_it():
+    """Whatever model_artifacts/ holds (the Park example, or a user's model): checksum, and an answer."""
+    from handler import app
+
+    manifest = ModelManifest.model_validate_json(manifest_path_for(DEPLOYED_MODEL).read_text())
+    artifact = DEPLOYED_MODEL.with_name(manifest.artifact)
+    assert manifest.sha256 == sha256_of(artifact)
+    assert app.settings.resolved_model_path == DEPLOYED_MODEL
+    point = {f: (low + high) / 2 for f, (low, high) in manifest.bounds.items()}
+    status, body = call(app, api_event(body=point))
+    assert status == 200, body
+    answers = [body] if len(manifest.outputs) == 1 else list(body.values())
+    assert all(np.isfinite(a["mean"]) and a["variance"] >= 0 for a in answers)
+
+
+def test_smoke_the_park_example(monkeypatch):
+    """The Park example (as first packaged: a pickle, served through GPy): quality, and the true Park function."""
     from handler import app
     from handler.gp.model import LazyModel
 
-    manifest = ModelManifest.model_validate_json(manifest_path_for(SHIPPED_MODEL).read_text())
-    assert manifest.sha256 == sha256_of(SHIPPED_MODEL)
+    manifest = ModelManifest.model_validate_json(manifest_path_for(PARK_PICKLE).read_text())
+    assert manifest.sha256 == sha256_of(PARK_PICKLE)
     assert manifest.n_train == 200
     assert manifest.holdout is not None
     assert manifest.holdout["y"].r2 > 0.999
-    assert app.settings.resolved_model_path == SHIPPED_MODEL
 
-    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(SHIPPED_MODEL)))
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(PARK_PICKLE)))
     status, body = call(app, api_event(body=POINT))
     assert status == 200
     truth = park1991(np.array([[POINT[k] for k in FEATURES]]))[0]

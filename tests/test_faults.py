@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from handler.gp import gpy_model
 from handler.gp import model as model_module
 from handler.gp.artifact import PackagedArtifact, manifest_path_for
 from handler.gp.model import LazyModel
@@ -135,7 +136,7 @@ def _unpickling_raises_quoting_the_file(monkeypatch: pytest.MonkeyPatch, model_c
     def failing_load(path: Path) -> None:
         raise ValueError(f"Not a Netpbm file:\n{SECRET.encode()!r}")
 
-    monkeypatch.setattr(model_module, "load_pickle", failing_load)
+    monkeypatch.setattr(gpy_model, "load_pickle", failing_load)
 
 
 def _manifest_quoting_a_name(monkeypatch: pytest.MonkeyPatch, model_copy: Path) -> None:

@@ -25,7 +25,7 @@ import pytest
 from handler.gp.artifact import PackagedArtifact, manifest_path_for
 from handler.gp.model import LazyModel
 from scripts import local_lambda
-from tests.conftest import FEATURES, LOCAL_LAMBDA, SHIPPED_MODEL, env_vars_file
+from tests.conftest import DEPLOYED_MODEL, FEATURES, LOCAL_LAMBDA, PARK_PICKLE, env_vars_file
 from tests.events import api_event, lambda_context, response_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -411,9 +411,9 @@ def test_the_local_server_can_require_an_api_key_as_the_deployed_api_does(tiny_m
 
 def shipped_park_model() -> Path:
     """The README's examples are the packaged Park model's; `make package-model` may have replaced it."""
-    if json.loads(manifest_path_for(SHIPPED_MODEL).read_text())["name"] != "park1991":
+    if json.loads(manifest_path_for(DEPLOYED_MODEL).read_text())["name"] != "park1991":
         pytest.skip("model_artifacts/ holds another model than the README's examples")
-    return SHIPPED_MODEL
+    return DEPLOYED_MODEL
 
 
 def test_the_readmes_predict_and_sample_examples_are_what_the_shipped_model_answers(monkeypatch: pytest.MonkeyPatch):
@@ -435,7 +435,7 @@ def test_the_readmes_predict_and_sample_examples_are_what_the_shipped_model_answ
     sampled = response_json(app.lambda_handler(api_event(path="/sample", raw_body=sample[1]), lambda_context()))
     # then to the rounding BLAS leaves on another machine: a variance this small is what is left of the prior
     # variance (n_train products of it, each rounded), so it moves by ~n_train * eps * prior / variance relative
-    with model_path.open("rb") as handle:
+    with PARK_PICKLE.open("rb") as handle:  # the same model as GPy pickled it
         gp = pickle.load(handle)
     x = np.array([[point[name] for name in FEATURES]])
     prior = float(gp.kern.Kdiag(x)[0] * gp.normalizer.std[0] ** 2)

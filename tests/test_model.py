@@ -17,9 +17,10 @@ from handler.api.schemas import ModelManifest
 from handler.gp import model as model_module
 from handler.gp import posterior as posterior_module
 from handler.gp.artifact import Manifest, ModelUnavailableError, PackagedArtifact, manifest_path_for, sha256_of
-from handler.gp.model import GPRegressionModel, LazyModel, load_model
+from handler.gp.gpy_model import GPRegressionModel
+from handler.gp.model import LazyModel, load_model
 from scripts.train_model import park1991, train
-from tests.conftest import FEATURES, SHIPPED_MODEL
+from tests.conftest import DEPLOYED_MODEL, FEATURES, PARK_PICKLE
 
 
 def assert_matches_gpy(gp, X: np.ndarray, mean: np.ndarray, variance: np.ndarray, *, latent: bool = False) -> None:
@@ -43,7 +44,7 @@ def models_of_several_sizes(tiny_model_path: Path, tmp_path_factory: pytest.Temp
     paths = {30: tiny_model_path}
     for n in (150, 400):
         path = tmp_path_factory.mktemp(f"model-{n}") / "model.pkl"
-        train(path, n_train=n, n_holdout=50, restarts=0, seed=n, max_iters=40)
+        train(path, n_train=n, n_holdout=50, restarts=0, seed=n, max_iters=40, gpy_route=True)
         paths[n] = path
     return paths
 
@@ -70,7 +71,7 @@ def test_the_fast_path_equals_gpy(models_of_several_sizes: dict[int, Path], n_tr
 
 
 def test_the_fast_path_equals_gpy_on_the_shipped_model():
-    model = GPRegressionModel.load(SHIPPED_MODEL)
+    model = GPRegressionModel.load(PARK_PICKLE)
     X = np.random.default_rng(0).uniform(-0.1, 1.1, size=(10_000, 4))
     for latent in (False, True):
         assert_matches_gpy(model.gp, X, *model.predict(X, latent=latent), latent=latent)
@@ -123,13 +124,16 @@ def test_a_kernel_the_fast_path_does_not_cover_falls_back_to_gpy_in_chunks(
     assert_matches_gpy(gp, X_new, mean, variance)
 
 
-def test_the_manifest_reader_agrees_with_the_schema_on_the_shipped_manifest():
-    text = manifest_path_for(SHIPPED_MODEL).read_bytes()
+@pytest.mark.parametrize("model", [PARK_PICKLE, DEPLOYED_MODEL], ids=["schema-2-pickle", "deployed"])
+def test_the_manifest_reader_agrees_with_the_schema(model: Path):
+    text = manifest_path_for(model).read_bytes()
     full = ModelManifest.model_validate_json(text)
     read = Manifest.parse(text)
     assert (read.model_type, read.sha256, list(read.features)) == (full.model_type, full.sha256, full.features)
     np.testing.assert_array_equal(read.bounds, list(full.bounds.values()))
-    assert read.document == full.model_dump(mode="json")
+    assert read.format == full.format
+    # (a schema-2 manifest has no format: it is a pickle's)
+    assert full.model_dump(mode="json") == {**read.document, "format": read.format}
 
 
 def test_save_then_load_round_trips(tiny_model_path: Path, tmp_path: Path):
@@ -146,18 +150,19 @@ def test_save_then_load_round_trips(tiny_model_path: Path, tmp_path: Path):
 
 def test_training_is_deterministic_and_the_manifest_describes_the_artifact(tmp_path: Path):
     # given the same seed twice
-    first = train(tmp_path / "a" / "m.pkl", n_train=25, n_holdout=100, restarts=1, seed=11)
-    second = train(tmp_path / "b" / "m.pkl", n_train=25, n_holdout=100, restarts=1, seed=11)
+    first, artifact = train(tmp_path / "a" / "m.npz", n_train=25, n_holdout=100, restarts=1, seed=11)
+    second, _ = train(tmp_path / "b" / "m.npz", n_train=25, n_holdout=100, restarts=1, seed=11)
     X = np.random.default_rng(4).uniform(size=(50, 4))
-    # then the two models predict the same
-    a = GPRegressionModel.load(tmp_path / "a" / "m.pkl").predict(X)
-    b = GPRegressionModel.load(tmp_path / "b" / "m.pkl").predict(X)
+    # then the two models predict the same (on one machine: bit for bit)
+    a = load_model(PackagedArtifact(tmp_path / "a" / "m.npz")).model.predict(X)
+    b = load_model(PackagedArtifact(tmp_path / "b" / "m.npz")).model.predict(X)
     np.testing.assert_array_equal(a.mean, b.mean)
     np.testing.assert_array_equal(a.variance, b.variance)
-    # and the manifest on disk is the one returned, and names the pickle's checksum
-    on_disk = ModelManifest.model_validate_json(manifest_path_for(tmp_path / "a" / "m.pkl").read_text())
+    # and the manifest on disk is the one returned, and names the posterior file's checksum
+    on_disk = ModelManifest.model_validate_json(manifest_path_for(artifact).read_text())
     assert on_disk == first
-    assert first.sha256 == sha256_of(tmp_path / "a" / "m.pkl")
+    assert (first.format, artifact.name) == ("npz", "m.npz")
+    assert first.sha256 == sha256_of(artifact)
     assert first.holdout == second.holdout
     assert first.features == list(FEATURES)
     assert first.outputs == ["y"]
@@ -181,7 +186,7 @@ def _rewrite_manifest(path: Path, **changes) -> None:
         (lambda p: manifest_path_for(p).write_text("{not json"), "is invalid"),
         (lambda p: _rewrite_manifest(p, features=["a", "b", "c"], bounds={k: [0, 1] for k in "abc"}), "takes 4 inputs"),
         (lambda p: _rewrite_manifest(p, outputs=["y", "z"]), "has 1 outputs but its manifest lists 2"),
-        (lambda p: _rewrite_manifest(p, schema_version=1), "schema_version is 1, expected 2"),
+        (lambda p: _rewrite_manifest(p, schema_version=1), "schema_version is 1, expected 3"),
         (lambda p: _rewrite_manifest(p, model_type="sklearn.GaussianProcessRegressor"), "is not supported"),
     ],
     ids=[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,12 @@ import pytest
 
 from handler.api.schemas import ModelManifest
 from handler.gp.artifact import PackagedArtifact, manifest_path_for, sha256_of
-from handler.gp.model import GPRegressionModel, SparseGPRegressionModel, load_model, wrap_gpy_model
+from handler.gp.gpy_model import GPRegressionModel, wrap_gpy_model
+from handler.gp.model import PosteriorModel, load_model
 from handler.gp.posterior import GPPosterior
 from handler.gp.unpickling import load_pickle
 from scripts import package_model
-from tests.conftest import PACKAGE_MODEL, PLANT_BOUNDS, PLANT_FEATURES, SHIPPED_MODEL, plant, plant_design
+from tests.conftest import DEPLOYED_MODEL, PACKAGE_MODEL, PARK_PICKLE, PLANT_BOUNDS, PLANT_FEATURES, plant, plant_design
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -107,7 +109,7 @@ def test_the_plant_model_was_packaged_with_everything_the_manifest_promises(plan
 
 def test_a_sparse_model_gets_bounds_from_its_training_inputs(sparse_pickle: Path, tmp_path: Path):
     # when
-    output = tmp_path / "out" / "model.pkl"
+    output = tmp_path / "out" / "model.npz"
     result = run(sparse_pickle, "--features", ",".join(PLANT_FEATURES), "--outputs", "purity", "--output", output)
     # then
     assert result.returncode == 0, result.stderr
@@ -121,9 +123,10 @@ def test_a_sparse_model_gets_bounds_from_its_training_inputs(sparse_pickle: Path
     assert manifest["holdout"] is None
     assert manifest["kernel"]["inducing_points"] == 30
     loaded = load_model(PackagedArtifact(output))
-    assert isinstance(loaded.model, SparseGPRegressionModel)
-    assert output.read_bytes() == sparse_pickle.read_bytes(), "the pickle is copied byte for byte"
-    assert sorted(p.name for p in output.parent.iterdir()) == ["model.manifest.json", "model.pkl"], "no leftovers"
+    assert isinstance(loaded.model, PosteriorModel)
+    assert loaded.model.posterior.inference == "sparse"
+    assert manifest["posterior"]["arrays"]["woodbury_inverse"]["shape"] == [30, 30]
+    assert sorted(p.name for p in output.parent.iterdir()) == ["model.manifest.json", "model.npz"], "no leftovers"
 
 
 def test_a_bound_given_on_the_command_line_wins_and_the_others_come_from_the_data(sparse_pickle: Path, tmp_path: Path):
@@ -207,58 +210,73 @@ def log_likelihood_tolerance(model: GPRegressionModel) -> float:
     return float(quadratic + log_det)
 
 
-def test_the_deployed_manifest_is_what_the_packaging_code_writes(tmp_path: Path):
-    # given whatever model is deployed in model_artifacts/ (the Park example, or the user's own), packaged again
-    # with its manifest's names and bounds
-    deployed = json.loads(manifest_path_for(SHIPPED_MODEL).read_text())
-    output = tmp_path / SHIPPED_MODEL.name
-    bounds = ",".join(f"{name}={low!r}:{high!r}" for name, (low, high) in deployed["bounds"].items())
-    # when
-    result = run(SHIPPED_MODEL, "--features", ",".join(deployed["features"]),
-                 "--outputs", ",".join(deployed["outputs"]), "--bounds", bounds, "--name", deployed["name"],
-                 "--version", deployed["version"], "--output", output)  # fmt: skip
-    # then what no arithmetic produces is equal, the hyperparameters (read from the pickle) included
+def test_converting_a_packaged_pickle_keeps_its_manifest_and_writes_a_posterior_file_that_predicts_as_gpy(
+    tmp_path: Path,
+):
+    # given the Park example as first packaged (a pickle beside its schema-2 manifest)
+    source = tmp_path / PARK_PICKLE.name
+    shutil.copy(PARK_PICKLE, source)
+    shutil.copy(manifest_path_for(PARK_PICKLE), manifest_path_for(source))
+    output = tmp_path / "converted" / "pretrained-model.npz"
+    # when it is packaged again with nothing but its path: names, bounds and hold-out come from its manifest
+    result = run(source, "--output", output)
+    # then what no arithmetic produces is kept, the hyperparameters (read from the pickle) included
     assert result.returncode == 0, result.stderr
-    again = json.loads(manifest_path_for(output).read_text())
-    exact = ("schema_version", "name", "version", "model_type", "sha256", "features", "outputs", "bounds", "n_train")
-    for key in exact:
-        assert again[key] == deployed[key], key
-    assert {**again["kernel"], "log_likelihood": None} == {**deployed["kernel"], "log_likelihood": None}
+    before = json.loads(manifest_path_for(PARK_PICKLE).read_text())
+    after = json.loads(manifest_path_for(output).read_text())
+    for key in ("name", "version", "description", "model_type", "features", "outputs", "bounds", "n_train", "holdout"):
+        assert after[key] == before[key], key
+    assert (after["schema_version"], after["format"], after["artifact"]) == (3, "npz", "pretrained-model.npz")
+    assert {**after["kernel"], "log_likelihood": None} == {**before["kernel"], "log_likelihood": None}
+    gpy = GPRegressionModel.load(PARK_PICKLE)
     # and the log-likelihood (a Cholesky factorisation: its last digits differ by CPU) agrees to that rounding
-    model = load_model(PackagedArtifact(output)).model
-    assert isinstance(model, GPRegressionModel)
-    if model.posterior is not None and model.posterior.cholesky_inverse is not None:
-        tolerance = log_likelihood_tolerance(model)
-        assert abs(again["kernel"]["log_likelihood"] - deployed["kernel"]["log_likelihood"]) <= tolerance
-    else:  # no derived bound for sparse (VarDTC) or other inference: finite is all that is checked
-        assert np.isfinite(again["kernel"]["log_likelihood"])
-    # and both artifacts predict alike across the bounds
-    X = package_model.points_across({k: tuple(v) for k, v in deployed["bounds"].items()}, 64)
-    reference = load_model(PackagedArtifact(SHIPPED_MODEL)).model.predict(X)
-    mean_bound, variance_bound = package_model.rounding_tolerances(model, X) if model.posterior else (0.0, 0.0)
-    assert np.all(np.abs(model.predict(X).mean - reference.mean) <= mean_bound)
-    assert np.all(np.abs(model.predict(X).variance - reference.variance) <= variance_bound)
+    assert abs(after["kernel"]["log_likelihood"] - before["kernel"]["log_likelihood"]) <= log_likelihood_tolerance(gpy)
+    # and the posterior file, read as the function reads it, predicts as GPy does, to rounding
+    served = load_model(PackagedArtifact(output)).model
+    assert isinstance(served, PosteriorModel)
+    X = package_model.points_across({k: tuple(v) for k, v in before["bounds"].items()}, 256)
+    mean_bound, variance_bound = package_model.rounding_tolerances(gpy, X)
+    for latent in (False, True):
+        reference = gpy.predict_with_gpy(X, latent=latent)
+        assert np.all(np.abs(served.predict(X, latent=latent).mean - reference.mean) <= mean_bound)
+        assert np.all(np.abs(served.predict(X, latent=latent).variance - reference.variance) <= variance_bound)
+
+
+def test_the_deployed_model_is_what_the_packaging_code_writes():
+    # given whatever is deployed in model_artifacts/ (the Park example, or a user's own model)
+    document = json.loads(manifest_path_for(DEPLOYED_MODEL).read_text())
+    manifest = ModelManifest.model_validate(document)
+    # then it validates against the packaging schema, and loads as the function loads it, every array checked
+    loaded = load_model(PackagedArtifact(DEPLOYED_MODEL))
+    assert loaded.manifest.format == manifest.format
+    if manifest.format == "npz":
+        assert isinstance(loaded.model, PosteriorModel)
+        assert manifest.posterior is not None
+    # and the Park example, if that is what is deployed, is the conversion of the pickle in tests/data/park/
+    if manifest.name == "park1991":
+        before = json.loads(manifest_path_for(PARK_PICKLE).read_text())
+        for key in ("name", "version", "features", "outputs", "bounds", "n_train", "holdout"):
+            assert document[key] == before[key], key
 
 
 @pytest.mark.parametrize("fixture", ["matern_user_pickle", "rbf_restarts_pickle"])
 def test_an_ordinary_user_model_is_packaged_with_the_fast_path(fixture: str, request, tmp_path: Path, capsys):
     # given an ordinary fit, ill-conditioned as fitted GPs are
     path = request.getfixturevalue(fixture)
-    output = tmp_path / "model.pkl"
+    output = tmp_path / "model.npz"
     # when
     status = package_model.main(ordinary_arguments(path, output))
-    # then it is packaged, predicting through the fast path, which agrees with GPy to rounding
+    # then it is packaged as a posterior file, predicting through the fast path, which agrees with GPy to rounding
     stdout = capsys.readouterr().out
     assert status == 0
     assert "predicts through the numpy/BLAS fast path" in stdout
     assert "warning" not in stdout
     manifest = json.loads(manifest_path_for(output).read_text())
     assert "predict_through_gpy" not in manifest
-    model = load_model(PackagedArtifact(output)).model
-    assert isinstance(model, GPRegressionModel)
-    assert model.posterior is not None
+    served = load_model(PackagedArtifact(output)).model
+    assert isinstance(served, PosteriorModel)
     X = package_model.points_across(ORDINARY_BOUNDS, package_model.CHECK_POINTS)
-    mean_error, variance_error = package_model.fast_path_error(model, X)
+    mean_error, variance_error = package_model.fast_path_error(wrapped(path), X, served=served)
     assert mean_error <= 1
     assert variance_error <= 1
 
@@ -299,8 +317,10 @@ def test_a_model_the_fast_path_cannot_match_is_packaged_to_predict_through_gpy(
     matern_user_pickle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, caplog
 ):
     # given a fast path that drops the normaliser's offset: it cannot match GPy
-    from_gpy = GPPosterior.from_gpy
-    monkeypatch.setattr(GPPosterior, "from_gpy", lambda gp: _offset_dropped(from_gpy(gp)))
+    from handler.gp import from_gpy
+
+    real = from_gpy.posterior_from_gpy
+    monkeypatch.setattr(from_gpy, "posterior_from_gpy", lambda gp: _offset_dropped(real(gp)))
     output = tmp_path / "model.pkl"
     # when
     status = package_model.main(ordinary_arguments(matern_user_pickle, output))
@@ -312,8 +332,9 @@ def test_a_model_the_fast_path_cannot_match_is_packaged_to_predict_through_gpy(
     manifest = ModelManifest.model_validate_json(manifest_path_for(output).read_text())
     assert manifest.predict_through_gpy is not None
     assert manifest.predict_through_gpy.startswith("the fast path differs from GPy by")
+    assert (manifest.format, manifest.artifact) == ("pickle", "model.pkl")
     # and the loader honours it, saying why in the log
-    with caplog.at_level("WARNING", logger="handler.gp.model"):
+    with caplog.at_level("WARNING", logger="handler.gp.gpy_model"):
         model = load_model(PackagedArtifact(output)).model
     assert isinstance(model, GPRegressionModel)
     assert model.posterior is None
@@ -363,7 +384,8 @@ def test_a_model_that_explains_everything_as_noise_is_packaged_with_a_warning(tm
 
 
 def test_a_well_fitted_model_gets_no_warning(plant_model_path: Path, tmp_path: Path):
-    result = run(plant_model_path, "--features", ",".join(PLANT_FEATURES), "--outputs", "conversion,purity",
+    source = plant_model_path.parent.parent / "plant.pkl"  # what the plant fixture packaged
+    result = run(source, "--features", ",".join(PLANT_FEATURES), "--outputs", "conversion,purity",
                  "--output", tmp_path / "again.pkl")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stdout

@@ -203,7 +203,7 @@ def test_a_bad_query_option_is_refused_naming_it(query, field):
 
 def test_settings_default_to_the_packaged_artifact():
     settings = load_settings({})
-    assert settings.resolved_model_path == PROJECT_ROOT / "model_artifacts" / "pretrained-model.pkl"
+    assert settings.resolved_model_path == PROJECT_ROOT / "model_artifacts" / "pretrained-model.npz"
     assert settings.max_batch_size == 10_000
 
 

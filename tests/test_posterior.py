@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from handler.gp import posterior as posterior_module
-from handler.gp.model import GPRegressionModel, SparseGPRegressionModel, wrap_gpy_model
+from handler.gp.gpy_model import GPRegressionModel, SparseGPRegressionModel, wrap_gpy_model
 from handler.gp.posterior import KERNELS
 from tests.conftest import plant, plant_design
 from tests.test_model import assert_matches_gpy

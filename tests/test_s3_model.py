@@ -149,6 +149,6 @@ def test_the_setting_takes_only_an_s3_uri_of_a_pickle():
     assert load_settings({"MODEL_S3_URI": URI}).model_s3_uri == URI
     assert isinstance(load_settings({"MODEL_S3_URI": URI}).artifact_source(), S3Artifact)
     for bad in ("https://surrogates.s3.amazonaws.com/model.pkl", "s3://surrogates/model.json", "s3://B/model.pkl"):
-        with pytest.raises(SettingsError, match=r"MODEL_S3_URI: expected s3://BUCKET/KEY\.pkl"):
+        with pytest.raises(SettingsError, match=r"MODEL_S3_URI: expected s3://BUCKET/KEY\.npz"):
             load_settings({"MODEL_S3_URI": bad})
     assert parse_s3_uri("s3://my.bucket-1/a/b/c.pkl") == ("my.bucket-1", "a/b/c.pkl")

@@ -42,13 +42,13 @@ def points(n: int, seed: int = 0) -> list[dict[str, float]]:
     return [{k: float(rng.uniform(lo, hi)) for k, (lo, hi) in PLANT_BOUNDS.items()} for _ in range(n)]
 
 
-def test_a_point_is_answered_with_each_output_named(plant_app, plant_model_path: Path):
+def test_a_point_is_answered_with_each_output_named(plant_app, plant_pickle_path: Path):
     # when
     status, body = call(plant_app, api_event(body=POINT))
     # then
     assert status == 200
     assert list(body) == list(PLANT_OUTPUTS)
-    mean, variance = gpy_predict(plant_model_path, [POINT])
+    mean, variance = gpy_predict(plant_pickle_path, [POINT])
     for j, output in enumerate(PLANT_OUTPUTS):
         assert body[output] == {"mean": pytest.approx(mean[0, j], rel=1e-9), "variance": pytest.approx(variance[0, j])}
     # and the model is close to the function it learnt
@@ -57,7 +57,7 @@ def test_a_point_is_answered_with_each_output_named(plant_app, plant_model_path:
     assert body["purity"]["mean"] == pytest.approx(truth[1], rel=0.001)
 
 
-def test_rows_and_columns_answer_each_output_in_order(plant_app, plant_model_path: Path):
+def test_rows_and_columns_answer_each_output_in_order(plant_app, plant_pickle_path: Path):
     # given
     rows = points(30)
     columns = {name: [row[name] for row in rows] for name in PLANT_FEATURES}
@@ -66,7 +66,7 @@ def test_rows_and_columns_answer_each_output_in_order(plant_app, plant_model_pat
     _, by_columns = call(plant_app, api_event(body=columns))
     # then
     assert status == 200
-    mean, variance = gpy_predict(plant_model_path, rows)
+    mean, variance = gpy_predict(plant_pickle_path, rows)
     for j, output in enumerate(PLANT_OUTPUTS):
         np.testing.assert_allclose([r[output]["mean"] for r in by_rows], mean[:, j], rtol=1e-9)
         np.testing.assert_allclose([r[output]["variance"] for r in by_rows], variance[:, j], rtol=1e-6)
@@ -76,12 +76,12 @@ def test_rows_and_columns_answer_each_output_in_order(plant_app, plant_model_pat
         }
 
 
-def test_options_apply_to_every_output(plant_app, plant_model_path: Path):
+def test_options_apply_to_every_output(plant_app, plant_pickle_path: Path):
     event = api_event(body=POINT)
     event["queryStringParameters"] = {"variance": "latent", "include": "std,interval"}
     status, body = call(plant_app, event)
     assert status == 200
-    _, latent = gpy_predict(plant_model_path, [POINT], latent=True)
+    _, latent = gpy_predict(plant_pickle_path, [POINT], latent=True)
     for j, output in enumerate(PLANT_OUTPUTS):
         answer = body[output]
         assert set(answer) == {"mean", "variance", "std", "lower_95", "upper_95"}
@@ -145,14 +145,14 @@ def test_sample_events_follow_the_manifest(plant_model_path: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_the_local_server_answers_over_http(plant_server, plant_model_path: Path):
+def test_the_local_server_answers_over_http(plant_server, plant_pickle_path: Path):
     base_url, _ = plant_server
     rows = points(5, seed=3)
     single = httpx.post(f"{base_url}/predict", json=rows[0], timeout=60)
     batch = httpx.post(f"{base_url}/predict", json=rows, timeout=60)
     refused = httpx.post(f"{base_url}/predict", json={**rows[0], "pressure": True}, timeout=60)
     assert single.status_code == batch.status_code == 200
-    mean, _ = gpy_predict(plant_model_path, rows)
+    mean, _ = gpy_predict(plant_pickle_path, rows)
     assert single.json()["conversion"]["mean"] == pytest.approx(mean[0, 0], rel=1e-9)
     assert [r["purity"]["mean"] for r in batch.json()] == pytest.approx(mean[:, 1].tolist(), rel=1e-9)
     assert refused.status_code == 422

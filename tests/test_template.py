@@ -131,11 +131,11 @@ def assert_lean(package: Path, with_model: bool = True) -> None:
     assert {p.relative_to(package) for p in (package / "handler").rglob("*.py")} == {
         p.relative_to(ROOT) for p in (ROOT / "handler").rglob("*.py")
     }
-    if with_model:
-        assert sorted(p.name for p in (package / "model_artifacts").iterdir()) == [
-            "pretrained-model.manifest.json",
-            "pretrained-model.pkl",
-        ]
+    if with_model:  # the deployed manifest and the artifact it names, nothing else
+        manifest = json.loads((ROOT / "model_artifacts" / "pretrained-model.manifest.json").read_text())
+        assert sorted(p.name for p in (package / "model_artifacts").iterdir()) == sorted(
+            ["pretrained-model.manifest.json", manifest["artifact"]]
+        )
     leftovers = [
         p.relative_to(package)
         for p in package.rglob("*")
@@ -168,16 +168,23 @@ def test_sam_build_packages_only_what_the_function_loads_under_the_size_limit(tm
     assert result.returncode == 0, result.stdout + result.stderr
     package = build_dir / "PredictFunction"
     assert list(package.glob("numpy/_core/_multiarray_umath.cpython-313-aarch64-linux-gnu.so")), "arm64 wheels"
-    assert list(package.glob("GPy/__init__.py"))
+    assert list(package.glob("numpy.libs/libscipy_openblas64_*.so")), "the BLAS handler/gp/blas.py calls"
     assert_lean(package)
+    manifest = json.loads((ROOT / "model_artifacts" / "pretrained-model.manifest.json").read_text())
+    gpy_route = manifest.get("format", "pickle") != "npz"
+    # a posterior file is served with numpy alone: no GPy, paramz or scipy (the GPy route adds them)
+    for name in ("GPy", "paramz", "scipy"):
+        assert bool(list(package.glob(f"{name}/__init__.py"))) == gpy_route, name
     size = sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
-    assert size < 190 * 2**20, f"{size / 2**20:.0f} MiB unzipped; before this package was pruned it was 192 MiB"
+    if not gpy_route:  # before posterior files (GPy, scipy, paramz in every package) it was 175 MiB
+        assert size < 80 * 2**20, f"{size / 2**20:.0f} MiB unzipped"
     assert size < LAMBDA_UNZIPPED_LIMIT_BYTES
-    # the job worker runs the same package; the finisher has pyarrow and no model, GPy or scipy
+    # the job worker has the same, and scipy for designs; the finisher has pyarrow and no model, GPy or scipy
     worker = build_dir / "JobWorkerFunction"
-    assert sorted(p.relative_to(worker) for p in worker.rglob("*")) == sorted(
-        p.relative_to(package) for p in package.rglob("*")
-    )
+    assert list(worker.glob("scipy/stats/_qmc.py"))
+    assert bool(list(worker.glob("GPy/__init__.py"))) == gpy_route
+    assert_lean(worker)
+    assert size < LAMBDA_UNZIPPED_LIMIT_BYTES
     finisher = build_dir / "JobFinisherFunction"
     assert list(finisher.glob("pyarrow/__init__.py"))
     for absent in ("GPy", "scipy", "model_artifacts"):
@@ -245,19 +252,20 @@ for event, expected in events():
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_pruned_package_still_serves_every_kind_of_model(tmp_path: Path, plant_model_path: Path):
-    # given the same build for this machine's architecture (the arm64 one cannot run here)
+    # given the same build for this machine's architecture (the arm64 one cannot run here), with the GPy route
     import platform
 
     arch = {"x86_64": "x86_64", "aarch64": "arm64"}[platform.machine()]
     package = tmp_path / "package"
     build = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "build_function.py"), str(package), "--arch", arch],
+        [sys.executable, str(ROOT / "scripts" / "build_function.py"), str(package), "--arch", arch, "--with-gpy"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr
     assert_lean(package)
-    # when the handler runs from it alone (no site-packages), on the shipped model, then on the plant model
-    # (Matern kernel, two outputs) and on a model only GPy itself can predict (a sum of kernels)
+    # when the handler runs from it alone (no site-packages), on the deployed model, then on the plant model
+    # (a posterior file: Matern kernel, two outputs) and on a model only GPy itself can predict (a sum of kernels,
+    # packaged as its pickle)
     import GPy
 
     X = np.random.default_rng(0).uniform(size=(20, 2))
@@ -271,8 +279,10 @@ def test_the_pruned_package_still_serves_every_kind_of_model(tmp_path: Path, pla
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert packaged.returncode == 0, packaged.stderr
+    deployed = json.loads((ROOT / "model_artifacts" / "pretrained-model.manifest.json").read_text())
+    assert json.loads(other_path.with_suffix(".manifest.json").read_text())["format"] == "pickle"
     for model_path, point in (
-        (None, {"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}),
+        (None, {f: (low + high) / 2 for f, (low, high) in deployed["bounds"].items()}),
         (plant_model_path, {"temperature": 300.0, "pressure": 2.0, "flow_rate": 1.0}),
         (other_path, {"a": 0.5, "b": 0.5}),
     ):
@@ -464,3 +474,22 @@ def test_each_function_may_touch_only_the_jobs_resources_it_uses(monkeypatch):
     assert finisher["s3:AbortMultipartUpload"] == {"JobsBucket"}
     assert worker["s3:AbortMultipartUpload"] == {"JobsBucket"}
     assert not any(action.startswith("dynamodb:Delete") for action in {**worker, **finisher})
+
+
+@pytest.mark.parametrize(
+    ("document", "needs_gpy"),
+    [
+        ({"schema_version": 3, "format": "npz", "artifact": "pretrained-model.npz"}, False),
+        ({"schema_version": 3, "format": "pickle", "artifact": "pretrained-model.pkl"}, True),
+        ({"schema_version": 2, "artifact": "pretrained-model.pkl"}, True),
+    ],
+    ids=["posterior-file", "pickle", "schema-2-pickle"],
+)
+def test_the_build_adds_the_gpy_route_only_for_a_pickle(tmp_path: Path, document: dict, needs_gpy: bool):
+    from scripts.build_function import model_files
+
+    manifest = tmp_path / "pretrained-model.manifest.json"
+    manifest.write_text(json.dumps(document))
+    files, gpy = model_files(manifest)
+    assert gpy is needs_gpy
+    assert files == [manifest, tmp_path / document["artifact"]]

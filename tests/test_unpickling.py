@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from handler.gp.artifact import PackagedArtifact, manifest_path_for, sha256_of
-from handler.gp.model import LazyModel, wrap_gpy_model
+from handler.gp.gpy_model import wrap_gpy_model
+from handler.gp.model import LazyModel
 from handler.gp.posterior import KERNELS
 from handler.gp.unpickling import (
     _RENAMED_MODULES,
@@ -36,7 +37,7 @@ from handler.gp.unpickling import (
     UnsafePickleError,
     load_pickle,
 )
-from tests.conftest import ROOT, SHIPPED_MODEL
+from tests.conftest import PARK_PICKLE, ROOT
 from tests.events import api_event, lambda_context, response_json
 from tests.test_posterior import make_gp
 
@@ -144,7 +145,7 @@ OPTIMISERS = ("lbfgsb", "scg", "org-bfgs", "fmin_tnc", "simplex")  # those param
 
 
 def _fitted_as_the_repo_does() -> Any:
-    from handler.gp.model import GPRegressionModel
+    from handler.gp.gpy_model import GPRegressionModel
 
     return GPRegressionModel.fit(*_data(outputs=2), restarts=1, max_iters=10).gp
 
@@ -245,8 +246,8 @@ def test_a_model_loads_in_every_protocol(name: str, protocol: int):
     assert_loads_as_pickled(supported_model(name), protocol)
 
 
-def test_the_shipped_artifact_loads():
-    assert load_pickle(SHIPPED_MODEL).input_dim == 4
+def test_the_park_examples_pickle_loads():
+    assert load_pickle(PARK_PICKLE).input_dim == 4
 
 
 class Reaching:

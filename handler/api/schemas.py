@@ -120,12 +120,33 @@ class HoldoutMetrics(BaseModel):
     coverage_95: float = Field(ge=0.0, le=1.0, description="Share of hold-out points inside the 95% interval.")
 
 
+class PosteriorArray(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shape: list[int]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class PosteriorDescription(BaseModel):
+    """The arrays of a posterior file (docs/model-format.md), each checked before it is used."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inference: Literal["exact", "sparse"]
+    arrays: dict[str, PosteriorArray]
+
+
 class ModelManifest(BaseModel):
     """The JSON file beside the pickle: what the model expects and how good it is (scripts/package_model.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[2] = 2
+    schema_version: Literal[2, 3] = Field(
+        default=3, description="2: a pickle, before posterior files; 3: either format."
+    )
+    format: Literal["npz", "pickle"] = Field(
+        default="npz", description="npz: a posterior file, served with numpy alone; pickle: served through GPy."
+    )
     name: Name
     version: str = Field(min_length=1)
     description: str = ""
@@ -140,6 +161,11 @@ class ModelManifest(BaseModel):
     kernel: dict[str, Any]
     training: dict[str, Any] = {}
     versions: dict[str, str]
+    posterior: PosteriorDescription | None = Field(
+        default=None,
+        exclude_if=lambda posterior: posterior is None,
+        description="The posterior file's arrays (format npz).",
+    )
     predict_through_gpy: str | None = Field(
         default=None,
         exclude_if=lambda reason: reason is None,  # absent, not null: manifests written before it stay as they are
@@ -147,6 +173,13 @@ class ModelManifest(BaseModel):
         description="Why this model predicts through GPy's own predict rather than the numpy/BLAS fast path (set "
         "by packaging when the fast path differs from GPy by more than rounding explains); absent: the fast path.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pickle_before_version_3(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("schema_version") == 2 and "format" not in data:
+            return {**data, "format": "pickle"}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -160,6 +193,10 @@ class ModelManifest(BaseModel):
                 raise ValueError(f"bounds of {name} must have lower < upper")
         if self.holdout is not None and list(self.holdout) != self.outputs:
             raise ValueError("holdout must list exactly the outputs, in order")
+        if (self.format == "npz") != (self.posterior is not None):
+            raise ValueError("a posterior file (format npz) and only one has a posterior description")
+        if self.schema_version == 2 and self.format != "pickle":
+            raise ValueError("schema_version 2 manifests describe pickles")
         return self
 
 

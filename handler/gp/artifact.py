@@ -21,7 +21,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_SCHEMA_VERSION = 2
+MANIFEST_SCHEMA_VERSION = 3
+# Version 2 manifests (before posterior files) describe pickles; they keep working, served by the GPy route.
+READABLE_SCHEMA_VERSIONS = (2, 3)
+FORMATS = {"npz": ".npz", "pickle": ".pkl"}  # the artifact's format, and the suffix its file name has
 # Names appear in JSON keys and in error paths such as `[3].name` and `name[3]`.
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -71,6 +74,7 @@ class Manifest:
     """
 
     model_type: str
+    format: str  # "npz" (a posterior file: numpy only) or "pickle" (the GPy route)
     sha256: str
     name: str
     version: str
@@ -84,11 +88,21 @@ class Manifest:
         document = json.loads(text)
         if not isinstance(document, dict):
             raise ValueError("expected a JSON object")
-        if (schema := document.get("schema_version")) != MANIFEST_SCHEMA_VERSION:
+        if (schema := document.get("schema_version")) not in READABLE_SCHEMA_VERSIONS:
             raise ValueError(
                 f"schema_version is {schema!r}, expected {MANIFEST_SCHEMA_VERSION}: "
                 "write it with scripts/package_model.py"
             )
+        artifact_format = document.get("format", "pickle") if schema == 3 else "pickle"
+        if artifact_format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {artifact_format!r}"[:200])
+        artifact = document.get("artifact")
+        if not (
+            isinstance(artifact, str)
+            and Path(artifact).name == artifact
+            and artifact.endswith(FORMATS[artifact_format])
+        ):
+            raise ValueError(f"artifact must be a file name ending {FORMATS[artifact_format]}")
         model_type, sha256, name, version, bounds = (
             document.get(k) for k in ("model_type", "sha256", "name", "version", "bounds")
         )
@@ -109,7 +123,7 @@ class Manifest:
             raise ValueError("each bound must be a [lower, upper] pair of numbers") from None
         if not (np.isfinite(bounds_array).all() and np.all(bounds_array[:, 0] < bounds_array[:, 1])):
             raise ValueError("each bound must be finite with lower < upper")
-        return cls(model_type, sha256, name, version, features, outputs, bounds_array, document)
+        return cls(model_type, artifact_format, sha256, name, version, features, outputs, bounds_array, document)
 
     def domain(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper limits of the inputs: the training bounds widened by `margin` x each range."""
@@ -153,48 +167,61 @@ def read_manifest(text: bytes, where: str) -> Manifest:
 
 
 class ArtifactSource(Protocol):
-    """Where the pickle and its manifest come from."""
+    """Where the artifact (a posterior file or a pickle) and its manifest come from."""
 
     def fetch_manifest(self) -> Manifest:
         """The manifest, parsed."""
 
     def fetch_model(self, manifest: Manifest) -> Path:
-        """A local path to the pickle, its bytes checked against the manifest's sha256."""
+        """A local path to the artifact, its bytes checked against the manifest's sha256."""
 
 
 @dataclass(frozen=True)
 class PackagedArtifact:
-    """The pickle inside the function's package, its manifest beside it."""
+    """The artifact inside the function's package, its manifest beside it (`NAME.npz` -> `NAME.manifest.json`).
+
+    `model_path` names the artifact; where no file is there, the manifest beside it names the artifact (so the
+    template's MODEL_PATH serves a posterior file or a pickle, whichever was packaged).
+    """
 
     model_path: Path
 
     def fetch_manifest(self) -> Manifest:
         path = manifest_path_for(self.model_path)
-        if not self.model_path.is_file():
-            raise ModelUnavailableError(f"model artifact {self.model_path.name} is missing")
         if not path.is_file():
             raise ModelUnavailableError(f"model manifest {path.name} is missing")
-        return read_manifest(path.read_bytes(), path.name)
+        manifest = read_manifest(path.read_bytes(), path.name)
+        if not self._artifact(manifest).is_file():
+            raise ModelUnavailableError(f"model artifact {self._artifact(manifest).name} is missing")
+        return manifest
 
     def fetch_model(self, manifest: Manifest) -> Path:
-        if sha256_of(self.model_path) != manifest.sha256:
+        artifact = self._artifact(manifest)
+        if artifact.suffix != FORMATS[manifest.format]:
+            raise ModelUnavailableError(f"model artifact {artifact.name} is not a {manifest.format} file")
+        if sha256_of(artifact) != manifest.sha256:
             raise ModelUnavailableError(
-                f"model artifact {self.model_path.name} does not match its manifest checksum (corrupt or replaced)"
+                f"model artifact {artifact.name} does not match its manifest checksum (corrupt or replaced)"
             )
-        return self.model_path
+        return artifact
+
+    def _artifact(self, manifest: Manifest) -> Path:
+        if self.model_path.is_file():
+            return self.model_path
+        return self.model_path.with_name(manifest.document["artifact"])
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """`s3://bucket/path/model.pkl` -> ("bucket", "path/model.pkl"); ValueError otherwise."""
-    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(.+\.pkl)", uri)
+    """`s3://bucket/path/model.npz` -> ("bucket", "path/model.npz") (or a .pkl); ValueError otherwise."""
+    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(.+\.(?:npz|pkl))", uri)
     if match is None:
-        raise ValueError(f"expected s3://BUCKET/KEY.pkl, got {uri!r}")
+        raise ValueError(f"expected s3://BUCKET/KEY.npz (or KEY.pkl), got {uri!r}")
     return match.group(1), match.group(2)
 
 
 @dataclass
 class S3Artifact:
-    """A pickle in S3 with its manifest beside it (`KEY.pkl` -> `KEY.manifest.json`).
+    """An artifact in S3 with its manifest beside it (`KEY.npz` or `KEY.pkl` -> `KEY.manifest.json`).
 
     Downloaded once per execution environment into `cache_dir` (Lambda's /tmp), streamed and hashed
     on the way; a file left by an earlier attempt in the same environment is re-hashed, not re-fetched.
@@ -246,7 +273,10 @@ class S3Artifact:
         return read_manifest(text, f"s3://{self.bucket}/{self.manifest_key}")
 
     def fetch_model(self, manifest: Manifest) -> Path:
-        target = self.cache_dir / f"{manifest.sha256}.pkl"
+        suffix = FORMATS[manifest.format]
+        if not self.key.endswith(suffix):
+            raise ModelUnavailableError(f"s3://{self.bucket}/{self.key} is not a {manifest.format} file ({suffix})")
+        target = self.cache_dir / f"{manifest.sha256}{suffix}"
         if target.is_file() and sha256_of(target) == manifest.sha256:
             return target
         from botocore.exceptions import BotoCoreError

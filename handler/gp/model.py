@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import operator
-import pickle
 import platform
 import threading
 import time
@@ -21,16 +19,15 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from handler.gp import posterior as posterior_module
-from handler.gp.artifact import ArtifactSource, Manifest, ModelUnavailableError, atomic_write
-from handler.gp.posterior import GPPosterior, Prediction, describe_kernel
-from handler.gp.unpickling import UnsafePickleError, load_pickle
+from handler.gp import posterior_file
+from handler.gp.artifact import ArtifactSource, Manifest, ModelUnavailableError
+from handler.gp.posterior import GPPosterior, Prediction
 
 logger = logging.getLogger(__name__)
 
 
 class SurrogateModel(ABC):
-    """What the service needs of a model. Another model type is another subclass in MODEL_TYPES."""
+    """What the service needs of a model: `PosteriorModel` (numpy) or, for the GPy route, handler.gp.gpy_model's."""
 
     model_type: ClassVar[str]
 
@@ -71,155 +68,45 @@ class SurrogateModel(ABC):
         raise NotImplementedError(f"{type(self).__name__} gives no joint covariance")
 
 
-class GPRegressionModel(SurrogateModel):
-    """A GPy `GPRegression`. Predictions equal GPy's `predict` (or `predict_noiseless` for latent=True).
+class PosteriorModel(SurrogateModel):
+    """A model served from its posterior file (.npz): numpy only, no GPy, scipy or unpickling.
 
-    Models `GPPosterior` covers predict through it, numpy and BLAS only; others through GPy itself, with
-    the reason logged. Both in bounded chunks.
+    Predictions, gradients and covariances are `GPPosterior`'s, equal to GPy's to rounding (checked when packaged).
     """
 
-    model_type = "GPy.models.GPRegression"
+    model_type = "posterior file"
 
-    def __init__(self, gp: Any, *, predict_through_gpy: str | None = None) -> None:
-        """`predict_through_gpy`: the manifest's reason to skip the fast path (packaging found it does not match)."""
-        self.gp = gp
-        self.posterior: GPPosterior | None = None
-        if predict_through_gpy is not None:
-            logger.warning("predicting through GPy, as the manifest says: %s", predict_through_gpy)
-            return
-        try:
-            self.posterior = GPPosterior.from_gpy(gp)
-        except ValueError as exc:
-            logger.warning("fast path not available, predicting through GPy: %s", exc)
-
-    @classmethod
-    def accepts(cls, obj: Any) -> bool:
-        import GPy
-
-        gpy_class = operator.attrgetter(cls.model_type.removeprefix("GPy."))(GPy)
-        return isinstance(obj, gpy_class)
-
-    @classmethod
-    def fit(
-        cls,
-        X: np.ndarray,
-        Y: np.ndarray,
-        *,
-        kernel: str = "RBF",
-        restarts: int = 5,
-        seed: int = 0,
-        normalize: bool = True,
-        max_iters: int = 1000,
-    ) -> Self:
-        """Fit a GP with an ARD kernel by maximum marginal likelihood with random restarts (deterministic)."""
-        import GPy
-
-        gp = GPy.models.GPRegression(
-            X, Y, getattr(GPy.kern, kernel)(input_dim=X.shape[1], ARD=True), normalizer=normalize
-        )
-        # A deterministic simulator has (almost) no noise; the floor keeps the Cholesky factor well conditioned.
-        gp.Gaussian_noise.variance.constrain_bounded(1e-8, 1.0, warning=False)
-        np.random.seed(seed)  # GPy draws restart points from numpy's global generator
-        gp.optimize_restarts(num_restarts=restarts, robust=True, verbose=False, messages=False, max_iters=max_iters)
-        return cls(gp)
+    def __init__(self, posterior: GPPosterior) -> None:
+        self.posterior = posterior
 
     @classmethod
     def load(cls, path: Path, manifest: Manifest | None = None) -> Self:
-        gp = load_pickle(path)
-        if not cls.accepts(gp):
-            found = f"{type(gp).__module__}.{type(gp).__qualname__}"
-            raise TypeError(f"expected a {cls.model_type}, found {found}")
-        reason = manifest.document.get("predict_through_gpy") if manifest is not None else None
-        return cls(gp, predict_through_gpy=None if reason is None else str(reason))
-
-    def save(self, path: Path) -> None:
-        atomic_write(path, pickle.dumps(self.gp, protocol=pickle.HIGHEST_PROTOCOL))
+        if manifest is None:
+            raise ValueError("a posterior file is read with its manifest")
+        document = manifest.document
+        arrays = posterior_file.read(path, document.get("posterior"), len(manifest.features), len(manifest.outputs))
+        kernel = (document.get("kernel") or {}).get("name")
+        return cls(GPPosterior.from_arrays(str(kernel), arrays))
 
     @property
     def input_dim(self) -> int:
-        return int(self.gp.input_dim)
+        return int(self.posterior.inputs.shape[1])
 
     @property
     def output_dim(self) -> int:
-        return int(self.gp.Y.shape[1])
+        return int(self.posterior.woodbury_vector.shape[1])
 
-    def training_inputs(self) -> np.ndarray:
-        return np.asarray(self.gp.X, dtype=float)
+    def training_inputs(self) -> np.ndarray | None:
+        return self.posterior.inputs if self.posterior.inference == "exact" else None
 
     def predict(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
-        if self.posterior is not None:
-            return self.posterior.predict(X, latent=latent)
-        return self.predict_with_gpy(X, latent=latent)
-
-    def predict_with_gpy(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
-        """GPy's own predict, in chunks: GPy allocates several (rows x n) arrays per call."""
-        gpy_predict = self.gp.predict_noiseless if latent else self.gp.predict
-        rows = max(1, posterior_module.CHUNK_BYTES // (4 * 8 * self._inputs_held()))
-        mean = np.empty((len(X), self.output_dim))
-        variance = np.empty((len(X), self.output_dim))
-        for start in range(0, len(X), rows):
-            chunk_mean, chunk_variance = gpy_predict(X[start : start + rows])
-            mean[start : start + rows] = chunk_mean
-            variance[start : start + rows] = chunk_variance  # (rows, 1) without a normalizer: one for all outputs
-        return Prediction(mean, variance)
+        return self.posterior.predict(X, latent=latent)
 
     def gradients(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Analytic through `GPPosterior` where it applies, else GPy's `predictive_gradients`."""
-        if self.posterior is not None:
-            return self.posterior.gradients(X)
-        mean_gradient, variance_gradient = self.gp.predictive_gradients(X)
-        if variance_gradient.ndim == 2:  # one variance for all outputs
-            variance_gradient = np.repeat(variance_gradient[:, :, None], self.output_dim, axis=2)
-        return np.asarray(mean_gradient, dtype=float), np.asarray(variance_gradient, dtype=float)
+        return self.posterior.gradients(X)
 
     def covariance(self, X: np.ndarray, *, latent: bool = False) -> np.ndarray:
-        """As GPy's `predict(..., full_cov=True)` (`predict_noiseless` for latent=True), per output."""
-        if self.posterior is not None:
-            return self.posterior.covariance(X, latent=latent)
-        _, covariance = (self.gp.predict_noiseless if latent else self.gp.predict)(X, full_cov=True)
-        covariance = np.asarray(covariance, dtype=float)
-        if covariance.ndim == 2:  # one covariance for all outputs
-            return np.repeat(covariance[None], self.output_dim, axis=0)
-        return np.moveaxis(covariance, -1, 0)
-
-    def _inputs_held(self) -> int:
-        return int(self.gp.num_data)
-
-    def describe(self) -> dict[str, Any]:
-        return describe_kernel(self.gp)
-
-
-class SparseGPRegressionModel(GPRegressionModel):
-    """A GPy `SparseGPRegression` (inducing points, variational DTC): how GPy fits 10^4-10^6 points."""
-
-    model_type = "GPy.models.SparseGPRegression"
-
-    def _inputs_held(self) -> int:
-        return len(self.gp.Z)
-
-
-class GPyModel(GPRegressionModel):
-    """Any other GPy GP (`GPy.core.GP`: another likelihood, inference or mean function), predicted by GPy itself.
-
-    `GPPosterior.from_gpy` says why the fast path does not apply; the reason is logged at load.
-    """
-
-    model_type = "GPy.core.GP"
-
-
-MODEL_TYPES: dict[str, type[SurrogateModel]] = {
-    cls.model_type: cls for cls in (GPRegressionModel, SparseGPRegressionModel, GPyModel)
-}
-
-
-def wrap_gpy_model(obj: Any) -> GPRegressionModel:
-    """The service's wrapper for an unpickled GPy object; TypeError names what is supported."""
-    # Most specific first: the check is isinstance, and GPRegression and SparseGP are GPy.core.GPs too.
-    for cls in (SparseGPRegressionModel, GPRegressionModel, GPyModel):
-        if cls.accepts(obj):
-            return cls(obj)
-    supported = ", ".join(MODEL_TYPES)
-    raise TypeError(f"{type(obj).__module__}.{type(obj).__qualname__} is not a supported model ({supported})")
+        return self.posterior.covariance(X, latent=latent)
 
 
 @dataclass(frozen=True)
@@ -229,22 +116,27 @@ class LoadedModel:
 
 
 def load_model(source: ArtifactSource, manifest: Manifest | None = None) -> LoadedModel:
-    """Load a model and its manifest, refusing an artifact whose checksum, type or shape does not match."""
+    """Load a model and its manifest, refusing an artifact whose checksum, type or shape does not match.
+
+    A posterior file (format npz) is read with numpy alone; only a pickle (format pickle) imports the GPy route.
+    """
     manifest = manifest or source.fetch_manifest()
-    model_class = MODEL_TYPES.get(manifest.model_type)
-    if model_class is None:
-        raise ModelUnavailableError(
-            f"model type {manifest.model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})"
-        )
-    path = source.fetch_model(manifest)
-    try:
-        model = model_class.load(path, manifest)
-    except UnsafePickleError as exc:
-        # `refused_global` names what was refused: a global, or what the pickle overreached on (opcodes, nesting).
-        logger.error("model artifact refused", extra={"refused_global": exc.name, "reason": str(exc)})
-        raise ModelUnavailableError(f"model artifact refused: {exc}") from exc
-    except Exception as exc:  # unpickling can raise almost anything
-        raise ModelUnavailableError(f"model artifact could not be read: {type(exc).__name__}: {exc}"[:300]) from exc
+    if manifest.format == posterior_file.FORMAT:
+        model: SurrogateModel = _read(source, manifest, PosteriorModel)
+    else:
+        try:
+            from handler.gp.gpy_model import MODEL_TYPES
+        except ImportError as exc:  # a package built for a posterior file, then given a pickle
+            raise ModelUnavailableError(f"the model is a pickle, and this package lacks the GPy route: {exc}") from exc
+        model_class = MODEL_TYPES.get(manifest.model_type)
+        if model_class is None:
+            raise ModelUnavailableError(
+                f"model type {manifest.model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})"
+            )
+        model = _read(source, manifest, model_class)
+        if differing := version_differences(manifest):
+            # GPy pickles are tied to the library versions that wrote them: say so before predictions look odd.
+            logger.warning("library versions differ from the manifest's", extra={"versions": differing})
     if model.input_dim != len(manifest.features):
         raise ModelUnavailableError(
             f"model takes {model.input_dim} inputs but its manifest lists {len(manifest.features)} features"
@@ -253,10 +145,21 @@ def load_model(source: ArtifactSource, manifest: Manifest | None = None) -> Load
         raise ModelUnavailableError(
             f"model has {model.output_dim} outputs but its manifest lists {len(manifest.outputs)}"
         )
-    if differing := version_differences(manifest):
-        # GPy pickles are tied to the library versions that wrote them: say so before predictions look odd.
-        logger.warning("library versions differ from the manifest's", extra={"versions": differing})
     return LoadedModel(model, manifest)
+
+
+def _read(source: ArtifactSource, manifest: Manifest, model_class: type[SurrogateModel]) -> SurrogateModel:
+    path = source.fetch_model(manifest)
+    try:
+        return model_class.load(path, manifest)
+    except Exception as exc:  # unpickling can raise almost anything; so can a corrupt zip
+        from handler.gp.unpickling import UnsafePickleError
+
+        if isinstance(exc, UnsafePickleError):
+            # `refused_global` names what was refused: a global, or what the pickle overreached on (opcodes, nesting).
+            logger.error("model artifact refused", extra={"refused_global": exc.name, "reason": str(exc)})
+            raise ModelUnavailableError(f"model artifact refused: {exc}") from exc
+        raise ModelUnavailableError(f"model artifact could not be read: {type(exc).__name__}: {exc}"[:300]) from exc
 
 
 def version_differences(manifest: Manifest) -> dict[str, dict[str, str]]:

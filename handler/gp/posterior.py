@@ -3,19 +3,20 @@
 Covers what Bayesian-optimisation and surrogate users pick: stationary RBF, Exponential, Matern-3/2
 and Matern-5/2 kernels (ARD or not), Gaussian likelihood, exact (`GPRegression`) or sparse
 variational-DTC (`SparseGPRegression`) inference, one or several outputs, GPy's Standardize
-normalizer or none. `from_gpy` says why a model is not covered; the caller then predicts through GPy.
+normalizer or none. Built from the arrays of a posterior file (handler.gp.posterior_file), or from a GPy model
+by handler.gp.from_gpy; nothing here imports GPy or scipy.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import GPy
+from handler.gp.blas import lower_times
 
 # Working memory of one prediction chunk. Measured (benchmarks/results.md, "chunk budget"): 64 MiB is
 # ~25% faster than 16 MiB at n = 1000-3000; 128-512 MiB gain another ~20% for 2-4x the memory. 64 MiB
@@ -50,6 +51,8 @@ class GPPosterior:
 
     kernel: str  # one of KERNELS
     kernel_variance: float
+    inputs: np.ndarray  # U, (m, d): training inputs (exact) or inducing inputs (sparse)
+    lengthscale: np.ndarray  # (d,)
     inverse_lengthscale: np.ndarray  # (d,)
     # [U / lengthscale, 1, -|U / lengthscale|^2 / 2 (+ log s2 for RBF)], (m, d + 2): with a query row augmented
     # as [z, -|z|^2 / 2, 1], one matrix product gives -r^2 / 2 (the RBF's log-covariance).
@@ -62,60 +65,58 @@ class GPPosterior:
     y_std: np.ndarray  # (n_outputs,)
 
     @classmethod
-    def from_gpy(cls, gp: Any) -> GPPosterior:
-        """Derive the posterior from a fitted GPRegression or SparseGPRegression; ValueError says why not."""
-        import GPy
-        from GPy.inference.latent_function_inference import ExactGaussianInference, VarDTC
-        from GPy.util.normalizer import Standardize
-
-        kern = gp.kern
-        kernel = type(kern).__name__
-        if kernel not in KERNELS or type(kern) is not getattr(GPy.kern, kernel):
+    def from_arrays(cls, kernel: str, arrays: Mapping[str, np.ndarray]) -> GPPosterior:
+        """The posterior of a file's arrays (handler.gp.posterior_file): `cholesky_inverse` or `woodbury_inverse`."""
+        if kernel not in KERNELS:
             raise ValueError(f"kernel {kernel} is not one of {', '.join(KERNELS)}")
-        if list(kern.active_dims) != list(range(gp.input_dim)):
-            raise ValueError("the kernel does not act on every input")
-        if type(gp.likelihood) is not GPy.likelihoods.Gaussian:
-            raise ValueError(f"likelihood {type(gp.likelihood).__name__} is not Gaussian")
-        if gp.mean_function is not None:
-            raise ValueError("the model has a mean function")
-        normalizer = gp.normalizer
-        if normalizer is not None and type(normalizer) is not Standardize:
-            raise ValueError(f"normalizer {type(normalizer).__name__} is not Standardize")
-        posterior = gp.posterior
-        cholesky_inverse = woodbury_inverse = None
-        if isinstance(gp.inference_method, ExactGaussianInference):
-            inputs = np.asarray(gp.X, dtype=float)
-            cholesky_inverse = _inverse_cholesky(np.asarray(posterior.woodbury_chol, dtype=float))
-        elif isinstance(gp.inference_method, VarDTC) and isinstance(gp, GPy.core.SparseGP):
-            if gp.has_uncertain_inputs():
-                raise ValueError("the model has uncertain inputs")
-            inputs = np.asarray(gp.Z, dtype=float)
-            woodbury_inverse = np.asarray(posterior.woodbury_inv, dtype=float)
-            if woodbury_inverse.ndim != 2:
-                raise ValueError("the model has missing data (one woodbury_inv per output)")
-        else:
-            raise ValueError(f"inference {type(gp.inference_method).__name__} is neither exact nor VarDTC")
-        woodbury_vector = np.asarray(posterior.woodbury_vector, dtype=float)
-        n_outputs = woodbury_vector.shape[1]
-
-        inverse_lengthscale = 1.0 / np.broadcast_to(np.asarray(kern.lengthscale.values, dtype=float), (gp.input_dim,))
+        inputs = np.asarray(arrays["inputs"], dtype=float)
+        lengthscale = np.asarray(arrays["lengthscale"], dtype=float)
+        inverse_lengthscale = 1.0 / lengthscale
+        kernel_variance = float(arrays["kernel_variance"])
+        woodbury_vector = np.asarray(arrays["woodbury_vector"], dtype=float)
         scaled = inputs * inverse_lengthscale
-        kernel_variance = float(kern.variance.values[0])
         last = -0.5 * np.vecdot(scaled, scaled)
         if kernel == "RBF":
             last += np.log(kernel_variance)
+        cholesky_inverse = arrays.get("cholesky_inverse")
+        woodbury_inverse = arrays.get("woodbury_inverse")
+        if (cholesky_inverse is None) == (woodbury_inverse is None):
+            raise ValueError("expected one of cholesky_inverse (exact) and woodbury_inverse (sparse)")
         return cls(
             kernel=kernel,
             kernel_variance=kernel_variance,
+            inputs=inputs,
+            lengthscale=lengthscale,
             inverse_lengthscale=inverse_lengthscale,
             inputs_augmented=np.column_stack([scaled, np.ones(len(scaled)), last]),
             woodbury_vector=woodbury_vector,
-            cholesky_inverse=cholesky_inverse,
-            woodbury_inverse=woodbury_inverse,
-            noise_variance=float(gp.likelihood.variance.values[0]),
-            y_mean=_per_output(normalizer.mean if normalizer is not None else 0.0, n_outputs),
-            y_std=_per_output(normalizer.std if normalizer is not None else 1.0, n_outputs),
+            # lower triangular in Fortran order: what BLAS's TRMM reads
+            cholesky_inverse=None if cholesky_inverse is None else np.asfortranarray(np.tril(cholesky_inverse)),
+            woodbury_inverse=None if woodbury_inverse is None else np.asarray(woodbury_inverse, dtype=float),
+            noise_variance=float(arrays["noise_variance"]),
+            y_mean=np.asarray(arrays["y_mean"], dtype=float).reshape(-1),
+            y_std=np.asarray(arrays["y_std"], dtype=float).reshape(-1),
         )
+
+    @property
+    def inference(self) -> str:
+        return "exact" if self.cholesky_inverse is not None else "sparse"
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What a posterior file holds: `from_arrays(kernel, arrays())` is this posterior again."""
+        factor = {"cholesky_inverse": self.cholesky_inverse} if self.cholesky_inverse is not None else {}
+        if self.woodbury_inverse is not None:
+            factor = {"woodbury_inverse": self.woodbury_inverse}
+        return {
+            "inputs": self.inputs,
+            "lengthscale": self.lengthscale,
+            "kernel_variance": np.asarray(self.kernel_variance),
+            "noise_variance": np.asarray(self.noise_variance),
+            "woodbury_vector": self.woodbury_vector,
+            **factor,
+            "y_mean": self.y_mean,
+            "y_std": self.y_std,
+        }
 
     @property
     def n_inputs(self) -> int:
@@ -194,8 +195,6 @@ class GPPosterior:
         return change
 
     def predict(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
-        from scipy.linalg.blas import dtrmm
-
         n_outputs = self.woodbury_vector.shape[1]
         mean = np.empty((len(X), n_outputs))
         reduction = np.empty(len(X))
@@ -213,7 +212,7 @@ class GPPosterior:
             if stop - start < TRMM_MIN_ROWS:
                 W = K @ self.cholesky_inverse.T
             else:  # L^-1 K^T in place of K: K^T of a C-ordered K is the Fortran-ordered array BLAS wants
-                W = dtrmm(1.0, self.cholesky_inverse, K.T, lower=1, overwrite_b=1).T
+                W = lower_times(self.cholesky_inverse, K.T).T
             reduction[start:stop] = np.vecdot(W, W)
         variance = self.kernel_variance - reduction
         if self.woodbury_inverse is not None:
@@ -299,38 +298,3 @@ class GPPosterior:
         if not latent:
             covariance[np.diag_indices_from(covariance)] += self.noise_variance
         return covariance[None, :, :] * (self.y_std**2)[:, None, None]
-
-
-def _inverse_cholesky(cholesky: np.ndarray) -> np.ndarray:
-    from scipy.linalg.lapack import dtrtri
-
-    inverse, info = dtrtri(cholesky, lower=1)
-    if info != 0:
-        raise ValueError(f"the Cholesky factor is singular (LAPACK dtrtri info={info})")
-    return np.asfortranarray(inverse)
-
-
-def _per_output(value: Any, n_outputs: int) -> np.ndarray:
-    return np.broadcast_to(np.asarray(value, dtype=float).ravel(), (n_outputs,)).copy()
-
-
-def describe_kernel(gp: GPy.core.GP) -> dict[str, Any]:
-    """Kernel, hyperparameters and fit, for the manifest."""
-    kern = gp.kern
-    description: dict[str, Any] = {"name": type(kern).__name__}
-    if hasattr(kern, "lengthscale") and hasattr(kern, "variance"):
-        description |= {
-            "ARD": bool(getattr(kern, "ARD", False)),
-            "variance": float(kern.variance.values[0]),
-            "lengthscale": [float(v) for v in kern.lengthscale.values],
-        }
-    else:
-        parameters = zip(kern.parameter_names(), kern.flattened_parameters, strict=True)
-        description["parameters"] = {name: np.asarray(p).tolist() for name, p in parameters}
-    if hasattr(gp.likelihood, "variance"):
-        description["noise_variance"] = float(gp.likelihood.variance.values[0])
-    description["normalizer"] = type(gp.normalizer).__name__ if gp.normalizer is not None else None
-    if hasattr(gp, "Z"):
-        description["inducing_points"] = len(gp.Z)
-    description["log_likelihood"] = float(np.asarray(gp.log_likelihood()).sum())  # an array for sparse models
-    return description

@@ -1,0 +1,131 @@
+"""A posterior file is served with numpy alone: no route imports GPy, paramz or scipy, or enters an unpickler.
+
+Each check runs in a fresh process whose imports of those packages (and of the service's GPy route) fail loudly
+and are recorded, and whose pickle loaders raise: a route that reached for any of them could not answer 200.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PROBE = r"""
+import importlib.abc, json, pickle, sys
+
+FORBIDDEN = ("GPy", "paramz", "scipy", "handler.gp.unpickling", "handler.gp.gpy_model", "handler.gp.from_gpy")
+attempts = []
+
+
+class Forbidden(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in FORBIDDEN or name in FORBIDDEN:
+            attempts.append(name)
+            raise ImportError(f"{name} is forbidden here")
+        return None
+
+
+sys.meta_path.insert(0, Forbidden())
+
+
+def refuse(*args, **kwargs):
+    attempts.append("unpickling")
+    raise RuntimeError("an unpickler was entered")
+
+
+pickle.load = pickle.loads = pickle.Unpickler = pickle._Unpickler = refuse
+
+sys.path.insert(0, sys.argv[1])
+from handler import app
+from tests.events import api_event, lambda_context, response_json
+
+manifest = app.model.manifest()
+name, features = manifest.name, manifest.features
+point = {f: float(sum(b) / 2) for f, b in zip(features, manifest.bounds.tolist())}
+columns = {f: [float(b[0]), float(sum(b) / 2), float(b[1])] for f, b in zip(features, manifest.bounds.tolist())}
+infer = {"inputs": [{"name": "input", "shape": [3, len(features)], "datatype": "FP64",
+                     "data": [v for i in range(3) for v in (columns[f][i] for f in features)]}]}
+calls = {
+    "predict": ("POST", "/predict", point, None),
+    "predict-batch": ("POST", "/predict", columns, None),
+    "predict-latent-std-interval": (
+        "POST", "/predict", [point, point], {"variance": "latent", "include": "std,interval"}
+    ),
+    "predict-gradient": ("POST", "/predict", columns, {"include": "gradient"}),
+    "predict-covariance": ("POST", "/predict", columns, {"include": "covariance"}),
+    "sample": ("POST", "/sample", {"points": columns, "samples": 5, "seed": 1}, None),
+    "sample-observations": ("POST", "/sample", {"points": [point], "samples": 2, "target": "observations"}, None),
+    "health": ("GET", "/health", None, None),
+    "model": ("GET", "/model", None, None),
+    "openapi": ("GET", "/openapi.json", None, None),
+    "v2-server": ("GET", "/v2", None, None),
+    "v2-ready": ("GET", f"/v2/models/{name}/ready", None, None),
+    "v2-metadata": ("GET", f"/v2/models/{name}", None, None),
+    "v2-infer": ("POST", f"/v2/models/{name}/infer", infer, None),
+}
+statuses = {}
+for label, (method, path, body, query) in calls.items():
+    event = api_event(method, path, body)
+    event["queryStringParameters"] = query
+    event["multiValueQueryStringParameters"] = {k: [v] for k, v in (query or {}).items()} or None
+    statuses[label] = app.lambda_handler(event, lambda_context())["statusCode"]
+
+# Jobs: the API submits inline points, the worker predicts them, the finisher assembles (moto's AWS in-process)
+import os
+from moto import mock_aws
+for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    os.environ[variable] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+with mock_aws():
+    import pytest
+    from tests.jobs_harness import start_harness
+    monkeypatch = pytest.MonkeyPatch()
+    jobs = start_harness(monkeypatch, app.model, chunk_points=1_000)
+    status, _, submitted = jobs.call("POST", "/jobs", {"points": [point] * 1_500})
+    jobs.run()
+    _, _, done = jobs.call("GET", f"/jobs/{submitted['id']}")
+    statuses["jobs"] = status
+    statuses["jobs-status"] = done["status"]
+    monkeypatch.undo()
+
+loaded = sorted({m.split(".")[0] for m in sys.modules} & {"GPy", "paramz", "scipy"})
+print(json.dumps({"statuses": statuses, "attempts": attempts, "loaded": loaded,
+                  "gp_modules": sorted(m for m in sys.modules if m.startswith("handler.gp."))}))
+"""
+
+
+@pytest.fixture(scope="module")
+def posterior_file_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Park model, packaged as the packaging command packages it: a posterior file."""
+    from scripts.train_model import train
+
+    manifest, artifact = train(tmp_path_factory.mktemp("npz") / "model.npz", n_train=30, n_holdout=50, restarts=1)
+    assert manifest.format == "npz"
+    assert artifact.suffix == ".npz"
+    return artifact
+
+
+@pytest.mark.slow
+def test_no_route_imports_gpy_paramz_or_scipy_or_unpickles_for_a_posterior_file(posterior_file_model: Path):
+    # given a fresh process serving a posterior file, where importing GPy, paramz, scipy or the GPy route fails
+    env = {"PATH": "/usr/bin:/bin", "MODEL_PATH": str(posterior_file_model), "POWERTOOLS_METRICS_NAMESPACE": "t"}
+    # when every route answers (predictions, options, samples, the model card, OpenAPI, V2, a job end to end)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(ROOT)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # then each answered as usual, nothing reached for GPy, paramz, scipy or an unpickler, and none is loaded
+    assert report["statuses"] == {
+        **{label: 200 for label in report["statuses"] if label not in ("jobs", "jobs-status")},
+        "jobs": 202,
+        "jobs-status": "SUCCEEDED",
+    }
+    assert report["attempts"] == []
+    assert report["loaded"] == []
+    assert "handler.gp.unpickling" not in report["gp_modules"]
