@@ -108,11 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         service.append(s)
         gpy.append(g)
         ratios.append(s / g)
-    print(f"medians of {args.repeats} alternating fresh processes, wall time from process start")
-    print(
-        f"  service, first /predict answer: {statistics.median(service):.3f} s (imports {detail['modules'] or 'none'} "
-        "of GPy, paramz, scipy)"
-    )
+    what = "job worker, model loaded and one point predicted" if args.worker else "service, first /predict answer"
+    print(f"medians of {args.repeats} alternating fresh processes, wall time from process start ({tree})")
+    modules = detail["modules"] or "none"
+    print(f"  {what}: {statistics.median(service):.3f} s (imports {modules} of GPy, paramz, scipy)")
     print(f"  GPy import + unpickle + predict: {statistics.median(gpy):.3f} s")
     print(f"  ratio (median of paired ratios): {statistics.median(ratios):.2f}x [{min(ratios):.2f}, {max(ratios):.2f}]")
 
