@@ -80,6 +80,10 @@ def _rewrite_member(path: Path, name: str, data: bytes, compress: int = zipfile.
             archive.writestr(member, content, compress_type=compress if member == f"{name}.npy" else zipfile.ZIP_STORED)
 
 
+def _c(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array)
+
+
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
@@ -89,14 +93,21 @@ def _npy(array: np.ndarray) -> bytes:
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
-        (lambda p, a: _rewrite_member(p, "woodbury_vector", _npy(a["woodbury_vector"] * (1 + 1e-12))), "sha256"),
+        (
+            lambda p, a: _rewrite_member(
+                p, "woodbury_vector", _npy(np.ascontiguousarray(a["woodbury_vector"]) * (1 + 1e-12))
+            ),
+            "sha256",
+        ),
         (lambda p, a: _rewrite_member(p, "y_std", _npy(a["y_std"].astype("<f4"))), "expected float64"),
         (lambda p, a: _rewrite_member(p, "lengthscale", _npy(np.zeros(3))), "sha256|positive"),
         (lambda p, a: _rewrite_member(p, "inputs", _npy(a["inputs"]), zipfile.ZIP_DEFLATED), "compressed"),
-        (lambda p, a: _rewrite_member(p, "y_mean", _npy(np.zeros(10**6))), "larger than its shape"),
+        (lambda p, a: _rewrite_member(p, "y_mean", _npy(np.zeros(10**6))), "larger than"),
+        (lambda p, a: _rewrite_member(p, "y_mean", _npy(np.zeros(3))), "expected float64"),
+        (lambda p, a: _rewrite_member(p, "inputs", _npy(np.asfortranarray(a["inputs"]))), "in Fortran"),
         (lambda p, a: _rewrite_member(p, "extra", _npy(np.zeros(1))), "holds"),
     ],
-    ids=["changed-value", "float32", "zero-lengthscale", "compressed", "oversized", "extra-member"],
+    ids=["changed-value", "float32", "zero-lengthscale", "compressed", "oversized", "wrong-shape", "fortran", "extra"],
 )
 def test_a_file_that_is_not_what_its_manifest_says_is_refused(fitted, tmp_path: Path, tamper, message):
     # given a posterior file changed after its manifest was written
@@ -177,3 +188,63 @@ def test_the_triangular_product_from_numpys_openblas_equals_a_matrix_product(row
 def test_numpys_wheel_carries_the_blas_the_posterior_uses():
     # numpy's manylinux wheels (x86_64 and aarch64) ship scipy-openblas; a missing one would halve exact-model speed
     assert blas.HAS_TRMM
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_a_file_of_many_duplicate_entries_is_refused_by_its_size_before_it_is_opened(fitted, tmp_path: Path):
+    # given a posterior file padded with thousands of copies of one member (each a valid, small entry)
+    _, _, inference, arrays = fitted
+    path, description = written(tmp_path, arrays, inference)
+    with zipfile.ZipFile(path, "a") as archive:
+        for _ in range(2_000):
+            archive.writestr("y_std.npy", _npy(arrays["y_std"]))
+    # then it is refused for its size: a duplicate could not be told from the real member by name
+    with pytest.raises(PosteriorFileError, match="larger than"):
+        posterior_file.read(path, description, 3, 2)
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_one_duplicate_entry_is_refused_by_the_entry_count(fitted, tmp_path: Path):
+    # given a file whose first y_std.npy is another array than its last (readers may take either)
+    _, _, inference, arrays = fitted
+    path, description = written(tmp_path, arrays, inference)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("y_std.npy", _npy(-arrays["y_std"]))
+    with pytest.raises(PosteriorFileError, match="entries"):
+        posterior_file.read(path, description, 3, 2)
+
+
+def test_a_header_that_declares_a_huge_array_is_refused_before_its_data_is_allocated(fitted, tmp_path: Path):
+    # given a y_mean member whose .npy header declares 2e8 values (1.6 GB) but holds none
+    import tracemalloc
+
+    _, _, inference, arrays = fitted
+    path, description = written(tmp_path, arrays, inference)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (200_000_000,)})
+    _rewrite_member(path, "y_mean", header.getvalue())  # numpy writes the magic string with the header
+    tracemalloc.start()
+    with pytest.raises(PosteriorFileError, match="expected float64"):
+        posterior_file.read(path, description, 3, 2)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 10 * 2**20
+
+
+def test_finite_numbers_that_overflow_in_predictions_are_refused_at_load(fitted, tmp_path: Path):
+    # given a posterior file of finite numbers whose predictions overflow (a lengthscale of 1e-300)
+    from handler.gp.artifact import Manifest
+    from handler.gp.model import PosteriorModel
+
+    _, kernel, inference, arrays = fitted
+    path, description = written(tmp_path, {**arrays, "lengthscale": np.full(3, 1e-300)}, inference)
+    manifest = Manifest.parse(
+        json.dumps({
+            "schema_version": 3, "format": "npz", "model_type": "GPy.models.GPRegression", "artifact": "model.npz",
+            "sha256": "0" * 64, "name": "m", "version": "1", "features": ["a", "b", "c"], "outputs": ["y", "z"],
+            "bounds": {"a": [-1, 2], "b": [-1, 2], "c": [-1, 2]}, "kernel": {"name": kernel}, "posterior": description,
+        }).encode()
+    )  # fmt: skip
+    # then loading it says so (a 503 at load, not a 500 on every request)
+    with pytest.raises(PosteriorFileError, match="not finite"):
+        PosteriorModel.load(path, manifest)

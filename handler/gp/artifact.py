@@ -190,6 +190,8 @@ class PackagedArtifact:
         path = manifest_path_for(self.model_path)
         if not path.is_file():
             raise ModelUnavailableError(f"model manifest {path.name} is missing")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:  # GET /model answers it: it must fit an answer
+            raise ModelUnavailableError(f"model manifest {path.name} is over {MAX_MANIFEST_BYTES} bytes")
         manifest = read_manifest(path.read_bytes(), path.name)
         if not self._artifact(manifest).is_file():
             raise ModelUnavailableError(f"model artifact {self._artifact(manifest).name} is missing")
@@ -199,6 +201,7 @@ class PackagedArtifact:
         artifact = self._artifact(manifest)
         if artifact.suffix != FORMATS[manifest.format]:
             raise ModelUnavailableError(f"model artifact {artifact.name} is not a {manifest.format} file")
+        check_size(artifact.stat().st_size, manifest, artifact.name)
         if sha256_of(artifact) != manifest.sha256:
             raise ModelUnavailableError(
                 f"model artifact {artifact.name} does not match its manifest checksum (corrupt or replaced)"
@@ -209,6 +212,22 @@ class PackagedArtifact:
         if self.model_path.is_file():
             return self.model_path
         return self.model_path.with_name(manifest.document["artifact"])
+
+
+def check_size(size: int, manifest: Manifest, where: str) -> None:
+    """Refuse a posterior file larger than its manifest's arrays need, before it is hashed, downloaded or opened."""
+    if manifest.format != "npz":
+        return  # a pickle's size says nothing; the restricted unpickler bounds what it may build
+    from handler.gp import posterior_file
+
+    try:
+        shapes = posterior_file.expected_shapes(
+            manifest.document.get("posterior"), len(manifest.features), len(manifest.outputs)
+        )
+    except posterior_file.PosteriorFileError as exc:
+        raise ModelUnavailableError(f"model manifest's posterior is invalid: {exc}") from exc
+    if size > posterior_file.largest_file_bytes(shapes):
+        raise ModelUnavailableError(f"model artifact {where} is larger than its manifest's arrays need")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -281,7 +300,13 @@ class S3Artifact:
             return target
         from botocore.exceptions import BotoCoreError
 
-        body = self._get(self.key)["Body"]
+        response = self._get(self.key)
+        body = response["Body"]
+        try:
+            check_size(int(response.get("ContentLength") or 0), manifest, f"s3://{self.bucket}/{self.key}")
+        except ModelUnavailableError:
+            body.close()
+            raise
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         with tempfile.NamedTemporaryFile(dir=self.cache_dir, prefix=".download-", delete=False) as tmp:

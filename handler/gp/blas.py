@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 # CBLAS enums (cblas.h)
-_COL_MAJOR, _LEFT, _LOWER, _NO_TRANS, _NON_UNIT = 102, 141, 122, 111, 131
+_COL_MAJOR, _LEFT, _UPPER, _LOWER, _NO_TRANS, _TRANS, _NON_UNIT = 102, 141, 121, 122, 111, 112, 131
 
 
 def _find_dtrmm() -> Any:
@@ -37,13 +37,18 @@ HAS_TRMM = _dtrmm is not None
 
 
 def lower_times(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """L @ B, written over B where BLAS is at hand: L lower triangular (m, m), B Fortran-ordered float64 (m, n)."""
+    """L @ B, written over B where BLAS is at hand: L lower triangular (m, m), B Fortran-ordered float64 (m, n).
+
+    L may be in either order: a C-ordered L is, to column-major BLAS, the upper triangular L^T, so it is
+    multiplied transposed (no copy of a factor that can be hundreds of MB).
+    """
     m, n = B.shape
     if L.shape != (m, m) or L.dtype != np.float64 or B.dtype != np.float64:
         raise ValueError(f"expected float64 (m, m) and (m, n), got {L.shape} {L.dtype} and {B.shape} {B.dtype}")
-    if _dtrmm is None or not (L.flags.f_contiguous and B.flags.f_contiguous):
+    if _dtrmm is None or not B.flags.f_contiguous or not (L.flags.f_contiguous or L.flags.c_contiguous):
         return L @ B
     if m == 0 or n == 0:
         return B
-    _dtrmm(_COL_MAJOR, _LEFT, _LOWER, _NO_TRANS, _NON_UNIT, m, n, 1.0, L.ctypes.data, m, B.ctypes.data, m)
+    uplo, trans = (_LOWER, _NO_TRANS) if L.flags.f_contiguous else (_UPPER, _TRANS)
+    _dtrmm(_COL_MAJOR, _LEFT, uplo, trans, _NON_UNIT, m, n, 1.0, L.ctypes.data, m, B.ctypes.data, m)
     return B

@@ -86,7 +86,15 @@ class PosteriorModel(SurrogateModel):
         document = manifest.document
         arrays = posterior_file.read(path, document.get("posterior"), len(manifest.features), len(manifest.outputs))
         kernel = (document.get("kernel") or {}).get("name")
-        return cls(GPPosterior.from_arrays(str(kernel), arrays))
+        model = cls(GPPosterior.from_arrays(str(kernel), arrays))
+        # Finite numbers can still overflow (a lengthscale of 1e-300): answer for the bounds' corners and centre
+        # now, so such a file is a 503 at load, not a 500 on every request.
+        corners = manifest.bounds.T
+        probe = np.vstack([corners, corners.mean(axis=0, keepdims=True)])
+        prediction, gradients = model.predict(probe), model.gradients(probe)
+        if not all(np.isfinite(a).all() for a in (*prediction, *gradients)):
+            raise posterior_file.PosteriorFileError("its predictions across the bounds are not finite")
+        return model
 
     @property
     def input_dim(self) -> int:

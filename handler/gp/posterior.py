@@ -58,7 +58,7 @@ class GPPosterior:
     # as [z, -|z|^2 / 2, 1], one matrix product gives -r^2 / 2 (the RBF's log-covariance).
     inputs_augmented: np.ndarray
     woodbury_vector: np.ndarray  # (m, n_outputs)
-    cholesky_inverse: np.ndarray | None  # exact: L^-1, lower triangular, Fortran order, (m, m)
+    cholesky_inverse: np.ndarray | None  # exact: L^-1, lower triangular, C order, (m, m)
     woodbury_inverse: np.ndarray | None  # sparse: A, (m, m)
     noise_variance: float
     y_mean: np.ndarray  # (n_outputs,)
@@ -90,8 +90,7 @@ class GPPosterior:
             inverse_lengthscale=inverse_lengthscale,
             inputs_augmented=np.column_stack([scaled, np.ones(len(scaled)), last]),
             woodbury_vector=woodbury_vector,
-            # lower triangular in Fortran order: what BLAS's TRMM reads
-            cholesky_inverse=None if cholesky_inverse is None else np.asfortranarray(np.tril(cholesky_inverse)),
+            cholesky_inverse=None if cholesky_inverse is None else _lower_triangle(cholesky_inverse),
             woodbury_inverse=None if woodbury_inverse is None else np.asarray(woodbury_inverse, dtype=float),
             noise_variance=float(arrays["noise_variance"]),
             y_mean=np.asarray(arrays["y_mean"], dtype=float).reshape(-1),
@@ -298,3 +297,13 @@ class GPPosterior:
         if not latent:
             covariance[np.diag_indices_from(covariance)] += self.noise_variance
         return covariance[None, :, :] * (self.y_std**2)[:, None, None]
+
+
+def _lower_triangle(factor: np.ndarray) -> np.ndarray:
+    """The factor, C-ordered, with its upper triangle zeroed in place (row by row: no copy of an m x m array)."""
+    factor = np.ascontiguousarray(factor, dtype=float)
+    if not factor.flags.writeable:
+        factor = factor.copy()
+    for row in range(len(factor) - 1):
+        factor[row, row + 1 :] = 0.0
+    return factor

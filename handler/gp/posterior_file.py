@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,8 +32,11 @@ MEMBERS: dict[str, tuple[str, ...]] = {
     "y_std": ("p",),
 }
 VARIANCE_FACTOR = {"exact": "cholesky_inverse", "sparse": "woodbury_inverse"}  # (m, m) each
-MAX_INPUTS = 50_000  # m: an (m, m) factor of 50,000 is 20 GB, far past what a function holds
+# m: the (m, m) factor is held once (8 m^2 bytes) and predictions cost m^2 per point. At 8,000 it is 512 MB, which
+# a 1769 MB function loads (measured: loading peaks near twice the factor) and answers 1,000 points of in ~0.2 s.
+MAX_INPUTS = 8_000
 _NPY_HEADER_BYTES = 4096  # numpy writes headers of 64-byte multiples; ours are ~128 bytes
+_ZIP_OVERHEAD_BYTES = 512  # per member: its local header and central directory entry (names are short)
 
 
 class PosteriorFileError(ValueError):
@@ -47,7 +51,8 @@ def members(inference: str) -> dict[str, tuple[str, ...]]:
 
 
 def array_sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.asarray(array, dtype="<f8").tobytes(order="C")).hexdigest()
+    clean = np.ascontiguousarray(array, dtype="<f8") if array.ndim else np.asarray(array, dtype="<f8")
+    return hashlib.sha256(memoryview(clean).cast("B")).hexdigest()  # no copy of an array already in order
 
 
 def encode(arrays: Mapping[str, np.ndarray], inference: str) -> tuple[bytes, dict[str, Any]]:
@@ -65,32 +70,48 @@ def encode(arrays: Mapping[str, np.ndarray], inference: str) -> tuple[bytes, dic
     return buffer.getvalue(), description
 
 
-def read(path: Path, description: Any, n_features: int, n_outputs: int) -> dict[str, np.ndarray]:
-    """The arrays of a posterior file, each checked against the manifest's `posterior` description."""
+def expected_shapes(description: Any, n_features: int, n_outputs: int) -> dict[str, tuple[int, ...]]:
+    """Each array's shape, from the manifest's `posterior` description; PosteriorFileError if it does not fit."""
     inference, listed = _described(description)
     expected = members(inference)
     if set(listed) != set(expected):
         raise PosteriorFileError(f"the manifest lists arrays {sorted(listed)}, expected {sorted(expected)}")
-    m = _declared_m(listed)
-    sizes = {"m": m, "d": n_features, "p": n_outputs}
+    sizes = {"m": _declared_m(listed), "d": n_features, "p": n_outputs}
     shapes = {name: tuple(sizes[s] for s in symbolic) for name, symbolic in expected.items()}
     for name, shape in shapes.items():
         if tuple(listed[name].get("shape", ())) != shape:
             raise PosteriorFileError(f"{name}: the manifest says shape {listed[name].get('shape')}, expected {shape}")
+    return shapes
+
+
+def largest_file_bytes(shapes: dict[str, tuple[int, ...]]) -> int:
+    """The most bytes a posterior file of these shapes takes: checked before the file is hashed or opened."""
+    return sum(8 * math.prod(shape) + _NPY_HEADER_BYTES + _ZIP_OVERHEAD_BYTES for shape in shapes.values()) + 4096
+
+
+def read(path: Path, description: Any, n_features: int, n_outputs: int) -> dict[str, np.ndarray]:
+    """The arrays of a posterior file, each checked against the manifest's `posterior` description.
+
+    Nothing is read, decompressed or allocated beyond what the declared shapes need: the file's size, its entry
+    count and each member's size and .npy header are checked before its data is.
+    """
+    _, listed = _described(description)
+    shapes = expected_shapes(description, n_features, n_outputs)
+    if path.stat().st_size > largest_file_bytes(shapes):
+        raise PosteriorFileError("the file is larger than its manifest's arrays need")
     arrays = {}
     with zipfile.ZipFile(path) as archive:
-        infos = {info.filename: info for info in archive.infolist()}
-        if set(infos) != {f"{name}.npy" for name in expected}:
-            raise PosteriorFileError(f"the file holds {sorted(infos)[:10]}, expected {sorted(expected)} as .npy")
+        infos = archive.infolist()
+        if sorted(info.filename for info in infos) != sorted(f"{name}.npy" for name in shapes):
+            raise PosteriorFileError(f"the file holds {len(infos)} entries, expected exactly {sorted(shapes)} as .npy")
+        by_name = {info.filename: info for info in infos}
         for name, shape in shapes.items():
-            info = infos[f"{name}.npy"]
-            # Sizes are checked before anything is read: a small file must not inflate into gigabytes.
-            if info.compress_type != zipfile.ZIP_STORED or info.file_size > 8 * int(np.prod(shape)) + _NPY_HEADER_BYTES:
+            info = by_name[f"{name}.npy"]
+            data_bytes = 8 * math.prod(shape)
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > data_bytes + _NPY_HEADER_BYTES:
                 raise PosteriorFileError(f"{name}: stored compressed or larger than its shape {shape} needs")
             with archive.open(info) as member:
-                array = np.lib.format.read_array(member, allow_pickle=False)
-            if array.dtype != np.dtype("<f8") or array.shape != shape:
-                raise PosteriorFileError(f"{name}: expected float64 {shape}, got {array.dtype} {array.shape}")
+                array = _read_npy(member, name, shape, data_bytes)
             if array_sha256(array) != listed[name].get("sha256"):
                 raise PosteriorFileError(f"{name}: its sha256 differs from the manifest's")
             if not np.isfinite(array).all():
@@ -102,6 +123,23 @@ def read(path: Path, description: Any, n_features: int, n_outputs: int) -> dict[
     if not arrays["noise_variance"] >= 0:
         raise PosteriorFileError("noise_variance: must not be negative")
     return arrays
+
+
+def _read_npy(member: Any, name: str, shape: tuple[int, ...], data_bytes: int) -> np.ndarray:
+    """An .npy member's array, its header compared with the expected shape before its data is allocated."""
+    try:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        header_shape, fortran_order, dtype = read_header(member)
+    except (ValueError, OSError) as exc:
+        raise PosteriorFileError(f"{name}: not an .npy member ({exc})"[:200]) from None
+    if dtype != np.dtype("<f8") or tuple(header_shape) != shape or fortran_order:
+        order = "Fortran" if fortran_order else "C"
+        raise PosteriorFileError(f"{name}: expected float64 {shape} in C order, got {dtype} {header_shape} in {order}")
+    data = bytearray(data_bytes)
+    if member.readinto(data) != data_bytes or member.read(1):
+        raise PosteriorFileError(f"{name}: holds more or fewer bytes than its shape {shape} needs")
+    return np.frombuffer(data, dtype="<f8").reshape(shape)  # writable: the bytearray is the array's memory
 
 
 def _described(description: Any) -> tuple[str, dict[str, Any]]:
