@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
-import shutil
 import sys
 import tempfile
 from importlib.metadata import version
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -92,7 +93,7 @@ def parse_bounds(text: str, features: list[str]) -> dict[str, tuple[float, float
             low, high = float(low_text), float(high_text)
         except ValueError:
             raise PackagingError(f"--bounds: {item!r} has a bound that is not a number") from None
-        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        if not (np.isfinite(low) and np.isfinite(high) and low < high and np.isfinite(high - low)):
             raise PackagingError(f"--bounds: {name} needs finite LOW < HIGH, got {low:g}:{high:g}")
         bounds[name] = (low, high)
     return bounds
@@ -251,9 +252,14 @@ def fast_path_error(
 
 
 def _worst_ratio(difference: np.ndarray, bound: np.ndarray) -> float:
-    """max(difference / bound), where equal values (a zero difference) count 0 even when the bound is 0."""
-    with np.errstate(divide="ignore"):
+    """max(difference / bound), where equal values (a zero difference) count 0 even when the bound is 0.
+
+    Anything not a number (NaN from an overflow) counts as infinitely far: the check must fail, not pass.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.divide(difference, bound, out=np.zeros_like(difference), where=difference != 0)
+    if not np.isfinite(difference).all() or np.isnan(ratio).any():
+        return float("inf")
     return float(np.max(ratio, initial=0.0))
 
 
@@ -300,12 +306,16 @@ def package(
     previous_holdout: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     gpy_route: bool = False,
+    source: Path | None = None,
 ) -> tuple[ModelManifest, Path]:
     """Write the artifact beside `output` (its suffix follows the format) and its manifest; nothing half-written.
 
-    `gpy_route`: write the pickle, served through GPy, even where a posterior file would do. Returns the manifest
-    and the artifact's path.
+    `gpy_route`: write the pickle, served through GPy, even where a posterior file would do. `source`: the user's
+    pickle, never removed. Returns the manifest and the artifact's path.
     """
+    if output.suffix not in ("", *SUFFIXES.values()):
+        raise PackagingError(f"--output: expected a .npz or .pkl name (or none), got {output.name!r}")
+    source = source.resolve() if source is not None else None
     outputs = check_counts(model, features, outputs)
     try:
         check_name(name)
@@ -331,6 +341,9 @@ def package(
     else:
         data = pickle_bytes
     artifact = output.with_suffix(SUFFIXES[artifact_format])
+    for destination in (artifact, manifest_path_for(artifact)):
+        if destination.is_dir():
+            raise PackagingError(f"--output: {destination} is a folder")
     manifest = ModelManifest(
         format=artifact_format,
         name=name,
@@ -373,12 +386,26 @@ def package(
             assert isinstance(loaded.model, GPRegressionModel)
             if loaded.model.posterior is not None:
                 raise PackagingError("the loader does not honour the manifest's predict_through_gpy")
-        for replaced in {output.with_suffix(suffix) for suffix in SUFFIXES.values()} - {artifact}:
-            replaced.unlink(missing_ok=True)  # the other format's artifact of this name is replaced
-        shutil.move(manifest_path_for(staged), manifest_path_for(artifact))
-        shutil.move(staged, artifact)
+        # The other format's artifact of this name is replaced, but only if the manifest being replaced names it:
+        # never the user's own pickle (the input, or any file no manifest of ours describes).
+        replaced = previous_artifact(artifact)
+        os.replace(manifest_path_for(staged), manifest_path_for(artifact))
+        os.replace(staged, artifact)
+        if replaced is not None and replaced != artifact and replaced.resolve() != source:
+            replaced.unlink(missing_ok=True)
     assert sha256_of(artifact) == manifest.sha256
     return manifest, artifact
+
+
+def previous_artifact(artifact: Path) -> Path | None:
+    """The artifact the manifest at this name describes now (being replaced), if it is a file beside it."""
+    try:
+        named = json.loads(manifest_path_for(artifact).read_text()).get("artifact")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not (isinstance(named, str) and Path(named).name == named and Path(named).suffix in SUFFIXES.values()):
+        return None
+    return artifact.with_name(named)
 
 
 def _sha256(data: bytes) -> str:
@@ -434,7 +461,20 @@ def beside(model_path: Path) -> dict[str, Any]:
         document = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise PackagingError(f"{path}: not a readable manifest ({exc})") from None
-    return document if isinstance(document, dict) else {}
+    if not isinstance(document, dict):
+        raise PackagingError(f"{path}: expected a JSON object")
+    for key, kind in (("features", list), ("outputs", list), ("bounds", dict), ("training", dict), ("holdout", dict)):
+        if document.get(key) is not None and not isinstance(document[key], kind):
+            raise PackagingError(
+                f"{path}: {key} must be a{'n' if kind is list else ''} {'array' if kind is list else 'object'}"
+            )
+    for key in ("name", "version", "description"):
+        if document.get(key) is not None and not isinstance(document[key], str):
+            raise PackagingError(f"{path}: {key} must be a string")
+    bounds = document.get("bounds") or {}
+    if not all(isinstance(pair, list) and len(pair) == 2 for pair in bounds.values()):
+        raise PackagingError(f"{path}: each bound must be a [low, high] pair")
+    return document
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,9 +536,18 @@ def main(argv: list[str] | None = None) -> int:
             previous_holdout=None if holdout is not None else previous.get("holdout"),
             training=training,
             gpy_route=args.gpy_route,
+            source=args.model,
         )
     except PackagingError as exc:
         print(f"package_model: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # the manifest would not be valid: say the first reason, in one line
+        first = exc.errors()[0]
+        where = ".".join(map(str, first.get("loc", ()))) or "manifest"
+        print(f"package_model: error: {where}: {first.get('msg')}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an --output that cannot be written
+        print(f"package_model: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(summary(manifest, artifact))
     return 0

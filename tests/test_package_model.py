@@ -389,3 +389,54 @@ def test_a_well_fitted_model_gets_no_warning(plant_model_path: Path, tmp_path: P
                  "--output", tmp_path / "again.pkl")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stdout
+
+
+def test_packaging_never_removes_the_users_pickle_nor_a_file_no_manifest_names(
+    matern_user_pickle: Path, tmp_path: Path
+):
+    # given the user's pickle (no manifest beside it names it)
+    folder = tmp_path / "work"
+    folder.mkdir()
+    source = folder / "plant.pkl"
+    shutil.copy(matern_user_pickle, source)
+    # when it is packaged beside itself, under its own name
+    result = run(source, "--features", "a,b,c", "--outputs", "y1,y2", "--output", folder / "plant.npz")
+    # then the posterior file is written and the user's pickle is still there, byte for byte
+    assert result.returncode == 0, result.stderr
+    assert source.read_bytes() == matern_user_pickle.read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == ["plant.manifest.json", "plant.npz", "plant.pkl"]
+
+
+@pytest.mark.parametrize("name", ["o.tar.gz", "park-v1.2"])
+def test_an_output_name_with_another_suffix_is_refused(matern_user_pickle: Path, tmp_path: Path, name: str):
+    result = run(matern_user_pickle, "--features", "a,b,c", "--outputs", "y1,y2", "--output", tmp_path / name)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "expected a .npz or .pkl name" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("beside", "message"),
+    [({"features": 5}, "features must be an array"), ({"version": 5}, "version must be a string"),
+     ({"features": ["a", "b", "c"], "bounds": {"a": [0]}}, "each bound must be a [low, high] pair")],
+    ids=["features-a-number", "version-a-number", "bound-not-a-pair"],
+)  # fmt: skip
+def test_a_malformed_manifest_beside_the_model_is_one_line(matern_user_pickle: Path, tmp_path: Path, beside, message):
+    source = tmp_path / "model.pkl"
+    shutil.copy(matern_user_pickle, source)
+    manifest_path_for(source).write_text(json.dumps(beside))
+    result = run(source, "--output", tmp_path / "out" / "model.npz")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert message in result.stderr
+
+
+def test_a_check_that_produces_nan_fails_rather_than_passes():
+    assert package_model._worst_ratio(np.array([np.nan, 5.0]), np.array([1.0, 1.0])) == float("inf")
+    assert package_model._worst_ratio(np.array([0.0, 0.5]), np.array([0.0, 1.0])) == 0.5
+
+
+def test_bounds_whose_width_overflows_are_refused():
+    with pytest.raises(package_model.PackagingError, match="finite LOW < HIGH"):
+        package_model.parse_bounds("a=-1e308:1e308", ["a"])

@@ -116,7 +116,7 @@ def _metadata(name: str, version: str | None) -> Response:
         {
             "name": manifest.name,
             "versions": [manifest.version],
-            "platform": "gpy",
+            "platform": "numpy" if manifest.format == "npz" else "gpy",
             "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, len(manifest.features)]}],
             "outputs": [
                 {"name": "mean", "datatype": "FP64", "shape": [-1, outputs]},
