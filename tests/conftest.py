@@ -49,6 +49,25 @@ def env_vars_file(folder: Path, model_path: Path) -> Path:
     return path
 
 
+# Fixtures that cost seconds to set up (a server, a trained model): tests using one run in the same pytest-xdist
+# worker (`--dist loadgroup`), so that each is set up once. A server is also what makes a test slow.
+GROUPED_FIXTURES = ("local_server", "plant_server", "models_of_several_sizes", "sparse_pickle", "fitted")
+SERVERS = {"local_server", "plant_server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        group = next((name for name in GROUPED_FIXTURES if name in fixtures), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(f"{group}:{item.module.__name__}" if group == "fitted" else group))
+        if fixtures & SERVERS:
+            item.add_marker(pytest.mark.slow)
+    # Slow tests first (stable otherwise): the workers start the long ones early rather than end on one alone.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small GP trained by the repo's own script (30 points, one restart), packaged for the GPy route: a pickle."""
@@ -135,6 +154,15 @@ def plant_app(monkeypatch: pytest.MonkeyPatch, plant_model_path: Path):
 
 
 @pytest.fixture
+def deployed_app(monkeypatch: pytest.MonkeyPatch):
+    """handler.app serving the deployed model (whatever model_artifacts/ holds, as events/ and docs/ describe), cold."""
+    from handler import app
+
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(DEPLOYED_MODEL)))
+    return app
+
+
+@pytest.fixture
 def model_copy(tiny_model_path: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny model and its manifest, free to break."""
     path = tmp_path / tiny_model_path.name
@@ -163,36 +191,46 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def serving(model_path: Path, folder: Path) -> Iterator[tuple[str, Path]]:
     """`scripts/local_lambda.py serve` on a free loopback port: two warm environments, the model via --env-vars.
 
-    Yields the base URL and the server's log file.
+    Yields the base URL and the server's log file. A free port can be taken by another program before the server
+    binds it (the server takes more for its runtimes): a start that fails so is retried on another port.
     """
-    port = free_port()
     env_file = env_vars_file(folder, model_path)
     log = folder / "server.log"
-    with log.open("w") as log_handle:
-        process = subprocess.Popen(
-            [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port), "-w", "2"],
-            cwd=ROOT,
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
-        )
+    for attempt in range(3):
+        port = free_port()
+        command = [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port)]
+        with log.open("w") as log_handle:
+            process = subprocess.Popen(
+                [*command, "-w", "2"],
+                cwd=ROOT,
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+            )
         base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base_url}/health", timeout=30).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"local server did not start:\n{log.read_text()}")
-            time.sleep(0.2)
+        if _started(process, base_url):
+            break
+        process.kill()
+        process.wait(timeout=10)
+        if attempt == 2 or "in use" not in log.read_text():
+            pytest.fail(f"local server did not start:\n{log.read_text()}")
+    try:
+        yield base_url, log
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _started(process: subprocess.Popen, base_url: str) -> bool:
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
         try:
-            yield base_url, log
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+            if httpx.get(f"{base_url}/health", timeout=30).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 @pytest.fixture(scope="session")

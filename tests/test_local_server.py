@@ -122,19 +122,24 @@ def test_concurrent_requests_are_all_answered_by_the_warm_pool(local_server):
     assert log.read_text().count("Init Duration") <= 2 + 2 * 2
 
 
-def test_invoke_runs_an_event_file_like_sam_local_invoke(tiny_model_path: Path, tmp_path: Path):
-    # given the sample event's point (SAM's events carry the body base64-encoded)
+def test_invoke_runs_an_event_file_like_sam_local_invoke():
+    # given the sample event's point (SAM's events carry the body base64-encoded), for the deployed model
+    from handler.gp.artifact import PackagedArtifact
+    from handler.gp.model import load_model
+
     event = json.loads((ROOT / "events" / "predict.json").read_text())
     point = json.loads(base64.b64decode(event["body"]) if event["isBase64Encoded"] else event["body"])
+    deployed = load_model(PackagedArtifact(DEPLOYED_MODEL))
     # when
-    result = run_script(
-        "--env-vars", str(env_vars_file(tmp_path, tiny_model_path)), "invoke", "-e", "events/predict.json"
-    )
-    # then the response is on stdout, the runtime's REPORT line on stderr
+    result = run_script("invoke", "-e", "events/predict.json")
+    # then the response is on stdout, the runtime's REPORT line on stderr, the answer the model's own
     assert result.returncode == 0, result.stderr
     response = json.loads(result.stdout)
     assert response["statusCode"] == 200
-    assert json.loads(response["body"])["mean"] == pytest.approx(gpy_predict(tiny_model_path, point)[0], rel=1e-7)
+    answer = json.loads(response["body"])
+    first = answer if len(deployed.manifest.outputs) == 1 else answer[deployed.manifest.outputs[0]]
+    expected = deployed.model.predict(np.array([[point[f] for f in deployed.manifest.features]])).mean[0, 0]
+    assert first["mean"] == pytest.approx(expected, rel=1e-9)
     assert "REPORT RequestId:" in result.stderr
     assert "Memory Size: 1769 MB" in result.stderr, "the template's MemorySize reaches the runtime"
 
@@ -329,14 +334,17 @@ def test_a_file_put_with_urllibs_default_content_type_runs_as_a_job(local_server
 def test_without_the_emulator_the_handler_runs_in_process_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
-    # given a machine where the emulator cannot run
+    # given a machine where the emulator cannot run (and this process's handler imported as every test has it:
+    # importing it first under the function's environment would leave its settings to the tests that follow)
+    import handler.app  # noqa: F401
+
     monkeypatch.setattr(local_lambda, "emulator_binary", lambda: None)
     monkeypatch.setattr(os, "environ", dict(os.environ))
     monkeypatch.setattr(sys, "path", list(sys.path))
     config, _ = local_lambda.load_function(
         ROOT / "template.yaml", env_vars_file=env_vars_file(tmp_path, tiny_model_path)
     )
-    # when
+    # when (events/ are the deployed model's, which this process's handler serves)
     environment = local_lambda.start_environment(config)
     response = json.loads(environment.invoke((ROOT / "events" / "predict.json").read_bytes()))
     # then

@@ -91,7 +91,8 @@ class PosteriorModel(SurrogateModel):
         # now, so such a file is a 503 at load, not a 500 on every request.
         corners = manifest.bounds.T
         probe = np.vstack([corners, corners.mean(axis=0, keepdims=True)])
-        prediction, gradients = model.predict(probe), model.gradients(probe)
+        with np.errstate(all="ignore"):  # overflow is what is being looked for
+            prediction, gradients = model.predict(probe), model.gradients(probe)
         if not all(np.isfinite(a).all() for a in (*prediction, *gradients)):
             raise posterior_file.PosteriorFileError("its predictions across the bounds are not finite")
         return model
