@@ -1,7 +1,7 @@
 """The model artifact: its manifest, its checksum, and where it comes from (the package or S3).
 
-Nothing here imports GPy or pydantic: the manifest is read on every cold start, and a pickle is
-only handed on once its bytes match the manifest's sha256.
+Nothing here imports GPy or pydantic: the manifest is read on every cold start, and an artifact (a posterior
+file, or for the GPy route a pickle) is only handed on once its size and bytes match what the manifest says.
 """
 
 from __future__ import annotations

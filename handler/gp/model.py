@@ -1,7 +1,8 @@
-"""Surrogate models behind one small interface, the registry of model types, and lazy loading.
+"""Surrogate models behind one small interface, the posterior-file model, loading by format, and lazy loading.
 
 This module knows nothing of API Gateway or HTTP: it loads an artifact (handler.gp.artifact), checks it
-against its manifest and predicts for arrays of points (handler.gp.posterior has the math).
+against its manifest and predicts for arrays of points (handler.gp.posterior has the math). The GPy route
+(handler.gp.gpy_model) is imported only for a model packaged as a pickle.
 """
 
 from __future__ import annotations
