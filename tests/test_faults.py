@@ -71,12 +71,9 @@ def test_requests_during_the_load_wait_for_it_and_health_does_not(
             time.sleep(0.01)
         # when a second prediction and a health check arrive while it loads
         second = pool.submit(app.lambda_handler, api_event(body=POINT), lambda_context())
-        started = time.monotonic()
         health = app.lambda_handler(api_event("GET", "/health"), lambda_context())
-        health_seconds = time.monotonic() - started
-        # then health answers at once, saying the model is not loaded yet
+        # then health answers without waiting for the load (it would say loaded had it waited), saying it is not
         assert json.loads(health["body"]) == {"status": "ok", "model_loaded": False}
-        assert health_seconds < 0.2
         # and both predictions succeed from the one load
         assert first.result()["statusCode"] == second.result()["statusCode"] == 200
     assert len(counted_loads) == 1

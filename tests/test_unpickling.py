@@ -459,15 +459,15 @@ def refusal_and_cost(data: bytes) -> tuple[Exception, float, int]:
 
 
 @pytest.mark.parametrize("name", ALLOCATING)
-def test_a_pickle_that_would_allocate_far_more_than_its_size_is_refused_quickly_with_little_memory(name: str):
+def test_a_pickle_that_would_allocate_far_more_than_its_size_is_refused_with_little_memory(name: str):
     # given a pickle of a few bytes (at most 100 kB)
     make, refusal_says = ALLOCATING[name]
     # when
-    refusal, seconds, peak = refusal_and_cost(make())
-    # then it is refused for what it does, within a second or two, having allocated at most what 10^5 opcodes build
+    refusal, _, peak = refusal_and_cost(make())
+    # then it is refused for what it does, having allocated at most what 10^5 opcodes build (the opcode cap bounds
+    # its time too; times are for benchmarks, not tests, on a shared machine)
     assert isinstance(refusal, UnsafePickleError), refusal
     assert refusal_says in str(refusal)
-    assert seconds < 2.0
     assert peak < 32 * 2**20, f"{peak / 2**20:.1f} MB"
 
 
