@@ -39,6 +39,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for_job(base_url: str, job_id: str, timeout_s: float = 120) -> dict:
+    """Poll GET /jobs/{id} on a served API until the job has ended; its last status."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{base_url}/jobs/{job_id}", timeout=30).json()
+        if status["status"] in ("SUCCEEDED", "FAILED"):
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish: {status}")
+
+
 def env_vars_file(folder: Path, model_path: Path) -> Path:
     """Overrides in `sam local --env-vars` format that point the functions (API and job worker) at another model.
 

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import io
-import time
 
 import httpx
 import numpy as np
 
-from tests.conftest import FEATURES
-
-
-def wait_for(base_url: str, job_id: str, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{base_url}/jobs/{job_id}", timeout=30).json()
-        if status["status"] in ("SUCCEEDED", "FAILED"):
-            return status
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish: {status}")
+from tests.conftest import FEATURES, wait_for_job
 
 
 def test_a_sobol_job_runs_on_the_local_server_and_its_results_download_from_the_presigned_url(local_server):
@@ -31,7 +20,7 @@ def test_a_sobol_job_runs_on_the_local_server_and_its_results_download_from_the_
     job = response.json()
     assert response.headers["location"].endswith(f"/jobs/{job['id']}")
     # When the local worker and finisher have run it
-    done = wait_for(base_url, job["id"])
+    done = wait_for_job(base_url, job["id"])
     assert done["status"] == "SUCCEEDED", done
     # Then its results download from the presigned URL, without the API, and equal /predict's answers
     results = np.load(io.BytesIO(httpx.get(done["results"]["url"], timeout=60).content))
@@ -52,7 +41,7 @@ def test_a_csv_uploaded_to_the_presigned_url_runs(local_server):
     assert put.status_code == 200, put.text
     started = httpx.post(f"{base_url}/jobs/{job['id']}/start", timeout=30)
     assert started.status_code == 202, started.text
-    done = wait_for(base_url, job["id"])
+    done = wait_for_job(base_url, job["id"])
     assert done["status"] == "SUCCEEDED", done
     csv = httpx.get(done["results"]["url"], timeout=60).text
     header, first = csv.splitlines()[:2]
@@ -71,7 +60,7 @@ def test_an_npy_uploaded_to_the_presigned_url_is_predicted_in_place(local_server
     # When it is started and run (chunks read it by ranged GETs pinned to its ETag)
     started = httpx.post(f"{base_url}/jobs/{job['id']}/start", timeout=30)
     assert started.status_code == 202, started.text
-    done = wait_for(base_url, job["id"])
+    done = wait_for_job(base_url, job["id"])
     # Then the results hold its points, as float64
     assert done["status"] == "SUCCEEDED", done
     results = np.load(io.BytesIO(httpx.get(done["results"]["url"], timeout=60).content))

@@ -25,7 +25,7 @@ import pytest
 from handler.gp.artifact import PackagedArtifact, manifest_path_for
 from handler.gp.model import LazyModel
 from scripts import local_lambda
-from tests.conftest import DEPLOYED_MODEL, FEATURES, LOCAL_LAMBDA, PARK_PICKLE, env_vars_file
+from tests.conftest import DEPLOYED_MODEL, FEATURES, LOCAL_LAMBDA, PARK_PICKLE, env_vars_file, wait_for_job
 from tests.events import api_event, lambda_context, response_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,16 +290,6 @@ def test_a_presigned_put_keeps_its_bytes_and_content_type_whatever_they_are(
     stored = s3.get_object(Bucket="uploads", Key="points")
     assert stored["Body"].read() == body
     assert stored["ContentType"] == (content_type or "application/x-www-form-urlencoded")
-
-
-def wait_for_job(base_url: str, job_id: str, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{base_url}/jobs/{job_id}", timeout=30).json()
-        if status["status"] in ("SUCCEEDED", "FAILED"):
-            return status
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish: {status}")
 
 
 @pytest.mark.parametrize("upload_format", ["csv", "npy"])
