@@ -1,6 +1,7 @@
 """HTTP layer: API Gateway REST (proxy integration) events in, JSON out.
 
 Routes:  POST /predict   POST /sample   GET /health   GET /model   GET /openapi.json
+         POST /sensitivity   POST /propagate   POST /suggest  (handler.api.analyses)
          POST /jobs   GET /jobs/{job_id}   POST /jobs/{job_id}/start   POST /jobs/{job_id}/cancel  (handler.jobs.routes)
          /v2/...: the Open Inference Protocol  (handler.api.inference_protocol)
 """
@@ -27,7 +28,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handler.api import inference_protocol
+from handler.api import analyses, inference_protocol
 from handler.api.errors import RequestError, brief
 from handler.api.limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES, covariance_limit
 from handler.api.parsing import (
@@ -140,7 +141,7 @@ services = Services(
     parser=lambda features: request_parser(features),
     loaded_model=lambda: _loaded_model(),
 )
-for router in (job_routes, inference_protocol):
+for router in (job_routes, inference_protocol, analyses):
     router.configure(services)
     app.include_router(router.router)
 

@@ -314,6 +314,11 @@ _MESSAGES = {
 }
 
 
+def validation_details(exc: ValidationError) -> list[ErrorDetail]:
+    """A pydantic error's first MAX_ERROR_DETAILS problems, named by field path."""
+    return [_detail(error) for error in exc.errors()[:MAX_ERROR_DETAILS]]
+
+
 def _detail(error: Any) -> ErrorDetail:
     loc = error["loc"]
     path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")

@@ -1,0 +1,210 @@
+"""The next points to simulate: a batch chosen jointly by an acquisition function over the GP posterior.
+
+Candidates are scrambled Sobol' points in the search box, plus a local search around the best few of them.
+The batch is greedy and joint: after each pick the posterior is conditioned on a noisy observation there (and,
+first, at the caller's pending points). Variances after conditioning need no y, so the variance criteria are
+exact sequential designs; for expected improvement and the confidence bound, the mean is held where it is (the
+kriging believer: a fantasised y equal to the mean changes no mean). Values are Emukit's definitions on the
+predictive (noisy) variance, as `emukit.core.acquisition`'s ModelVariance, ExpectedImprovement and
+NegativeLowerConfidenceBound compute them on a GPy model; tests compare.
+
+Conditioning is a growing Cholesky factor of the picks' joint covariance, with each tracked set (candidates,
+the integrated-variance reference points) keeping its rows of L^-1 cov(picks, set): a pick costs O(set x m).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from handler.analyses.distributions import normal_cdf_array
+from handler.analyses.sobol_sequence import sobol_points
+from handler.gp.posterior import GPPosterior
+
+ACQUISITIONS = ("variance", "integrated_variance", "expected_improvement", "upper_confidence_bound")
+# Candidates and reference points cost (count x m^2) to set up: their number shrinks for large models.
+WORK_BUDGET = 2**28
+MAX_CANDIDATES, MIN_CANDIDATES = 8_192, 256
+MAX_REFERENCE, MIN_REFERENCE = 1_024, 128
+LOCAL_SEEDS, LOCAL_ROUNDS, LOCAL_POINTS = 8, 6, 32
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@dataclass
+class _Tracked:
+    """A set of points whose covariance with the picks is kept: K(set, U), K A, prior variance, L^-1 cov rows."""
+
+    X: np.ndarray
+    K: np.ndarray  # k(X, U), (n, m)
+    KA: np.ndarray  # k(X, U) A, (n, m)
+    variance: np.ndarray  # latent posterior variance before any pick (standardised scale), (n,)
+    rows: list[np.ndarray] = field(default_factory=list)  # row i: (L^-1 cov0(picks, X))_i
+
+    def conditioned_variance(self) -> np.ndarray:
+        variance = self.variance.copy()
+        for row in self.rows:
+            variance -= row**2
+        return np.maximum(variance, 0.0)
+
+
+class Conditioner:
+    """The latent posterior conditioned on noisy fantasies at picked points, on tracked point sets."""
+
+    def __init__(self, posterior: GPPosterior) -> None:
+        self.posterior = posterior
+        self.noise = posterior.noise_variance
+        self.picks: list[np.ndarray] = []
+        self._pivots: list[tuple[np.ndarray, float]] = []  # per pick: L^-1 cov0(earlier picks, pick), its diagonal
+
+    def track(self, X: np.ndarray) -> _Tracked:
+        """Start keeping X's covariance with the picks (those made so far included)."""
+        K = self.posterior.cross_covariance(X)
+        KA = self.posterior._times_inverse(K)
+        variance = np.maximum(self.posterior.kernel_variance - np.vecdot(KA, K), 0.0)
+        tracked = _Tracked(X, K, KA, variance)
+        for index in range(len(self.picks)):
+            self._append_row(tracked, index)
+        return tracked
+
+    def condition(self, x: np.ndarray, tracked_sets: list[_Tracked]) -> None:
+        """Condition on a noisy observation at x: every tracked set gains a row."""
+        probe = self.track(x[None, :])
+        pivot = np.array([row[0] for row in probe.rows])
+        diagonal = math.sqrt(max(probe.variance[0] - float(np.sum(pivot**2)) + self.noise, 1e-300))
+        self._pivots.append((pivot, diagonal))
+        self.picks.append(x)
+        for tracked in tracked_sets:
+            self._append_row(tracked, len(self.picks) - 1)
+
+    def _append_row(self, tracked: _Tracked, index: int) -> None:
+        """Row `index` of L^-1 cov0(picks, set): (cov0(pick, set) - sum_j pivot_j row_j) / diagonal."""
+        pivot, diagonal = self._pivots[index]
+        x = self.picks[index]
+        p = self.posterior
+        prior = p._kernel_of_distance(
+            p._distances((x * p.inverse_lengthscale)[None, :], tracked.X * p.inverse_lengthscale)
+        )[0][0]
+        row = prior - (p._times_inverse(p.cross_covariance(x[None, :])) @ tracked.K.T)[0]
+        for weight, previous in zip(pivot, tracked.rows[:index], strict=True):
+            row -= weight * previous
+        tracked.rows.append(row / diagonal)
+
+
+@dataclass(frozen=True)
+class Pick:
+    point: np.ndarray
+    value: float
+
+
+@dataclass(frozen=True)
+class SuggestionProblem:
+    acquisition: str
+    output: int
+    goal: str  # "maximize" or "minimize"
+    low: np.ndarray
+    high: np.ndarray
+    best: float | None  # incumbent on the output's scale (EI); None: the best posterior mean at the training inputs
+    beta: float  # confidence-bound width, in predictive standard deviations
+
+
+def suggest(
+    posterior: GPPosterior, problem: SuggestionProblem, q: int, pending: np.ndarray, rng: np.random.Generator
+) -> list[Pick]:
+    """q distinct points inside [low, high], each with its acquisition value when it was picked."""
+    m = posterior.n_inputs
+    d = len(problem.low)
+    n_candidates = int(np.clip(WORK_BUDGET // (m * m), MIN_CANDIDATES, MAX_CANDIDATES))
+    conditioner = Conditioner(posterior)
+    box = problem.high - problem.low
+    candidates = problem.low + sobol_points(n_candidates, d, rng) * box
+    reference = None
+    if problem.acquisition == "integrated_variance":
+        n_reference = int(np.clip(WORK_BUDGET // (4 * m * m), MIN_REFERENCE, MAX_REFERENCE))
+        reference = conditioner.track(problem.low + sobol_points(n_reference, d, rng) * box)
+    incumbent = _incumbent(posterior, problem)
+    for x in pending:
+        conditioner.condition(x, [] if reference is None else [reference])
+
+    def values(tracked: _Tracked, cross: np.ndarray | None = None) -> np.ndarray:
+        if reference is not None and cross is None:
+            cross = _conditioned_cross(posterior, tracked, reference)
+        return _acquisition(posterior, problem, tracked, cross, incumbent)
+
+    # Local search from the best few candidates (on the acquisition before any pick), in shrinking boxes
+    tracked = conditioner.track(candidates)
+    scores = values(tracked)
+    refined = []
+    for start in np.argsort(scores)[::-1][:LOCAL_SEEDS]:
+        best_x, best_value = candidates[start], scores[start]
+        for round_ in range(1, LOCAL_ROUNDS + 1):
+            half = box * 0.5 ** (round_ + 2)
+            lo, hi = np.maximum(best_x - half, problem.low), np.minimum(best_x + half, problem.high)
+            trial = lo + rng.random((LOCAL_POINTS, d)) * (hi - lo)
+            trial_values = values(conditioner.track(trial))
+            if trial_values.max() > best_value:
+                best_x, best_value = trial[trial_values.argmax()], trial_values.max()
+        refined.append(best_x)
+    candidates = np.vstack([candidates, np.array(refined)])
+    tracked = conditioner.track(candidates)
+    sets = [tracked] if reference is None else [tracked, reference]
+    # integrated variance: cov(reference, candidates) after the picks, kept up to date by one outer product a pick
+    cross = None if reference is None else _conditioned_cross(posterior, tracked, reference)
+
+    picks: list[Pick] = []
+    taken = np.zeros(len(candidates), dtype=bool)
+    for _ in range(q):
+        scores = values(tracked, cross)
+        scores[taken] = -np.inf
+        index = int(np.argmax(scores))
+        taken[index] = True
+        picks.append(Pick(candidates[index], float(scores[index])))
+        conditioner.condition(candidates[index], sets)
+        if cross is not None and reference is not None:
+            cross -= np.outer(reference.rows[-1], tracked.rows[-1])
+    return picks
+
+
+def _incumbent(posterior: GPPosterior, problem: SuggestionProblem) -> float:
+    if problem.best is not None or problem.acquisition != "expected_improvement":
+        return problem.best if problem.best is not None else 0.0
+    mean = posterior.predict(posterior.inputs, latent=True).mean[:, problem.output]
+    return float(mean.max() if problem.goal == "maximize" else mean.min())
+
+
+def _acquisition(
+    posterior: GPPosterior,
+    problem: SuggestionProblem,
+    tracked: _Tracked,
+    cross: np.ndarray | None,
+    incumbent: float,
+) -> np.ndarray:
+    """The criterion at each tracked point, on the output's scale (larger is better)."""
+    scale = float(posterior.y_std[problem.output])
+    latent = tracked.conditioned_variance()
+    predictive = (latent + posterior.noise_variance) * scale**2
+    if problem.acquisition == "variance":
+        return predictive
+    if problem.acquisition == "integrated_variance":
+        assert cross is not None
+        # mean over the reference points of the variance a noisy observation at x removes: cov(r, x)^2 / var(x)
+        return np.mean(cross**2, axis=0) / (latent + posterior.noise_variance) * scale**2
+    mean = tracked.K @ posterior.woodbury_vector[:, problem.output] * scale + posterior.y_mean[problem.output]
+    std = np.sqrt(predictive)
+    if problem.acquisition == "upper_confidence_bound":
+        return mean + problem.beta * std if problem.goal == "maximize" else -(mean - problem.beta * std)
+    improvement = mean - incumbent if problem.goal == "maximize" else incumbent - mean
+    u = improvement / std
+    return std * (u * normal_cdf_array(u) + _INV_SQRT_2PI * np.exp(-0.5 * u**2))
+
+
+def _conditioned_cross(posterior: GPPosterior, tracked: _Tracked, reference: _Tracked) -> np.ndarray:
+    """Latent covariance (after the picks) between reference points and tracked points, (n_reference, n)."""
+    prior = posterior._kernel_of_distance(
+        posterior._distances(reference.X * posterior.inverse_lengthscale, tracked.X * posterior.inverse_lengthscale)
+    )[0]
+    cov = prior - reference.KA @ tracked.K.T
+    for row_r, row_t in zip(reference.rows, tracked.rows, strict=True):
+        cov -= np.outer(row_r, row_t)
+    return cov

@@ -1,0 +1,99 @@
+"""Whole functions drawn from the GP posterior, cheap to evaluate at any number of points.
+
+Pathwise conditioning (Wilson et al. 2020, "Efficiently sampling functions from Gaussian process posteriors"):
+a draw from the prior by random Fourier features (Rahimi and Recht 2007), f(x) = phi(x) theta, is moved onto
+the posterior by an update that uses the exact posterior's factors:
+
+    exact:   f_post(x) = f(x) + k(x, X) [w - (K + s2 I)^-1 (f(X) + e)],   e ~ N(0, s2 I)
+    sparse:  f_post(x) = f(x) + k(x, Z) Kzz^-1 (u - f(Z)),                u ~ q(u) = N(Kzz w, Kzz - Kzz A Kzz)
+
+Each draw costs O(features + m) per point, against O(N^3) for a joint draw at N points; its mean is the exact
+posterior mean (the update is exact), and its covariance differs from the exact one only by the Fourier
+features' error in the prior, which the update removes near the data (tests measure both at test points).
+Features are drawn from each kernel's spectral density: normal for the RBF, Student-t with 2 nu degrees of
+freedom for a Matern-nu (nu = 1/2 for the Exponential).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from handler.gp.posterior import GPPosterior
+from handler.gp.sampling import factor
+
+FOURIER_FEATURES = 256  # per draw
+# Matern smoothness nu of each kernel; the RBF is the limit nu -> infinity (a normal spectral density).
+_SMOOTHNESS = {"Exponential": 0.5, "Matern32": 1.5, "Matern52": 2.5, "RBF": math.inf}
+CHUNK_BYTES = 32 * 2**20
+
+
+class PosteriorFunctionDraws:
+    """`draws` functions from the posterior of each output, evaluated together: `evaluate(X)` is (n, draws, outputs).
+
+    Every draw has its own Fourier features: with shared ones, all draws would carry the same error of the
+    features' kernel, which the update amplifies where the posterior is much surer than the prior (measured: at
+    400 points, variances 0.001-0.45x the exact ones). With features of its own, a draw's covariance is the exact
+    posterior's plus an error linear in the features' kernel error, whose mean over features is zero: the draws'
+    covariance is the exact one on average, and their spread is the posterior's.
+    """
+
+    def __init__(
+        self, posterior: GPPosterior, draws: int, rng: np.random.Generator, features: int = FOURIER_FEATURES
+    ) -> None:
+        self.posterior = posterior
+        self.draws = draws
+        self.features = features
+        self.outputs = posterior.woodbury_vector.shape[1]
+        d = posterior.inputs.shape[1]
+        nu = _SMOOTHNESS[posterior.kernel]
+        total = draws * features  # feature block s belongs to draw s
+        frequencies = rng.standard_normal((total, d))
+        if math.isfinite(nu):  # Student-t: a normal over sqrt(chi2_{2 nu} / (2 nu))
+            frequencies *= np.sqrt(2.0 * nu / rng.chisquare(2.0 * nu, size=(total, 1)))
+        self.frequencies = frequencies * posterior.inverse_lengthscale  # (draws * features, d)
+        self.phases = rng.uniform(0.0, 2.0 * math.pi, size=total)
+        self.amplitude = math.sqrt(2.0 * posterior.kernel_variance / features)
+        self.weights = rng.standard_normal((draws, features, self.outputs))
+        U = posterior.inputs
+        prior_at_inputs = self._prior(U).reshape(len(U), draws * self.outputs)  # column s * outputs + j
+        w = np.tile(posterior.woodbury_vector, draws)  # (m, draws * outputs), in the same order
+        if posterior.cholesky_inverse is not None:
+            noise = rng.standard_normal(prior_at_inputs.shape) * math.sqrt(posterior.noise_variance)
+            L_inv = posterior.cholesky_inverse
+            self.update = w - L_inv.T @ (L_inv @ (prior_at_inputs + noise))
+        else:
+            assert posterior.woodbury_inverse is not None
+            Kzz = posterior.cross_covariance(U)
+            Kzz = 0.5 * (Kzz + Kzz.T)
+            inducing_covariance = Kzz - Kzz @ posterior.woodbury_inverse @ Kzz
+            root, _, _ = factor(0.5 * (inducing_covariance + inducing_covariance.T))
+            inducing = Kzz @ w + root @ rng.standard_normal(w.shape)
+            root_kzz, _, _ = factor(Kzz)
+            self.update = np.linalg.solve(root_kzz @ root_kzz.T, inducing - prior_at_inputs)
+
+    def _prior(self, X: np.ndarray) -> np.ndarray:
+        """The draws' prior functions at the points, (len(X), draws, outputs)."""
+        values = np.empty((len(X), self.draws, self.outputs))
+        angles = np.empty((len(X), self.features))
+        for s in range(self.draws):
+            block = slice(s * self.features, (s + 1) * self.features)
+            np.matmul(X, self.frequencies[block].T, out=angles)
+            angles += self.phases[block]
+            np.cos(angles, out=angles)
+            np.matmul(angles, self.weights[s], out=values[:, s, :])
+        values *= self.amplitude
+        return values
+
+    def evaluate(self, X: np.ndarray) -> np.ndarray:
+        """The draws at the points, on the outputs' scale: (len(X), draws, outputs)."""
+        values = np.empty((len(X), self.draws, self.outputs))
+        rows = max(1, CHUNK_BYTES // (8 * (len(self.phases) + self.posterior.n_inputs)))
+        for start in range(0, len(X), rows):
+            chunk = X[start : start + rows]
+            update = self.posterior.cross_covariance(chunk) @ self.update
+            values[start : start + rows] = self._prior(chunk) + update.reshape(len(chunk), self.draws, self.outputs)
+        values *= self.posterior.y_std
+        values += self.posterior.y_mean
+        return values
