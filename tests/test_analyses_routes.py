@@ -1,0 +1,224 @@
+"""POST /sensitivity, /propagate and /suggest through the Lambda handler: answers shaped as /predict's, refusals
+named by field before any work, and the limits the README states."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from handler.api.limits import DRAW_EVALUATION_BUDGET, SUGGEST_MAX_PENDING, SUGGEST_MAX_Q
+from tests.conftest import PLANT_BOUNDS, PLANT_FEATURES, PLANT_OUTPUTS
+from tests.events import api_event, lambda_context, response_json
+
+INTERVAL = {"estimate", "ci_low", "ci_high"}
+
+
+def call(app, path: str, body=None, raw_body: str | None = None):
+    response = app.lambda_handler(api_event("POST", path, body, raw_body=raw_body), lambda_context())
+    return response["statusCode"], response_json(response)
+
+
+def features_of(app) -> tuple[str, ...]:
+    return app.model.manifest().features
+
+
+# --- answers ----------------------------------------------------------------------------------------------------
+
+
+def test_sensitivity_answers_each_features_indices_with_intervals(deployed_app):
+    features = features_of(deployed_app)
+    status, body = call(deployed_app, "/sensitivity", {"n": 256, "seed": 3, "second_order": True})
+    assert status == 200, body
+    assert body["seed"] == 3
+    assert body["n"] == 256
+    assert body["evaluations"] == 256 * (2 * len(features) + 2)
+    assert set(body["first_order"]) == set(body["total"]) == set(features)
+    for estimate in (*body["first_order"].values(), *body["total"].values(), body["variance"]):
+        assert set(estimate) == INTERVAL
+        assert estimate["ci_low"] <= estimate["estimate"] <= estimate["ci_high"]
+    assert set(body["second_order"]) == set(features[:-1])
+    assert set(body["second_order"][features[0]]) == set(features[1:])
+
+
+def test_the_same_seed_gives_the_same_answer_and_an_absent_one_is_drawn_and_returned(deployed_app):
+    request = {"n": 128, "posterior_samples": 3, "seed": 11}
+    first, second = call(deployed_app, "/sensitivity", request)[1], call(deployed_app, "/sensitivity", request)[1]
+    assert first == second
+    status, drawn = call(deployed_app, "/propagate", {"n": 128, "posterior_samples": 2})
+    assert status == 200
+    assert isinstance(drawn["seed"], int)
+    again = call(deployed_app, "/propagate", {"n": 128, "posterior_samples": 2, "seed": drawn["seed"]})[1]
+    assert again == drawn
+
+
+def test_an_empty_body_asks_for_the_defaults(deployed_app):
+    response = deployed_app.lambda_handler(api_event("POST", "/sensitivity", None), lambda_context())
+    assert response["statusCode"] == 200
+    assert response_json(response)["n"] == 1024
+
+
+def test_propagate_answers_moments_quantiles_exceedance_and_a_histogram(deployed_app):
+    status, body = call(
+        deployed_app,
+        "/propagate",
+        {"n": 512, "posterior_samples": 5, "quantiles": [0.5], "thresholds": [10.0], "bins": 8},
+    )
+    assert status == 200, body
+    assert [q["probability"] for q in body["quantiles"]] == [0.5]
+    assert [e["threshold"] for e in body["exceedance"]] == [10.0]
+    assert 0 <= body["exceedance"][0]["ci_low"] <= body["exceedance"][0]["ci_high"] <= 1
+    histogram = body["histogram"]
+    assert len(histogram["edges"]) == 9
+    assert len(histogram["counts"]) == 8
+    assert sum(histogram["counts"]) == pytest.approx(512)
+    assert body["points_outside_domain"] == 0
+
+
+def test_input_distributions_shift_the_output_distribution(deployed_app):
+    """The same model under inputs concentrated near a corner: the output's mean follows its predictions there."""
+    features = features_of(deployed_app)
+    bounds = deployed_app.model.manifest().bounds
+    corner = {f: float(bounds[j, 0] + 0.1 * (bounds[j, 1] - bounds[j, 0])) for j, f in enumerate(features)}
+    inputs = {
+        f: {"distribution": "truncnormal", "mean": corner[f], "std": 1e-3 * float(bounds[j, 1] - bounds[j, 0]),
+            "low": float(bounds[j, 0]), "high": float(bounds[j, 1])}
+        for j, f in enumerate(features)
+    }  # fmt: skip
+    status, body = call(deployed_app, "/propagate", {"n": 256, "posterior_samples": 0, "inputs": inputs})
+    assert status == 200, body
+    predicted = call(deployed_app, "/predict", corner)[1]["mean"]
+    assert body["mean"]["estimate"] == pytest.approx(predicted, rel=1e-2)
+
+
+def test_suggest_answers_points_inside_the_bounds_with_their_predictions(deployed_app):
+    features = features_of(deployed_app)
+    bounds = {features[0]: [0.2, 0.4]}
+    status, body = call(deployed_app, "/suggest", {"q": 3, "bounds": bounds, "seed": 5})
+    assert status == 200, body
+    assert body["acquisition"] == "variance"
+    assert len(body["points"]) == 3
+    for point in body["points"]:
+        assert set(point["x"]) == set(features)
+        assert 0.2 <= point["x"][features[0]] <= 0.4
+        assert set(point["prediction"]) == {"mean", "variance"}
+        again = call(deployed_app, "/predict", point["x"])[1]
+        # one point alone, or three in a batch: BLAS sums in another order, and the Park model's K has cond ~1e9
+        assert point["prediction"]["mean"] == pytest.approx(again["mean"], rel=1e-9 * 100)
+        assert point["prediction"]["variance"] == pytest.approx(again["variance"], rel=1e-3, abs=1e-12)
+
+
+def test_two_outputs_answer_one_object_per_named_output(plant_app):
+    status, body = call(plant_app, "/sensitivity", {"n": 64, "seed": 1})
+    assert status == 200
+    assert set(body) == set(PLANT_OUTPUTS)
+    assert set(body["purity"]["first_order"]) == set(PLANT_FEATURES)
+    status, body = call(plant_app, "/propagate", {"n": 64, "posterior_samples": 2, "seed": 1})
+    assert status == 200
+    assert set(body) == set(PLANT_OUTPUTS)
+    status, body = call(
+        plant_app, "/suggest", {"q": 2, "acquisition": "expected_improvement", "goal": "maximize", "output": "purity"}
+    )
+    assert status == 200
+    assert body["output"] == "purity"
+    assert set(body["points"][0]["prediction"]) == set(PLANT_OUTPUTS)
+
+
+def test_ei_on_several_outputs_must_name_one(plant_app):
+    status, body = call(plant_app, "/suggest", {"acquisition": "expected_improvement", "goal": "maximize"})
+    assert status == 422
+    assert body["details"][0]["field"] == "output"
+
+
+# --- refusals ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/sensitivity", {"n": "1024"}, "n"),
+        ("/sensitivity", {"n": 8}, "n"),
+        ("/sensitivity", {"n": 1024.0}, "n"),
+        ("/sensitivity", {"second_order": 1}, "second_order"),
+        ("/sensitivity", {"posterior_samples": -1}, "posterior_samples"),
+        ("/sensitivity", {"seed": 2**63}, "seed"),
+        ("/sensitivity", {"bogus": 1}, "bogus"),
+        ("/sensitivity", {"inputs": {"nope": {"distribution": "uniform", "low": 0, "high": 1}}}, "inputs.nope"),
+        ("/propagate", {"quantiles": [1.0]}, "quantiles[0]"),
+        ("/propagate", {"thresholds": ["1"]}, "thresholds[0]"),
+        ("/propagate", {"bins": 0}, "bins"),
+        ("/suggest", {"q": SUGGEST_MAX_Q + 1}, "q"),
+        ("/suggest", {"acquisition": "thompson"}, "acquisition"),
+        ("/suggest", {"acquisition": "expected_improvement"}, "goal"),
+        ("/suggest", {"beta": 0}, "beta"),
+        ("/suggest", {"output": "nope"}, "output"),
+    ],
+)
+def test_invalid_fields_are_named(deployed_app, path, body, field):
+    status, answer = call(deployed_app, path, body)
+    assert status == 422, answer
+    assert field in [d["field"] for d in answer["details"]], answer
+
+
+def test_distributions_are_checked_against_the_domain(deployed_app):
+    feature = features_of(deployed_app)[0]
+    low, high = deployed_app.model.manifest().bounds[0]
+    wide = {feature: {"distribution": "normal", "mean": float(low + high) / 2, "std": float(high - low)}}
+    status, body = call(deployed_app, "/propagate", {"inputs": wide})
+    assert status == 422
+    assert body["details"][0]["field"] == f"inputs.{feature}"
+    assert "outside the model's domain" in body["details"][0]["message"]
+    beyond = {feature: {"distribution": "uniform", "low": float(low), "high": float(high + 10 * (high - low))}}
+    assert call(deployed_app, "/sensitivity", {"inputs": beyond})[0] == 422
+    unordered = {feature: {"distribution": "triangular", "low": 0.5, "mode": 0.1, "high": 0.9}}
+    status, body = call(deployed_app, "/sensitivity", {"inputs": unordered})
+    assert status == 422
+    assert body["details"][0]["field"].startswith(f"inputs.{feature}")
+
+
+def test_too_much_work_is_refused_naming_the_limit_before_the_model_is_loaded(deployed_app):
+    d = len(features_of(deployed_app))
+    n = 16_384
+    samples = DRAW_EVALUATION_BUDGET // (n * (d + 2)) + 1
+    status, body = call(deployed_app, "/sensitivity", {"n": n, "posterior_samples": samples})
+    assert status == 422
+    assert body["details"][0]["field"] == "posterior_samples"
+    assert str(DRAW_EVALUATION_BUDGET) in body["details"][0]["message"]
+    assert not deployed_app.model.is_loaded
+
+
+def test_pending_points_are_counted_and_checked(deployed_app):
+    features = features_of(deployed_app)
+    point = {f: 0.5 for f in features}
+    status, body = call(deployed_app, "/suggest", {"pending": [point] * (SUGGEST_MAX_PENDING + 1)})
+    assert status == 422
+    assert body["details"][0]["field"] == "pending"
+    status, body = call(deployed_app, "/suggest", {"pending": [{**point, features[0]: 1e6}]})
+    assert status == 422
+    assert body["details"][0]["field"] == f"pending[0].{features[0]}"
+    status, body = call(deployed_app, "/suggest", {"pending": [{features[0]: 0.5}]})
+    assert status == 422
+    assert body["details"][0]["field"] == "pending[0]"
+
+
+def test_a_body_that_is_not_an_object_is_refused(deployed_app):
+    for raw in ("[1]", '"x"', "null", "{"):
+        status, body = call(deployed_app, "/propagate", raw_body=raw)
+        assert status in (400, 422), (raw, body)
+        json.dumps(body)
+
+
+def test_a_model_served_through_gpy_says_analyses_need_a_posterior_file(app_with_model):
+    status, body = call(app_with_model, "/sensitivity", {"n": 64})
+    assert status == 501
+    assert body["details"][0]["field"] == "model"
+
+
+def test_the_bounds_of_the_plant_are_respected(plant_app):
+    status, body = call(plant_app, "/suggest", {"q": 2, "bounds": {"temperature": [300.0, 320.0]}, "seed": 2})
+    assert status == 200
+    assert all(300 <= p["x"]["temperature"] <= 320 for p in body["points"])
+    low, high = PLANT_BOUNDS["pressure"]
+    status, body = call(plant_app, "/suggest", {"bounds": {"pressure": [low - 100 * (high - low), high]}})
+    assert status == 422
+    assert body["details"][0]["field"] == "bounds.pressure"
