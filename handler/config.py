@@ -87,6 +87,8 @@ class Settings:
     job_chunk_points: int = 200_000
     """Points a worker predicts per SQS message (benchmarks/jobs.py measured the choice)."""
     job_max_points: int = 10_000_000
+    analysis_draw_budget: int = 2_500_000
+    """/sensitivity and /propagate: points evaluated x posterior draws per request (what those routes' time follows)."""
     """Most points one job may have (a design's n, an upload's rows)."""
     job_retention_days: int = 7
     """Job records and objects expire this long after submission (DynamoDB TTL, S3 lifecycle)."""
@@ -124,6 +126,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "job_dead_letter_queue_arn": ("JOB_DEAD_LETTER_QUEUE_ARN", str),
     "job_chunk_points": ("JOB_CHUNK_POINTS", _number(int, 100, 1_000_000)),
     "job_max_points": ("JOB_MAX_POINTS", _number(int, 1, 100_000_000)),
+    "analysis_draw_budget": ("ANALYSIS_DRAW_BUDGET", _number(int, 1, 100_000_000)),
     "job_retention_days": ("JOB_RETENTION_DAYS", _number(int, 1, 365)),
 }
 assert set(_ENVIRONMENT) == {f.name for f in fields(Settings)}

@@ -36,6 +36,24 @@ def cases(manifest: Manifest) -> dict[str, tuple[str, str, str | None, str | Non
         "predict-batch": ("POST", "/predict", json.dumps([single, *others]), "/predict"),
         "health": ("GET", "/health", None, "/health"),
         "model": ("GET", "/model", None, "/model"),
+        "sensitivity": (
+            "POST",
+            "/sensitivity",
+            json.dumps({"n": 1024, "posterior_samples": 20, "seed": 1}),
+            "/sensitivity",
+        ),
+        "propagate": (
+            "POST",
+            "/propagate",
+            json.dumps({"n": 4096, "quantiles": [0.05, 0.5, 0.95], "seed": 1}),
+            "/propagate",
+        ),
+        "suggest": (
+            "POST",
+            "/suggest",
+            json.dumps({"q": 5, "acquisition": "integrated_variance", "seed": 1}),
+            "/suggest",
+        ),
         "bad-missing-field": (
             "POST",
             "/predict",

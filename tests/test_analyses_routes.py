@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from handler.api.limits import DRAW_EVALUATION_BUDGET, SUGGEST_MAX_PENDING, SUGGEST_MAX_Q
+from handler.api.limits import SUGGEST_MAX_PENDING, SUGGEST_MAX_Q
 from tests.conftest import PLANT_BOUNDS, PLANT_FEATURES, PLANT_OUTPUTS
 from tests.events import api_event, lambda_context, response_json
 
@@ -52,10 +52,11 @@ def test_the_same_seed_gives_the_same_answer_and_an_absent_one_is_drawn_and_retu
     assert again == drawn
 
 
-def test_an_empty_body_asks_for_the_defaults(deployed_app):
-    response = deployed_app.lambda_handler(api_event("POST", "/sensitivity", None), lambda_context())
-    assert response["statusCode"] == 200
-    assert response_json(response)["n"] == 1024
+def test_an_empty_object_asks_for_the_defaults(deployed_app):
+    status, body = call(deployed_app, "/sensitivity", {})
+    assert status == 200
+    assert body["n"] == 1024
+    assert body["posterior_samples"] == 0
 
 
 def test_propagate_answers_moments_quantiles_exceedance_and_a_histogram(deployed_app):
@@ -179,11 +180,12 @@ def test_distributions_are_checked_against_the_domain(deployed_app):
 def test_too_much_work_is_refused_naming_the_limit_before_the_model_is_loaded(deployed_app):
     d = len(features_of(deployed_app))
     n = 16_384
-    samples = DRAW_EVALUATION_BUDGET // (n * (d + 2)) + 1
+    budget = deployed_app.settings.analysis_draw_budget
+    samples = budget // (n * (d + 2)) + 1
     status, body = call(deployed_app, "/sensitivity", {"n": n, "posterior_samples": samples})
     assert status == 422
     assert body["details"][0]["field"] == "posterior_samples"
-    assert str(DRAW_EVALUATION_BUDGET) in body["details"][0]["message"]
+    assert str(budget) in body["details"][0]["message"]
     assert not deployed_app.model.is_loaded
 
 

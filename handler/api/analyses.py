@@ -18,7 +18,6 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from handler.api.errors import RequestError, brief
-from handler.api.limits import DRAW_EVALUATION_BUDGET
 from handler.api.parsing import BodyLimits, body_limits, decode_body, load_body
 from handler.api.services import Services
 from handler.gp.artifact import Manifest
@@ -52,8 +51,6 @@ def _context() -> Services:
 def _read(limits: BodyLimits | None = None) -> tuple[Any, Manifest]:
     event = router.current_event
     manifest = _context().manifest()
-    if not event.body:  # every field has a default: `curl -X POST $URL/sensitivity` asks for the defaults
-        return {}, manifest
     body = decode_body(event.body, bool(event.is_base64_encoded))
     return load_body(body, limits or _SMALL_BODY), manifest
 
@@ -122,10 +119,11 @@ def _distribution(spec: Any) -> InputDistribution:
 
 
 def _within_budget(points: int, draws: int, field: str, what: str) -> None:
-    if points * draws > DRAW_EVALUATION_BUDGET:
+    budget = _context().settings.analysis_draw_budget
+    if points * draws > budget:
         message = (
             f"{what} = {points} points x {draws} posterior samples = {points * draws}; at most "
-            f"{DRAW_EVALUATION_BUDGET} per request: lower n or posterior_samples"
+            f"{budget} per request: lower n or posterior_samples"
         )
         raise RequestError(422, "analysis too large", [(field, message)])
 

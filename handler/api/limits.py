@@ -19,13 +19,13 @@ SAMPLE_MAX_VALUES = 200_000
 
 # Analyses (/sensitivity, /propagate, /suggest): each answers within the function's 15 s for its maxima on one
 # vCPU (benchmarks/analyses.py measures them). What costs is the points the model is evaluated at times the
-# posterior draws (each draw has its own Fourier features), so that product has its own limit.
+# posterior draws (each draw has its own Fourier features): that product's limit is a setting,
+# ANALYSIS_DRAW_BUDGET (handler.config).
 ANALYSIS_DEFAULT_N = 1_024
 ANALYSIS_MAX_N = 16_384
 PROPAGATE_DEFAULT_N = 4_096
 PROPAGATE_MAX_N = 65_536
 MAX_POSTERIOR_SAMPLES = 100
-DRAW_EVALUATION_BUDGET = 2_500_000  # points x posterior draws: n (d + 2) x k for /sensitivity, n x k for /propagate
 MAX_QUANTILES = 99
 MAX_THRESHOLDS = 100
 MAX_BINS = 200

@@ -250,6 +250,7 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
     _document_jobs(docs, manifest, settings, schemas, errors, first, second)
     _document_sampling(docs, manifest, settings, schemas, errors, first, second)
     _document_inference_protocol(docs, manifest, settings, first)
+    _document_analyses(docs, manifest, settings, errors)
 
     title = f"{manifest.name} surrogate API"
     document = json.loads(docs.get_openapi_json_schema(title=title, version=VERSION, description=description))
@@ -264,6 +265,7 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError", "ResponseValidationError"):
         document["components"]["schemas"].pop(name)
     _document_deployment_limits(document, manifest, settings)
+    _document_analysis_features(document, manifest, settings)
     # V2 health and readiness answer with the status alone: an empty text/plain body, not JSON null
     for operation in (op for path in document["paths"].values() for op in path.values()):
         answer = operation["responses"].get("200", {})
@@ -290,6 +292,37 @@ def _document_deployment_limits(document: dict[str, Any], manifest: "Manifest", 
             f"Within the model's domain: its training bounds [{low:g}, {high:g}] widened by {settings.domain_margin:g}"
             " of the range on each side (GET /model has the bounds)."
         )
+
+
+def _document_analysis_features(document: dict[str, Any], manifest: "Manifest", settings: "Settings") -> None:
+    """The analyses' per-feature objects name this model's features (and only them); pending points are points."""
+    schemas = document["components"]["schemas"]
+    domain = dict(zip(manifest.features, zip(*manifest.domain(settings.domain_margin), strict=True), strict=True))
+    for request, field in (
+        ("SensitivityRequest", "inputs"),
+        ("PropagateRequest", "inputs"),
+        ("SuggestRequest", "bounds"),
+    ):
+        mapping = next(
+            option for option in schemas[request]["properties"][field]["anyOf"] if option.get("type") == "object"
+        )
+        value = mapping.pop("additionalProperties")
+        mapping["properties"] = {name: value for name in manifest.features}
+        mapping["additionalProperties"] = False
+    pending = next(o for o in schemas["SuggestRequest"]["properties"]["pending"]["anyOf"] if o.get("type") == "array")
+    pending["items"] = {
+        "type": "object",
+        "properties": {
+            name: {"type": "number", "minimum": float(low), "maximum": float(high)}
+            for name, (low, high) in domain.items()
+        },
+        "required": list(manifest.features),
+        "additionalProperties": False,
+    }
+    bounds = schemas["SuggestRequest"]["properties"]["bounds"]["anyOf"][0]["properties"]
+    for name, (low, high) in domain.items():
+        for end in bounds[name]["prefixItems"]:
+            end.update({"minimum": float(low), "maximum": float(high)})
 
 
 def _document_jobs(
@@ -554,4 +587,91 @@ def _document_inference_protocol(
         version: Annotated[str, version_doc],
         body: Annotated[InferenceRequest, body_doc],
     ) -> InferenceResponse:
+        raise NotImplementedError
+
+
+def _document_analyses(
+    docs: APIGatewayRestResolver, manifest: "Manifest", settings: "Settings", errors: dict[int, OpenAPIResponse]
+) -> None:
+    """POST /sensitivity, /propagate, /suggest."""
+    from handler.api.analysis_schemas import (
+        PropagateAnswer,
+        PropagateRequest,
+        SensitivityAnswer,
+        SensitivityRequest,
+        SuggestAnswer,
+        SuggestRequest,
+    )
+
+    several = len(manifest.outputs) > 1
+    refusals = {k: v for k, v in errors.items() if k in (400, 401, 403, 413, 422, 429, 503)}
+    refusals[501] = _error(
+        "The model is served through GPy (a pickle): analyses need its posterior file.",
+        {"error": "analysis not available for this model", "details": [{"field": "model", "message": "..."}]},
+    )
+    budget = settings.analysis_draw_budget
+    per_output = f" With several outputs, one such object per output name ({', '.join(manifest.outputs)})."
+    tags = ["analyses"]
+
+    def answer(model: Any, description: str) -> dict[int, OpenAPIResponse]:
+        shape = dict[str, model] if several else model
+        return {200: {"description": description, "content": {"application/json": {"model": shape}}}, **refusals}
+
+    @docs.post(
+        "/sensitivity",
+        summary="Sobol' sensitivity indices, with the GP's own uncertainty",
+        description=(
+            "First-order and total Sobol' indices (second-order with `second_order`) of the model's mean under the "
+            "input distributions: Saltelli's sample of `n` base points on a scrambled Sobol' sequence and SALib's "
+            "estimators (Saltelli 2010 first order, Jansen total), with SALib's bootstrap for the sampling error. "
+            "With `posterior_samples` > 0, functions drawn from the GP posterior (random Fourier features with "
+            "pathwise conditioning) each get their indices; an interval then holds both what the GP does not know "
+            "and the sampling error. The model is evaluated at n (d + 2) points, n (2d + 2) with second order; "
+            f"points x posterior_samples may be at most {budget}." + per_output
+        ),
+        tags=tags,
+        operation_id="sensitivity",
+        responses=answer(SensitivityAnswer, "Indices with 95% intervals, the output's variance, the seed."),
+    )
+    def sensitivity(body: SensitivityRequest) -> SensitivityAnswer:
+        raise NotImplementedError
+
+    @docs.post(
+        "/propagate",
+        summary="The output distribution under input distributions",
+        description=(
+            "Mean, standard deviation, quantiles, exceedance probabilities P(y > t) and a histogram of the output "
+            "when the inputs follow the given distributions (uniform over the bounds for features not listed). "
+            "Every number has a 95% interval holding the GP's uncertainty (from `posterior_samples` functions "
+            "drawn from the posterior) and the sampling error (bootstrap over the `n` input samples). "
+            f"n x posterior_samples may be at most {budget}." + per_output
+        ),
+        tags=tags,
+        operation_id="propagate",
+        responses=answer(PropagateAnswer, "The output's statistics with 95% intervals, and a histogram."),
+    )
+    def propagate(body: PropagateRequest) -> PropagateAnswer:
+        raise NotImplementedError
+
+    @docs.post(
+        "/suggest",
+        summary="The next points to simulate",
+        description=(
+            "q distinct points inside `bounds` (default: the model's bounds), chosen jointly: greedily, "
+            "conditioning the posterior on each pick (and first on `pending` points). `variance` and "
+            "`integrated_variance` need no outputs to condition on; for `expected_improvement` and "
+            "`upper_confidence_bound` the batch holds the mean where it is (kriging believer). Values are Emukit's "
+            "on the predictive variance; each point comes with its value and its prediction as /predict answers."
+        ),
+        tags=tags,
+        operation_id="suggest",
+        responses={
+            200: {
+                "description": "The points, in the order picked.",
+                "content": {"application/json": {"model": SuggestAnswer}},
+            },
+            **refusals,
+        },
+    )
+    def suggest(body: SuggestRequest) -> SuggestAnswer:
         raise NotImplementedError
