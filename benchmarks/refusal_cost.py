@@ -1,12 +1,12 @@
 """What refusing a request costs, against answering the largest valid request of the same route.
 
-Every route that takes a body: /predict, /sample, /jobs (inline points, a design, an upload to come) and the V2
-infer route. Each body goes through lambda_handler (an API Gateway event, base64 as API Gateway sends it) in a
-fresh process that has already loaded the shipped model and answered a small valid and a small refused request
-of that route (imports and caches, as in any warm environment), so the numbers are the request's own: CPU
-seconds (process time; median of repeats, after the first, in the same process) and the rise in peak RSS
-(of the first). /jobs runs against moto's AWS in the same process. Every hostile body is as large as the
-route's body limit allows (parsing.BodyLimits: what the route's largest valid request needs).
+Every route that takes a body: /predict, /sample, /jobs (inline points, a design, an upload to come), the V2 infer
+route and the analyses (/sensitivity, /propagate, /suggest). Each body goes through lambda_handler (an API Gateway
+event, base64 as API Gateway sends it) in a fresh process that has already loaded the shipped model and answered a
+small valid and a small refused request of that route (imports and caches, as in any warm environment), so the
+numbers are the request's own: CPU seconds (process time; median of repeats, after the first, in the same process)
+and the rise in peak RSS (of the first). /jobs runs against moto's AWS in the same process. Every hostile body is
+as large as the route's body limit allows (parsing.BodyLimits: what the route's largest valid request needs).
 
 The README's rule: refusing costs at most 2x the CPU and at most +100 MB of peak RSS over answering the
 route's largest valid request.
@@ -44,8 +44,14 @@ if route == "limits":
     limits = {"/predict": parser.limits, "/sample": app.sample_limits(manifest.features), "v2": parser.limits}
     from handler.jobs.routes import DESIGN_BODY_BYTES
     jobs = parser.limits.max_bytes + DESIGN_BODY_BYTES
+    from handler.api import analyses
+    from handler.api.limits import ANALYSIS_MAX_N, PROPAGATE_MAX_N, SUGGEST_MAX_PENDING, SUGGEST_MAX_Q
+    limits |= {"/sensitivity": analyses._SMALL_BODY, "/propagate": analyses._SMALL_BODY,
+               "/suggest": analyses._suggest_limits(manifest.features)}
     print(json.dumps({"features": manifest.features, "name": manifest.name, "outputs": len(manifest.outputs),
                       "bounds": manifest.bounds.tolist(),
+                      "analyses": [app.settings.analysis_draw_budget, ANALYSIS_MAX_N, PROPAGATE_MAX_N,
+                                   SUGGEST_MAX_Q, SUGGEST_MAX_PENDING],
                       **{r: [l.max_bytes, l.max_containers] for r, l in limits.items()},
                       "/jobs": [jobs, parser.limits.max_containers],
                       "sample_max": [app.SAMPLE_MAX_POINTS, app.SAMPLE_MAX_VALUES]}))
@@ -181,6 +187,60 @@ class Bodies:
             ),
         }
 
+    def sensitivity(self) -> dict[str, bytes]:
+        budget, max_n, _, _, _ = self.info["analyses"]
+        d = len(self.features)
+        draws = budget // (max_n * (d + 2))
+        second_draws = budget // (max_n * (2 * d + 2))
+        return {
+            f"valid: n {max_n:,}, {draws} posterior samples": (
+                f'{{"n":{max_n},"posterior_samples":{draws},"seed":1}}'
+            ).encode(),
+            f"valid: n {max_n:,}, second order, {second_draws} posterior samples": (
+                f'{{"n":{max_n},"posterior_samples":{second_draws},"second_order":true,"seed":1}}'
+            ).encode(),
+            **self._analysis_hostile("/sensitivity"),
+        }
+
+    def propagate(self) -> dict[str, bytes]:
+        budget, _, max_n, _, _ = self.info["analyses"]
+        draws = min(100, budget // max_n)
+        thresholds = ",".join(["1.5"] * 100)
+        quantiles = ",".join(f"{(i + 1) / 100:g}" for i in range(99))
+        return {
+            f"valid: n {max_n:,}, {draws} posterior samples, 99 quantiles, 100 thresholds, 200 bins": (
+                f'{{"n":{max_n},"posterior_samples":{draws},"quantiles":[{quantiles}],"thresholds":[{thresholds}],'
+                '"bins":200,"seed":1}'
+            ).encode(),
+            **self._analysis_hostile("/propagate"),
+        }
+
+    def suggest(self) -> dict[str, bytes]:
+        _, _, _, max_q, max_pending = self.info["analyses"]
+        pending = self.rows(max_pending)
+        return {
+            f"valid: integrated variance, q {max_q}, {max_pending} pending": (
+                f'{{"q":{max_q},"acquisition":"integrated_variance","pending":{pending},"seed":1}}'
+            ).encode(),
+            f"valid: expected improvement, q {max_q}, {max_pending} pending": (
+                f'{{"q":{max_q},"acquisition":"expected_improvement","goal":"maximize","pending":{pending},"seed":1}}'
+            ).encode(),
+            **self._analysis_hostile("/suggest"),
+            "pending over its limit": fill(lambda n: '{"pending":' + self.rows(n) + "}", self.info["/suggest"][0]),
+        }
+
+    def _analysis_hostile(self, route: str) -> dict[str, bytes]:
+        limit = self.info[route][0]
+        field = "pending" if route == "/suggest" else "thresholds"
+        return {
+            **self.generic(lambda x: f'{{"{field}":' + x + "}", limit),
+            "inputs of many unknown features": fill(
+                lambda n: '{"inputs":{' + ",".join(f'"k{i}":{{"distribution":"uniform"}}' for i in range(n)) + "}}",
+                limit,
+            ),
+            "many unknown fields": fill(lambda n: "{" + ",".join(f'"k{i}":1' for i in range(n)) + "}", limit),
+        }
+
     def jobs(self) -> dict[str, bytes]:
         limit = self.info["/jobs"][0]
         f = self.features
@@ -276,6 +336,9 @@ def small_requests(route: str, bodies: Bodies) -> tuple[object, object]:
         "/predict": (point, {"nope": 1}),
         "/sample": ({"points": [point], "samples": 2}, {"points": [{"nope": 1}], "samples": 2}),
         "/jobs": ({"points": [point]}, {"design": {"method": "lhs", "n": 0}}),
+        "/sensitivity": ({"n": 16, "posterior_samples": 1}, {"n": 1}),
+        "/propagate": ({"n": 16, "posterior_samples": 1}, {"n": 1}),
+        "/suggest": ({"q": 1}, {"q": 0}),
         "v2": (
             {"inputs": [{"name": "input", "shape": [1, len(values)], "datatype": "FP64", "data": values}]},
             {"inputs": [{"name": "input", "shape": [1, 1], "datatype": "FP64", "data": [0.5]}]},
@@ -291,7 +354,15 @@ def measure(route: str, body: bytes, repeats: int, warm: tuple[object, object] =
     return json.loads(result.stdout.decode().strip().splitlines()[-1])
 
 
-ROUTE_NAMES = {"/predict": "POST /predict", "/sample": "POST /sample", "/jobs": "POST /jobs", "v2": "POST /v2 infer"}
+ROUTE_NAMES = {
+    "/predict": "POST /predict",
+    "/sample": "POST /sample",
+    "/jobs": "POST /jobs",
+    "v2": "POST /v2 infer",
+    "/sensitivity": "POST /sensitivity",
+    "/propagate": "POST /propagate",
+    "/suggest": "POST /suggest",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,7 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.quick else args.repeats
     info = measure("limits", b"", 1)
     bodies = Bodies(info)
-    by_route = {"/predict": bodies.predict, "/sample": bodies.sample, "/jobs": bodies.jobs, "v2": bodies.v2}
+    by_route = {
+        "/predict": bodies.predict,
+        "/sample": bodies.sample,
+        "/jobs": bodies.jobs,
+        "v2": bodies.v2,
+        "/sensitivity": bodies.sensitivity,
+        "/propagate": bodies.propagate,
+        "/suggest": bodies.suggest,
+    }
     print("| route | body | bytes | status | CPU ms | CPU vs largest valid | peak RSS rise MB | MB over valid |")
     print("|---|---|---|---|---|---|---|---|")
     failures, all_4xx = [], True

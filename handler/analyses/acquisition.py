@@ -9,13 +9,13 @@ predictive (noisy) variance, as `emukit.core.acquisition`'s ModelVariance, Expec
 NegativeLowerConfidenceBound compute them on a GPy model; tests compare.
 
 Conditioning is a growing Cholesky factor of the picks' joint covariance, with each tracked set (candidates,
-the integrated-variance reference points) keeping its rows of L^-1 cov(picks, set): a pick costs O(set x m).
+the integrated-variance reference points) keeping L^-1 cov(picks, set): a pick costs O(set x (m + picks)).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,62 +34,76 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 @dataclass
 class _Tracked:
-    """A set of points whose covariance with the picks is kept: K(set, U), K A, prior variance, L^-1 cov rows."""
+    """Points whose covariance with the picks is kept: K(set, U), K A, prior variance, L^-1 cov0(picks, set)."""
 
     X: np.ndarray
     K: np.ndarray  # k(X, U), (n, m)
     KA: np.ndarray  # k(X, U) A, (n, m)
     variance: np.ndarray  # latent posterior variance before any pick (standardised scale), (n,)
-    rows: list[np.ndarray] = field(default_factory=list)  # row i: (L^-1 cov0(picks, X))_i
+    V: np.ndarray  # L^-1 cov0(picks, X), (picks, n): L is the Cholesky factor of cov0(picks, picks) + noise I
+
+    def extended(self, other: _Tracked) -> _Tracked:
+        """This set followed by another tracked by the same conditioner."""
+        return _Tracked(
+            np.vstack([self.X, other.X]),
+            np.vstack([self.K, other.K]),
+            np.vstack([self.KA, other.KA]),
+            np.concatenate([self.variance, other.variance]),
+            np.hstack([self.V, other.V]),
+        )
 
     def conditioned_variance(self) -> np.ndarray:
-        variance = self.variance.copy()
-        for row in self.rows:
-            variance -= row**2
-        return np.maximum(variance, 0.0)
+        return np.maximum(self.variance - np.vecdot(self.V.T, self.V.T), 0.0)
 
 
 class Conditioner:
-    """The latent posterior conditioned on noisy fantasies at picked points, on tracked point sets."""
+    """The latent posterior conditioned on noisy fantasies at picked points, on tracked point sets.
+
+    Picks grow a Cholesky factor L of their joint covariance (plus the noise), one row at a time; a tracked set
+    keeps V = L^-1 cov0(picks, set), so its conditioned covariance is cov0 - V^T V. A pick adds one row to each
+    tracked set's V, at O(set x (m + picks)); a set tracked later gets all its rows from one triangular solve.
+    """
 
     def __init__(self, posterior: GPPosterior) -> None:
         self.posterior = posterior
         self.noise = posterior.noise_variance
-        self.picks: list[np.ndarray] = []
-        self._pivots: list[tuple[np.ndarray, float]] = []  # per pick: L^-1 cov0(earlier picks, pick), its diagonal
+        d = posterior.inputs.shape[1]
+        self.picks = np.empty((0, d))
+        self._picks_KA = np.empty((0, posterior.n_inputs))  # k(picks, U) A
+        self._L = np.empty((0, 0))
+
+    def _cov0_with_picks(self, X: np.ndarray, K: np.ndarray, picks: np.ndarray, KA: np.ndarray) -> np.ndarray:
+        """cov0(picks, X), (picks, n): the latent posterior covariance before any pick."""
+        p = self.posterior
+        prior = p._kernel_of_distance(p._distances(picks * p.inverse_lengthscale, X * p.inverse_lengthscale))[0]
+        return prior - KA @ K.T
 
     def track(self, X: np.ndarray) -> _Tracked:
         """Start keeping X's covariance with the picks (those made so far included)."""
         K = self.posterior.cross_covariance(X)
         KA = self.posterior._times_inverse(K)
         variance = np.maximum(self.posterior.kernel_variance - np.vecdot(KA, K), 0.0)
-        tracked = _Tracked(X, K, KA, variance)
-        for index in range(len(self.picks)):
-            self._append_row(tracked, index)
-        return tracked
+        if len(self.picks):
+            V = np.linalg.solve(self._L, self._cov0_with_picks(X, K, self.picks, self._picks_KA))
+        else:
+            V = np.empty((0, len(X)))
+        return _Tracked(X, K, KA, variance, V)
 
     def condition(self, x: np.ndarray, tracked_sets: list[_Tracked]) -> None:
-        """Condition on a noisy observation at x: every tracked set gains a row."""
+        """Condition on a noisy observation at x: every tracked set gains a row of V."""
         probe = self.track(x[None, :])
-        pivot = np.array([row[0] for row in probe.rows])
-        diagonal = math.sqrt(max(probe.variance[0] - float(np.sum(pivot**2)) + self.noise, 1e-300))
-        self._pivots.append((pivot, diagonal))
-        self.picks.append(x)
+        pivot = probe.V[:, 0]
+        diagonal = math.sqrt(max(float(probe.variance[0]) - float(pivot @ pivot) + self.noise, 1e-300))
+        t = len(self.picks)
+        L = np.zeros((t + 1, t + 1))
+        L[:t, :t] = self._L
+        L[t, :t], L[t, t] = pivot, diagonal
         for tracked in tracked_sets:
-            self._append_row(tracked, len(self.picks) - 1)
-
-    def _append_row(self, tracked: _Tracked, index: int) -> None:
-        """Row `index` of L^-1 cov0(picks, set): (cov0(pick, set) - sum_j pivot_j row_j) / diagonal."""
-        pivot, diagonal = self._pivots[index]
-        x = self.picks[index]
-        p = self.posterior
-        prior = p._kernel_of_distance(
-            p._distances((x * p.inverse_lengthscale)[None, :], tracked.X * p.inverse_lengthscale)
-        )[0][0]
-        row = prior - (p._times_inverse(p.cross_covariance(x[None, :])) @ tracked.K.T)[0]
-        for weight, previous in zip(pivot, tracked.rows[:index], strict=True):
-            row -= weight * previous
-        tracked.rows.append(row / diagonal)
+            row = (self._cov0_with_picks(tracked.X, tracked.K, x[None, :], probe.KA)[0] - pivot @ tracked.V) / diagonal
+            tracked.V = np.vstack([tracked.V, row])
+        self._L = L
+        self.picks = np.vstack([self.picks, x])
+        self._picks_KA = np.vstack([self._picks_KA, probe.KA])
 
 
 @dataclass(frozen=True)
@@ -134,7 +148,9 @@ def suggest(
 
     # Local search from the best few candidates (on the acquisition before any pick), in shrinking boxes
     tracked = conditioner.track(candidates)
-    scores = values(tracked)
+    # integrated variance: cov(reference, candidates) after the picks, kept up to date by one outer product a pick
+    cross = None if reference is None else _conditioned_cross(posterior, tracked, reference)
+    scores = values(tracked, cross)
     refined = []
     for start in np.argsort(scores)[::-1][:LOCAL_SEEDS]:
         best_x, best_value = candidates[start], scores[start]
@@ -146,11 +162,12 @@ def suggest(
             if trial_values.max() > best_value:
                 best_x, best_value = trial[trial_values.argmax()], trial_values.max()
         refined.append(best_x)
-    candidates = np.vstack([candidates, np.array(refined)])
-    tracked = conditioner.track(candidates)
+    best_found = conditioner.track(np.array(refined))
+    tracked = tracked.extended(best_found)
+    candidates = tracked.X
     sets = [tracked] if reference is None else [tracked, reference]
-    # integrated variance: cov(reference, candidates) after the picks, kept up to date by one outer product a pick
-    cross = None if reference is None else _conditioned_cross(posterior, tracked, reference)
+    if cross is not None and reference is not None:
+        cross = np.hstack([cross, _conditioned_cross(posterior, best_found, reference)])
 
     picks: list[Pick] = []
     taken = np.zeros(len(candidates), dtype=bool)
@@ -162,7 +179,7 @@ def suggest(
         picks.append(Pick(candidates[index], float(scores[index])))
         conditioner.condition(candidates[index], sets)
         if cross is not None and reference is not None:
-            cross -= np.outer(reference.rows[-1], tracked.rows[-1])
+            cross -= np.outer(reference.V[-1], tracked.V[-1])
     return picks
 
 
@@ -205,6 +222,4 @@ def _conditioned_cross(posterior: GPPosterior, tracked: _Tracked, reference: _Tr
         posterior._distances(reference.X * posterior.inverse_lengthscale, tracked.X * posterior.inverse_lengthscale)
     )[0]
     cov = prior - reference.KA @ tracked.K.T
-    for row_r, row_t in zip(reference.rows, tracked.rows, strict=True):
-        cov -= np.outer(row_r, row_t)
-    return cov
+    return cov - reference.V.T @ tracked.V

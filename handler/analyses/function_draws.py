@@ -73,16 +73,30 @@ class PosteriorFunctionDraws:
             root_kzz, _, _ = factor(Kzz)
             self.update = np.linalg.solve(root_kzz @ root_kzz.T, inducing - prior_at_inputs)
 
-    def _prior(self, X: np.ndarray) -> np.ndarray:
-        """The draws' prior functions at the points, (len(X), draws, outputs)."""
+    def _prior(self, X: np.ndarray, exact: bool = True) -> np.ndarray:
+        """The draws' prior functions at the points, (len(X), draws, outputs).
+
+        `exact=False` takes the cosines in float32 (numpy's float64 cosine is ~15x slower here): each angle is
+        first reduced to [-pi, pi] in float64, so a value is off by ~1e-7 of the prior's standard deviation. The
+        values at the training inputs, which the update multiplies by (K + s2 I)^-1, stay float64.
+        """
         values = np.empty((len(X), self.draws, self.outputs))
         angles = np.empty((len(X), self.features))
+        reduced = None if exact else np.empty((len(X), self.features), dtype=np.float32)
+        weights = self.weights if exact else self.weights.astype(np.float32)
         for s in range(self.draws):
             block = slice(s * self.features, (s + 1) * self.features)
             np.matmul(X, self.frequencies[block].T, out=angles)
             angles += self.phases[block]
-            np.cos(angles, out=angles)
-            np.matmul(angles, self.weights[s], out=values[:, s, :])
+            if reduced is None:
+                np.cos(angles, out=angles)
+                np.matmul(angles, weights[s], out=values[:, s, :])
+                continue
+            turns = np.rint(angles * (0.5 / math.pi))
+            angles -= turns * (2.0 * math.pi)
+            reduced[...] = angles
+            np.cos(reduced, out=reduced)
+            values[:, s, :] = reduced @ weights[s]
         values *= self.amplitude
         return values
 
@@ -93,7 +107,8 @@ class PosteriorFunctionDraws:
         for start in range(0, len(X), rows):
             chunk = X[start : start + rows]
             update = self.posterior.cross_covariance(chunk) @ self.update
-            values[start : start + rows] = self._prior(chunk) + update.reshape(len(chunk), self.draws, self.outputs)
+            prior = self._prior(chunk, exact=False)
+            values[start : start + rows] = prior + update.reshape(len(chunk), self.draws, self.outputs)
         values *= self.posterior.y_std
         values += self.posterior.y_mean
         return values

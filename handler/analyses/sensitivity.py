@@ -22,6 +22,7 @@ from handler.analyses.distributions import InputDistribution
 from handler.analyses.sobol_sequence import sobol_points
 
 BOOTSTRAP_RESAMPLES = 100  # SALib's default num_resamples
+BOOTSTRAP_BLOCK_VALUES = 2**22  # 32 MB of resampled outputs at a time
 Z_95 = 1.959963984540054
 
 
@@ -112,7 +113,7 @@ def _second(
 def sobol_indices(Y: np.ndarray, d: int, second_order: bool, resamples: np.ndarray) -> SobolIndices:
     """Indices of one function's outputs Y (n * step,) in the sample's order, and their bootstrap deviations.
 
-    `resamples` is (n, R) base-row indices, as SALib draws them. Memory: R x (d + 2) x n numbers.
+    `resamples` is (n, R) base-row indices, as SALib draws them.
     """
     spread = Y.std()
     if not spread > np.finfo(float).eps * max(1.0, float(np.abs(Y).max())):
@@ -122,10 +123,19 @@ def sobol_indices(Y: np.ndarray, d: int, second_order: bool, resamples: np.ndarr
         return SobolIndices(zeros, zeros, second, np.ones(()), zeros, zeros, second, np.zeros(()))
     Y = (Y - Y.mean()) / spread  # SALib standardises the outputs: its estimators are not shift-free
     A, AB, BA, B = _split(Y, d, second_order)  # A, B (n,); AB, BA (n, d)
-    r = resamples.T  # (R, n): the sample on the last axis, as below
     estimates = _indices(A, AB.T, None if BA is None else BA.T, B)
-    boot = _indices(A[r], AB[r].transpose(0, 2, 1), None if BA is None else BA[r].transpose(0, 2, 1), B[r])
-    sd = [None if b is None else np.std(b, axis=0, ddof=1) for b in boot]
+    # Bootstrap: the estimators on resampled base rows (SALib: A[r], AB[r], B[r]), a block of resamples at a time,
+    # so that memory stays ~BOOTSTRAP_BLOCK_VALUES numbers whatever n, d and R are
+    boot: list[list[np.ndarray]] = [[], [], [], []]
+    per_resample = len(A) * (2 * d + 2)
+    block = max(1, BOOTSTRAP_BLOCK_VALUES // per_resample)
+    for start in range(0, resamples.shape[1], block):
+        rows = resamples[:, start : start + block].T  # (b, n)
+        BA_rows = None if BA is None else BA[rows].transpose(0, 2, 1)
+        for kept, value in zip(boot, _indices(A[rows], AB[rows].transpose(0, 2, 1), BA_rows, B[rows]), strict=True):
+            if value is not None:
+                kept.append(value)
+    sd = [np.std(np.concatenate(values), axis=0, ddof=1) if values else None for values in boot]
     return SobolIndices(*estimates, *sd)  # type: ignore[arg-type]
 
 
@@ -189,8 +199,8 @@ def _output_variance(Y: np.ndarray, d: int, second_order: bool, resamples: np.nd
     both = np.concatenate([A, B], axis=0)  # (2n, k)
     values = np.var(both, axis=0)
     n = len(A)
-    rows = np.concatenate([resamples, resamples + n], axis=0)  # the same base rows of A and of B
-    boot = np.var(both[rows], axis=0)  # (R, k)
+    # the same base rows of A and of B, one resample at a time: (2n x k) numbers, not R times that
+    boot = np.array([np.var(both[np.concatenate([rows, rows + n])], axis=0) for rows in resamples.T])  # (R, k)
     sd = np.std(boot, axis=0, ddof=1)
     spread = float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
     return _estimate(float(np.mean(values)), float(np.sqrt(spread + np.mean(sd**2))))

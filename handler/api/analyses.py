@@ -18,6 +18,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from handler.api.errors import RequestError, brief
+from handler.api.limits import ANALYSIS_MAX_VALUES
 from handler.api.parsing import BodyLimits, body_limits, decode_body, load_body
 from handler.api.services import Services
 from handler.gp.artifact import Manifest
@@ -118,7 +119,13 @@ def _distribution(spec: Any) -> InputDistribution:
             return dist.Triangular(spec.low, spec.mode, spec.high)
 
 
-def _within_budget(points: int, draws: int, field: str, what: str) -> None:
+def _within_budget(points: int, draws: int, field: str, what: str, features: int) -> None:
+    if points * features > ANALYSIS_MAX_VALUES:
+        message = (
+            f"{what} = {points} points of {features} features; at most {ANALYSIS_MAX_VALUES // features} points for "
+            "this model: lower n"
+        )
+        raise RequestError(422, "analysis too large", [("n", message)])
     budget = _context().settings.analysis_draw_budget
     if points * draws > budget:
         message = (
@@ -143,9 +150,8 @@ def sensitivity() -> Any:
     d = len(manifest.features)
     step = 2 * d + 2 if request.second_order else d + 2
     points = request.n * step
-    _within_budget(
-        points, request.posterior_samples, "posterior_samples", f"n x ({step if request.second_order else 'd + 2'})"
-    )
+    what = f"n x ({'2d + 2' if request.second_order else 'd + 2'})"
+    _within_budget(points, request.posterior_samples, "posterior_samples", what, d)
     distributions = _distributions(request.inputs, manifest)
     posterior = _posterior()
     seed = _seed(request.seed)
@@ -188,7 +194,7 @@ def propagate() -> Any:
 
     data, manifest = _read()
     request = parse_request(PropagateRequest, data, manifest.features)
-    _within_budget(request.n, request.posterior_samples, "posterior_samples", "n")
+    _within_budget(request.n, request.posterior_samples, "posterior_samples", "n", len(manifest.features))
     distributions = _distributions(request.inputs, manifest)
     posterior = _posterior()
     seed = _seed(request.seed)

@@ -26,6 +26,8 @@ ANALYSIS_MAX_N = 16_384
 PROPAGATE_DEFAULT_N = 4_096
 PROPAGATE_MAX_N = 65_536
 MAX_POSTERIOR_SAMPLES = 100
+# The design's numbers (points x features): 128 MB of float64, whatever the model's number of features
+ANALYSIS_MAX_VALUES = 2**24
 MAX_QUANTILES = 99
 MAX_THRESHOLDS = 100
 MAX_BINS = 200
