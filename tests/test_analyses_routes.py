@@ -224,3 +224,17 @@ def test_the_bounds_of_the_plant_are_respected(plant_app):
     status, body = call(plant_app, "/suggest", {"bounds": {"pressure": [low - 100 * (high - low), high]}})
     assert status == 422
     assert body["details"][0]["field"] == "bounds.pressure"
+
+
+def test_a_model_with_more_features_than_the_sobol_table_is_told_so():
+    from types import SimpleNamespace
+
+    from handler.api.analyses import _dimensions_supported
+    from handler.api.errors import RequestError
+
+    manifest = SimpleNamespace(features=tuple(f"x{i}" for i in range(65)))
+    _dimensions_supported(128, manifest)  # 64 features' sensitivity: the table's 128 dimensions
+    with pytest.raises(RequestError) as refused:
+        _dimensions_supported(130, manifest)
+    assert refused.value.status_code == 501
+    assert "130 Sobol' dimensions" in refused.value.details[0][1]

@@ -56,6 +56,16 @@ def _read(limits: BodyLimits | None = None) -> tuple[Any, Manifest]:
     return load_body(body, limits or _SMALL_BODY), manifest
 
 
+def _dimensions_supported(dimensions: int, manifest: Manifest) -> None:
+    """Sobol' points have at most MAX_DIMENSIONS dimensions here (/sensitivity uses two per feature)."""
+    from handler.analyses.sobol_sequence import MAX_DIMENSIONS
+
+    if dimensions > MAX_DIMENSIONS:
+        features = len(manifest.features)
+        message = f"this model's {features} features need {dimensions} Sobol' dimensions; at most {MAX_DIMENSIONS}"
+        raise RequestError(501, "analysis not available for this model", [("model", message)])
+
+
 def _posterior() -> GPPosterior:
     model = _context().loaded_model().model
     if not isinstance(model, PosteriorModel):
@@ -148,6 +158,7 @@ def sensitivity() -> Any:
     data, manifest = _read()
     request = parse_request(SensitivityRequest, data, manifest.features)
     d = len(manifest.features)
+    _dimensions_supported(2 * d, manifest)
     step = 2 * d + 2 if request.second_order else d + 2
     points = request.n * step
     what = f"n x ({'2d + 2' if request.second_order else 'd + 2'})"
@@ -194,6 +205,7 @@ def propagate() -> Any:
 
     data, manifest = _read()
     request = parse_request(PropagateRequest, data, manifest.features)
+    _dimensions_supported(len(manifest.features), manifest)
     _within_budget(request.n, request.posterior_samples, "posterior_samples", "n", len(manifest.features))
     distributions = _distributions(request.inputs, manifest)
     posterior = _posterior()
@@ -249,6 +261,7 @@ def suggest() -> Any:
     manifest = _context().manifest()
     data, manifest = _read(_suggest_limits(manifest.features))
     request = parse_request(SuggestRequest, data, manifest.features)
+    _dimensions_supported(len(manifest.features), manifest)
     output = _output_index(request.output, request.acquisition, manifest)
     domain_low, domain_high = manifest.domain(_context().settings.domain_margin)
     low, high = manifest.bounds[:, 0].astype(float), manifest.bounds[:, 1].astype(float)
