@@ -230,7 +230,11 @@ def serving(model_path: Path, folder: Path) -> Iterator[tuple[str, Path]]:
         yield base_url, log
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a loaded machine: it was asked to stop; now it is made to
+            process.kill()
+            process.wait(timeout=30)
 
 
 def _started(process: subprocess.Popen, base_url: str) -> bool:
