@@ -16,7 +16,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction package-model scan bench load openapi events clean
+.PHONY: help setup check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction package-model scan bench bench-analyses bench-coverage bench-draws load openapi events clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -78,6 +78,15 @@ openapi: setup  ## Regenerate docs/openapi.json from the schemas
 
 bench: setup  ## Full benchmark run (~10 min): writes benchmarks/results.md
 	$(PY) benchmarks/performance.py
+
+bench-analyses: setup  ## Seconds per /sensitivity, /propagate, /suggest request, typical and largest, on one thread
+	$(PY) benchmarks/analyses.py
+
+bench-coverage: setup  ## Sobol' intervals against Ishigami's analytic indices: coverage, width, error (QUICK=1: 4 seeds)
+	$(PY) benchmarks/sensitivity_coverage.py $(if $(QUICK),--quick)
+
+bench-draws: setup  ## Pathwise posterior draws against the exact posterior: mean, variance, correlation errors
+	$(PY) benchmarks/posterior_draws.py
 
 build: setup  ## sam build (arm64, python3.13) into .aws-sam/build
 	PATH="$(SAM_PATH)" $(VENV)/bin/sam build

@@ -379,7 +379,10 @@ def main() -> None:
             f"(Python {platform.python_version()}; {libraries}). Times are medians of repeats; "
             "compare the ratios, which come from this one run.\n\n"
         )
-        output.write_text(header + "\n".join(report.sections))
+        # Sections other scripts wrote (`## ` headings: benchmarks/analyses.py and others' --output) are kept
+        kept = output.read_text().split("\n## ", 1) if output.exists() else []
+        others = "\n## " + kept[1] if len(kept) > 1 else ""
+        output.write_text(header + "\n".join(report.sections) + others)
         print(f"wrote {output}")
 
 

@@ -336,8 +336,8 @@ def small_requests(route: str, bodies: Bodies) -> tuple[object, object]:
         "/predict": (point, {"nope": 1}),
         "/sample": ({"points": [point], "samples": 2}, {"points": [{"nope": 1}], "samples": 2}),
         "/jobs": ({"points": [point]}, {"design": {"method": "lhs", "n": 0}}),
-        "/sensitivity": ({"n": 16, "posterior_samples": 1}, {"n": 1}),
-        "/propagate": ({"n": 16, "posterior_samples": 1}, {"n": 1}),
+        "/sensitivity": ({"n": 16, "posterior_samples": 2}, {"n": 1}),
+        "/propagate": ({"n": 16, "posterior_samples": 2}, {"n": 1}),
         "/suggest": ({"q": 1}, {"q": 0}),
         "v2": (
             {"inputs": [{"name": "input", "shape": [1, len(values)], "datatype": "FP64", "data": values}]},

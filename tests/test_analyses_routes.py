@@ -142,6 +142,8 @@ def test_ei_on_several_outputs_must_name_one(plant_app):
         ("/sensitivity", {"n": 1024.0}, "n"),
         ("/sensitivity", {"second_order": 1}, "second_order"),
         ("/sensitivity", {"posterior_samples": -1}, "posterior_samples"),
+        ("/sensitivity", {"posterior_samples": 1}, "posterior_samples"),
+        ("/propagate", {"posterior_samples": 1}, "posterior_samples"),
         ("/sensitivity", {"seed": 2**63}, "seed"),
         ("/sensitivity", {"bogus": 1}, "bogus"),
         ("/sensitivity", {"inputs": {"nope": {"distribution": "uniform", "low": 0, "high": 1}}}, "inputs.nope"),
@@ -152,6 +154,7 @@ def test_ei_on_several_outputs_must_name_one(plant_app):
         ("/suggest", {"acquisition": "thompson"}, "acquisition"),
         ("/suggest", {"acquisition": "expected_improvement"}, "goal"),
         ("/suggest", {"beta": 0}, "beta"),
+        ("/suggest", {"beta": 1e308}, "beta"),
         ("/suggest", {"output": "nope"}, "output"),
     ],
 )

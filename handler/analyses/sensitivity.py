@@ -6,14 +6,15 @@ ones by Jansen (1999), second-order ones by Saltelli (2002), all on outputs stan
 sampling error by SALib's bootstrap (the same resamples for a given seed). Tests feed SALib the same sample and
 outputs and compare.
 
-With posterior draws, each of `draws` whole functions from the posterior (handler.analyses.function_draws) gets
-its own indices and bootstrap; an index's interval is then its mean over the draws plus or minus z times the
-square root of (the variance across draws + the mean bootstrap variance): what the GP does not know about the
-function, and what the finite sample does not know about the integrals.
+With posterior draws (k >= 2), each of k whole functions from the posterior (handler.analyses.function_draws) gets
+its own indices; an index's interval is then their mean plus or minus z times the square root of (their variance
++ the posterior mean's bootstrap variance): what the GP does not know about the function, and what the finite
+sample does not know about the integrals. (SALib reads a seed of 0 as none: the same resamples for seeds >= 1.)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,10 +111,10 @@ def _second(
     return np.where(upper, second, np.nan)
 
 
-def sobol_indices(Y: np.ndarray, d: int, second_order: bool, resamples: np.ndarray) -> SobolIndices:
+def sobol_indices(Y: np.ndarray, d: int, second_order: bool, resamples: np.ndarray | None) -> SobolIndices:
     """Indices of one function's outputs Y (n * step,) in the sample's order, and their bootstrap deviations.
 
-    `resamples` is (n, R) base-row indices, as SALib draws them.
+    `resamples` is (n, R) base-row indices, as SALib draws them; None: no bootstrap (deviations None).
     """
     spread = Y.std()
     if not spread > np.finfo(float).eps * max(1.0, float(np.abs(Y).max())):
@@ -124,6 +125,8 @@ def sobol_indices(Y: np.ndarray, d: int, second_order: bool, resamples: np.ndarr
     Y = (Y - Y.mean()) / spread  # SALib standardises the outputs: its estimators are not shift-free
     A, AB, BA, B = _split(Y, d, second_order)  # A, B (n,); AB, BA (n, d)
     estimates = _indices(A, AB.T, None if BA is None else BA.T, B)
+    if resamples is None:
+        return SobolIndices(*estimates, None, None, None, None)  # type: ignore[arg-type]
     # Bootstrap: the estimators on resampled base rows (SALib: A[r], AB[r], B[r]), a block of resamples at a time,
     # so that memory stays ~BOOTSTRAP_BLOCK_VALUES numbers whatever n, d and R are
     boot: list[list[np.ndarray]] = [[], [], [], []]
@@ -164,46 +167,49 @@ class SensitivityResult:
 
 
 def analyse(mean: np.ndarray, draws: np.ndarray | None, d: int, second_order: bool, seed: int) -> SensitivityResult:
-    """Indices of the posterior mean's outputs (n * step,), or of draws' (n * step, k): intervals as the module says."""
+    """Indices of the posterior mean's outputs (n * step,), or of draws' (n * step, k): intervals as the module says.
+
+    The sampling error is the bootstrap's on the posterior mean's outputs, for draws too: each draw's would be
+    about the same (the same sample, a function as variable), at k times the cost.
+    """
     step = 2 * d + 2 if second_order else d + 2
     n = len(mean) // step
     resamples = bootstrap_resamples(n, seed)
-    functions = [mean] if draws is None else list(draws.T)
-    per_function = [sobol_indices(Y, d, second_order, resamples) for Y in functions]
+    of_mean = sobol_indices(mean, d, second_order, resamples)
+    of_draws = [] if draws is None else [sobol_indices(Y, d, second_order, None) for Y in draws.T]
 
-    def interval(values: list[np.ndarray], sds: list[np.ndarray], *at: int) -> IndexEstimate:
-        across = np.array([v[at] for v in values])
-        spread = float(np.var(across, ddof=1)) if len(across) > 1 else 0.0
-        bootstrap = float(np.mean([sd[at] ** 2 for sd in sds]))
-        return _estimate(float(np.mean(across)), float(np.sqrt(spread + bootstrap)))
-
-    def of(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        return [getattr(s, name) for s in per_function], [getattr(s, name + "_sd") for s in per_function]
+    def interval(name: str, *at: int) -> IndexEstimate:
+        sampling = float(getattr(of_mean, name + "_sd")[at])
+        if not of_draws:
+            return _estimate(float(getattr(of_mean, name)[at]), sampling)
+        across = np.array([getattr(s, name)[at] for s in of_draws])
+        return _estimate(float(np.mean(across)), math.sqrt(float(np.var(across, ddof=1)) + sampling**2))
 
     second = None
     if second_order:
-        pairs = of("second")
-        second = [[interval(*pairs, j, k) if j < k else None for k in range(d)] for j in range(d)]
+        second = [[interval("second", j, k) if j < k else None for k in range(d)] for j in range(d)]
     return SensitivityResult(
-        first_order=[interval(*of("first"), j) for j in range(d)],
-        total=[interval(*of("total"), j) for j in range(d)],
+        first_order=[interval("first", j) for j in range(d)],
+        total=[interval("total", j) for j in range(d)],
         second_order=second,
-        variance=_output_variance(mean[:, None] if draws is None else draws, d, second_order, resamples),
+        variance=_output_variance(mean, draws, d, second_order, resamples),
     )
 
 
-def _output_variance(Y: np.ndarray, d: int, second_order: bool, resamples: np.ndarray) -> IndexEstimate:
+def _output_variance(
+    mean: np.ndarray, draws: np.ndarray | None, d: int, second_order: bool, resamples: np.ndarray
+) -> IndexEstimate:
     """The output's variance over the input distribution (A and B rows), with the same kind of interval."""
-    Y = Y if Y.ndim == 2 else Y[:, None]
-    A, _, _, B = _split(Y, d, second_order)
-    both = np.concatenate([A, B], axis=0)  # (2n, k)
-    values = np.var(both, axis=0)
+    A, _, _, B = _split(mean, d, second_order)
+    both = np.concatenate([A, B])  # (2n,)
     n = len(A)
-    # the same base rows of A and of B, one resample at a time: (2n x k) numbers, not R times that
-    boot = np.array([np.var(both[np.concatenate([rows, rows + n])], axis=0) for rows in resamples.T])  # (R, k)
-    sd = np.std(boot, axis=0, ddof=1)
-    spread = float(np.var(values, ddof=1)) if len(values) > 1 else 0.0
-    return _estimate(float(np.mean(values)), float(np.sqrt(spread + np.mean(sd**2))))
+    boot = [np.var(both[np.concatenate([rows, rows + n])]) for rows in resamples.T]  # the same rows of A and B
+    sampling = float(np.std(boot, ddof=1))
+    if draws is None:
+        return _estimate(float(np.var(both)), sampling)
+    A, _, _, B = _split(draws, d, second_order)
+    values = np.var(np.concatenate([A, B], axis=0), axis=0)  # (k,)
+    return _estimate(float(np.mean(values)), math.sqrt(float(np.var(values, ddof=1)) + sampling**2))
 
 
 def _estimate(value: float, sd: float) -> IndexEstimate:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from handler.api.errors import MAX_ERROR_DETAILS, RequestError, encodable
 from handler.api.limits import (
@@ -98,7 +98,15 @@ Inputs = Annotated[
     dict[str, InputSpec] | None,
     Field(description="A distribution per feature (any subset); a feature not listed is uniform over its bounds."),
 ]
-PosteriorSamples = Annotated[int, Field(strict=True, ge=0, le=MAX_POSTERIOR_SAMPLES)]
+
+
+def _not_one(k: int) -> int:
+    if k == 1:  # one draw has no spread: its interval would leave the GP's uncertainty out
+        raise ValueError("0 (the posterior mean only) or at least 2: one draw has no spread to measure")
+    return k
+
+
+PosteriorSamples = Annotated[int, Field(strict=True, ge=0, le=MAX_POSTERIOR_SAMPLES), AfterValidator(_not_one)]
 
 
 class SensitivityRequest(BaseModel):
@@ -157,7 +165,9 @@ class SuggestRequest(BaseModel):
     best: Number | None = Field(
         default=None, description="EI's incumbent; default: the best posterior mean at the training inputs."
     )
-    beta: Positive = Field(default=2.0, description="UCB: mean + beta std (maximize), or -(mean - beta std).")
+    beta: Annotated[float, Field(strict=True, gt=0, le=100)] = Field(
+        default=2.0, description="UCB: mean + beta std (maximize), or -(mean - beta std)."
+    )
     seed: Seed = None
 
 

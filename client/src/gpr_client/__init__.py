@@ -1,5 +1,5 @@
 """Client of the GPR surrogate API: `SurrogateClient(base_url, api_key)`."""
 
-from gpr_client.client import ApiError, Job, JobFailedError, JobResults, Predictions, SurrogateClient
+from gpr_client.client import ApiError, Job, JobFailedError, JobResults, Predictions, Suggestions, SurrogateClient
 
-__all__ = ["ApiError", "Job", "JobFailedError", "JobResults", "Predictions", "SurrogateClient"]
+__all__ = ["ApiError", "Job", "JobFailedError", "JobResults", "Predictions", "Suggestions", "SurrogateClient"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import email.utils
 import io
 import json
+import operator
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,48 @@ class JobResults:
         import pandas as pd
 
         return pd.DataFrame(self.table)
+
+
+# --- analyses' results (/suggest) ------------------------------------------------------------------------
+
+
+@dataclass
+class Suggestions:
+    """POST /suggest's answer: the q points to simulate next, in the order they were picked.
+
+    `points` is (q, n_features) in the model's feature order (what `predict` takes back); `acquisition` is (q,):
+    the criterion when each point was picked (after the earlier picks); `mean` and `variance` are (q, n_outputs),
+    the service's prediction at each point. `answer` is the JSON as the service sent it.
+    """
+
+    features: tuple[str, ...]
+    outputs: tuple[str, ...]
+    points: np.ndarray
+    acquisition: np.ndarray
+    mean: np.ndarray
+    variance: np.ndarray
+    answer: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return int(self.answer["seed"])
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def pending(self) -> list[dict[str, float]]:
+        """The points as rows ({feature: value}), as `suggest(pending=...)` and /predict take them."""
+        return [dict(zip(self.features, map(float, row), strict=True)) for row in self.points]
+
+    def to_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        columns: dict[str, np.ndarray] = {f: self.points[:, j] for j, f in enumerate(self.features)}
+        columns["acquisition"] = self.acquisition
+        for j, output in enumerate(self.outputs):
+            columns[f"{output}_mean"] = self.mean[:, j]
+            columns[f"{output}_variance"] = self.variance[:, j]
+        return pd.DataFrame(columns)
 
 
 class SurrogateClient:
@@ -308,6 +351,119 @@ class SurrogateClient:
         per_output = [draws] if len(info.outputs) == 1 else [draws[o] for o in info.outputs]
         return np.array(per_output, dtype=float), answer
 
+    # --- analyses: /sensitivity, /propagate, /suggest ------------------------------------------------
+    # Each POSTs the documented body (fields left as None are not sent: the service's defaults apply) and
+    # returns the service's answer; refusals raise ApiError naming the field.
+
+    def sensitivity(
+        self,
+        n: int = 1024,
+        posterior_samples: int = 0,
+        second_order: bool = False,
+        inputs: Mapping[str, Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """Sobol' indices (POST /sensitivity): the answer as JSON, `{output: answer}` for several outputs.
+
+        One output's answer has `variance`, `first_order` and `total` ({feature: {estimate, ci_low, ci_high}}),
+        `second_order` if asked, and `seed`, `n`, `evaluations`, `posterior_samples`, `confidence`. `inputs`:
+        a distribution per feature, e.g. {"x1": {"distribution": "normal", "mean": 0.5, "std": 0.1}}; features
+        not named are uniform over the model's bounds.
+        """
+        body: dict[str, Any] = {
+            "n": operator.index(n),
+            "posterior_samples": operator.index(posterior_samples),
+            "second_order": bool(second_order),
+            "inputs": _input_distributions(inputs),
+            "seed": _seed(seed),
+        }
+        return self._post_analysis("/sensitivity", body)
+
+    def propagate(
+        self,
+        n: int = 4096,
+        posterior_samples: int = 50,
+        quantiles: Sequence[float] = (0.05, 0.5, 0.95),
+        thresholds: Sequence[float] = (),
+        bins: int = 30,
+        inputs: Mapping[str, Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """The output's distribution under input distributions (POST /propagate): the answer as JSON.
+
+        One output's answer has `mean`, `std`, `quantiles` ([{probability, estimate, ci_low, ci_high}]),
+        `exceedance` ([{threshold, ...}]: P(y > threshold)), `histogram` ({edges, counts, ...}),
+        `points_outside_domain`, `seed`, `n`, `posterior_samples`, `confidence`; `{output: answer}` for several.
+        """
+        body: dict[str, Any] = {
+            "n": operator.index(n),
+            "posterior_samples": operator.index(posterior_samples),
+            "quantiles": [float(q) for q in quantiles],
+            "thresholds": [float(t) for t in thresholds],
+            "bins": operator.index(bins),
+            "inputs": _input_distributions(inputs),
+            "seed": _seed(seed),
+        }
+        return self._post_analysis("/propagate", body)
+
+    def suggest(
+        self,
+        q: int = 1,
+        acquisition: str = "variance",
+        goal: str | None = None,
+        output: str | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+        pending: Any = None,
+        best: float | None = None,
+        beta: float = 2.0,
+        seed: int | None = None,
+    ) -> Suggestions:
+        """The next q points to simulate, chosen jointly (POST /suggest); `.points` is their (q, d) array.
+
+        `acquisition`: variance, integrated_variance, expected_improvement or upper_confidence_bound (the last
+        two need `goal`, maximize or minimize, and `output` for a model with several). `bounds`: {feature:
+        (low, high)} for any subset. `pending`: points already planned, which the batch avoids: a list of
+        {feature: value}, or an (n, d) array (or DataFrame) in the model's feature order.
+        """
+        info = self.model()
+        body: dict[str, Any] = {
+            "q": operator.index(q),
+            "acquisition": acquisition,
+            "goal": goal,
+            "output": output,
+            "bounds": None if bounds is None else {k: [float(lo), float(hi)] for k, (lo, hi) in bounds.items()},
+            "pending": self._pending_rows(pending),
+            "best": None if best is None else float(best),
+            "beta": float(beta),
+            "seed": _seed(seed),
+        }
+        answer = self._post_analysis("/suggest", body)
+        picks = answer["points"]
+        d, k = len(info.features), len(info.outputs)
+        points = np.array([[p["x"][f] for f in info.features] for p in picks], dtype=float).reshape(len(picks), d)
+        per_output = [[p["prediction"]] if k == 1 else [p["prediction"][o] for o in info.outputs] for p in picks]
+        mean = np.array([[o["mean"] for o in row] for row in per_output], dtype=float).reshape(len(picks), k)
+        variance = np.array([[o["variance"] for o in row] for row in per_output], dtype=float).reshape(len(picks), k)
+        values = np.array([p["acquisition"] for p in picks], dtype=float)
+        return Suggestions(info.features, info.outputs, points, values, mean, variance, answer)
+
+    def _post_analysis(self, path: str, body: dict[str, Any]) -> Any:
+        content = json.dumps({k: v for k, v in body.items() if v is not None}, allow_nan=False)
+        return self._request("POST", path, content=content, headers={"content-type": "application/json"}).json()
+
+    def _pending_rows(self, pending: Any) -> list[dict[str, float]] | None:
+        """Pending points as rows: a list of {feature: value} kept as given (values as floats), else an array."""
+        if pending is None:
+            return None
+        if (
+            isinstance(pending, Sequence)
+            and not isinstance(pending, str)
+            and all(isinstance(row, Mapping) for row in pending)
+        ):
+            return [{str(k): float(v) for k, v in row.items()} for row in pending]
+        features = self.model().features
+        return [dict(zip(features, map(float, row), strict=True)) for row in self._points(pending)]
+
     # --- asynchronous jobs --------------------------------------------------------------------------
 
     def submit(
@@ -460,3 +616,11 @@ def _gather(
     mean, variance = stacked.pop("mean", empty), stacked.pop("variance", empty)
     mean_gradient, variance_gradient = stacked.pop("mean_gradient", None), stacked.pop("variance_gradient", None)
     return Predictions(outputs, mean, variance, stacked, mean_gradient, variance_gradient)
+
+
+def _seed(seed: int | None) -> int | None:
+    return None if seed is None else operator.index(seed)
+
+
+def _input_distributions(inputs: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+    return None if inputs is None else {str(name): dict(spec) for name, spec in inputs.items()}
