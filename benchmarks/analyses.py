@@ -7,7 +7,7 @@ Times are medians of repeats, wall and CPU (process time): on a loaded machine t
 
 Requests: typical sizes (sensitivity n = 8192, posterior_samples = 50; propagate n = 8192, 50 draws; suggest
 q = 10 for each acquisition) and each route's maxima in handler/api/limits.py (the largest n without draws, the
-most draws DRAW_EVALUATION_BUDGET allows, second-order indices, q = SUGGEST_MAX_Q with SUGGEST_MAX_PENDING
+most draws ANALYSIS_DRAW_BUDGET allows, second-order indices, q = SUGGEST_MAX_Q with SUGGEST_MAX_PENDING
 pending points, integrated variance at q = SUGGEST_MAX_Q). Requests over ~10 s are flagged against the
 function's 15 s timeout.
 
@@ -45,7 +45,6 @@ os.environ.setdefault("MODEL_PATH", str(ROOT / "model_artifacts" / "pretrained-m
 
 from handler.api.limits import (  # noqa: E402
     ANALYSIS_MAX_N,
-    DRAW_EVALUATION_BUDGET,
     MAX_BINS,
     MAX_POSTERIOR_SAMPLES,
     MAX_QUANTILES,
@@ -54,6 +53,7 @@ from handler.api.limits import (  # noqa: E402
     SUGGEST_MAX_PENDING,
     SUGGEST_MAX_Q,
 )
+from handler.config import load_settings  # noqa: E402
 from tests.events import api_event, lambda_context  # noqa: E402
 
 TIMEOUT_S = 15.0  # the function's timeout (template.yaml)
@@ -117,7 +117,7 @@ def cases(d: int, features: list[str], bounds: np.ndarray, quick: bool) -> list[
             propagate(1024, 4, False, "propagate n=1024 k=4"),
             *[suggest(a, 2, False, False, f"suggest {a} q=2") for a in acquisitions],
         ]
-    budget = DRAW_EVALUATION_BUDGET
+    budget = load_settings().analysis_draw_budget
     k_max = MAX_POSTERIOR_SAMPLES
     n_k_max = budget // ((d + 2) * k_max)  # the largest n at the most draws
     n2_k_max = budget // ((2 * d + 2) * k_max)
