@@ -241,3 +241,44 @@ def test_a_model_with_more_features_than_the_sobol_table_is_told_so():
         _dimensions_supported(130, manifest)
     assert refused.value.status_code == 501
     assert "130 Sobol' dimensions" in refused.value.details[0][1]
+
+
+@pytest.mark.parametrize("path", ["/sensitivity", "/propagate"])
+def test_distributions_beyond_arithmetic_are_refused_not_answered_with_nonsense(deployed_app, path):
+    feature = features_of(deployed_app)[0]
+    far_tail = {"distribution": "truncnormal", "mean": 0.5, "std": 0.001, "low": 0.6, "high": 0.7}  # 100 std away
+    heavy = {"distribution": "lognormal", "mu": -1000.0, "sigma": 300.0}  # 0.04% outside the domain, up to 1e126
+    for spec in (far_tail, heavy):
+        status, body = call(deployed_app, path, {"n": 4096, "seed": 1, "inputs": {feature: spec}})
+        assert status == 422, body
+        assert body["details"][0]["field"] == f"inputs.{feature}"
+
+
+def test_expected_improvement_far_from_any_hope_still_ranks_and_stays_finite(deployed_app):
+    status, body = call(
+        deployed_app, "/suggest", {"q": 3, "acquisition": "expected_improvement", "goal": "maximize", "best": 1e300}
+    )
+    assert status == 200, body
+    assert all(isinstance(p["acquisition"], float) for p in body["points"])  # 0.0, not null
+    status, body = call(
+        deployed_app, "/suggest", {"best": 1e301, "acquisition": "expected_improvement", "goal": "maximize"}
+    )
+    assert status == 422
+    assert body["details"][0]["field"] == "best"
+
+
+def test_suggested_points_are_distinct_even_in_a_box_a_few_floats_wide(deployed_app):
+    features = features_of(deployed_app)
+    tiny = {f: [0.5, 0.5000000000000001] for f in features}  # one float step: 16 distinct points in all
+    status, body = call(deployed_app, "/suggest", {"q": 20, "bounds": tiny, "seed": 1})
+    assert status == 200, body
+    points = [tuple(p["x"][f] for f in features) for p in body["points"]]
+    assert 0 < len(points) <= 16
+    assert len(set(points)) == len(points)
+
+
+def test_equal_bounds_hold_a_feature_fixed(deployed_app):
+    feature = features_of(deployed_app)[1]
+    status, body = call(deployed_app, "/suggest", {"q": 4, "bounds": {feature: [0.25, 0.25]}, "seed": 3})
+    assert status == 200, body
+    assert {p["x"][feature] for p in body["points"]} == {0.25}

@@ -126,13 +126,14 @@ class SuggestionProblem:
 def suggest(
     posterior: GPPosterior, problem: SuggestionProblem, q: int, pending: np.ndarray, rng: np.random.Generator
 ) -> list[Pick]:
-    """q distinct points inside [low, high], each with its acquisition value when it was picked."""
+    """q distinct points inside [low, high] (fewer if the box holds fewer), each with its value when it was picked."""
     m = posterior.n_inputs
     d = len(problem.low)
     n_candidates = int(np.clip(WORK_BUDGET // (m * m), MIN_CANDIDATES, MAX_CANDIDATES))
     conditioner = Conditioner(posterior)
     box = problem.high - problem.low
-    candidates = problem.low + sobol_points(n_candidates, d, rng) * box
+    # distinct, and none of them pending (a box a few floats wide holds few distinct points)
+    candidates = _new_rows(np.unique(problem.low + sobol_points(n_candidates, d, rng) * box, axis=0), pending)
     reference = None
     if problem.acquisition == "integrated_variance":
         n_reference = int(np.clip(WORK_BUDGET // (4 * m * m), MIN_REFERENCE, MAX_REFERENCE))
@@ -141,7 +142,8 @@ def suggest(
     for x in pending:
         conditioner.condition(x, [] if reference is None else [reference])
 
-    def values(tracked: _Tracked, cross: np.ndarray | None = None) -> np.ndarray:
+    def values(tracked: _Tracked, cross: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The acquisition's values, and what ranks them (its logarithm for EI, which underflows far from hope)."""
         if reference is not None and cross is None:
             cross = _conditioned_cross(posterior, tracked, reference)
         return _acquisition(posterior, problem, tracked, cross, incumbent)
@@ -150,19 +152,21 @@ def suggest(
     tracked = conditioner.track(candidates)
     # integrated variance: cov(reference, candidates) after the picks, kept up to date by one outer product a pick
     cross = None if reference is None else _conditioned_cross(posterior, tracked, reference)
-    scores = values(tracked, cross)
+    _, scores = values(tracked, cross)
     refined = []
     for start in np.argsort(scores)[::-1][:LOCAL_SEEDS]:
-        best_x, best_value = candidates[start], scores[start]
+        best_x, best_score, improved = candidates[start], scores[start], False
         for round_ in range(1, LOCAL_ROUNDS + 1):
             half = box * 0.5 ** (round_ + 2)
             lo, hi = np.maximum(best_x - half, problem.low), np.minimum(best_x + half, problem.high)
             trial = lo + rng.random((LOCAL_POINTS, d)) * (hi - lo)
-            trial_values = values(conditioner.track(trial))
-            if trial_values.max() > best_value:
-                best_x, best_value = trial[trial_values.argmax()], trial_values.max()
-        refined.append(best_x)
-    best_found = conditioner.track(np.array(refined))
+            _, trial_scores = values(conditioner.track(trial))
+            if trial_scores.max() > best_score:
+                best_x, best_score, improved = trial[trial_scores.argmax()], trial_scores.max(), True
+        if improved:
+            refined.append(best_x)
+    refined_rows = _new_rows(np.unique(np.array(refined).reshape(-1, d), axis=0), np.vstack([candidates, pending]))
+    best_found = conditioner.track(refined_rows)
     tracked = tracked.extended(best_found)
     candidates = tracked.X
     sets = [tracked] if reference is None else [tracked, reference]
@@ -171,12 +175,12 @@ def suggest(
 
     picks: list[Pick] = []
     taken = np.zeros(len(candidates), dtype=bool)
-    for _ in range(q):
-        scores = values(tracked, cross)
+    for _ in range(min(q, len(candidates))):
+        acquisition, scores = values(tracked, cross)
         scores[taken] = -np.inf
         index = int(np.argmax(scores))
         taken[index] = True
-        picks.append(Pick(candidates[index], float(scores[index])))
+        picks.append(Pick(candidates[index], float(acquisition[index])))
         conditioner.condition(candidates[index], sets)
         if cross is not None and reference is not None:
             cross -= np.outer(reference.V[-1], tracked.V[-1])
@@ -196,24 +200,43 @@ def _acquisition(
     tracked: _Tracked,
     cross: np.ndarray | None,
     incumbent: float,
-) -> np.ndarray:
-    """The criterion at each tracked point, on the output's scale (larger is better)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The criterion at each tracked point, on the output's scale (larger is better), and what ranks it."""
     scale = float(posterior.y_std[problem.output])
     latent = tracked.conditioned_variance()
     predictive = (latent + posterior.noise_variance) * scale**2
     if problem.acquisition == "variance":
-        return predictive
+        return predictive, predictive
     if problem.acquisition == "integrated_variance":
         assert cross is not None
         # mean over the reference points of the variance a noisy observation at x removes: cov(r, x)^2 / var(x)
-        return np.mean(cross**2, axis=0) / (latent + posterior.noise_variance) * scale**2
+        reduction = np.mean(cross**2, axis=0) / (latent + posterior.noise_variance) * scale**2
+        return reduction, reduction
     mean = tracked.K @ posterior.woodbury_vector[:, problem.output] * scale + posterior.y_mean[problem.output]
     std = np.sqrt(predictive)
     if problem.acquisition == "upper_confidence_bound":
-        return mean + problem.beta * std if problem.goal == "maximize" else -(mean - problem.beta * std)
+        bound = mean + problem.beta * std if problem.goal == "maximize" else -(mean - problem.beta * std)
+        return bound, bound
     improvement = mean - incumbent if problem.goal == "maximize" else incumbent - mean
-    u = improvement / std
-    return std * (u * normal_cdf_array(u) + _INV_SQRT_2PI * np.exp(-0.5 * u**2))
+    log_ei = _log_expected_improvement(improvement, std)
+    return np.exp(log_ei), log_ei
+
+
+def _log_expected_improvement(improvement: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """log(std (u Phi(u) + phi(u))), u = improvement / std: finite where EI itself underflows to 0.
+
+    Far below hope (u < -30) u Phi(u) + phi(u) = phi(u) / u^2 (1 - 3 / u^2 + ...): its log is -u^2 / 2 - log(u^2)
+    - log sqrt(2 pi) + log1p(-3 / u^2), to 1e-6 relative there.
+    """
+    u = np.clip(improvement / std, -1e150, 1e150)
+    value = np.empty_like(u)
+    near = u > -30
+    un = u[near]
+    with np.errstate(divide="ignore"):  # u Phi(u) + phi(u) > 0 always; log(0) only when phi underflows, not here
+        value[near] = np.log(un * normal_cdf_array(un) + _INV_SQRT_2PI * np.exp(-0.5 * un**2))
+    uf = u[~near]
+    value[~near] = -0.5 * uf**2 - np.log(uf**2) - math.log(math.sqrt(2 * math.pi)) + np.log1p(-3.0 / uf**2)
+    return value + np.log(std)
 
 
 def _conditioned_cross(posterior: GPPosterior, tracked: _Tracked, reference: _Tracked) -> np.ndarray:
@@ -223,3 +246,12 @@ def _conditioned_cross(posterior: GPPosterior, tracked: _Tracked, reference: _Tr
     )[0]
     cov = prior - reference.KA @ tracked.K.T
     return cov - reference.V.T @ tracked.V
+
+
+def _new_rows(rows: np.ndarray, existing: np.ndarray) -> np.ndarray:
+    """The rows not already in `existing` (exactly equal coordinates)."""
+    if not len(existing) or not len(rows):
+        return rows
+    seen = {row.tobytes() for row in np.ascontiguousarray(existing, dtype=float)}
+    keep = [row.tobytes() not in seen for row in np.ascontiguousarray(rows, dtype=float)]
+    return rows[np.array(keep, dtype=bool)]

@@ -127,6 +127,12 @@ class TruncatedNormal:
     low: float
     high: float
 
+    @property
+    def mass(self) -> float:
+        """The normal's probability of [low, high]: 0 when it underflows (an interval ~38 std or more away)."""
+        a, b = (self.low - self.mean) / self.std, (self.high - self.mean) / self.std
+        return normal_sf(a) - normal_sf(b) if a > 0 else normal_cdf(b) - normal_cdf(a)
+
     def ppf(self, u: np.ndarray) -> np.ndarray:
         a, b = (self.low - self.mean) / self.std, (self.high - self.mean) / self.std
         if a > 0:  # the upper tail: work with survival probabilities, which keep their digits there

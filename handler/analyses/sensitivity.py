@@ -46,12 +46,16 @@ def saltelli_sample(base: np.ndarray, second_order: bool) -> np.ndarray:
     return np.stack(blocks, axis=1).reshape(n * len(blocks), d)  # row-major per base row, as SALib orders them
 
 
+def uniform_design(n: int, d: int, second_order: bool, rng: np.random.Generator) -> np.ndarray:
+    """Saltelli's sample in (0, 1)^d: n (d + 2) points, or n (2d + 2) with second-order indices."""
+    return saltelli_sample(sobol_points(n, 2 * d, rng), second_order)
+
+
 def sensitivity_design(
     distributions: list[InputDistribution], n: int, second_order: bool, rng: np.random.Generator
 ) -> np.ndarray:
-    """The points to evaluate: n (d + 2) of them, or n (2d + 2) with second-order indices."""
-    d = len(distributions)
-    uniform = saltelli_sample(sobol_points(n, 2 * d, rng), second_order)
+    """The points to evaluate: the uniform design through each input's quantile function."""
+    uniform = uniform_design(n, len(distributions), second_order, rng)
     return np.column_stack([dist.ppf(uniform[:, j]) for j, dist in enumerate(distributions)])
 
 
@@ -117,7 +121,9 @@ def sobol_indices(Y: np.ndarray, d: int, second_order: bool, resamples: np.ndarr
     `resamples` is (n, R) base-row indices, as SALib draws them; None: no bootstrap (deviations None).
     """
     spread = Y.std()
-    if not spread > np.finfo(float).eps * max(1.0, float(np.abs(Y).max())):
+    if not np.isfinite(spread):
+        raise ValueError("the outputs are not all finite")
+    if spread <= np.finfo(float).eps * max(1.0, float(np.abs(Y).max())):
         # a constant output (as SALib answers, with a warning): no input matters, and nothing is uncertain
         zeros, upper = np.zeros(d), np.triu(np.zeros((d, d)), 1) + np.tril(np.full((d, d), np.nan))
         second = upper if second_order else None

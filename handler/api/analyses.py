@@ -35,6 +35,7 @@ CONFIDENCE = 0.95
 # A normal or lognormal input may put this much of its mass outside the model's domain (where the GP extrapolates);
 # a bounded one must lie inside it.
 MAX_MASS_OUTSIDE_DOMAIN = 0.01
+FAR_RANGES = 10
 # Bodies: a few fields and one object per feature; /suggest also carries pending points.
 _SMALL_BODY = BodyLimits(max_bytes=65_536, max_containers=1_000, max_members=2_000)
 
@@ -97,7 +98,10 @@ def _distributions(inputs: dict[str, Any] | None, manifest: Manifest) -> list[In
         distribution = _distribution(spec)
         lo, hi = float(low[j]), float(high[j])
         support_low, support_high = distribution.support()
-        if math.isfinite(support_low) and math.isfinite(support_high):
+        if isinstance(distribution, dist.TruncatedNormal) and not distribution.mass > 0:
+            message = "the normal puts no representable probability in [low, high] (38 or more std from the mean)"
+            problems.append((f"inputs.{feature}", message))
+        elif math.isfinite(support_low) and math.isfinite(support_high):
             if support_low < lo or support_high > hi:
                 message = f"[{support_low:g}, {support_high:g}] leaves the model's domain [{lo:g}, {hi:g}]"
                 problems.append((f"inputs.{feature}", message))
@@ -111,6 +115,32 @@ def _distributions(inputs: dict[str, Any] | None, manifest: Manifest) -> list[In
     if problems:
         raise RequestError(422, "input distribution outside the model's domain", problems)
     return result
+
+
+def _samples(distributions: list[InputDistribution], uniform: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """The input samples, (n, d); 422 when a heavy tail reaches where the model's arithmetic would overflow.
+
+    A normal or lognormal may leave 1% of its mass outside the domain; its samples there are evaluated as they are
+    (the GP reverts to its prior), but not beyond FAR_RANGES ranges of the domain: a lognormal of large sigma
+    reaches 1e126 within that 1%.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # what overflows is refused below
+        X = np.column_stack([dist.ppf(uniform[:, j]) for j, dist in enumerate(distributions)])
+    low, high = manifest.domain(_context().settings.domain_margin)
+    width = high - low
+    far = ~np.isfinite(X) | (low - FAR_RANGES * width > X) | (high + FAR_RANGES * width < X)
+    if far.any():
+        problems = []
+        for j in np.flatnonzero(far.any(axis=0))[:20]:
+            worst = X[far[:, j], j]
+            message = (
+                f"{far[:, j].sum()} of {len(X)} samples (e.g. {worst[0]:g}) lie over {FAR_RANGES} domain widths "
+                f"outside the domain [{low[j]:g}, {high[j]:g}]: a tail this heavy says little about the model; "
+                "truncate it"
+            )
+            problems.append((f"inputs.{manifest.features[j]}", message))
+        raise RequestError(422, "input distribution outside the model's domain", problems)
+    return X
 
 
 def _distribution(spec: Any) -> InputDistribution:
@@ -152,7 +182,7 @@ def _interval(estimate: Any) -> dict[str, float]:
 @router.post("/sensitivity")
 def sensitivity() -> Any:
     from handler.analyses.function_draws import PosteriorFunctionDraws
-    from handler.analyses.sensitivity import analyse, sensitivity_design
+    from handler.analyses.sensitivity import analyse, uniform_design
     from handler.api.analysis_schemas import SensitivityRequest, parse_request
 
     data, manifest = _read()
@@ -167,7 +197,7 @@ def sensitivity() -> Any:
     posterior = _posterior()
     seed = _seed(request.seed)
     rng = np.random.default_rng(seed)
-    X = sensitivity_design(distributions, request.n, request.second_order, rng)
+    X = _samples(distributions, uniform_design(request.n, len(distributions), request.second_order, rng), manifest)
     mean = posterior.predict(X, latent=True).mean
     draws = (
         PosteriorFunctionDraws(posterior, request.posterior_samples, rng).evaluate(X)
@@ -211,8 +241,7 @@ def propagate() -> Any:
     posterior = _posterior()
     seed = _seed(request.seed)
     rng = np.random.default_rng(seed)
-    uniform = sobol_points(request.n, len(distributions), rng)
-    X = np.column_stack([dist.ppf(uniform[:, j]) for j, dist in enumerate(distributions)])
+    X = _samples(distributions, sobol_points(request.n, len(distributions), rng), manifest)
     low, high = manifest.domain(_context().settings.domain_margin)
     outside = int(np.count_nonzero(((low > X) | (high < X)).any(axis=1)))
     mean = posterior.predict(X, latent=True).mean
@@ -268,8 +297,8 @@ def suggest() -> Any:
     problems = []
     for feature, (lo, hi) in (request.bounds or {}).items():
         j = manifest.features.index(feature)
-        if not lo < hi:
-            problems.append((f"bounds.{feature}", f"expected low < high, got [{lo:g}, {hi:g}]"))
+        if not lo <= hi:  # equal ends hold the feature fixed
+            problems.append((f"bounds.{feature}", f"expected low <= high, got [{lo:g}, {hi:g}]"))
         elif lo < domain_low[j] or hi > domain_high[j]:
             message = f"[{lo:g}, {hi:g}] leaves the model's domain [{domain_low[j]:g}, {domain_high[j]:g}]"
             problems.append((f"bounds.{feature}", message))

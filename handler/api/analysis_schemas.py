@@ -156,13 +156,16 @@ class SuggestRequest(BaseModel):
     output: str | None = Field(default=None, description="Which output; required for EI and UCB with several.")
     bounds: Annotated[
         dict[str, tuple[Number, Number]] | None,
-        Field(description="[low, high] per feature (any subset), inside the domain; others span the model's bounds."),
+        Field(
+            description="[low, high] per feature (any subset; low = high holds it fixed), inside the domain; "
+            "the others span the model's bounds."
+        ),
     ] = None
     pending: Annotated[
         list[dict[str, Number]] | None,
         Field(max_length=SUGGEST_MAX_PENDING, description="Points already planned: the batch avoids them."),
     ] = None
-    best: Number | None = Field(
+    best: Annotated[float | None, Field(strict=True, allow_inf_nan=False, ge=-1e300, le=1e300)] = Field(
         default=None, description="EI's incumbent; default: the best posterior mean at the training inputs."
     )
     beta: Annotated[float, Field(strict=True, gt=0, le=100)] = Field(
