@@ -67,6 +67,16 @@ calls = {
     "v2-ready": ("GET", f"/v2/models/{name}/ready", None, None),
     "v2-metadata": ("GET", f"/v2/models/{name}", None, None),
     "v2-infer": ("POST", f"/v2/models/{name}/infer", infer, None),
+    "sensitivity": ("POST", "/sensitivity", {"n": 64, "posterior_samples": 2, "second_order": True, "seed": 1}, None),
+    "propagate": (
+        "POST", "/propagate",
+        {"n": 64, "posterior_samples": 2, "thresholds": [1.0], "seed": 1,
+         "inputs": {f: {"distribution": "truncnormal", "mean": sum(b) / 2, "std": (b[1] - b[0]) / 4, "low": b[0],
+                        "high": b[1]} for f, b in zip(features, manifest.bounds.tolist())}},
+        None,
+    ),
+    "suggest-ei": ("POST", "/suggest", {"q": 2, "acquisition": "expected_improvement", "goal": "maximize"}, None),
+    "suggest-ivr": ("POST", "/suggest", {"q": 2, "acquisition": "integrated_variance", "pending": [point]}, None),
 }
 statuses = {}
 for label, (method, path, body, query) in calls.items():
