@@ -16,7 +16,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction package-model scan bench bench-analyses bench-coverage bench-draws load openapi events clean
+.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction package-model scan bench bench-analyses bench-coverage bench-draws load openapi events clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,15 @@ $(SCAN_VENV)/.installed: requirements-scan.txt
 
 setup: $(VENV)/.installed  ## Create .venv with runtime and development dependencies
 
+# The browser tests (tests/test_explorer.py) drive Debian's headless Chromium through its driver: installed here
+# when missing and we may (root, apt-get), as on CI's fresh machine; elsewhere the tests say what to install.
+browser:  ## Headless Chromium and chromedriver for the browser tests (apt-get install chromium chromium-driver if missing)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium and chromium-driver (apt-get) for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "warning: no chromium/chromedriver: the browser tests will fail (install Debian's chromium and chromium-driver, or your system's)" >&2; fi
+
 check: lint typecheck scan test  ## Lint, type-check, scan the template and run the whole test suite (what CI runs)
 
 scan: setup $(SCAN_VENV)/.installed  ## sam validate --lint, cfn-lint and checkov (offline) on template.yaml: no unexplained finding
@@ -44,7 +53,7 @@ scan: setup $(SCAN_VENV)/.installed  ## sam validate --lint, cfn-lint and checko
 	$(VENV)/bin/cfn-lint template.yaml
 	$(SCAN_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
 
-test: setup  ## Run the test suite
+test: setup browser  ## Run the test suite
 	PATH="$(SAM_PATH)" $(PY) -m pytest
 
 lint: setup  ## ruff lint and format check

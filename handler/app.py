@@ -4,6 +4,7 @@ Routes:  POST /predict   POST /sample   GET /health   GET /model   GET /openapi.
          POST /sensitivity   POST /propagate   POST /suggest  (handler.api.analyses)
          POST /jobs   GET /jobs/{job_id}   POST /jobs/{job_id}/start   POST /jobs/{job_id}/cancel  (handler.jobs.routes)
          /v2/...: the Open Inference Protocol  (handler.api.inference_protocol)
+         GET /explore   GET /explore/{asset}: the model explorer, a page drawing the model  (handler.api.explorer)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handler.api import analyses, inference_protocol
+from handler.api import analyses, explorer, inference_protocol
 from handler.api.errors import RequestError, brief
 from handler.api.limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES, covariance_limit
 from handler.api.parsing import (
@@ -144,6 +145,7 @@ services = Services(
 for router in (job_routes, inference_protocol, analyses):
     router.configure(services)
     app.include_router(router.router)
+app.include_router(explorer.router)  # static: the page draws what the other routes answer
 
 
 @app.post("/predict")

@@ -6,8 +6,9 @@ for the function's architecture, copies handler/ (and model_artifacts/), and dro
 never loads: the dependencies' own test suites, C headers and sources, type stubs and console scripts.
 
 Three packages, each with what its function imports:
-- `predict` (PredictFunction): requirements.txt, the model (its manifest and the artifact it names); a posterior
-  file needs numpy alone, so GPy and scipy (requirements-gpy.txt) are added only when the manifest is a pickle's;
+- `predict` (PredictFunction): requirements.txt, the model (its manifest and the artifact it names), and the model
+  explorer's page and assets (handler/explorer/: it serves GET /explore); a posterior file needs numpy alone, so
+  GPy and scipy (requirements-gpy.txt) are added only when the manifest is a pickle's;
 - `worker` (JobWorkerFunction): the same, and scipy for designs of experiments (requirements-worker.txt);
 - `finisher` (JobFinisherFunction): requirements-finisher.txt, pyarrow, no model.
 
@@ -36,6 +37,10 @@ PACKAGES = {
     "worker": ("requirements-worker.txt", True),
     "finisher": ("requirements-finisher.txt", False),
 }
+# The model explorer's page, script, style and vendored chart library (with its licence): files the API function
+# reads and serves (handler/api/explorer.py), not Python, so copied on their own; only the API function serves them.
+EXPLORER = ROOT / "handler" / "explorer"
+WITH_EXPLORER = {"predict"}
 MODEL_MANIFEST = ROOT / "model_artifacts" / "pretrained-model.manifest.json"
 GPY_REQUIREMENTS = "requirements-gpy.txt"
 # Never loaded at run time. GPy imports its own `testing` and `examples` packages, so those stay.
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     requirements, with_model = PACKAGES[args.package]
     paths = sorted((ROOT / "handler").rglob("*.py"))
+    if args.package in WITH_EXPLORER:
+        paths += sorted(path for path in EXPLORER.rglob("*") if path.is_file())
     needs_gpy = args.with_gpy
     if with_model:
         files, for_model = model_files()

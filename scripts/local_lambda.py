@@ -87,13 +87,23 @@ class QueueEvent:
     batch_size: int
 
 
-def load_functions(template: Path, env_vars_file: Path | None = None) -> tuple[dict[str, FunctionConfig], Any, Any]:
-    """Every Zip function of a SAM template (Globals applied), its API routes, and its functions' SQS events."""
+def load_functions(
+    template: Path, env_vars_file: Path | None = None
+) -> tuple[dict[str, FunctionConfig], Any, Any, set[str]]:
+    """Every Zip function of a SAM template (Globals applied), its API routes, its functions' SQS events, and the
+    routes served without an API key (their event's `Auth: {ApiKeyRequired: false}`), as Flask names them."""
     # AWS::LanguageExtensions: the parameter-driven Fn::If resolved for the defaults, as CloudFormation does.
     stacks, _ = SamLocalStackProvider.get_stacks(str(template), language_extensions_enabled=True)
     overrides = json.loads(env_vars_file.read_text()) if env_vars_file else {}
     configs, queue_events = {}, {}
+    keyless_paths: set[str] = set()
     for function in SamFunctionProvider(stacks).get_all():
+        # Routes that override the API's ApiKeyRequired (the explorer's page), as Flask names them: /a/{b} -> /a/<b>
+        keyless_paths |= {
+            re.sub(r"\{([^}+]+)\}", r"<\1>", event["Properties"]["Path"])
+            for event in (function.events or {}).values()
+            if event.get("Type") == "Api" and (event["Properties"].get("Auth") or {}).get("ApiKeyRequired") is False
+        }
         if function.packagetype != "Zip":
             continue
         environment = {k: str(v) for k, v in ((function.environment or {}).get("Variables") or {}).items()}
@@ -112,7 +122,7 @@ def load_functions(template: Path, env_vars_file: Path | None = None) -> tuple[d
             for event in (function.events or {}).values()
             if event.get("Type") == "SQS"
         ]
-    return configs, ApiProvider(stacks, cwd=str(template.parent)).api, queue_events
+    return configs, ApiProvider(stacks, cwd=str(template.parent)).api, queue_events, keyless_paths
 
 
 def _logical_id(queue: Any) -> str:
@@ -126,7 +136,7 @@ def load_function(
     template: Path, function_name: str | None = None, env_vars_file: Path | None = None
 ) -> tuple[FunctionConfig, Any]:
     """One function (by name; by default the one serving the API) and the API routes."""
-    configs, api, _ = load_functions(template, env_vars_file)
+    configs, api, _, _ = load_functions(template, env_vars_file)
     if function_name is None:
         serving = {route.function_name for route in api.routes}
         names = [name for name in configs if name in serving] or list(configs)
@@ -364,7 +374,7 @@ def invoke_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    configs, api, queue_events = load_functions(args.template, args.env_vars)
+    configs, api, queue_events, keyless_paths = load_functions(args.template, args.env_vars)
     api_functions = sorted({route.function_name for route in api.routes})
     jobs = None
     if any(queue_events.values()) and not args.no_jobs:
@@ -384,7 +394,7 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     service.create()
     if args.api_key:
-        _require_api_key(service, runner.api_keys)
+        _require_api_key(service, runner.api_keys, keyless_paths)
     for route in api.routes:
         LOG.info(
             "Mounting %s at http://%s:%s%s %s", route.function_name, args.host, args.port, route.path, route.methods
@@ -514,11 +524,17 @@ def _region() -> str:
     return os.environ.get("AWS_REGION", "us-east-1")
 
 
-def _require_api_key(service: LocalApigwService, keys: dict[str, str]) -> None:
-    """Refuse requests without a known `x-api-key` as API Gateway does with ApiKeyRequired: 403 before the function."""
+def _require_api_key(service: LocalApigwService, keys: dict[str, str], keyless_paths: set[str]) -> None:
+    """Refuse requests without a known `x-api-key` as API Gateway does with ApiKeyRequired: 403 before the function.
+
+    Routes whose event sets `ApiKeyRequired: false` (the explorer's page and assets) are served without one.
+    """
     import flask
 
     def check() -> Any:
+        rule = flask.request.url_rule
+        if rule is not None and rule.rule in keyless_paths:
+            return None
         if flask.request.headers.get("x-api-key") not in keys:
             return flask.Response('{"message": "Forbidden"}', status=403, content_type="application/json")
         return None

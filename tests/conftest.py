@@ -63,8 +63,11 @@ def env_vars_file(folder: Path, model_path: Path) -> Path:
 
 # Fixtures that cost seconds to set up (a server, a trained model): tests using one run in the same pytest-xdist
 # worker (`--dist loadgroup`), so that each is set up once. A server is also what makes a test slow.
-GROUPED_FIXTURES = ("local_server", "plant_server", "models_of_several_sizes", "sparse_pickle", "fitted")
-SERVERS = {"local_server", "plant_server"}
+GROUPED_FIXTURES = (
+    "local_server", "plant_server", "deployed_server", "keyed_server", "models_of_several_sizes", "sparse_pickle",
+    "fitted",
+)  # fmt: skip
+SERVERS = {"local_server", "plant_server", "deployed_server", "keyed_server"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
@@ -200,11 +203,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @contextlib.contextmanager
-def serving(model_path: Path, folder: Path) -> Iterator[tuple[str, Path]]:
+def serving(model_path: Path, folder: Path, *options: str) -> Iterator[tuple[str, Path]]:
     """`scripts/local_lambda.py serve` on a free loopback port: two warm environments, the model via --env-vars.
 
     Yields the base URL and the server's log file. A free port can be taken by another program before the server
-    binds it (the server takes more for its runtimes): a start that fails so is retried on another port.
+    binds it (the server takes more for its runtimes): a start that fails so is retried on another port. `options`
+    go to `serve` (`--no-jobs`, `--api-key KEY`).
     """
     env_file = env_vars_file(folder, model_path)
     log = folder / "server.log"
@@ -213,14 +217,15 @@ def serving(model_path: Path, folder: Path) -> Iterator[tuple[str, Path]]:
         command = [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port)]
         with log.open("w") as log_handle:
             process = subprocess.Popen(
-                [*command, "-w", "2"],
+                [*command, "-w", "2", *options],
                 cwd=ROOT,
                 stdout=log_handle,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
             )
         base_url = f"http://127.0.0.1:{port}"
-        if _started(process, base_url):
+        key = options[options.index("--api-key") + 1] if "--api-key" in options else None
+        if _started(process, base_url, {"x-api-key": key} if key else {}):
             break
         process.kill()
         process.wait(timeout=10)
@@ -237,11 +242,11 @@ def serving(model_path: Path, folder: Path) -> Iterator[tuple[str, Path]]:
             process.wait(timeout=30)
 
 
-def _started(process: subprocess.Popen, base_url: str) -> bool:
+def _started(process: subprocess.Popen, base_url: str, headers: dict[str, str]) -> bool:
     deadline = time.monotonic() + 60
     while process.poll() is None and time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base_url}/health", timeout=30).status_code == 200:
+            if httpx.get(f"{base_url}/health", headers=headers, timeout=30).status_code == 200:
                 return True
         except httpx.TransportError:
             pass
@@ -260,4 +265,11 @@ def local_server(tiny_posterior_path: Path, tmp_path_factory: pytest.TempPathFac
 def plant_server(plant_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """The local server on the plant model."""
     with serving(plant_model_path, tmp_path_factory.mktemp("serve-plant")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def deployed_server(tmp_path_factory: pytest.TempPathFactory):
+    """The local server on the deployed model (whatever model_artifacts/ holds), without jobs."""
+    with serving(DEPLOYED_MODEL, tmp_path_factory.mktemp("serve-deployed"), "--no-jobs") as server:
         yield server

@@ -199,7 +199,7 @@ def test_goal_directed_suggestions_carry_the_goal_and_the_output(client):
         (lambda c: c.sensitivity(n=64, inputs={"x1": {"distribution": "uniform", "low": 0, "high": 2}}), "inputs.x1"),
         (lambda c: c.propagate(n=64, quantiles=[1.5]), "quantiles[0]"),
         (lambda c: c.suggest(acquisition="expected_improvement"), "goal"),
-        (lambda c: c.suggest(bounds={"x2": (0.5, 0.5)}), "bounds.x2"),
+        (lambda c: c.suggest(bounds={"x2": (0.6, 0.5)}), "bounds.x2"),
         (lambda c: c.suggest(pending=np.array([[5.0, 0.5, 0.5, 0.5]])), "pending[0].x1"),
     ],
 )

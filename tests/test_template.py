@@ -170,6 +170,10 @@ def test_sam_build_packages_only_what_the_function_loads_under_the_size_limit(tm
     assert list(package.glob("numpy/_core/_multiarray_umath.cpython-313-aarch64-linux-gnu.so")), "arm64 wheels"
     assert list(package.glob("numpy.libs/libscipy_openblas64_*.so")), "the BLAS handler/gp/blas.py calls"
     assert_lean(package)
+    # the explorer's page and files, which the API function serves; the job functions do not
+    explorer = {p.relative_to(ROOT) for p in (ROOT / "handler" / "explorer").rglob("*") if p.is_file()}
+    assert {p.relative_to(package) for p in (package / "handler" / "explorer").rglob("*") if p.is_file()} == explorer
+    assert not (build_dir / "JobWorkerFunction" / "handler" / "explorer").exists()
     manifest = json.loads((ROOT / "model_artifacts" / "pretrained-model.manifest.json").read_text())
     gpy_route = manifest.get("format", "pickle") != "npz"
     # a posterior file is served with numpy alone: no GPy, paramz or scipy (the GPy route adds them)
@@ -289,7 +293,7 @@ def test_the_pruned_package_still_serves_every_kind_of_model(tmp_path: Path, pla
         (tmp_path / "tests_events.py").write_text(
             "from tests.events import api_event\n"
             f"def events():\n    return [(api_event(body={point!r}), 200), (api_event(body={{}}), 422),"
-            " (api_event('GET', '/openapi.json'), 200)]\n"
+            " (api_event('GET', '/openapi.json'), 200), (api_event('GET', '/explore/explorer.js'), 200)]\n"
         )
         env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{tmp_path}:{ROOT}", "LAMBDA_TASK_ROOT": str(package)}
         env |= {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}
@@ -324,28 +328,41 @@ def of_type(resources: dict, kind: str) -> list[dict]:
     return [r for r in resources["Resources"].values() if r["Type"] == kind]
 
 
+# The model explorer's page and assets hold no data: open whatever the mode (SAM writes IAM's exception as "NONE").
+EXPLORER_PATHS = {"/explore", "/explore/{asset}"}
+
+
 @pytest.mark.parametrize(
-    ("parameters", "security", "key_resources", "snap_start", "provisioned", "cors"),
+    ("parameters", "security", "explorer_security", "key_resources", "snap_start", "provisioned", "cors"),
     [
-        ({}, [{"api_key": []}], 3, "PublishedVersions", None, False),
-        ({"AuthMode": "IAM", "ColdStartMode": "ProvisionedConcurrency"}, [{"AWS_IAM": []}], 0, "None", 1, False),
-        ({"AuthMode": "NONE", "ColdStartMode": "Lazy", "CorsAllowOrigin": "https://lab.example.org"}, None, 0, "None",
-         None, True),
+        ({}, [{"api_key": []}], [], 3, "PublishedVersions", None, False),
+        ({"AuthMode": "IAM", "ColdStartMode": "ProvisionedConcurrency"}, [{"AWS_IAM": []}], [{"NONE": []}], 0, "None",
+         1, False),
+        ({"AuthMode": "NONE", "ColdStartMode": "Lazy", "CorsAllowOrigin": "https://lab.example.org"}, None, None, 0,
+         "None", None, True),
     ],
     ids=["defaults-api-key-snapstart", "iam-provisioned", "open-lazy-cors"],
 )  # fmt: skip
 def test_the_parameters_choose_access_cold_start_and_cors(
-    monkeypatch, parameters, security, key_resources: int, snap_start: str, provisioned, cors: bool
+    monkeypatch, parameters, security, explorer_security, key_resources: int, snap_start: str, provisioned, cors: bool
 ):
     # when
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     resources = translated(parameters)
-    # then access is as chosen on every route
+    # then access is as chosen on every route but the explorer's, which is open
     [api] = of_type(resources, "AWS::ApiGateway::RestApi")
     paths = api["Properties"]["Body"]["paths"]
-    methods = [operation for path in paths.values() for name, operation in path.items() if name != "options"]
-    assert methods
-    assert all(operation.get("security") == security for operation in methods)
+    methods = {
+        (path, name): operation
+        for path, operations in paths.items()
+        for name, operation in operations.items()
+        if name != "options"
+    }
+    assert {path for path, _ in methods} >= EXPLORER_PATHS
+    for (path, _), operation in methods.items():
+        assert operation.get("security") == (explorer_security if path in EXPLORER_PATHS else security), path
+        if path in EXPLORER_PATHS:  # and IAM's caller credentials are not asked of its callers either
+            assert "credentials" not in operation["x-amazon-apigateway-integration"]
     keys = [*of_type(resources, "AWS::ApiGateway::ApiKey"), *of_type(resources, "AWS::ApiGateway::UsagePlan"),
             *of_type(resources, "AWS::ApiGateway::UsagePlanKey")]  # fmt: skip
     assert len(keys) == key_resources

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse, OpenAPIResponseContentSchema
 
 from handler.api.limits import SAMPLE_MAX_POINTS, covariance_limit
 from handler.api.parsing import body_limit
@@ -251,6 +251,7 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
     _document_sampling(docs, manifest, settings, schemas, errors, first, second)
     _document_inference_protocol(docs, manifest, settings, first)
     _document_analyses(docs, manifest, settings, errors)
+    _document_explorer(docs, errors)
 
     title = f"{manifest.name} surrogate API"
     document = json.loads(docs.get_openapi_json_schema(title=title, version=VERSION, description=description))
@@ -674,4 +675,48 @@ def _document_analyses(
         },
     )
     def suggest(body: SuggestRequest) -> SuggestAnswer:
+        raise NotImplementedError
+
+
+def _document_explorer(docs: APIGatewayRestResolver, errors: dict[int, OpenAPIResponse]) -> None:
+    """GET /explore and its assets: static files, served without the API key or IAM auth the other routes need."""
+    from handler.api.explorer import ASSETS
+
+    tags = ["explorer"]
+    text: OpenAPIResponseContentSchema = {"schema": {"type": "string"}}
+    names = Literal[tuple(sorted(ASSETS))]  # type: ignore[valid-type]
+    media_types = sorted({asset.content_type.split(";")[0] for asset in ASSETS.values()})
+    not_found = _error(
+        "No such asset (the page names every one it needs).",
+        {"error": "not found", "details": [{"field": "asset", "message": "no asset 'x.js'; the page is GET /explore"}]},
+    )
+
+    @docs.get(
+        "/explore",
+        summary="The model explorer: a page drawing the model (slices, two features, sensitivity, the model card)",
+        description=(
+            "An HTML page, without data: its script calls GET /model, POST /predict (one batch per redraw) and POST "
+            "/sensitivity from the browser, with the key the page asks for once (kept in sessionStorage) where the "
+            "API needs one. Served without the API key or IAM auth, under a Content-Security-Policy that runs "
+            "scripts from this origin only."
+        ),
+        tags=tags,
+        operation_id="explore",
+        responses={200: {"description": "The page.", "content": {"text/html": text}}, 500: errors[500]},
+    )
+    def explore() -> str:
+        raise NotImplementedError
+
+    @docs.get(
+        "/explore/<asset>",
+        summary="The explorer's script, stylesheet, vendored chart library (plotly.js) and that library's licence",
+        tags=tags,
+        operation_id="exploreAsset",
+        responses={
+            200: {"description": "The file, gzipped when asked for.", "content": {t: text for t in media_types}},
+            404: not_found,
+            500: errors[500],
+        },
+    )
+    def explore_asset(asset: Annotated[names, Path(description="A file the page loads.")]) -> str:  # type: ignore[valid-type]
         raise NotImplementedError

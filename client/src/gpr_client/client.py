@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 URL_VARIABLE = "GPR_SURROGATE_URL"
@@ -463,6 +464,55 @@ class SurrogateClient:
             return [{str(k): float(v) for k, v in row.items()} for row in pending]
         features = self.model().features
         return [dict(zip(features, map(float, row), strict=True)) for row in self._points(pending)]
+
+    # --- pictures (the `plot` extra: matplotlib) ------------------------------------------------------
+
+    def plot_slices(
+        self,
+        at: Mapping[str, float] | None = None,
+        *,
+        output: str | None = None,
+        points: int = 60,
+        latent: bool = True,
+    ) -> Figure:
+        """The mean along each feature in a band of two standard deviations, the others held at `at` (default: the
+        middle of the bounds); one row per output unless `output` names one. A matplotlib Figure (`.savefig(path)`)."""
+        from gpr_client import plots
+
+        return plots.slices(self, at, output, points, latent)
+
+    def plot_contour(
+        self,
+        a: str,
+        b: str,
+        *,
+        at: Mapping[str, float] | None = None,
+        output: str | None = None,
+        points: int = 40,
+        latent: bool = True,
+    ) -> Figure:
+        """Mean and standard deviation over features `a` (across) and `b` (up) side by side, the others held at
+        `at` (default: the middle of the bounds); one row per output unless `output` names one."""
+        from gpr_client import plots
+
+        return plots.contour(self, a, b, at, output, points, latent)
+
+    def plot_sensitivity(
+        self,
+        result: Mapping[str, Any] | None = None,
+        *,
+        output: str | None = None,
+        n: int = 1024,
+        posterior_samples: int = 0,
+        seed: int = 1,
+    ) -> Figure:
+        """First-order and total Sobol' indices with their intervals, as bars: of `result` (what `sensitivity()`
+        returns) or, without one, of `sensitivity(n=n, posterior_samples=posterior_samples, seed=seed)`."""
+        from gpr_client import plots
+
+        if result is None:
+            result = self.sensitivity(n=n, posterior_samples=posterior_samples, seed=seed)
+        return plots.sensitivity(self, result, output)
 
     # --- asynchronous jobs --------------------------------------------------------------------------
 

@@ -1,0 +1,451 @@
+// The model explorer: draws what the API answers, and nothing else. No build step; Plotly (vendored) draws.
+//
+// One POST /predict per redraw: every slice's points and the 2-D grid, as columns, in one batch. While a
+// request is out, slider moves only mark the picture stale; when it comes back the latest values go out, so
+// the pictures follow the sliders without piling up requests.
+"use strict";
+
+(() => {
+  // This script is /STAGE/explore/explorer.js: the API is one level up, whatever the stage prefix.
+  const API_ROOT = new URL("..", document.currentScript.src);
+  const KEY_STORAGE = "gpr-surrogate-api-key";
+  const SLICE_POINTS = 60; // per feature
+  const GRID_POINTS = 25; // per side of the 2-D view
+  const SLIDER_STEPS = 200;
+  const SENSITIVITY_REQUEST = { n: 1024, posterior_samples: 0, seed: 1 };
+  const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+  const BAND_COLOUR = "rgba(31, 119, 180, 0.2)";
+  const LINE_COLOUR = "rgb(31, 119, 180)";
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    model: null, // GET /model
+    values: {}, // the sliders' values, by feature
+    output: null,
+    variance: "latent",
+    featureA: null,
+    featureB: null,
+    last: null, // the last redraw: its batch, its answer (per output) and the values it was drawn at
+    inFlight: false,
+    stale: false,
+    sensitivity: null, // POST /sensitivity's answer, per output
+    timings: [], // ms from a redraw's request to its pictures drawn
+    requestTimings: [], // of which the request (POST /predict) took
+  };
+  // Read by the browser tests and by anyone measuring redraws in the console.
+  window.explorer = { state };
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      const detail = body && Array.isArray(body.details) && body.details.length
+        ? ` (${body.details.map((d) => `${d.field}: ${d.message}`).join("; ")})` : "";
+      super(`HTTP ${status}: ${(body && (body.error || body.message)) || "no message"}${detail}`);
+      this.status = status;
+      this.body = body;
+    }
+  }
+
+  async function call(method, path, body) {
+    const headers = {};
+    const key = sessionStorage.getItem(KEY_STORAGE);
+    if (key) headers["X-Api-Key"] = key;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(new URL(path, API_ROOT), {
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store",
+    });
+    let answer = null;
+    try {
+      answer = await response.json();
+    } catch (_) {
+      answer = null;
+    }
+    if (!response.ok) throw new ApiError(response.status, answer);
+    return answer;
+  }
+
+  function say(text, kind = "info") {
+    const status = $("status");
+    status.textContent = text;
+    status.dataset.kind = kind;
+  }
+
+  // --- access -------------------------------------------------------------------------------------
+
+  // API Gateway refuses a request without a valid key with 403 {"message": "Forbidden"}, and an unsigned one
+  // (AuthMode IAM) with 403 and another message: only the first can be mended from here.
+  function needsKey(error) {
+    return error instanceof ApiError && error.status === 403 && error.body && error.body.message === "Forbidden";
+  }
+
+  function needsSignature(error) {
+    return error instanceof ApiError && (error.status === 403 || error.status === 401) && error.body
+      && typeof error.body.message === "string" && error.body.message !== "Forbidden";
+  }
+
+  function askForKey(wrong) {
+    sessionStorage.removeItem(KEY_STORAGE);
+    say(wrong ? "That key was refused: try another." : "This API needs a key.", wrong ? "error" : "info");
+    document.body.dataset.state = "key";
+    $("key-form").hidden = false;
+    $("key-input").focus();
+  }
+
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("key-input").value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORAGE, key);
+    $("key-form").hidden = true;
+    $("key-input").value = "";
+    start();
+  });
+
+  // --- the model card and the controls ------------------------------------------------------------
+
+  function text(tag, content, attributes = {}) {
+    const element = document.createElement(tag);
+    element.textContent = content;
+    for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, value);
+    return element;
+  }
+
+  function short(value) {
+    return typeof value === "number" ? Number(value.toPrecision(7)).toString() : String(value);
+  }
+
+  function card(model) {
+    $("title").textContent = `${model.name} — model explorer`;
+    document.title = `${model.name} ${model.version}: model explorer`;
+    const facts = $("card-facts");
+    facts.replaceChildren();
+    const kernel = model.kernel || {};
+    const entries = [
+      ["name", model.name],
+      ["version", model.version],
+      ["description", model.description || "—"],
+      ["model", model.model_type],
+      ["kernel", [kernel.name, kernel.ARD ? "ARD" : null].filter(Boolean).join(", ") || "—"],
+      ["trained on", `${model.n_train} points`],
+      ["outputs", model.outputs.join(", ")],
+      ["checksum", `sha256 ${String(model.sha256).slice(0, 16)}…`],
+    ];
+    for (const [term, detail] of entries) {
+      facts.append(text("dt", term), text("dd", detail));
+    }
+    const body = $("features-table").tBodies[0];
+    body.replaceChildren();
+    for (const feature of model.features) {
+      const [low, high] = model.bounds[feature];
+      const row = document.createElement("tr");
+      row.append(text("th", feature, { scope: "row" }), text("td", short(low)), text("td", short(high)));
+      body.append(row);
+    }
+    const holdout = model.holdout || null;
+    $("metrics-table").hidden = !holdout;
+    $("metrics-none").hidden = Boolean(holdout);
+    if (holdout) {
+      const columns = [...new Set(Object.values(holdout).flatMap((metrics) => Object.keys(metrics)))];
+      const head = document.createElement("tr");
+      head.append(text("th", "output", { scope: "col" }), ...columns.map((c) => text("th", c, { scope: "col" })));
+      $("metrics-table").tHead.replaceChildren(head);
+      const rows = Object.entries(holdout).map(([output, metrics]) => {
+        const row = document.createElement("tr");
+        row.append(text("th", output, { scope: "row" }), ...columns.map((c) => text("td", c in metrics ? short(metrics[c]) : "—")));
+        return row;
+      });
+      $("metrics-table").tBodies[0].replaceChildren(...rows);
+    }
+    // The manifest describes the training set (its size and bounds) but holds none of it, and no route serves it.
+    $("training-note").textContent = `Training points are not drawn: GET /model says the model was trained on ${model.n_train} `
+      + "points within the bounds above, but neither it nor any other route serves the points themselves (the "
+      + "packaged posterior holds the training inputs, not their outputs).";
+  }
+
+  function options(select, names, chosen) {
+    select.replaceChildren(...names.map((name) => {
+      const option = text("option", name, { value: name });
+      option.selected = name === chosen;
+      return option;
+    }));
+  }
+
+  function controls(model) {
+    const sliders = $("sliders");
+    sliders.replaceChildren();
+    for (const feature of model.features) {
+      const [low, high] = model.bounds[feature];
+      const step = (high - low) / SLIDER_STEPS;
+      const id = `slider-${feature}`;
+      const input = document.createElement("input");
+      Object.assign(input, { type: "range", id, min: String(low), max: String(high), step: String(step) });
+      input.value = String(low + (SLIDER_STEPS / 2) * step);
+      input.dataset.feature = feature;
+      const readout = text("output", "", { for: id });
+      const row = document.createElement("div");
+      row.className = "slider";
+      row.append(text("label", feature, { for: id }), input, readout);
+      sliders.append(row);
+      state.values[feature] = Number(input.value);
+      readout.textContent = short(state.values[feature]);
+      input.addEventListener("input", () => {
+        state.values[feature] = Number(input.value);
+        readout.textContent = short(state.values[feature]);
+        schedule();
+      });
+    }
+    state.output = model.outputs[0];
+    options($("output-select"), model.outputs, state.output);
+    $("output-choice").hidden = model.outputs.length < 2;
+    state.featureA = model.features[0];
+    state.featureB = model.features[1] || null;
+    $("contour-section").hidden = model.features.length < 2;
+    if (model.features.length >= 2) {
+      options($("feature-a"), model.features, state.featureA);
+      options($("feature-b"), model.features, state.featureB);
+    }
+  }
+
+  $("output-select").addEventListener("change", (event) => {
+    state.output = event.target.value;
+    if (state.last) draw(); // the answer has every output already
+    drawSensitivity();
+  });
+  $("variance-select").addEventListener("change", (event) => {
+    state.variance = event.target.value;
+    schedule();
+  });
+  // Two different features always: choosing the other picture's feature swaps the two.
+  for (const [id, which, other, otherId] of [["feature-a", "featureA", "featureB", "feature-b"],
+    ["feature-b", "featureB", "featureA", "feature-a"]]) {
+    $(id).addEventListener("change", (event) => {
+      if (event.target.value === state[other]) {
+        state[other] = state[which];
+        $(otherId).value = state[other];
+      }
+      state[which] = event.target.value;
+      schedule();
+    });
+  }
+
+  // --- one batch per redraw -----------------------------------------------------------------------
+
+  function linspace(low, high, count) {
+    return Array.from({ length: count }, (_, i) => low + ((high - low) * i) / (count - 1));
+  }
+
+  // Every slice's points, then the 2-D grid (row by row), as columns; `parts` says where each picture's points are.
+  function batch() {
+    const features = state.model.features;
+    const columns = Object.fromEntries(features.map((f) => [f, []]));
+    const parts = [];
+    let start = 0;
+    const add = (point) => {
+      for (const f of features) columns[f].push(f in point ? point[f] : state.values[f]);
+    };
+    for (const feature of features) {
+      const [low, high] = state.model.bounds[feature];
+      const xs = linspace(low, high, SLICE_POINTS);
+      xs.forEach((x) => add({ [feature]: x }));
+      parts.push({ kind: "slice", feature, xs, start });
+      start += xs.length;
+    }
+    const a = state.featureA;
+    const b = state.featureB;
+    if (a && b && a !== b) {
+      const xs = linspace(...state.model.bounds[a], GRID_POINTS);
+      const ys = linspace(...state.model.bounds[b], GRID_POINTS);
+      for (const y of ys) for (const x of xs) add({ [a]: x, [b]: y });
+      parts.push({ kind: "grid", a, b, xs, ys, start });
+      start += xs.length * ys.length;
+    }
+    return { columns, parts, size: start };
+  }
+
+  function perOutput(answer) {
+    const outputs = state.model.outputs;
+    return outputs.length === 1 ? { [outputs[0]]: answer } : answer;
+  }
+
+  function schedule() {
+    if (state.inFlight) {
+      state.stale = true;
+      return;
+    }
+    redraw();
+  }
+
+  async function redraw() {
+    state.inFlight = true;
+    document.body.dataset.state = "busy";
+    const started = performance.now();
+    try {
+      const { columns, parts, size } = batch();
+      const answer = await call("POST", `predict?variance=${state.variance}`, columns);
+      const requested = performance.now() - started;
+      state.last = { parts, size, answer: perOutput(answer), values: { ...state.values } };
+      await draw();
+      const elapsed = performance.now() - started;
+      state.timings.push(elapsed);
+      state.requestTimings.push(requested);
+      $("timing").textContent = `Last redraw: ${size} points in one request, ${elapsed.toFixed(0)} ms to the pictures `
+        + `(${requested.toFixed(0)} ms of it the request).`;
+      document.body.dataset.redraws = String(Number(document.body.dataset.redraws) + 1);
+      say(`${state.model.features.length} feature(s), ${state.model.outputs.length} output(s): every picture is `
+        + "this API's answer.");
+    } catch (error) {
+      failed(error);
+    } finally {
+      state.inFlight = false;
+      if (state.stale) {
+        state.stale = false;
+        redraw();
+      } else if (document.body.dataset.state === "busy") {
+        document.body.dataset.state = "idle";
+      }
+    }
+  }
+
+  function failed(error) {
+    if (needsKey(error)) {
+      askForKey(Boolean(sessionStorage.getItem(KEY_STORAGE)));
+    } else if (needsSignature(error)) {
+      document.body.dataset.state = "refused";
+      say("This API wants signed requests (AuthMode IAM), which a page cannot make: see the README's "
+        + "\"See the model\" for what to do instead.", "error");
+    } else {
+      document.body.dataset.state = "error";
+      say(`Could not draw the model: ${error.message}`, "error");
+    }
+  }
+
+  // --- the pictures -------------------------------------------------------------------------------
+
+  function draw() {
+    const { parts, answer, values } = state.last;
+    const { mean, variance } = answer[state.output];
+    const drawn = [];
+    const slices = $("slices");
+    for (const part of parts) {
+      const m = mean.slice(part.start, part.start + (part.kind === "slice" ? part.xs.length : part.xs.length * part.ys.length));
+      const s = variance.slice(part.start, part.start + m.length).map(Math.sqrt);
+      if (part.kind === "slice") {
+        let chart = $(`slice-${part.feature}`);
+        if (!chart) {
+          chart = text("div", "", { id: `slice-${part.feature}`, class: "chart slice-chart" });
+          chart.dataset.feature = part.feature;
+          slices.append(chart);
+        }
+        drawn.push(drawSlice(chart, part, m, s, values));
+      } else {
+        drawn.push(drawGrid(part, m, s, values));
+      }
+    }
+    return Promise.all(drawn);
+  }
+
+  function drawSlice(chart, part, m, s, values) {
+    const traces = [
+      { x: part.xs, y: m.map((v, i) => v - 2 * s[i]), name: "lower", mode: "lines", line: { width: 0 },
+        hoverinfo: "skip", showlegend: false },
+      { x: part.xs, y: m.map((v, i) => v + 2 * s[i]), name: "upper", mode: "lines", line: { width: 0 },
+        fill: "tonexty", fillcolor: BAND_COLOUR, hoverinfo: "skip", showlegend: false },
+      { x: part.xs, y: m, name: "mean", mode: "lines", line: { color: LINE_COLOUR, width: 2 } },
+    ];
+    const at = values[part.feature];
+    const layout = {
+      height: 240, margin: { l: 60, r: 10, t: 10, b: 45 }, showlegend: false,
+      xaxis: { title: { text: part.feature }, range: state.model.bounds[part.feature] },
+      yaxis: { title: { text: state.output } },
+      shapes: [{ type: "line", xref: "x", yref: "paper", x0: at, x1: at, y0: 0, y1: 1,
+        line: { dash: "dash", width: 1, color: "#555" } }],
+    };
+    return Plotly.react(chart, traces, layout, PLOT_CONFIG);
+  }
+
+  function rows(values, width) {
+    return Array.from({ length: values.length / width }, (_, j) => values.slice(j * width, (j + 1) * width));
+  }
+
+  function drawGrid(part, m, s, values) {
+    const width = part.xs.length;
+    const here = { x: [values[part.a]], y: [values[part.b]], mode: "markers", name: "the sliders' point",
+      marker: { symbol: "x", size: 10, color: "white", line: { color: "black", width: 1 } }, showlegend: false };
+    const layout = (title) => ({
+      height: 360, margin: { l: 60, r: 10, t: 35, b: 45 }, title: { text: title, x: 0.02, xanchor: "left" },
+      xaxis: { title: { text: part.a } }, yaxis: { title: { text: part.b } },
+    });
+    const picture = (id, z, title, colours) => Plotly.react($(id), [
+      { type: "contour", x: part.xs, y: part.ys, z: rows(z, width), name: title, colorscale: colours,
+        contours: { coloring: "heatmap" }, colorbar: { thickness: 12 } },
+      here,
+    ], layout(title), PLOT_CONFIG);
+    return Promise.all([
+      picture("contour-mean", m, `mean of ${state.output}`, "Viridis"),
+      picture("contour-std", s, `standard deviation of ${state.output}`, "Cividis"),
+    ]);
+  }
+
+  // --- sensitivity: POST /sensitivity, once ---------------------------------------------------------
+
+  async function loadSensitivity() {
+    const note = $("sensitivity-note");
+    try {
+      const answer = await call("POST", "sensitivity", SENSITIVITY_REQUEST);
+      state.sensitivity = perOutput(answer);
+      await drawSensitivity();
+      document.body.dataset.sensitivity = "drawn";
+    } catch (error) {
+      if (needsKey(error)) return failed(error);
+      // 501: a model served through GPy has no analyses. (GET /model was let through, so a 403 here would be API
+      // Gateway's for a path it does not have, as a 404 is ours: a deployment older than the route.)
+      const unavailable = error instanceof ApiError && [403, 404, 405, 501].includes(error.status);
+      document.body.dataset.sensitivity = unavailable ? "unavailable" : "error";
+      $("sensitivity").hidden = true;
+      note.textContent = `No Sobol' indices to show: ${error.message}`;
+    }
+  }
+
+  function drawSensitivity() {
+    if (!state.sensitivity) return Promise.resolve();
+    const result = state.sensitivity[state.output];
+    const features = state.model.features;
+    const level = Math.round(100 * (result.confidence || 0.95));
+    const bars = (key, name, colour) => {
+      const estimates = features.map((f) => result[key][f].estimate);
+      return {
+        type: "bar", name, x: features, y: estimates, marker: { color: colour },
+        // An interval that leaves out its estimate (a bootstrap's can) is drawn from the estimate.
+        error_y: { type: "data", symmetric: false, thickness: 1.5,
+          array: features.map((f, i) => Math.max(0, result[key][f].ci_high - estimates[i])),
+          arrayminus: features.map((f, i) => Math.max(0, estimates[i] - result[key][f].ci_low)) },
+      };
+    };
+    const variance = result.variance || {};
+    $("sensitivity-note").textContent = `Sobol' indices of ${state.output}, ${level}% intervals: n = ${result.n}, ${result.evaluations} evaluations, seed ${result.seed}`
+      + (result.posterior_samples ? `, ${result.posterior_samples} posterior samples` : ", posterior mean")
+      + (variance.estimate !== undefined ? `; output variance ${short(variance.estimate)} `
+        + `[${short(variance.ci_low)}, ${short(variance.ci_high)}].` : ".");
+    return Plotly.react($("sensitivity"), [bars("first_order", "first order", "#1f77b4"), bars("total", "total", "#ff7f0e")], {
+      barmode: "group", height: 320, margin: { l: 60, r: 10, t: 10, b: 45 },
+      yaxis: { title: { text: "Sobol' index" }, rangemode: "tozero" }, legend: { orientation: "h" },
+    }, PLOT_CONFIG);
+  }
+
+  // --- start --------------------------------------------------------------------------------------
+
+  async function start() {
+    document.body.dataset.state = "loading";
+    say("Loading the model…");
+    try {
+      state.model = await call("GET", "model");
+    } catch (error) {
+      return failed(error);
+    }
+    card(state.model);
+    controls(state.model);
+    $("explorer").hidden = false;
+    await Promise.all([redraw(), loadSensitivity()]);
+  }
+
+  start();
+})();

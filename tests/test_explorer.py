@@ -1,0 +1,292 @@
+"""The model explorer (GET /explore) in a real browser: headless Chromium driven by Selenium, against the local server.
+
+One browser per module (and xdist worker), shared by its tests. Each test opens the page afresh, reads the browser's
+console, the charts' own data (Plotly keeps it on each chart's element) and the sliders, and holds the pictures to
+what POST /predict answers for the same points. Screenshots go to the test's tmp_path.
+
+Needs Debian's `chromium` and `chromium-driver` (`make browser` installs them; `make test` and `make check` call it).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.select import Select
+from selenium.webdriver.support.wait import WebDriverWait
+
+from tests.conftest import serving
+
+# Reaching the page's idle state is a wait, not a measurement: a generous bound that only a broken page exceeds.
+WAIT_S = 60
+# The page and a direct request send the same points; the answers differ by no more than rounding does (BLAS sums
+# in an order that can depend on the batch).
+REL = 1e-9
+# A variance far below the prior's (the Park model's, ~1e-7 against ~8) agrees to ~1e-6 relative across batches
+# (README, "API"), its square root to half that; the noisy variance in place of the latent one would be far off.
+STD_REL = 1e-5
+SENSITIVITY_REQUEST = {"n": 1024, "posterior_samples": 0, "seed": 1}  # what the page asks for
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("the browser tests need chromium and chromedriver: `make browser` installs Debian's")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # A driver given by path: Selenium Manager downloads nothing.
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The local server requiring an API key, as the deployed API does by default, on a model served through GPy."""
+    with serving(tiny_model_path, tmp_path_factory.mktemp("serve-keyed"), "--no-jobs", "--api-key", "s3cret") as s:
+        yield s
+
+
+# --- reading the page -------------------------------------------------------------------------------------------
+
+
+def open_page(browser: webdriver.Chrome, base_url: str) -> None:
+    browser.get_log("browser")  # what earlier pages logged
+    browser.get(f"{base_url}/explore")
+    settled(browser)
+
+
+def settled(browser: webdriver.Chrome) -> None:
+    """Wait until the pictures are drawn for the sliders' values and the sensitivity request has an answer."""
+    WebDriverWait(browser, WAIT_S).until(
+        lambda b: b.execute_script(
+            "const s = document.body.dataset, e = window.explorer;"
+            "return s.state !== 'loading' && s.state !== 'busy' && !!s.sensitivity && !!e && !e.state.inFlight"
+        )
+    )
+
+
+def console_errors(browser: webdriver.Chrome) -> list[str]:
+    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def traces(browser: webdriver.Chrome, chart_id: str) -> dict[str, dict[str, Any]]:
+    """A chart's traces by name, as Plotly holds them."""
+    data = browser.execute_script(
+        "return (document.getElementById(arguments[0]).data || []).map(t => ({name: t.name, x: t.x, y: t.y, z: t.z,"
+        " error_y: t.error_y ? {array: t.error_y.array, arrayminus: t.error_y.arrayminus} : null}))",
+        chart_id,
+    )
+    return {trace["name"]: trace for trace in data}
+
+
+def sliders(browser: webdriver.Chrome) -> dict[str, float]:
+    return browser.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#sliders input')]"
+        ".map(i => [i.dataset.feature, Number(i.value)]))"
+    )
+
+
+def predict(base_url: str, points: list[dict[str, float]], features: list[str], outputs: list[str], output: str):
+    """POST /predict (latent variance, as the page asks by default) as columns: mean and standard deviation."""
+    columns = {f: [p[f] for p in points] for f in features}
+    response = httpx.post(f"{base_url}/predict", params={"variance": "latent"}, json=columns, timeout=60)
+    assert response.status_code == 200, response.text
+    answer = response.json() if len(outputs) == 1 else response.json()[output]
+    return answer["mean"], [math.sqrt(v) for v in answer["variance"]]
+
+
+def assert_pictures_match_predict(browser: webdriver.Chrome, base_url: str, model: dict, output: str) -> None:
+    """Every slice and both 2-D pictures are /predict's answers at their points, the other features at the sliders."""
+    features, outputs = model["features"], model["outputs"]
+    values = sliders(browser)
+    assert browser.execute_script("return window.explorer.state.last.values") == values, "drawn for these values"
+    charts = browser.find_elements(By.CSS_SELECTOR, "#slices .slice-chart")
+    assert [chart.get_attribute("data-feature") for chart in charts] == features, "one slice per feature"
+    for feature in features:
+        drawn = traces(browser, f"slice-{feature}")
+        xs = drawn["mean"]["x"]
+        low, high = model["bounds"][feature]
+        assert (xs[0], xs[-1]) == (low, high)
+        assert len(xs) > 10
+        mean, std = predict(base_url, [{**values, feature: x} for x in xs], features, outputs, output)
+        assert drawn["mean"]["y"] == pytest.approx(mean, rel=REL)
+        upper, lower = drawn["upper"]["y"], drawn["lower"]["y"]  # the band: mean + and - 2 standard deviations
+        assert [(u + lo) / 2 for u, lo in zip(upper, lower, strict=True)] == pytest.approx(mean, rel=REL)
+        assert [(u - lo) / 4 for u, lo in zip(upper, lower, strict=True)] == pytest.approx(std, rel=STD_REL)
+    if len(features) < 2:
+        return
+    a, b = browser.execute_script("return [window.explorer.state.featureA, window.explorer.state.featureB]")
+    mean_picture, std_picture = traces(browser, "contour-mean"), traces(browser, "contour-std")
+    [mean_trace] = [t for t in mean_picture.values() if t["z"] is not None]
+    [std_trace] = [t for t in std_picture.values() if t["z"] is not None]
+    xs, ys = mean_trace["x"], mean_trace["y"]
+    assert (xs[0], xs[-1], ys[0], ys[-1]) == (*model["bounds"][a], *model["bounds"][b])
+    points = [{**values, a: x, b: y} for y in ys for x in xs]
+    mean, std = predict(base_url, points, features, outputs, output)
+    assert [v for row in mean_trace["z"] for v in row] == pytest.approx(mean, rel=REL)
+    assert [v for row in std_trace["z"] for v in row] == pytest.approx(std, rel=STD_REL)
+
+
+def move(browser: webdriver.Chrome, feature: str, key: str, presses: int) -> None:
+    """Move a slider with the keyboard, as a person would, then wait for the pictures to follow."""
+    before = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-redraws"))
+    browser.find_element(By.ID, f"slider-{feature}").send_keys(key * presses)
+    WebDriverWait(browser, WAIT_S).until(
+        lambda b: int(b.find_element(By.TAG_NAME, "body").get_attribute("data-redraws")) > before
+    )
+    settled(browser)
+
+
+def screenshot(browser: webdriver.Chrome, path: Path) -> Path:
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, height + 120)
+    browser.save_screenshot(str(path))
+    browser.set_window_size(1280, 1000)
+    return path
+
+
+# --- in the browser ---------------------------------------------------------------------------------------------
+
+
+def test_the_page_draws_the_deployed_model_and_follows_its_sliders(browser, deployed_server, tmp_path: Path):
+    base_url, _ = deployed_server
+    model = httpx.get(f"{base_url}/model", timeout=30).json()
+    # when
+    open_page(browser, base_url)
+    # then it loaded without an error, and shows the model card
+    assert console_errors(browser) == []
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"
+    card = browser.find_element(By.ID, "card").text
+    for fact in (model["name"], model["version"], f"{model['n_train']} points"):
+        assert fact in card
+    for output, metrics in (model.get("holdout") or {}).items():
+        assert output in browser.find_element(By.ID, "metrics-table").text, metrics
+    # and says that it has no training points to show, rather than drawing any
+    assert "Training points are not drawn" in browser.find_element(By.ID, "training-note").text
+    assert not browser.find_element(By.ID, "output-choice").is_displayed()  # one output: nothing to choose
+    # and every slice and 2-D picture is /predict's answer at the middle of the bounds
+    middle = {f: (low + high) / 2 for f, (low, high) in model["bounds"].items()}
+    assert sliders(browser) == pytest.approx(middle)
+    output = model["outputs"][0]
+    assert_pictures_match_predict(browser, base_url, model, output)
+    first, last = model["features"][0], model["features"][-1]
+    before = traces(browser, f"slice-{first}")["mean"]["y"]
+    screenshot(browser, tmp_path / "explorer-deployed.png")
+    # when two sliders move
+    move(browser, last, Keys.ARROW_RIGHT, 30)
+    move(browser, first, Keys.ARROW_LEFT, 45)
+    # then the pictures follow them: new curves, /predict's at the new values
+    values = sliders(browser)
+    assert values[last] > middle[last]
+    assert values[first] < middle[first]
+    assert traces(browser, f"slice-{first}")["mean"]["y"] != pytest.approx(before)
+    assert_pictures_match_predict(browser, base_url, model, output)
+    # and the two features of the 2-D view can be changed (choosing the other's swaps them)
+    Select(browser.find_element(By.ID, "feature-a")).select_by_value(model["features"][1])
+    WebDriverWait(browser, WAIT_S).until(lambda b: b.execute_script("return window.explorer.state.featureB") == first)
+    settled(browser)
+    assert_pictures_match_predict(browser, base_url, model, output)
+    assert console_errors(browser) == []
+    print(screenshot(browser, tmp_path / "explorer-deployed-moved.png"))
+
+
+def assert_sensitivity_matches(browser: webdriver.Chrome, base_url: str, model: dict, output: str) -> None:
+    """The bar chart is POST /sensitivity's answer for the chosen output: estimates, and intervals as error bars."""
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-sensitivity") == "drawn"
+    answer = httpx.post(f"{base_url}/sensitivity", json=SENSITIVITY_REQUEST, timeout=60)
+    assert answer.status_code == 200, answer.text
+    result = answer.json() if len(model["outputs"]) == 1 else answer.json()[output]
+    bars = traces(browser, "sensitivity")
+    features = model["features"]
+    for name, key in (("first order", "first_order"), ("total", "total")):
+        assert bars[name]["x"] == features
+        estimates = [result[key][f]["estimate"] for f in features]
+        assert bars[name]["y"] == pytest.approx(estimates)
+        assert bars[name]["error_y"]["array"] == pytest.approx(
+            [max(0, result[key][f]["ci_high"] - e) for f, e in zip(features, estimates, strict=True)]
+        )
+        assert bars[name]["error_y"]["arrayminus"] == pytest.approx(
+            [max(0, e - result[key][f]["ci_low"]) for f, e in zip(features, estimates, strict=True)]
+        )
+
+
+def test_the_sensitivity_chart_shows_the_sobol_indices_post_sensitivity_answers(browser, deployed_server):
+    base_url, _ = deployed_server
+    model = httpx.get(f"{base_url}/model", timeout=30).json()
+    open_page(browser, base_url)
+    assert console_errors(browser) == []
+    assert_sensitivity_matches(browser, base_url, model, model["outputs"][0])
+
+
+def test_a_two_output_model_has_an_output_selector_and_draws_the_chosen_output(browser, plant_server, tmp_path: Path):
+    base_url, _ = plant_server
+    model = httpx.get(f"{base_url}/model", timeout=30).json()
+    assert len(model["outputs"]) == 2
+    open_page(browser, base_url)
+    assert console_errors(browser) == []
+    selector = Select(browser.find_element(By.ID, "output-select"))
+    assert [o.get_attribute("value") for o in selector.options] == model["outputs"]
+    first, second = model["outputs"]
+    assert_pictures_match_predict(browser, base_url, model, first)
+    # when the second output is chosen
+    selector.select_by_value(second)
+    feature = model["features"][0]
+    WebDriverWait(browser, WAIT_S).until(
+        lambda b: (
+            b.execute_script("return document.getElementById(arguments[0]).layout.yaxis.title.text", f"slice-{feature}")
+            == second
+        )
+    )
+    # then every picture is that output's, and follows the sliders
+    assert_pictures_match_predict(browser, base_url, model, second)
+    assert_sensitivity_matches(browser, base_url, model, second)
+    move(browser, model["features"][1], Keys.ARROW_RIGHT, 20)
+    assert_pictures_match_predict(browser, base_url, model, second)
+    assert console_errors(browser) == []
+    print(screenshot(browser, tmp_path / "explorer-two-outputs.png"))
+
+
+def test_with_an_api_key_the_page_is_open_and_asks_for_the_key_once(browser, keyed_server):
+    # (the model is a pickle, served through GPy, for which POST /sensitivity answers 501: the page says why)
+    base_url, _ = keyed_server
+    # the page and its files need no key; the API does
+    assert httpx.get(f"{base_url}/explore", timeout=30).status_code == 200
+    assert httpx.get(f"{base_url}/explore/explorer.js", timeout=30).status_code == 200
+    assert httpx.get(f"{base_url}/model", timeout=30).status_code == 403
+    browser.get(f"{base_url}/explore")
+    WebDriverWait(browser, WAIT_S).until(lambda b: b.find_element(By.ID, "key-form").is_displayed())
+    # a wrong key is refused and asked for again
+    browser.find_element(By.ID, "key-input").send_keys("guess", Keys.ENTER)
+    WebDriverWait(browser, WAIT_S).until(lambda b: "refused" in b.find_element(By.ID, "status").text)
+    assert browser.find_element(By.ID, "key-form").is_displayed()
+    # the right one draws the model, and is kept for the tab
+    browser.find_element(By.ID, "key-input").send_keys("s3cret", Keys.ENTER)
+    settled(browser)
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"
+    assert browser.execute_script("return sessionStorage.getItem('gpr-surrogate-api-key')") == "s3cret"
+    browser.get_log("browser")
+    browser.refresh()
+    settled(browser)
+    assert not browser.find_element(By.ID, "key-form").is_displayed()
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-redraws") == "1"
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-sensitivity") == "unavailable"
+    assert "analysis not available" in browser.find_element(By.ID, "sensitivity-note").text
+    assert not browser.find_element(By.ID, "sensitivity").is_displayed()
+    refused = "/sensitivity - Failed to load resource: the server responded with a status of 501"
+    assert [message for message in console_errors(browser) if refused not in message] == []
+    browser.execute_script("sessionStorage.clear()")
