@@ -147,6 +147,11 @@ def load_function(
     return configs[names[0]], api
 
 
+def lambda_vcpus(memory_mb: int) -> int:
+    """Lambda's vCPUs at this memory size: proportional to it, one at 1,769 MB, at most 6."""
+    return max(1, min(6, memory_mb // 1769))
+
+
 def lambda_environment(config: FunctionConfig) -> dict[str, str]:
     """The variables Lambda sets, then the template's; little is inherited from the host, as in a container."""
     region = os.environ.get("AWS_REGION", "us-east-1")
@@ -170,6 +175,10 @@ def lambda_environment(config: FunctionConfig) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_SAM_LOCAL": "true",
+        # Lambda gives one vCPU per 1,769 MB: BLAS gets as many threads as the function would have cores, not
+        # the host's (on a shared machine, more threads per environment only fight each other)
+        "OMP_NUM_THREADS": str(lambda_vcpus(config.memory_mb)),
+        "OPENBLAS_NUM_THREADS": str(lambda_vcpus(config.memory_mb)),
         **{k: v for k, v in os.environ.items() if k.startswith(PASS_THROUGH_PREFIXES)},
         **config.environment,
     }

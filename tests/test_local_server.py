@@ -193,13 +193,13 @@ def test_the_templates_timeout_is_enforced(tmp_path: Path):
     template = limits_template(tmp_path, timeout_s=1, memory_mb=256)
     (tmp_path / "event.json").write_text('{"seconds": 5}')
     # when
-    started = time.monotonic()
     result = run_script(
         "--template", str(template), "--function", "Sleep", "invoke", "-e", str(tmp_path / "event.json")
     )
-    # then
+    # then the invocation was stopped at the timeout: it never returned its answer (no clock: a loaded machine
+    # may take seconds to start the emulator, which says how long the function ran)
     assert "Task timed out after 1.00 seconds" in result.stdout
-    assert time.monotonic() - started < 5
+    assert "done" not in result.stdout
 
 
 def test_the_templates_memory_size_is_enforced(tmp_path: Path):

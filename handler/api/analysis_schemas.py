@@ -117,7 +117,8 @@ class SensitivityRequest(BaseModel):
         ANALYSIS_DEFAULT_N
     )
     posterior_samples: Annotated[
-        PosteriorSamples, Field(description="Functions drawn from the posterior; 0: the posterior mean only.")
+        PosteriorSamples,
+        Field(description="Functions drawn from the posterior: 0 (the posterior mean only) or 2 to 100."),
     ] = 0
     second_order: Annotated[bool, Field(strict=True)] = False
     inputs: Inputs = None
@@ -130,7 +131,8 @@ class PropagateRequest(BaseModel):
     model_config = _FORBID
     n: Annotated[int, Field(strict=True, ge=16, le=PROPAGATE_MAX_N, description="Input samples.")] = PROPAGATE_DEFAULT_N
     posterior_samples: Annotated[
-        PosteriorSamples, Field(description="Functions drawn from the posterior; 0: the posterior mean only.")
+        PosteriorSamples,
+        Field(description="Functions drawn from the posterior: 0 (the posterior mean only) or 2 to 100."),
     ] = 50
     quantiles: Annotated[list[Annotated[float, Field(strict=True, gt=0, lt=1)]], Field(max_length=MAX_QUANTILES)] = (
         Field(default_factory=lambda: [0.05, 0.5, 0.95])
@@ -192,7 +194,7 @@ def parse_request[M: BaseModel](model: type[M], data: Any, features: tuple[str, 
     try:
         request = model.model_validate(trimmed)
     except ValidationError as exc:
-        details = [(d.field, d.message) for d in validation_details(exc)]
+        details = [(_without_tag(d.field), d.message) for d in validation_details(exc)]
         raise RequestError(422, "invalid request", details) from None
     if getattr(request, "goal", "") is None and getattr(request, "acquisition", "") in _GOAL_DIRECTED:
         message = f"required for {request.acquisition}: maximize or minimize"  # type: ignore[attr-defined]
@@ -201,6 +203,15 @@ def parse_request[M: BaseModel](model: type[M], data: Any, features: tuple[str, 
 
 
 _GOAL_DIRECTED = ("expected_improvement", "upper_confidence_bound")
+_TAGS = ("uniform", "normal", "truncnormal", "lognormal", "triangular")
+
+
+def _without_tag(field: str) -> str:
+    """`inputs.x1.normal.mean` -> `inputs.x1.mean`: pydantic names the union's member, which the body does not hold."""
+    parts = field.split(".")
+    if len(parts) >= 4 and parts[0] == "inputs" and parts[2] in _TAGS:
+        del parts[2]
+    return ".".join(parts)
 
 
 def _trimmed(data: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:

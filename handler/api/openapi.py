@@ -607,12 +607,26 @@ def _document_analyses(
     several = len(manifest.outputs) > 1
     refusals = {k: v for k, v in errors.items() if k in (400, 401, 403, 413, 422, 429, 503)}
     refusals[501] = _error(
-        "The model is served through GPy (a pickle): analyses need its posterior file.",
+        "The model is served through GPy (a pickle): analyses need its posterior file; or it has more features than "
+        "the Sobol' directions cover (64 for /sensitivity, 128 for the others).",
         {"error": "analysis not available for this model", "details": [{"field": "model", "message": "..."}]},
     )
     budget = settings.analysis_draw_budget
     per_output = f" With several outputs, one such object per output name ({', '.join(manifest.outputs)})."
     tags = ["analyses"]
+    first_feature, (low, high) = manifest.features[0], manifest.bounds[0].tolist()
+    sensitivity_example = {"n": 1024, "posterior_samples": 20, "seed": 1}
+    normal = {
+        "distribution": "truncnormal",
+        "mean": (low + high) / 2,
+        "std": (high - low) / 6,
+        "low": low,
+        "high": high,
+    }
+    propagate_example = {"n": 4096, "quantiles": [0.05, 0.5, 0.95], "seed": 1, "inputs": {first_feature: normal}}
+    suggest_example: dict[str, Any] = {"q": 5, "acquisition": "expected_improvement", "goal": "maximize", "seed": 1}
+    if len(manifest.outputs) > 1:
+        suggest_example["output"] = manifest.outputs[0]
 
     def answer(model: Any, description: str) -> dict[int, OpenAPIResponse]:
         shape = dict[str, model] if several else model
@@ -634,7 +648,12 @@ def _document_analyses(
         operation_id="sensitivity",
         responses=answer(SensitivityAnswer, "Indices with 95% intervals, the output's variance, the seed."),
     )
-    def sensitivity(body: SensitivityRequest) -> SensitivityAnswer:
+    def sensitivity(
+        body: Annotated[
+            SensitivityRequest,
+            Body(openapi_examples={"indices": {"summary": "with 20 posterior draws", "value": sensitivity_example}}),
+        ],
+    ) -> SensitivityAnswer:
         raise NotImplementedError
 
     @docs.post(
@@ -651,7 +670,12 @@ def _document_analyses(
         operation_id="propagate",
         responses=answer(PropagateAnswer, "The output's statistics with 95% intervals, and a histogram."),
     )
-    def propagate(body: PropagateRequest) -> PropagateAnswer:
+    def propagate(
+        body: Annotated[
+            PropagateRequest,
+            Body(openapi_examples={"spread": {"summary": "a normal input", "value": propagate_example}}),
+        ],
+    ) -> PropagateAnswer:
         raise NotImplementedError
 
     @docs.post(
@@ -674,7 +698,11 @@ def _document_analyses(
             **refusals,
         },
     )
-    def suggest(body: SuggestRequest) -> SuggestAnswer:
+    def suggest(
+        body: Annotated[
+            SuggestRequest, Body(openapi_examples={"batch": {"summary": "5 points by EI", "value": suggest_example}})
+        ],
+    ) -> SuggestAnswer:
         raise NotImplementedError
 
 
