@@ -302,3 +302,12 @@ def test_domain_violations_name_the_row_feature_and_allowed_range(tiny_model_pat
     assert [(v.row, v.feature, v.value) for v in violations] == [(2, "x2", 1.2), (2, "x4", -3.0)]
     assert violations[0].low == pytest.approx(-0.1)
     assert violations[0].high == pytest.approx(1.1)
+
+
+@pytest.mark.parametrize("name", ["x1\n", "x1\r\n", "\nx1", "x 1", ""])
+def test_a_name_with_a_newline_or_space_is_not_a_name(name):
+    from handler.gp.artifact import check_name
+
+    with pytest.raises(ValueError, match="must start with a letter"):
+        check_name(name)
+    assert check_name("x1") == "x1"

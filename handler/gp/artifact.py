@@ -50,7 +50,7 @@ def sha256_of(path: Path) -> str:
 
 def check_name(name: Any) -> str:
     """A model, feature or output name; ValueError says what a name must be."""
-    if not (isinstance(name, str) and NAME_PATTERN.match(name)):
+    if not (isinstance(name, str) and NAME_PATTERN.fullmatch(name)):  # fullmatch: `$` would let "x1\n" in
         raise ValueError(f"{name!r} must start with a letter or _ and hold only letters, digits, _ or - (64 at most)")
     return name
 
