@@ -9,12 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from filelock import FileLock
 from hypothesis import settings
 
 from handler.gp.artifact import PackagedArtifact, manifest_path_for
@@ -61,42 +62,62 @@ def env_vars_file(folder: Path, model_path: Path) -> Path:
     return path
 
 
-# Fixtures that cost seconds to set up (a server, a trained model): tests using one run in the same pytest-xdist
-# worker (`--dist loadgroup`), so that each is set up once. A server is also what makes a test slow.
-GROUPED_FIXTURES = (
-    "local_server", "plant_server", "deployed_server", "keyed_server", "models_of_several_sizes", "sparse_pickle",
-    "fitted",
-)  # fmt: skip
-SERVERS = {"local_server", "plant_server", "deployed_server", "keyed_server"}
+# Tests sharing a server run in the same pytest-xdist worker (`--dist loadgroup`, which tests/xdist_groups.py
+# makes group under pytest 9), so that each server is started once; a server is also what makes a test slow.
+# Trained models are built once per run whichever worker asks first (`built_once`): tests using one may go anywhere.
+GROUPED_FIXTURES = ("local_server", "plant_server", "deployed_server", "keyed_server")
+pytest_plugins = ["tests.xdist_groups"]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks added here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         group = next((name for name in GROUPED_FIXTURES if name in fixtures), None)
         if group is not None:
-            item.add_marker(pytest.mark.xdist_group(f"{group}:{item.module.__name__}" if group == "fitted" else group))
-        if fixtures & SERVERS:
+            item.add_marker(pytest.mark.xdist_group(group))
             item.add_marker(pytest.mark.slow)
-    # Slow tests first (stable otherwise): the workers start the long ones early rather than end on one alone.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # The longest work first (stable otherwise): a server's group, then the other slow tests, then the rest, so
+    # that the workers start the long ones early rather than end on one alone.
+    items.sort(
+        key=lambda item: (item.get_closest_marker("xdist_group") is None, item.get_closest_marker("slow") is None)
+    )
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder `build` fills once per test run, for every pytest-xdist worker: the first to ask builds it while the
+    others wait (a file lock), then all read it. Nothing may change what is in it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # a worker's base temp is a folder of the run's own
+    folder = root / f"built-{name}"
+    with FileLock(root / f"built-{name}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small GP trained by the repo's own script (30 points, one restart), packaged for the GPy route: a pickle."""
-    path = tmp_path_factory.mktemp("tiny-model") / "pretrained-model.pkl"
-    train(path, n_train=30, n_holdout=200, restarts=1, seed=7, gpy_route=True)
-    return path
+
+    def build(folder: Path) -> None:
+        train(folder / "pretrained-model.pkl", n_train=30, n_holdout=200, restarts=1, seed=7, gpy_route=True)
+
+    return built_once(tmp_path_factory, "tiny-model", build) / "pretrained-model.pkl"
 
 
 @pytest.fixture(scope="session")
 def tiny_posterior_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same small GP (training is deterministic), packaged as the packaging command does: a posterior file."""
-    path = tmp_path_factory.mktemp("tiny-posterior") / "pretrained-model.npz"
-    train(path, n_train=30, n_holdout=200, restarts=1, seed=7)
-    return path
+
+    def build(folder: Path) -> None:
+        train(folder / "pretrained-model.npz", n_train=30, n_holdout=200, restarts=1, seed=7)
+
+    return built_once(tmp_path_factory, "tiny-posterior", build) / "pretrained-model.npz"
 
 
 # A second, different model, as a user would bring it: their own feature names and bounds, two outputs,
@@ -125,9 +146,12 @@ def plant_design(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="session")
 def plant_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The plant model fitted with GPy, pickled, and packaged by the packaging command with a hold-out CSV."""
+    return built_once(tmp_path_factory, "plant", package_plant_model) / "artifact" / "plant-model.npz"
+
+
+def package_plant_model(folder: Path) -> None:
     import GPy
 
-    folder = tmp_path_factory.mktemp("plant")
     X = plant_design(60, seed=1)
     # Started where a user would start: lengthscales a third of each range, little noise (GPy's defaults of 1
     # in the inputs' units would leave the optimiser explaining everything as noise).
@@ -150,7 +174,6 @@ def plant_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    return output
 
 
 @pytest.fixture(scope="session")

@@ -357,11 +357,12 @@ def test_serve_stops_cleanly_on_sigterm(tiny_model_path: Path, tmp_path: Path):
 
     port = free_port()
     env_file = env_vars_file(tmp_path, tiny_model_path)
-    process = subprocess.Popen(
-        [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port), "-w", "1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
-    )  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("w") as log_handle:
+        process = subprocess.Popen(
+            [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port), "-w", "1"],
+            cwd=ROOT, stdout=log_handle, stderr=subprocess.STDOUT, env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+        )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -369,9 +370,13 @@ def test_serve_stops_cleanly_on_sigterm(tiny_model_path: Path, tmp_path: Path):
                 break
         except httpx.TransportError:
             time.sleep(0.2)
+    # and done with that request: the emulator reports it (END, REPORT) after the answer has gone
+    while "REPORT RequestId" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
     # when it is told to stop, as a service manager or `kill` does
     process.terminate()
-    output, _ = process.communicate(timeout=30)
+    process.wait(timeout=30)
+    output = log.read_text()
     # then
     assert process.returncode == 0, output
     assert "Traceback" not in output

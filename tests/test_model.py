@@ -20,7 +20,7 @@ from handler.gp.artifact import Manifest, ModelUnavailableError, PackagedArtifac
 from handler.gp.gpy_model import GPRegressionModel
 from handler.gp.model import LazyModel, load_model
 from scripts.train_model import park1991, train
-from tests.conftest import DEPLOYED_MODEL, FEATURES, PARK_PICKLE
+from tests.conftest import DEPLOYED_MODEL, FEATURES, PARK_PICKLE, built_once
 
 
 def assert_matches_gpy(gp, X: np.ndarray, mean: np.ndarray, variance: np.ndarray, *, latent: bool = False) -> None:
@@ -41,12 +41,13 @@ def assert_matches_gpy(gp, X: np.ndarray, mean: np.ndarray, variance: np.ndarray
 @pytest.fixture(scope="module")
 def models_of_several_sizes(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     """Models trained by the repo's script at n = 30 (shared), 150 and 400 training points."""
-    paths = {30: tiny_model_path}
-    for n in (150, 400):
-        path = tmp_path_factory.mktemp(f"model-{n}") / "model.pkl"
-        train(path, n_train=n, n_holdout=50, restarts=0, seed=n, max_iters=40, gpy_route=True)
-        paths[n] = path
-    return paths
+
+    def build(folder: Path) -> None:
+        for n in (150, 400):
+            train(folder / f"model-{n}.pkl", n_train=n, n_holdout=50, restarts=0, seed=n, max_iters=40, gpy_route=True)
+
+    folder = built_once(tmp_path_factory, "models-of-several-sizes", build)
+    return {30: tiny_model_path, 150: folder / "model-150.pkl", 400: folder / "model-400.pkl"}
 
 
 def test_park1991_matches_its_definition_at_the_centre():

@@ -208,13 +208,18 @@ def test_samples_are_reproducible_and_converge_to_the_predictive_mean_and_covari
     assert first["method"] == "cholesky"
 
 
-def test_samples_of_the_same_point_twice_need_jitter_and_say_so(app_with_model):
-    point = {"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}
-    status, answer = call(app_with_model, {"points": [point, point], "samples": 100, "seed": 1}, path="/sample")
+def test_samples_of_the_same_point_repeated_need_jitter_and_say_so(app_with_model):
+    # The corner of the domain: scaled inputs of exactly zero, so the copies are exactly zero apart however BLAS
+    # sums (elsewhere, the rounding of |a|^2 + |a|^2 - 2 a.a, which depends on BLAS's threads, can leave their
+    # covariance positive definite by a hair); and three copies, as a singular c * ones(3, 3) never passes Cholesky
+    # by rounding, while a 2 x 2 one does for some c.
+    point = {"x1": 0.0, "x2": 0.0, "x3": 0.0, "x4": 0.0}
+    status, answer = call(app_with_model, {"points": [point] * 3, "samples": 100, "seed": 1}, path="/sample")
     assert status == 200, answer
     assert answer["jitter"] > 0
     draws = np.array(answer["samples"])
-    np.testing.assert_allclose(draws[:, 0], draws[:, 1], rtol=0, atol=1e-3 * np.std(draws[:, 0]) + 1e-12)
+    for copy in (1, 2):
+        np.testing.assert_allclose(draws[:, 0], draws[:, copy], rtol=0, atol=1e-3 * np.std(draws[:, 0]) + 1e-12)
     # observations: the noise makes the two draws differ
     _, noisy = call(
         app_with_model,

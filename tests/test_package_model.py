@@ -20,7 +20,16 @@ from handler.gp.model import PosteriorModel, load_model
 from handler.gp.posterior import GPPosterior
 from handler.gp.unpickling import load_pickle
 from scripts import package_model
-from tests.conftest import DEPLOYED_MODEL, PACKAGE_MODEL, PARK_PICKLE, PLANT_BOUNDS, PLANT_FEATURES, plant, plant_design
+from tests.conftest import (
+    DEPLOYED_MODEL,
+    PACKAGE_MODEL,
+    PARK_PICKLE,
+    PLANT_BOUNDS,
+    PLANT_FEATURES,
+    built_once,
+    plant,
+    plant_design,
+)
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -32,15 +41,17 @@ def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def sparse_pickle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SparseGPRegression (RBF, not ARD) on 400 points with 30 inducing points, one output."""
-    import GPy
 
-    X = plant_design(400, seed=5)
-    np.random.seed(5)  # GPy picks the initial inducing points at random
-    gp = GPy.models.SparseGPRegression(X, plant(X)[:, 1:], GPy.kern.RBF(3, ARD=True), num_inducing=30)
-    gp.optimize(max_iters=50)
-    path = tmp_path_factory.mktemp("sparse") / "sparse.pkl"
-    path.write_bytes(pickle.dumps(gp))
-    return path
+    def build(folder: Path) -> None:
+        import GPy
+
+        X = plant_design(400, seed=5)
+        np.random.seed(5)  # GPy picks the initial inducing points at random
+        gp = GPy.models.SparseGPRegression(X, plant(X)[:, 1:], GPy.kern.RBF(3, ARD=True), num_inducing=30)
+        gp.optimize(max_iters=50)
+        (folder / "sparse.pkl").write_bytes(pickle.dumps(gp))
+
+    return built_once(tmp_path_factory, "sparse-pickle", build) / "sparse.pkl"
 
 
 # Two ordinary user fits that packaging once refused (issue 14): their covariance is ill-conditioned (the
@@ -58,29 +69,33 @@ def ordinary_design(n: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def matern_user_pickle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 points, two outputs, Matern-5/2 ARD, normaliser, noise started at 1e-4, optimize(max_iters=200)."""
-    import GPy
 
-    X = ordinary_design(60, seed=0)
-    gp = GPy.models.GPRegression(X, plant(X), GPy.kern.Matern52(3, ARD=True), normalizer=True)
-    gp.likelihood.variance = 1e-4
-    gp.optimize(max_iters=200)
-    path = tmp_path_factory.mktemp("matern-user") / "matern.pkl"
-    path.write_bytes(pickle.dumps(gp))
-    return path
+    def build(folder: Path) -> None:
+        import GPy
+
+        X = ordinary_design(60, seed=0)
+        gp = GPy.models.GPRegression(X, plant(X), GPy.kern.Matern52(3, ARD=True), normalizer=True)
+        gp.likelihood.variance = 1e-4
+        gp.optimize(max_iters=200)
+        (folder / "matern.pkl").write_bytes(pickle.dumps(gp))
+
+    return built_once(tmp_path_factory, "matern-user", build) / "matern.pkl"
 
 
 @pytest.fixture(scope="module")
 def rbf_restarts_pickle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """200 points, two outputs, RBF ARD, normaliser, optimize_restarts (refused at 4.6x the old fixed bound)."""
-    import GPy
 
-    X = ordinary_design(200, seed=5)
-    gp = GPy.models.GPRegression(X, plant(X), GPy.kern.RBF(3, ARD=True), normalizer=True)
-    np.random.seed(5)  # GPy draws restart points from numpy's global generator
-    gp.optimize_restarts(num_restarts=2, robust=True, verbose=False, max_iters=100)
-    path = tmp_path_factory.mktemp("rbf-restarts") / "rbf.pkl"
-    path.write_bytes(pickle.dumps(gp))
-    return path
+    def build(folder: Path) -> None:
+        import GPy
+
+        X = ordinary_design(200, seed=5)
+        gp = GPy.models.GPRegression(X, plant(X), GPy.kern.RBF(3, ARD=True), normalizer=True)
+        np.random.seed(5)  # GPy draws restart points from numpy's global generator
+        gp.optimize_restarts(num_restarts=2, robust=True, verbose=False, max_iters=100)
+        (folder / "rbf.pkl").write_bytes(pickle.dumps(gp))
+
+    return built_once(tmp_path_factory, "rbf-restarts", build) / "rbf.pkl"
 
 
 def ordinary_arguments(path: Path, output: Path) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -14,23 +15,32 @@ from handler.gp import blas, posterior_file
 from handler.gp.from_gpy import posterior_arrays, posterior_from_gpy
 from handler.gp.posterior import KERNELS, GPPosterior
 from handler.gp.posterior_file import PosteriorFileError
+from tests.conftest import built_once
 
 
 @pytest.fixture(scope="module", params=["exact", "sparse"])
-def fitted(request: pytest.FixtureRequest):
-    """A small GPy model (2 outputs, normalised), exact or sparse, with its kernel, inference and arrays."""
-    import GPy
+def fitted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A small GPy model (2 outputs, normalised), exact or sparse, with its kernel, inference and arrays.
 
-    rng = np.random.default_rng(3)
-    X = rng.uniform(-1, 2, size=(40, 3))
-    Y = np.column_stack([np.sin(X @ [1.0, 2.0, 0.5]), X[:, 0] ** 2 - X[:, 2]])
-    kernel = GPy.kern.Matern52(3, ARD=True)
-    if request.param == "exact":
-        gp = GPy.models.GPRegression(X, Y, kernel, normalizer=True)
-    else:
-        np.random.seed(3)
-        gp = GPy.models.SparseGPRegression(X, Y, kernel, num_inducing=12, normalizer=True)
-    gp.optimize(max_iters=100)
+    Fitted once per test run (the sparse fit takes seconds) and pickled for every worker: each loads its own.
+    """
+
+    def build(folder: Path) -> None:
+        import GPy
+
+        rng = np.random.default_rng(3)
+        X = rng.uniform(-1, 2, size=(40, 3))
+        Y = np.column_stack([np.sin(X @ [1.0, 2.0, 0.5]), X[:, 0] ** 2 - X[:, 2]])
+        kernel = GPy.kern.Matern52(3, ARD=True)
+        if request.param == "exact":
+            gp = GPy.models.GPRegression(X, Y, kernel, normalizer=True)
+        else:
+            np.random.seed(3)
+            gp = GPy.models.SparseGPRegression(X, Y, kernel, num_inducing=12, normalizer=True)
+        gp.optimize(max_iters=100)
+        (folder / "gp.pkl").write_bytes(pickle.dumps(gp))
+
+    gp = pickle.loads((built_once(tmp_path_factory, f"posterior-file-{request.param}", build) / "gp.pkl").read_bytes())
     return gp, *posterior_arrays(gp)
 
 
