@@ -33,6 +33,7 @@ import platform
 import queue
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -206,28 +207,30 @@ class EmulatedEnvironment:
 
     def __init__(self, config: FunctionConfig, binary: Path, log: TextIO) -> None:
         self.config = config
-        self.port = _free_port()
+        self.port, self.process = start_on_free_port(lambda port: self._start(binary, port, log))
+
+    def _start(self, binary: Path, port: int, log: TextIO) -> subprocess.Popen[bytes]:
         command = [
             str(binary),
             "--log-level", "error",
-            "--runtime-interface-emulator-address", f"127.0.0.1:{self.port}",
+            "--runtime-interface-emulator-address", f"127.0.0.1:{port}",
             "--runtime-api-address", f"127.0.0.1:{_free_port()}",
-            sys.executable, "-m", "awslambdaric", config.handler,
+            sys.executable, "-m", "awslambdaric", self.config.handler,
         ]  # fmt: skip
-        self.process = subprocess.Popen(
+        process = subprocess.Popen(
             command,
-            cwd=config.code_dir,
-            env=lambda_environment(config),
+            cwd=self.config.code_dir,
+            env=lambda_environment(self.config),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=lambda: _limit_memory(config.memory_mb),
+            preexec_fn=lambda: _limit_memory(self.config.memory_mb),
         )
-        assert self.process.stdout is not None
+        assert process.stdout is not None
         self.log_forwarder = threading.Thread(
-            target=_forward_log, args=(self.process.stdout, log, self.process.pid), name="log", daemon=True
+            target=_forward_log, args=(process.stdout, log, process.pid), name="log", daemon=True
         )
         self.log_forwarder.start()
-        _wait_for_port(self.port, self.process)
+        return process
 
     def invoke(self, event: bytes) -> bytes:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{INVOKE_PATH}", data=event, method="POST")
@@ -383,6 +386,11 @@ def invoke_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    # The API's port is bound first, before the emulators and moto take theirs: `--port 0` then gets a port no
+    # one else can take, and the log's first line says which (tests and scripts read it there).
+    listener = _listen(args.host, args.port)
+    port = listener.getsockname()[1]
+    LOG.info("Listening on http://%s:%s", args.host if ":" not in args.host else f"[{args.host}]", port)
     configs, api, queue_events, keyless_paths = load_functions(args.template, args.env_vars)
     api_functions = sorted({route.function_name for route in api.routes})
     jobs = None
@@ -405,9 +413,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.api_key:
         _require_api_key(service, runner.api_keys, keyless_paths)
     for route in api.routes:
-        LOG.info(
-            "Mounting %s at http://%s:%s%s %s", route.function_name, args.host, args.port, route.path, route.methods
-        )
+        LOG.info("Mounting %s at http://%s:%s%s %s", route.function_name, args.host, port, route.path, route.methods)
     for name in api_functions:
         config = configs[name]
         LOG.info(
@@ -420,10 +426,11 @@ def serve_command(args: argparse.Namespace) -> int:
     if jobs is not None:
         LOG.info("jobs: S3, DynamoDB and SQS on moto at %s; %d worker environment(s)", jobs.endpoint, args.job_workers)
     try:
-        service.run()
-    except (KeyboardInterrupt, ProcessSigTermException):  # Ctrl-C, or SIGTERM (SAM's handler raises this)
+        _run(service, listener)
+    except (KeyboardInterrupt, ProcessSigTermException):  # Ctrl-C, or SIGTERM (raised by the handler _run sets)
         LOG.info("stopped")
     finally:
+        listener.close()
         if jobs is not None:
             jobs.stop()
         for pool in pools.values():
@@ -484,20 +491,15 @@ class LocalJobs:
         It is `scripts/local_jobs.py`'s `moto_app`: moto's, but a presigned PUT keeps its body whatever its
         Content-Type, as S3 does.
         """
-        port = _free_port()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(__file__).with_name("local_jobs.py")),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        script = str(Path(__file__).with_name("local_jobs.py"))
+        port, server = start_on_free_port(
+            lambda port: subprocess.Popen(
+                [sys.executable, script, "--host", "127.0.0.1", "--port", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            timeout_s=30,
         )
-        _wait_for_port(port, server)
         return cls(server, f"http://127.0.0.1:{port}")
 
     def configure(self, config: FunctionConfig) -> FunctionConfig:
@@ -551,23 +553,62 @@ def _require_api_key(service: LocalApigwService, keys: dict[str, str], keyless_p
     service._app.before_request(check)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The API's listening socket; port 0 is any free one."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        reason = os.strerror(exc.errno or 0)
+        raise UsageError(f"cannot listen on {host}:{port}: {reason} (port 0: any free one)") from exc
+
+
+def _run(service: LocalApigwService, listener: socket.socket) -> None:
+    """SAM's `service.run()` on a socket already bound: threaded, quiet, SIGTERM raising as SAM's handler does."""
+    from werkzeug.serving import make_server
+
+    def interrupt_handler(signum: int, frame: Any) -> None:
+        raise ProcessSigTermException()
+
+    signal.signal(signal.SIGTERM, interrupt_handler)
+    host, port = listener.getsockname()[:2]
+    server = make_server(host, port, service._app, threaded=True, fd=listener.fileno())
+    server.serve_forever()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+def start_on_free_port(start: Any, attempts: int = 3, timeout_s: float = 10.0) -> tuple[int, subprocess.Popen[bytes]]:
+    """`start(port)` on a free port, again on another if the process exits first: a port found free can be taken
+    (by any client's outgoing connection) before the process binds it."""
+    for attempt in range(attempts):
+        port = _free_port()
+        process = start(port)
+        try:
+            _wait_for_port(port, process, timeout_s)
+            return port, process
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the emulator exited with code {process.returncode}")
+            raise RuntimeError(
+                f"process {process.pid} exited with code {process.returncode} before listening on {port}"
+            )
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"the emulator did not listen on port {port} within {timeout_s}s")
+    raise TimeoutError(f"process {process.pid} did not listen on port {port} within {timeout_s}s")
 
 
 def _limit_memory(memory_mb: int) -> None:
@@ -588,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     invoke.set_defaults(run=invoke_command)
     serve = commands.add_parser("serve", help="serve the API on loopback, like `sam local start-api`")
     serve.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "localhost", "::1"], help="loopback only")
-    serve.add_argument("--port", "-p", type=int, default=3000)
+    serve.add_argument("--port", "-p", type=int, default=3000, help="0: any free port (the log says which)")
     serve.add_argument("--workers", "-w", type=int, default=2, help="warm execution environments (default 2)")
     serve.add_argument(
         "--api-key",

@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import subprocess
@@ -227,34 +228,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 @contextlib.contextmanager
 def serving(model_path: Path, folder: Path, *options: str) -> Iterator[tuple[str, Path]]:
-    """`scripts/local_lambda.py serve` on a free loopback port: two warm environments, the model via --env-vars.
+    """`scripts/local_lambda.py serve` on a loopback port of its own choosing: two warm environments, the model via
+    --env-vars.
 
-    Yields the base URL and the server's log file. A free port can be taken by another program before the server
-    binds it (the server takes more for its runtimes): a start that fails so is retried on another port. `options`
-    go to `serve` (`--no-jobs`, `--api-key KEY`).
+    Yields the base URL and the server's log file. `options` go to `serve` (`--no-jobs`, `--api-key KEY`, `-w 1`).
     """
-    env_file = env_vars_file(folder, model_path)
     log = folder / "server.log"
-    for attempt in range(3):
-        port = free_port()
-        command = [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port)]
-        with log.open("w") as log_handle:
-            process = subprocess.Popen(
-                [*command, "-w", "2", *options],
-                cwd=ROOT,
-                stdout=log_handle,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
-            )
-        base_url = f"http://127.0.0.1:{port}"
-        key = options[options.index("--api-key") + 1] if "--api-key" in options else None
-        if _started(process, base_url, {"x-api-key": key} if key else {}):
-            break
-        process.kill()
-        process.wait(timeout=10)
-        if attempt == 2 or "in use" not in log.read_text():
-            pytest.fail(f"local server did not start:\n{log.read_text()}")
+    process, base_url = start_server(env_vars_file(folder, model_path), log, "-w", "2", *options)
+    key = options[options.index("--api-key") + 1] if "--api-key" in options else None
     try:
+        if not _started(process, base_url, {"x-api-key": key} if key else {}):
+            pytest.fail(f"local server did not start:\n{log.read_text()}")
         yield base_url, log
     finally:
         process.terminate()
@@ -263,6 +247,30 @@ def serving(model_path: Path, folder: Path, *options: str) -> Iterator[tuple[str
         except subprocess.TimeoutExpired:  # a loaded machine: it was asked to stop; now it is made to
             process.kill()
             process.wait(timeout=30)
+
+
+def start_server(env_file: Path, log: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """Start `serve --port 0` logging to `log`; the process and the base URL its first log line names.
+
+    The server binds its port before anything else, so no other program (another test's server, an emulator) can
+    take it between choosing and binding, and a health check never reaches someone else's server.
+    """
+    command = [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", "0", *options]
+    with log.open("w") as log_handle:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=log_handle, stderr=subprocess.STDOUT, env={**os.environ, "SAM_CLI_TELEMETRY": "0"}
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = re.search(r"^Listening on (http://\S+)$", log.read_text(), re.MULTILINE)
+        if found:
+            return process, found.group(1)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=10)
+    pytest.fail(f"local server did not say where it listens:\n{log.read_text()}")
 
 
 def _started(process: subprocess.Popen, base_url: str, headers: dict[str, str]) -> bool:

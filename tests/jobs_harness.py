@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -121,23 +119,17 @@ def start_harness(
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     """moto's server on a free loopback port, in its own process: what it holds is not this process's memory."""
-    from tests.conftest import free_port
+    from scripts.local_lambda import start_on_free_port
 
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    port, process = start_on_free_port(
+        lambda port: subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        timeout_s=60,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("moto's server did not start")
-            time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()

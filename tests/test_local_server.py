@@ -243,16 +243,15 @@ def test_report_lines_give_the_runtimes_peak_memory_not_the_memory_size(tmp_path
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """moto's server as `serve` starts it (scripts/local_jobs.py) on a free loopback port, with a bucket `uploads`."""
-    from tests.conftest import free_port
-
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "local_jobs.py"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    port, process = local_lambda.start_on_free_port(
+        lambda port: subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "local_jobs.py"), "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        timeout_s=30,
     )
     try:
-        local_lambda._wait_for_port(port, process, timeout_s=30)
         endpoint = f"http://127.0.0.1:{port}"
         s3_client(endpoint).create_bucket(Bucket="uploads")
         yield endpoint
@@ -353,20 +352,14 @@ def test_invoke_with_a_missing_event_file_says_so_in_one_line():
 
 def test_serve_stops_cleanly_on_sigterm(tiny_model_path: Path, tmp_path: Path):
     # given a running server
-    from tests.conftest import free_port
+    from tests.conftest import start_server
 
-    port = free_port()
-    env_file = env_vars_file(tmp_path, tiny_model_path)
     log = tmp_path / "serve.log"
-    with log.open("w") as log_handle:
-        process = subprocess.Popen(
-            [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port), "-w", "1"],
-            cwd=ROOT, stdout=log_handle, stderr=subprocess.STDOUT, env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
-        )  # fmt: skip
+    process, base_url = start_server(env_vars_file(tmp_path, tiny_model_path), log, "-w", "1")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code == 200:
+            if httpx.get(f"{base_url}/health", timeout=30).status_code == 200:
                 break
         except httpx.TransportError:
             time.sleep(0.2)
@@ -384,21 +377,16 @@ def test_serve_stops_cleanly_on_sigterm(tiny_model_path: Path, tmp_path: Path):
 
 
 def test_the_local_server_can_require_an_api_key_as_the_deployed_api_does(tiny_model_path: Path, tmp_path: Path):
-    from tests.conftest import free_port
+    from tests.conftest import start_server
 
-    port = free_port()
-    env_file = env_vars_file(tmp_path, tiny_model_path)
-    process = subprocess.Popen(
-        [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", str(port), "-w", "1",
-         "--api-key", "s3cret"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
-    )  # fmt: skip
+    log = tmp_path / "serve.log"
+    process, base_url = start_server(env_vars_file(tmp_path, tiny_model_path), log, "-w", "1", "--api-key", "s3cret")
     try:
-        url = f"http://127.0.0.1:{port}/predict"
+        url = f"{base_url}/predict"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
+                httpx.get(f"{base_url}/health", timeout=30)
                 break
             except httpx.TransportError:
                 time.sleep(0.2)
