@@ -1,6 +1,6 @@
 """HTTP layer: API Gateway REST (proxy integration) events in, JSON out.
 
-Routes:  POST /predict   POST /sample   GET /health   GET /model   GET /openapi.json
+Routes:  POST /predict   POST /sample   GET /health   GET /model   GET /model/training-data   GET /openapi.json
          POST /sensitivity   POST /propagate   POST /suggest  (handler.api.analyses)
          POST /jobs   GET /jobs/{job_id}   POST /jobs/{job_id}/start   POST /jobs/{job_id}/cancel  (handler.jobs.routes)
          /v2/...: the Open Inference Protocol  (handler.api.inference_protocol)
@@ -386,6 +386,30 @@ def model_info() -> dict[str, Any]:
         "job_chunk_points": settings.job_chunk_points if jobs else None,
     }
     return {**model.manifest().document, "limits": limits}
+
+
+@app.get("/model/training-data")
+def training_data() -> dict[str, Any]:
+    """The training points the manifest publishes, as columns; 404 where it publishes none."""
+    loaded = _loaded_model()
+    published = loaded.training_data
+    if published is None:
+        raise RequestError(
+            HTTPStatus.NOT_FOUND,
+            "training data not published",
+            [("path", "this model's manifest publishes no training data (package_model.py --publish-training-data)")],
+        )
+    manifest = loaded.manifest
+    outputs = published.outputs
+    return {
+        "published": manifest.published_training_data,
+        "n_points": len(published.inputs),
+        # Columns, C-ordered for orjson (which writes only contiguous arrays)
+        "inputs": dict(zip(manifest.features, np.ascontiguousarray(published.inputs.T), strict=True)),
+        "outputs": None
+        if outputs is None
+        else dict(zip(manifest.outputs, np.ascontiguousarray(outputs.T), strict=True)),
+    }
 
 
 @app.get("/openapi.json")

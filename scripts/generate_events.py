@@ -36,6 +36,7 @@ def cases(manifest: Manifest) -> dict[str, tuple[str, str, str | None, str | Non
         "predict-batch": ("POST", "/predict", json.dumps([single, *others]), "/predict"),
         "health": ("GET", "/health", None, "/health"),
         "model": ("GET", "/model", None, "/model"),
+        "model-training-data": ("GET", "/model/training-data", None, "/model/training-data"),
         "sensitivity": (
             "POST",
             "/sensitivity",

@@ -2,7 +2,8 @@
 
     python scripts/package_model.py MODEL.pkl --features temperature,pressure,flow_rate \\
         [--outputs yield,purity] [--bounds temperature=250:400,...] [--name NAME] [--version V] \\
-        [--holdout holdout.csv] [--output model_artifacts/pretrained-model.npz]
+        [--holdout holdout.csv] [--publish-training-data inputs|inputs_and_outputs] \
+        [--output model_artifacts/pretrained-model.npz]
 
 Reads any pickled GPy model the service supports (GPRegression, SparseGPRegression, any GPy.core.GP), checks the
 feature and output counts against it, takes each feature's bounds from the training inputs unless given,
@@ -307,11 +308,13 @@ def package(
     training: dict[str, Any] | None = None,
     gpy_route: bool = False,
     source: Path | None = None,
+    publish_training_data: Literal["inputs", "inputs_and_outputs"] | None = None,
 ) -> tuple[ModelManifest, Path]:
     """Write the artifact beside `output` (its suffix follows the format) and its manifest; nothing half-written.
 
     `gpy_route`: write the pickle, served through GPy, even where a posterior file would do. `source`: the user's
-    pickle, never removed. Returns the manifest and the artifact's path.
+    pickle, never removed. `publish_training_data`: what GET /model/training-data may serve of the training
+    points (a posterior file then holds them; a pickle has them). Returns the manifest and the artifact's path.
     """
     if output.suffix not in ("", *SUFFIXES.values()):
         raise PackagingError(f"--output: expected a .npz or .pkl name (or none), got {output.name!r}")
@@ -321,6 +324,13 @@ def package(
         check_name(name)
     except ValueError as exc:
         raise PackagingError(f"--name: {exc}") from None
+    if publish_training_data is not None:
+        published_values = model.gp.num_data * (len(features) + len(outputs) * (publish_training_data != "inputs"))
+        if published_values > posterior_file.MAX_PUBLISHED_VALUES:
+            raise PackagingError(
+                f"--publish-training-data: {model.gp.num_data} points make {published_values} values, more than "
+                f"the {posterior_file.MAX_PUBLISHED_VALUES} one answer of GET /model/training-data can carry"
+            )
     all_bounds = complete_bounds(model, features, bounds or {})
     check_points = points_across(all_bounds, CHECK_POINTS)
     reason = None
@@ -336,6 +346,10 @@ def package(
     artifact_format: Literal["npz", "pickle"] = "pickle"
     if model.posterior is not None and reason is None and not gpy_route:
         _, inference, arrays = posterior_arrays(model.gp)
+        if publish_training_data is not None:
+            arrays["training_inputs"] = np.asarray(model.gp.X, dtype=float)
+            if publish_training_data == "inputs_and_outputs":
+                arrays["training_outputs"] = np.asarray(model.gp.Y, dtype=float)  # GPy's Y: not normalised
         data, description_of_arrays = posterior_file.encode(arrays, inference)
         artifact_format, posterior = "npz", PosteriorDescription.model_validate(description_of_arrays)
     else:
@@ -364,6 +378,7 @@ def package(
             **{package: version(package) for package in ("numpy", "scipy", "GPy", "paramz")},
         },
         posterior=posterior,
+        published_training_data=publish_training_data,
         predict_through_gpy=reason,
     )
     # Written and checked in a scratch folder beside the output, then moved into place.
@@ -436,6 +451,9 @@ def summary(manifest: ModelManifest, output: Path) -> str:
             f"  hold-out {name}: {counted(metrics.n_points, 'point')}, RMSE {metrics.rmse:.4g}, R2 {metrics.r2:.6f}, "
             f"95% coverage {metrics.coverage_95:.1%}"
         )
+    if manifest.published_training_data is not None:
+        what = "inputs" if manifest.published_training_data == "inputs" else "inputs and outputs"
+        lines.append(f"  publishes its training {what} at GET /model/training-data (to anyone who may call the API)")
     lines.append(f"  wrote {output} and {manifest_path_for(output).name} (sha256 {manifest.sha256[:12]}...)")
     if manifest.predict_through_gpy is not None:
         lines.append(
@@ -477,6 +495,18 @@ def beside(model_path: Path) -> dict[str, Any]:
     return document
 
 
+def published_training_data(
+    given: str | None, previous: dict[str, Any]
+) -> Literal["inputs", "inputs_and_outputs"] | None:
+    """--publish-training-data, else the converted manifest's choice; "none" publishes nothing."""
+    choice = given if given is not None else previous.get("published_training_data")
+    if choice in (None, "none"):
+        return None
+    if choice not in ("inputs", "inputs_and_outputs"):
+        raise PackagingError(f"published_training_data: expected inputs or inputs_and_outputs, got {choice!r}"[:200])
+    return choice  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="a pickled GPy GPRegression, SparseGPRegression or other GP")
@@ -497,6 +527,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="package the pickle, served through GPy, even where a posterior "
         "file would do (a package with GPy and scipy: ~3x larger, ~4x slower cold starts)",
+    )
+    parser.add_argument(
+        "--publish-training-data",
+        choices=["none", "inputs", "inputs_and_outputs"],
+        help="what GET /model/training-data (and the explorer page) may show of the training points: their inputs, "
+        "or inputs and outputs (default: the manifest's, or none: the route answers 404)",
     )
     args = parser.parse_args(argv)
     try:
@@ -537,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             training=training,
             gpy_route=args.gpy_route,
             source=args.model,
+            publish_training_data=published_training_data(args.publish_training_data, previous),
         )
     except PackagingError as exc:
         print(f"package_model: error: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ import argparse
 import pickle
 import sys
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from scipy.stats import qmc
@@ -47,11 +48,13 @@ def train(
     max_iters: int = 1000,
     source: Path | None = None,
     gpy_route: bool = False,
+    publish_training_data: Literal["inputs", "inputs_and_outputs"] | None = "inputs_and_outputs",
 ) -> tuple[ModelManifest, Path]:
     """Fit, package (`output`'s name: a posterior file and its manifest), and return the manifest and the artifact.
 
     `source`: where to keep the fitted GPy model's pickle as well (tests compare against GPy itself);
-    `gpy_route`: package the pickle, served through GPy, rather than a posterior file.
+    `gpy_route`: package the pickle, served through GPy, rather than a posterior file. `publish_training_data`: a
+    test function has nothing to keep private, so the explorer draws the points near its slices by default.
     """
     X_train = qmc.LatinHypercube(d=len(FEATURES), seed=seed).random(n_train)
     y_train = park1991(X_train)
@@ -84,6 +87,7 @@ def train(
             "holdout_design": f"Latin hypercube, seed {seed + 1}",
         },
         gpy_route=gpy_route,
+        publish_training_data=publish_training_data,
     )
 
 

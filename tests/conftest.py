@@ -103,10 +103,19 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small GP trained by the repo's own script (30 points, one restart), packaged for the GPy route: a pickle."""
+    """A small GP trained by the repo's own script (30 points, one restart), packaged for the GPy route: a pickle
+    publishing its training inputs only."""
 
     def build(folder: Path) -> None:
-        train(folder / "pretrained-model.pkl", n_train=30, n_holdout=200, restarts=1, seed=7, gpy_route=True)
+        train(
+            folder / "pretrained-model.pkl",
+            n_train=30,
+            n_holdout=200,
+            restarts=1,
+            seed=7,
+            gpy_route=True,
+            publish_training_data="inputs",
+        )
 
     return built_once(tmp_path_factory, "tiny-model", build) / "pretrained-model.pkl"
 

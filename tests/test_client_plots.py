@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -9,7 +10,7 @@ import matplotlib
 import numpy as np
 import pytest
 from gpr_client import SurrogateClient
-from matplotlib.collections import FillBetweenPolyCollection
+from matplotlib.collections import FillBetweenPolyCollection, PathCollection
 from matplotlib.container import BarContainer
 
 matplotlib.use("Agg")
@@ -57,6 +58,76 @@ def test_slices_draw_the_mean_and_band_along_each_feature_at_the_held_values(loc
         assert upper == pytest.approx(float(np.max(mean[:, 0] + 2 * std[:, 0])), rel=1e-9)
 
 
+def expected_near(training: dict, bounds: dict, feature: str, held: dict[str, float], near: float) -> list[int]:
+    """The training points near a slice, computed here from GET /model/training-data, point by point."""
+    others = [f for f in bounds if f != feature]
+    chosen = []
+    for i in range(training["n_points"]):
+        squares = [((training["inputs"][f][i] - held[f]) / (bounds[f][1] - bounds[f][0])) ** 2 for f in others]
+        if (sum(squares) / len(others)) ** 0.5 <= near:
+            chosen.append(i)
+    return chosen
+
+
+def test_slices_draw_the_published_training_points_near_the_held_values(local_server, tmp_path: Path):
+    # given a model publishing its training inputs and outputs (the tiny Park model)
+    base_url, _ = local_server
+    training = httpx.get(f"{base_url}/model/training-data", timeout=30).json()
+    assert training["published"] == "inputs_and_outputs"
+    held = {"x1": 0.2, "x2": 0.5, "x3": 0.5, "x4": 0.9}
+    with SurrogateClient(base_url) as client:
+        info = client.model()
+        # when
+        figure = client.plot_slices({"x1": 0.2, "x4": 0.9}, points=20, near=0.3)
+        without = client.plot_slices(points=20, near=None)
+    rendered(figure, tmp_path / "slices-with-points.png")
+    # then each slice has a dot per nearby training point, at its feature's value and its output
+    drawn = 0
+    for ax, feature in zip(figure.axes, info.features, strict=True):
+        chosen = expected_near(training, info.bounds, feature, held, 0.3)
+        [dots] = [c for c in ax.collections if isinstance(c, PathCollection)]
+        expected = [(training["inputs"][feature][i], training["outputs"]["y"][i]) for i in chosen]
+        np.testing.assert_array_equal(dots.get_offsets(), np.array(expected).reshape(-1, 2))
+        drawn += len(chosen)
+    assert drawn > 0
+    # and near=None draws none
+    assert not [c for ax in without.axes for c in ax.collections if isinstance(c, PathCollection)]
+
+
+def test_slices_of_a_model_publishing_inputs_only_draw_them_as_ticks_along_the_foot(tmp_path: Path):
+    # given a service (scripted) whose model publishes its training inputs, not their outputs
+    inputs = {"x1": [0.1, 0.5, 0.9], "x2": [0.5, 0.5, 0.0]}
+    model = {"name": "m", "version": "1", "features": ["x1", "x2"], "outputs": ["y"],
+             "bounds": {"x1": [0.0, 1.0], "x2": [0.0, 1.0]}, "limits": {"max_batch_size": 10_000},
+             "published_training_data": "inputs"}  # fmt: skip
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if request.url.path == "/model":
+            return httpx.Response(200, json=model)
+        if request.url.path == "/model/training-data":
+            return httpx.Response(200, json={"published": "inputs", "n_points": 3, "inputs": inputs, "outputs": None})
+        n = len(json.loads(request.content)["x1"])
+        return httpx.Response(200, json={"mean": [1.0] * n, "variance": [0.01] * n})
+
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client:
+        # when
+        figure = client.plot_slices(points=10, near=0.1)
+        client.plot_slices(points=10)
+    rendered(figure, tmp_path / "ticks.png")
+    # then along x1 (x2 held at 0.5) the two points with x2 = 0.5 are ticks at the foot, in axes coordinates
+    x1_axes, x2_axes = figure.axes
+    [ticks] = [c for c in x1_axes.collections if isinstance(c, PathCollection)]
+    np.testing.assert_array_equal(ticks.get_offsets(), [[0.1, 0.03], [0.5, 0.03]])
+    assert ticks.get_offset_transform() == x1_axes.get_xaxis_transform()
+    # and along x2 (x1 held at 0.5) only the middle point is near
+    [ticks] = [c for c in x2_axes.collections if isinstance(c, PathCollection)]
+    np.testing.assert_array_equal(ticks.get_offsets(), [[0.5, 0.03]])
+    # and the points were fetched once
+    assert asked.count("/model/training-data") == 1
+
+
 def test_slices_and_contours_of_a_two_output_model_have_a_row_per_output(plant_server, tmp_path: Path):
     base_url, _ = plant_server
     with SurrogateClient(base_url) as client:
@@ -71,6 +142,7 @@ def test_slices_and_contours_of_a_two_output_model_have_a_row_per_output(plant_s
         with pytest.raises(ValueError, match="unknown feature"):
             client.plot_slices({"altitude": 3.0})
     rendered(slices, tmp_path / "slices.png")
+    assert not [c for ax in slices.axes for c in ax.collections if isinstance(c, PathCollection)], "none published"
     rendered(contours, tmp_path / "contours.png")
     rendered(one, tmp_path / "one-output.png")
     assert len(slices.axes) == len(info.features) * 2

@@ -88,6 +88,7 @@ def traces(browser: webdriver.Chrome, chart_id: str) -> dict[str, dict[str, Any]
     """A chart's traces by name, as Plotly holds them."""
     data = browser.execute_script(
         "return (document.getElementById(arguments[0]).data || []).map(t => ({name: t.name, x: t.x, y: t.y, z: t.z,"
+        " yaxis: t.yaxis || 'y', customdata: t.customdata || null,"
         " error_y: t.error_y ? {array: t.error_y.array, arrayminus: t.error_y.arrayminus} : null}))",
         chart_id,
     )
@@ -142,6 +143,38 @@ def assert_pictures_match_predict(browser: webdriver.Chrome, base_url: str, mode
     assert [v for row in std_trace["z"] for v in row] == pytest.approx(std, rel=STD_REL)
 
 
+def assert_training_points_near_each_slice(
+    browser: webdriver.Chrome, base_url: str, model: dict, output: str, headers: dict[str, str] | None = None
+) -> int:
+    """Each slice draws exactly the published training points near the sliders (as the page's note defines near:
+    the root mean square, over the other features, of each difference over its range): at their observed values,
+    or, with inputs only published, as ticks on an axis of their own. Returns how many points were drawn."""
+    training = httpx.get(f"{base_url}/model/training-data", headers=headers, timeout=30).json()
+    values, near = sliders(browser), browser.execute_script("return window.explorer.state.near")
+    near = math.inf if near is None else near  # JSON has no Infinity: "any distance" arrives as null
+    features, bounds = model["features"], model["bounds"]
+    drawn_in_all = 0
+    for feature in features:
+        others = [f for f in features if f != feature]
+        expected = []
+        for i in range(training["n_points"]):
+            squares = [((training["inputs"][f][i] - values[f]) / (bounds[f][1] - bounds[f][0])) ** 2 for f in others]
+            distance = math.sqrt(sum(squares) / len(others)) if others else 0.0
+            if distance <= near:
+                expected.append((i, distance))
+        points = traces(browser, f"slice-{feature}")["training points"]
+        assert [index for index, _ in points["customdata"]] == [i for i, _ in expected], feature
+        assert [d for _, d in points["customdata"]] == pytest.approx([d for _, d in expected], abs=1e-12)
+        assert points["x"] == [training["inputs"][feature][i] for i, _ in expected]
+        if training["outputs"] is not None:
+            assert points["yaxis"] == "y"
+            assert points["y"] == [training["outputs"][output][i] for i, _ in expected]
+        else:
+            assert points["yaxis"] == "y2"  # ticks along the foot
+        drawn_in_all += len(expected)
+    return drawn_in_all
+
+
 def move(browser: webdriver.Chrome, feature: str, key: str, presses: int) -> None:
     """Move a slider with the keyboard, as a person would, then wait for the pictures to follow."""
     before = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-redraws"))
@@ -176,14 +209,19 @@ def test_the_page_draws_the_deployed_model_and_follows_its_sliders(browser, depl
         assert fact in card
     for output, metrics in (model.get("holdout") or {}).items():
         assert output in browser.find_element(By.ID, "metrics-table").text, metrics
-    # and says that it has no training points to show, rather than drawing any
-    assert "Training points are not drawn" in browser.find_element(By.ID, "training-note").text
     assert not browser.find_element(By.ID, "output-choice").is_displayed()  # one output: nothing to choose
     # and every slice and 2-D picture is /predict's answer at the middle of the bounds
     middle = {f: (low + high) / 2 for f, (low, high) in model["bounds"].items()}
     assert sliders(browser) == pytest.approx(middle)
     output = model["outputs"][0]
     assert_pictures_match_predict(browser, base_url, model, output)
+    # and the training points near each slice, where the manifest publishes them (the Park example does)
+    note = browser.find_element(By.ID, "training-note").text
+    if model.get("published_training_data"):
+        assert "are drawn as" in note
+        assert assert_training_points_near_each_slice(browser, base_url, model, output) > 0
+    else:
+        assert "Training points are not drawn: this model's manifest does not publish" in note
     first, last = model["features"][0], model["features"][-1]
     before = traces(browser, f"slice-{first}")["mean"]["y"]
     screenshot(browser, tmp_path / "explorer-deployed.png")
@@ -196,6 +234,16 @@ def test_the_page_draws_the_deployed_model_and_follows_its_sliders(browser, depl
     assert values[first] < middle[first]
     assert traces(browser, f"slice-{first}")["mean"]["y"] != pytest.approx(before)
     assert_pictures_match_predict(browser, base_url, model, output)
+    if model.get("published_training_data"):  # the points near the slices follow the sliders too
+        assert_training_points_near_each_slice(browser, base_url, model, output)
+        # and "any distance" draws every point on every slice, with no request to the API
+        redraws = browser.find_element(By.TAG_NAME, "body").get_attribute("data-redraws")
+        Select(browser.find_element(By.ID, "near-select")).select_by_visible_text("any distance")
+        n_points = httpx.get(f"{base_url}/model/training-data", timeout=30).json()["n_points"]
+        drawn = assert_training_points_near_each_slice(browser, base_url, model, output)
+        assert drawn == n_points * len(model["features"])
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-redraws") == redraws
+        Select(browser.find_element(By.ID, "near-select")).select_by_visible_text("15%")
     # and the two features of the 2-D view can be changed (choosing the other's swaps them)
     Select(browser.find_element(By.ID, "feature-a")).select_by_value(model["features"][1])
     WebDriverWait(browser, WAIT_S).until(lambda b: b.execute_script("return window.explorer.state.featureB") == first)
@@ -241,6 +289,11 @@ def test_a_two_output_model_has_an_output_selector_and_draws_the_chosen_output(b
     assert console_errors(browser) == []
     selector = Select(browser.find_element(By.ID, "output-select"))
     assert [o.get_attribute("value") for o in selector.options] == model["outputs"]
+    # (its manifest publishes no training points: the page says so, and draws none)
+    assert "published_training_data" not in model
+    assert "does not publish the 60 points" in browser.find_element(By.ID, "training-note").text
+    assert not browser.find_element(By.ID, "near-choice").is_displayed()
+    assert "training points" not in traces(browser, f"slice-{model['features'][0]}")
     first, second = model["outputs"]
     assert_pictures_match_predict(browser, base_url, model, first)
     # when the second output is chosen
@@ -284,6 +337,12 @@ def test_with_an_api_key_the_page_is_open_and_asks_for_the_key_once(browser, key
     settled(browser)
     assert not browser.find_element(By.ID, "key-form").is_displayed()
     assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-redraws") == "1"
+    # and the training inputs the manifest publishes (GET /model/training-data, with the key) are ticks on the slices
+    model = httpx.get(f"{base_url}/model", headers={"x-api-key": "s3cret"}, timeout=30).json()
+    assert model["published_training_data"] == "inputs"
+    assert "ticks along the foot of each slice" in browser.find_element(By.ID, "training-note").text
+    assert browser.execute_script("return window.explorer.state.training.outputs") is None
+    assert_training_points_near_each_slice(browser, base_url, model, model["outputs"][0], {"x-api-key": "s3cret"})
     assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-sensitivity") == "unavailable"
     assert "analysis not available" in browser.find_element(By.ID, "sensitivity-note").text
     assert not browser.find_element(By.ID, "sensitivity").is_displayed()

@@ -86,6 +86,8 @@ calls = {
     "suggest-ei": ("POST", "/suggest", {"q": 2, "acquisition": "expected_improvement", "goal": "maximize"}, None),
     "suggest-ivr": ("POST", "/suggest", {"q": 2, "acquisition": "integrated_variance", "pending": [point]}, None),
 }
+if manifest.published_training_data:  # elsewhere a 404, which needs no model at all
+    calls["training-data"] = ("GET", "/model/training-data", None, None)
 statuses = {}
 for label, (method, path, body, query) in calls.items():
     event = api_event(method, path, body)

@@ -32,6 +32,7 @@ from handler.api.schemas import (
     UploadSpec,
     request_schemas,
     response_schemas,
+    training_data_schema,
 )
 
 if TYPE_CHECKING:
@@ -230,6 +231,40 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
         },
     )
     def model() -> ModelDescription:
+        raise NotImplementedError
+
+    @docs.get(
+        "/model/training-data",
+        summary="The points the model was fitted on, as columns, where its manifest publishes them",
+        description=(
+            "Published only where the model was packaged with `--publish-training-data inputs` (their inputs) or "
+            "`inputs_and_outputs`; otherwise 404. The explorer page draws the points near each slice."
+        ),
+        tags=["service"],
+        operation_id="trainingData",
+        responses={
+            200: {
+                "description": "The published training points.",
+                "content": {"application/json": {"model": training_data_schema(manifest.features, manifest.outputs)}},
+            },
+            404: _error(
+                "The model's manifest publishes no training data.",
+                {
+                    "error": "training data not published",
+                    "details": [
+                        {
+                            "field": "path",
+                            "message": "this model's manifest publishes no training data "
+                            "(package_model.py --publish-training-data)",
+                        }
+                    ],
+                },
+            ),
+            503: errors[503],
+            500: errors[500],
+        },
+    )
+    def training_data() -> dict[str, Any]:
         raise NotImplementedError
 
     @docs.get(

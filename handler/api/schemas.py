@@ -166,6 +166,12 @@ class ModelManifest(BaseModel):
         exclude_if=lambda posterior: posterior is None,
         description="The posterior file's arrays (format npz).",
     )
+    published_training_data: Literal["inputs", "inputs_and_outputs"] | None = Field(
+        default=None,
+        exclude_if=lambda published: published is None,
+        description="What GET /model/training-data serves of the points the model was fitted on: their inputs, or "
+        "their inputs and outputs (package_model.py --publish-training-data); absent: nothing, and it answers 404.",
+    )
     predict_through_gpy: str | None = Field(
         default=None,
         exclude_if=lambda reason: reason is None,  # absent, not null: manifests written before it stay as they are
@@ -197,6 +203,10 @@ class ModelManifest(BaseModel):
             raise ValueError("a posterior file (format npz) and only one has a posterior description")
         if self.schema_version == 2 and self.format != "pickle":
             raise ValueError("schema_version 2 manifests describe pickles")
+        if self.posterior is not None and self.published_training_data is not None:
+            wanted = {"training_inputs"} | ({"training_outputs"} if self.published_training_data != "inputs" else set())
+            if not wanted <= set(self.posterior.arrays):
+                raise ValueError(f"published_training_data needs the posterior arrays {sorted(wanted)}")
         return self
 
 
@@ -348,6 +358,28 @@ class ModelDescription(ModelManifest):
     """GET /model: the manifest, and the limits of this deployment (for clients that split their work)."""
 
     limits: DeploymentLimits
+
+
+def training_data_schema(features: tuple[str, ...], outputs: tuple[str, ...]) -> type[BaseModel]:
+    """GET /model/training-data's answer for these features and outputs."""
+    inputs = create_model(  # type: ignore[call-overload]
+        "TrainingInputs",
+        __doc__="Each feature's values at the training points, in the same order for every feature.",
+        **{f"feature_{i}": (list[float], Field(alias=name)) for i, name in enumerate(features)},
+    )
+    values = create_model(  # type: ignore[call-overload]
+        "TrainingOutputs",
+        __doc__="Each output's observed values at the training points, in the inputs' order.",
+        **{f"output_{i}": (list[float], Field(alias=name)) for i, name in enumerate(outputs)},
+    )
+    return create_model(
+        "TrainingData",
+        __doc__="The points the model was fitted on, as far as its manifest publishes them.",
+        published=(Literal["inputs", "inputs_and_outputs"], Field(description="The manifest's choice.")),
+        n_points=(int, Field(ge=1)),
+        inputs=(inputs, ...),
+        outputs=(values | None, Field(description="null where only the inputs are published.")),
+    )
 
 
 # --- asynchronous jobs --------------------------------------------------------------------------------

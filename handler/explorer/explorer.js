@@ -16,6 +16,7 @@
   const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
   const BAND_COLOUR = "rgba(31, 119, 180, 0.2)";
   const LINE_COLOUR = "rgb(31, 119, 180)";
+  const POINT_COLOUR = "rgb(214, 39, 40)";
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -29,6 +30,8 @@
     inFlight: false,
     stale: false,
     sensitivity: null, // POST /sensitivity's answer, per output
+    training: null, // GET /model/training-data, where the manifest publishes it
+    near: 0.15, // a training point is drawn on a slice within this distance of the sliders (see nearSlice)
     timings: [], // ms from a redraw's request to its pictures drawn
     requestTimings: [], // of which the request (POST /predict) took
   };
@@ -155,10 +158,24 @@
       });
       $("metrics-table").tBodies[0].replaceChildren(...rows);
     }
-    // The manifest describes the training set (its size and bounds) but holds none of it, and no route serves it.
-    $("training-note").textContent = `Training points are not drawn: GET /model says the model was trained on ${model.n_train} `
-      + "points within the bounds above, but neither it nor any other route serves the points themselves (the "
-      + "packaged posterior holds the training inputs, not their outputs).";
+    trainingNote(model);
+  }
+
+  function trainingNote(model) {
+    const published = model.published_training_data;
+    $("near-choice").hidden = !state.training;
+    if (!published) {
+      $("training-note").textContent = `Training points are not drawn: this model's manifest does not publish the `
+        + `${model.n_train} points it was trained on (its owner packages it with --publish-training-data to show them).`;
+    } else if (!state.training) {
+      $("training-note").textContent = "Training points are not drawn: GET /model/training-data did not answer.";
+    } else {
+      const where = published === "inputs"
+        ? "as ticks along the foot of each slice (the manifest publishes their inputs, not their outputs)"
+        : "as dots at their observed values";
+      $("training-note").textContent = `Training points whose other features are near the sliders' values (root `
+        + `mean square of each difference over the feature's range) are drawn ${where}; fainter is farther.`;
+    }
   }
 
   function options(select, names, chosen) {
@@ -209,6 +226,10 @@
     state.output = event.target.value;
     if (state.last) draw(); // the answer has every output already
     drawSensitivity();
+  });
+  $("near-select").addEventListener("change", (event) => {
+    state.near = Number(event.target.value);
+    if (state.last) draw(); // nothing to ask the API: the points are here
   });
   $("variance-select").addEventListener("change", (event) => {
     state.variance = event.target.value;
@@ -343,6 +364,45 @@
     return Promise.all(drawn);
   }
 
+  // The published training points near a slice: those whose other features are within `state.near` of the
+  // sliders' values, as the root mean square of each difference over its feature's range.
+  function nearSlice(feature, values) {
+    const { features, bounds } = state.model;
+    const others = features.filter((f) => f !== feature);
+    const inputs = state.training.inputs;
+    const near = [];
+    for (let i = 0; i < state.training.n_points; i += 1) {
+      let sum = 0;
+      for (const f of others) {
+        const [low, high] = bounds[f];
+        sum += ((inputs[f][i] - values[f]) / (high - low)) ** 2;
+      }
+      const distance = others.length ? Math.sqrt(sum / others.length) : 0;
+      if (distance <= state.near) near.push({ index: i, distance });
+    }
+    return near;
+  }
+
+  function trainingTrace(feature, values) {
+    const near = nearSlice(feature, values);
+    const outputs = state.training.outputs;
+    const limit = Number.isFinite(state.near) && state.near > 0 ? state.near : 1;
+    const opacity = near.map(({ distance }) => 1 - 0.75 * Math.min(1, distance / limit));
+    const trace = {
+      x: near.map(({ index }) => state.training.inputs[feature][index]),
+      customdata: near.map(({ index, distance }) => [index, distance]),
+      name: "training points", showlegend: false,
+      hovertemplate: `${feature} %{x}<br>training point %{customdata[0]}, distance %{customdata[1]:.3f}<extra></extra>`,
+    };
+    if (outputs) {
+      return { ...trace, y: near.map(({ index }) => outputs[state.output][index]), mode: "markers",
+        marker: { color: POINT_COLOUR, size: 6, opacity } };
+    }
+    // Inputs only: ticks along the foot of the chart, on an axis of their own spanning its height.
+    return { ...trace, y: near.map(() => 0.03), yaxis: "y2", mode: "markers",
+      marker: { symbol: "line-ns-open", color: POINT_COLOUR, size: 12, opacity, line: { width: 2 } } };
+  }
+
   function drawSlice(chart, part, m, s, values) {
     const traces = [
       { x: part.xs, y: m.map((v, i) => v - 2 * s[i]), name: "lower", mode: "lines", line: { width: 0 },
@@ -351,11 +411,13 @@
         fill: "tonexty", fillcolor: BAND_COLOUR, hoverinfo: "skip", showlegend: false },
       { x: part.xs, y: m, name: "mean", mode: "lines", line: { color: LINE_COLOUR, width: 2 } },
     ];
+    if (state.training) traces.push(trainingTrace(part.feature, values));
     const at = values[part.feature];
     const layout = {
       height: 240, margin: { l: 60, r: 10, t: 10, b: 45 }, showlegend: false,
       xaxis: { title: { text: part.feature }, range: state.model.bounds[part.feature] },
       yaxis: { title: { text: state.output } },
+      yaxis2: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
       shapes: [{ type: "line", xref: "x", yref: "paper", x0: at, x1: at, y0: 0, y1: 1,
         line: { dash: "dash", width: 1, color: "#555" } }],
     };
@@ -440,6 +502,14 @@
       state.model = await call("GET", "model");
     } catch (error) {
       return failed(error);
+    }
+    if (state.model.published_training_data) {
+      try {
+        state.training = await call("GET", "model/training-data");
+      } catch (error) {
+        if (needsKey(error)) return failed(error);
+        state.training = null; // the pictures go on without the points; the note says why
+      }
     }
     card(state.model);
     controls(state.model);

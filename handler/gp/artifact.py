@@ -29,6 +29,8 @@ FORMATS = {"npz": ".npz", "pickle": ".pkl"}  # the artifact's format, and the su
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 MAX_MANIFEST_BYTES = 1024 * 1024
 DOWNLOAD_CHUNK_BYTES = 8 * 2**20
+# What of its training points a manifest lets GET /model/training-data serve (`published_training_data`).
+PUBLISHED_TRAINING_DATA = ("inputs", "inputs_and_outputs")
 
 
 class ModelUnavailableError(RuntimeError):
@@ -82,6 +84,7 @@ class Manifest:
     outputs: tuple[str, ...]
     bounds: np.ndarray  # (n_features, 2): lower, upper
     document: dict[str, Any]  # the whole file, for GET /model
+    published_training_data: str | None = None  # one of PUBLISHED_TRAINING_DATA; None: nothing is published
 
     @classmethod
     def parse(cls, text: bytes) -> Manifest:
@@ -123,7 +126,12 @@ class Manifest:
             raise ValueError("each bound must be a [lower, upper] pair of numbers") from None
         if not (np.isfinite(bounds_array).all() and np.all(bounds_array[:, 0] < bounds_array[:, 1])):
             raise ValueError("each bound must be finite with lower < upper")
-        return cls(model_type, artifact_format, sha256, name, version, features, outputs, bounds_array, document)
+        published = document.get("published_training_data")
+        if published is not None and published not in PUBLISHED_TRAINING_DATA:
+            raise ValueError(f"published_training_data must be one of {', '.join(PUBLISHED_TRAINING_DATA)} or absent")
+        return cls(
+            model_type, artifact_format, sha256, name, version, features, outputs, bounds_array, document, published
+        )
 
     def domain(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper limits of the inputs: the training bounds widened by `margin` x each range."""

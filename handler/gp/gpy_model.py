@@ -18,7 +18,7 @@ import numpy as np
 
 from handler.gp import posterior as posterior_module
 from handler.gp.artifact import Manifest, atomic_write
-from handler.gp.model import SurrogateModel
+from handler.gp.model import SurrogateModel, TrainingData
 from handler.gp.posterior import GPPosterior, Prediction
 from handler.gp.unpickling import load_pickle
 
@@ -99,6 +99,9 @@ class GPRegressionModel(SurrogateModel):
 
     def training_inputs(self) -> np.ndarray:
         return np.asarray(self.gp.X, dtype=float)
+
+    def training_data(self) -> TrainingData:
+        return TrainingData(self.training_inputs(), np.asarray(self.gp.Y, dtype=float))  # Y: GPy's, not normalised
 
     def predict(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
         if self.posterior is not None:

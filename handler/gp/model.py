@@ -27,6 +27,14 @@ from handler.gp.posterior import GPPosterior, Prediction
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """Points the model was fitted on, in original units: (n, d) inputs and, when published, (n, p) outputs."""
+
+    inputs: np.ndarray
+    outputs: np.ndarray | None
+
+
 class SurrogateModel(ABC):
     """What the service needs of a model: `PosteriorModel` (numpy) or, for the GPy route, handler.gp.gpy_model's."""
 
@@ -60,6 +68,10 @@ class SurrogateModel(ABC):
         """The inputs the model was fitted on, if it keeps them (for default bounds)."""
         return None
 
+    def training_data(self) -> TrainingData | None:
+        """The training points its artifact holds for publishing, if any (GET /model/training-data)."""
+        return None
+
     def gradients(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """d mean / dx and d variance / dx, (n, input_dim, output_dim) each; models that can say, say."""
         raise NotImplementedError(f"{type(self).__name__} gives no gradients")
@@ -77,8 +89,9 @@ class PosteriorModel(SurrogateModel):
 
     model_type = "posterior file"
 
-    def __init__(self, posterior: GPPosterior) -> None:
+    def __init__(self, posterior: GPPosterior, training: TrainingData | None = None) -> None:
         self.posterior = posterior
+        self.training = training
 
     @classmethod
     def load(cls, path: Path, manifest: Manifest | None = None) -> Self:
@@ -87,7 +100,10 @@ class PosteriorModel(SurrogateModel):
         document = manifest.document
         arrays = posterior_file.read(path, document.get("posterior"), len(manifest.features), len(manifest.outputs))
         kernel = (document.get("kernel") or {}).get("name")
-        model = cls(GPPosterior.from_arrays(str(kernel), arrays))
+        training = None
+        if "training_inputs" in arrays:
+            training = TrainingData(arrays["training_inputs"], arrays.get("training_outputs"))
+        model = cls(GPPosterior.from_arrays(str(kernel), arrays), training)
         # Finite numbers can still overflow (a lengthscale of 1e-300): answer for the bounds' corners and centre
         # now, so such a file is a 503 at load, not a 500 on every request.
         corners = manifest.bounds.T
@@ -109,6 +125,9 @@ class PosteriorModel(SurrogateModel):
     def training_inputs(self) -> np.ndarray | None:
         return self.posterior.inputs if self.posterior.inference == "exact" else None
 
+    def training_data(self) -> TrainingData | None:
+        return self.training
+
     def predict(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
         return self.posterior.predict(X, latent=latent)
 
@@ -123,6 +142,7 @@ class PosteriorModel(SurrogateModel):
 class LoadedModel:
     model: SurrogateModel
     manifest: Manifest
+    training_data: TrainingData | None = None  # what the manifest publishes of it
 
 
 def load_model(source: ArtifactSource, manifest: Manifest | None = None) -> LoadedModel:
@@ -155,7 +175,28 @@ def load_model(source: ArtifactSource, manifest: Manifest | None = None) -> Load
         raise ModelUnavailableError(
             f"model has {model.output_dim} outputs but its manifest lists {len(manifest.outputs)}"
         )
-    return LoadedModel(model, manifest)
+    return LoadedModel(model, manifest, _published(model, manifest))
+
+
+def _published(model: SurrogateModel, manifest: Manifest) -> TrainingData | None:
+    """The training points the manifest publishes, checked against it; ModelUnavailableError if they are not there."""
+    if manifest.published_training_data is None:
+        return None
+    held = model.training_data()
+    with_outputs = manifest.published_training_data == "inputs_and_outputs"
+    if held is None or (with_outputs and held.outputs is None):
+        raise ModelUnavailableError(
+            f"the manifest publishes training {manifest.published_training_data}, which the artifact does not hold"
+        )
+    n, d, p = len(held.inputs), len(manifest.features), len(manifest.outputs)
+    outputs = held.outputs if with_outputs else None
+    if held.inputs.shape != (n, d) or (outputs is not None and outputs.shape != (n, p)):
+        raise ModelUnavailableError("the published training points do not have the manifest's features and outputs")
+    if n * (d + (p if with_outputs else 0)) > posterior_file.MAX_PUBLISHED_VALUES:
+        raise ModelUnavailableError(f"more than {posterior_file.MAX_PUBLISHED_VALUES} training values to publish")
+    if not (np.isfinite(held.inputs).all() and (outputs is None or np.isfinite(outputs).all())):
+        raise ModelUnavailableError("the published training points hold values that are not finite")
+    return TrainingData(held.inputs, outputs)
 
 
 def _read(source: ArtifactSource, manifest: Manifest, model_class: type[SurrogateModel]) -> SurrogateModel:

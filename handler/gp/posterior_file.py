@@ -32,6 +32,11 @@ MEMBERS: dict[str, tuple[str, ...]] = {
     "y_std": ("p",),
 }
 VARIANCE_FACTOR = {"exact": "cholesky_inverse", "sparse": "woodbury_inverse"}  # (m, m) each
+# The training points, in a file whose model publishes them (the manifest's `published_training_data`): n of them.
+TRAINING_MEMBERS: dict[str, tuple[str, ...]] = {"training_inputs": ("n", "d"), "training_outputs": ("n", "p")}
+# GET /model/training-data answers every published value as JSON (~20 bytes each): 200,000 make ~4 MB, under
+# Lambda's 6 MB response limit. Packaging refuses to publish more.
+MAX_PUBLISHED_VALUES = 200_000
 # m: the (m, m) factor is held once (8 m^2 bytes) and predictions cost m^2 per point. At 8,000 it is 512 MB, which
 # a 1769 MB function loads (measured: loading peaks near twice the factor) and answers 1,000 points of in ~0.2 s.
 MAX_INPUTS = 8_000
@@ -43,11 +48,14 @@ class PosteriorFileError(ValueError):
     """The file is not the posterior its manifest describes; the message says what differs."""
 
 
-def members(inference: str) -> dict[str, tuple[str, ...]]:
-    """Every member of a posterior file of this inference, with its symbolic shape."""
+def members(inference: str, training: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Every member of a posterior file of this inference, with its symbolic shape; `training`: the published
+    training members it holds as well (`training_inputs`, and `training_outputs` with it)."""
     if inference not in INFERENCES:
         raise PosteriorFileError(f"inference must be one of {', '.join(INFERENCES)}, got {inference!r}")
-    return {**MEMBERS, VARIANCE_FACTOR[inference]: ("m", "m")}
+    if set(training) not in ({*()}, {"training_inputs"}, {"training_inputs", "training_outputs"}):
+        raise PosteriorFileError("training_outputs come with training_inputs")
+    return {**MEMBERS, VARIANCE_FACTOR[inference]: ("m", "m"), **{name: TRAINING_MEMBERS[name] for name in training}}
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -57,7 +65,7 @@ def array_sha256(array: np.ndarray) -> str:
 
 def encode(arrays: Mapping[str, np.ndarray], inference: str) -> tuple[bytes, dict[str, Any]]:
     """The file's bytes and the manifest's description of them ({"inference", "arrays": {name: shape, sha256}})."""
-    expected = members(inference)
+    expected = members(inference, tuple(name for name in TRAINING_MEMBERS if name in arrays))
     if set(arrays) != set(expected):
         raise PosteriorFileError(f"expected arrays {sorted(expected)}, got {sorted(arrays)}")
     clean = {name: np.array(arrays[name], dtype="<f8", order="C") for name in expected}  # 0-d stays 0-d
@@ -73,10 +81,12 @@ def encode(arrays: Mapping[str, np.ndarray], inference: str) -> tuple[bytes, dic
 def expected_shapes(description: Any, n_features: int, n_outputs: int) -> dict[str, tuple[int, ...]]:
     """Each array's shape, from the manifest's `posterior` description; PosteriorFileError if it does not fit."""
     inference, listed = _described(description)
-    expected = members(inference)
+    expected = members(inference, tuple(name for name in TRAINING_MEMBERS if name in listed))
     if set(listed) != set(expected):
         raise PosteriorFileError(f"the manifest lists arrays {sorted(listed)}, expected {sorted(expected)}")
     sizes = {"m": _declared_m(listed), "d": n_features, "p": n_outputs}
+    if "training_inputs" in listed:
+        sizes["n"] = _declared_n(listed, n_features + n_outputs * ("training_outputs" in listed))
     shapes = {name: tuple(sizes[s] for s in symbolic) for name, symbolic in expected.items()}
     for name, shape in shapes.items():
         if tuple(listed[name].get("shape", ())) != shape:
@@ -155,4 +165,13 @@ def _declared_m(listed: dict[str, Any]) -> int:
     shape = listed.get("inputs", {}).get("shape")
     if not (isinstance(shape, list) and len(shape) == 2 and type(shape[0]) is int and 1 <= shape[0] <= MAX_INPUTS):
         raise PosteriorFileError(f"inputs: the manifest's shape must be [m, d] with 1 <= m <= {MAX_INPUTS}")
+    return shape[0]
+
+
+def _declared_n(listed: dict[str, Any], values_per_point: int) -> int:
+    shape = listed["training_inputs"].get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and type(shape[0]) is int and shape[0] >= 1):
+        raise PosteriorFileError("training_inputs: the manifest's shape must be [n, d] with n >= 1")
+    if shape[0] * values_per_point > MAX_PUBLISHED_VALUES:
+        raise PosteriorFileError(f"training_inputs: more than {MAX_PUBLISHED_VALUES} published values")
     return shape[0]

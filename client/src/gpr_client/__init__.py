@@ -1,5 +1,23 @@
 """Client of the GPR surrogate API: `SurrogateClient(base_url, api_key)`."""
 
-from gpr_client.client import ApiError, Job, JobFailedError, JobResults, Predictions, Suggestions, SurrogateClient
+from gpr_client.client import (
+    ApiError,
+    Job,
+    JobFailedError,
+    JobResults,
+    Predictions,
+    Suggestions,
+    SurrogateClient,
+    TrainingData,
+)
 
-__all__ = ["ApiError", "Job", "JobFailedError", "JobResults", "Predictions", "Suggestions", "SurrogateClient"]
+__all__ = [
+    "ApiError",
+    "Job",
+    "JobFailedError",
+    "JobResults",
+    "Predictions",
+    "Suggestions",
+    "SurrogateClient",
+    "TrainingData",
+]

@@ -88,6 +88,16 @@ class ModelInfo:
     bounds: dict[str, tuple[float, float]]
     max_batch_size: int
     max_job_points: int | None
+    published_training_data: str | None = None  # "inputs", "inputs_and_outputs", or None: nothing published
+
+
+@dataclass
+class TrainingData:
+    """The training points a model publishes (GET /model/training-data), in the model's feature and output order."""
+
+    published: str  # "inputs" or "inputs_and_outputs"
+    inputs: np.ndarray  # (n, n_features)
+    outputs: np.ndarray | None  # (n, n_outputs), where published
 
 
 @dataclass
@@ -227,6 +237,7 @@ class SurrogateClient:
         self.max_attempts = max_attempts
         self._batch_size = batch_size
         self._model: ModelInfo | None = None
+        self._training: TrainingData | None = None
 
     def __enter__(self) -> SurrogateClient:
         return self
@@ -279,8 +290,27 @@ class SurrogateClient:
                 bounds={k: (float(v[0]), float(v[1])) for k, v in doc["bounds"].items()},
                 max_batch_size=int(limits.get("max_batch_size", 10_000)),
                 max_job_points=limits.get("max_job_points"),
+                published_training_data=doc.get("published_training_data"),
             )
         return self._model
+
+    def training_data(self) -> TrainingData | None:
+        """GET /model/training-data, once: the points the model was fitted on, where its manifest publishes them;
+        None where it publishes none."""
+        info = self.model()
+        if info.published_training_data is None:
+            return None
+        if self._training is None:
+            doc = self._request("GET", "/model/training-data").json()
+            outputs = doc.get("outputs")
+            self._training = TrainingData(
+                published=doc["published"],
+                inputs=np.column_stack([np.asarray(doc["inputs"][f], dtype=float) for f in info.features]),
+                outputs=None
+                if outputs is None
+                else np.column_stack([np.asarray(outputs[o], dtype=float) for o in info.outputs]),
+            )
+        return self._training
 
     def _points(self, X: Any) -> np.ndarray:
         """X as an (N, n_features) float array in the model's feature order (a DataFrame by column name)."""
@@ -474,12 +504,17 @@ class SurrogateClient:
         output: str | None = None,
         points: int = 60,
         latent: bool = True,
+        near: float | None = 0.15,
     ) -> Figure:
         """The mean along each feature in a band of two standard deviations, the others held at `at` (default: the
-        middle of the bounds); one row per output unless `output` names one. A matplotlib Figure (`.savefig(path)`)."""
+        middle of the bounds); one row per output unless `output` names one. A matplotlib Figure (`.savefig(path)`).
+
+        Where the model publishes its training points, those `near` the held values are drawn too (the root mean
+        square, over the other features, of each difference over its range; None: none): dots at their outputs, or
+        ticks along the foot where only inputs are published."""
         from gpr_client import plots
 
-        return plots.slices(self, at, output, points, latent)
+        return plots.slices(self, at, output, points, latent, near)
 
     def plot_contour(
         self,

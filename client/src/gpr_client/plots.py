@@ -48,12 +48,31 @@ def _describe(values: Mapping[str, float], leave_out: tuple[str, ...]) -> str:
     return ", ".join(held) if held else "no other feature"
 
 
+def near_points(info: ModelInfo, inputs: np.ndarray, feature: str, values: Mapping[str, float], near: float):
+    """Indices of the training points near the slice along `feature` (as the explorer page chooses them), and their
+    distances: the root mean square, over the other features, of each difference over its range."""
+    others = [i for i, f in enumerate(info.features) if f != feature]
+    if not others:
+        return np.arange(len(inputs)), np.zeros(len(inputs))
+    ranges = np.array([info.bounds[info.features[i]][1] - info.bounds[info.features[i]][0] for i in others])
+    held = np.array([values[info.features[i]] for i in others])
+    distance = np.sqrt(np.mean(((inputs[:, others] - held) / ranges) ** 2, axis=1))
+    chosen = np.flatnonzero(distance <= near)
+    return chosen, distance[chosen]
+
+
 def slices(
-    client: SurrogateClient, at: Mapping[str, float] | None, output: str | None, points: int, latent: bool
+    client: SurrogateClient,
+    at: Mapping[str, float] | None,
+    output: str | None,
+    points: int,
+    latent: bool,
+    near: float | None = None,
 ) -> Figure:
     info = client.model()
     values = held_values(info, at)
     outputs = chosen_outputs(info, output)
+    training = client.training_data() if near is not None else None
     base = np.array([values[f] for f in info.features])
     grids = [np.linspace(*info.bounds[f], points) for f in info.features]
     X = np.tile(base, (points * len(info.features), 1))
@@ -72,6 +91,17 @@ def slices(
             ax.fill_between(grid, mean - band, mean + band, alpha=BAND_ALPHA, linewidth=0, label=r"$\pm 2\sigma$")
             ax.plot(grid, mean, label="mean")
             ax.axvline(values[feature], linestyle="--", linewidth=0.8, color="0.4")
+            if training is not None and near is not None:
+                chosen, distance = near_points(info, training.inputs, feature, values, near)
+                shade = 1 - 0.75 * np.minimum(1, distance / near) if near > 0 else np.ones(len(chosen))
+                colours = [(0.84, 0.15, 0.16, a) for a in shade]  # fainter is farther, as on the page
+                x = training.inputs[chosen, i]
+                if training.outputs is not None:
+                    ax.scatter(x, training.outputs[chosen, j], s=14, c=colours, label="training points", zorder=3)
+                else:  # inputs only: ticks along the foot (y in axes coordinates)
+                    foot = ax.get_xaxis_transform()
+                    ax.scatter(x, np.full(len(x), 0.03), marker="|", s=80, c=colours, transform=foot,
+                               label="training inputs", zorder=3)  # fmt: skip
             ax.set_xlabel(feature)
             if i == 0:
                 ax.set_ylabel(name)
