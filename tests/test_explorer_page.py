@@ -87,6 +87,8 @@ def test_each_asset_is_served_as_is_or_gzipped_with_its_type(deployed_app):
         # a browser's copy is revalidated by its ETag
         again = get(deployed_app, f"/explore/{name}", {"If-None-Match": header(plain, "ETag")})
         assert (again["statusCode"], again["body"]) == (304, None)
+        # and "*" matches whatever is current (RFC 9110)
+        assert get(deployed_app, f"/explore/{name}", {"If-None-Match": "*"})["statusCode"] == 304
     library = get(deployed_app, f"/explore/plotly-cartesian-{explorer.PLOTLY_VERSION}.min.js")
     assert "immutable" in header(library, "Cache-Control")  # its name carries its version
 
@@ -103,11 +105,20 @@ def test_the_page_with_a_trailing_slash_goes_up_to_where_its_relative_urls_work(
     assert (response["statusCode"], header(response, "Location")) == (301, "../explore")
 
 
+def test_head_answers_gets_headers_without_the_body(deployed_app):
+    for path in ("/explore", "/explore/explorer.js"):
+        full = get(deployed_app, path)
+        head = deployed_app.lambda_handler(api_event("HEAD", path), lambda_context())
+        assert (head["statusCode"], head["body"]) == (200, None)
+        for name in ("Content-Type", "ETag", "Content-Security-Policy", "Cache-Control"):
+            assert header(head, name) == header(full, name), name
+
+
 def test_other_methods_are_refused_with_405(deployed_app):
     event = api_event("POST", "/explore", body={})
     response = deployed_app.lambda_handler(event, lambda_context())
     assert response["statusCode"] == 405
-    assert header(response, "Allow") == "GET"
+    assert header(response, "Allow") == "GET, HEAD"
 
 
 def test_the_vendored_library_is_the_pinned_npm_package_with_its_licence():

@@ -1,6 +1,6 @@
 """The model explorer: one HTML page and its assets, served by the function itself (a Router in the app's resolver).
 
-    GET /explore            the page (handler/explorer/index.html)
+    GET /explore            the page (handler/explorer/index.html); HEAD as well, for both routes
     GET /explore/{asset}    its script, its stylesheet, the vendored chart library and that library's licence
 
 The page holds no data: it draws what the API answers (GET /model, POST /predict, POST /sensitivity), calling
@@ -85,8 +85,11 @@ def _serve(asset: Asset) -> Response:
     loaded = _load(asset)
     event = router.current_event
     headers = {**SECURITY_HEADERS, "Cache-Control": asset.cache_control, "ETag": loaded.etag, "Vary": "Accept-Encoding"}
-    if loaded.etag in _header_values(event.headers.get("if-none-match")):  # headers: case-insensitive
+    matches = _header_values(event.headers.get("if-none-match"))  # headers: case-insensitive
+    if loaded.etag in matches or "*" in matches:  # "*": any current representation (RFC 9110, 13.1.2)
         return Response(304, None, None, headers)
+    if event.http_method == "HEAD":  # GET's headers, without the body
+        return Response(200, asset.content_type, None, headers)
     accept = event.headers.get("accept-encoding") or ""
     if "gzip" in accept.lower():  # bytes: Powertools answers them base64-encoded, API Gateway decodes them
         return Response(200, asset.content_type, loaded.gzipped, {**headers, "Content-Encoding": "gzip"})
@@ -97,14 +100,14 @@ def _header_values(header: str | None) -> set[str]:
     return {value.strip().removeprefix("W/") for value in (header or "").split(",")}
 
 
-@router.get("/explore")
+@router.route("/explore", method=["GET", "HEAD"])
 def page() -> Response:
     if router.current_event.path.endswith("/"):  # /explore/ (the resolver routes it here): its relative URLs would
         return Response(301, None, None, {"Location": "../explore", "Cache-Control": REVALIDATE})  # miss, so go up
     return _serve(PAGE)
 
 
-@router.get("/explore/<asset>")
+@router.route("/explore/<asset>", method=["GET", "HEAD"])
 def asset(asset: str) -> Response:
     found = ASSETS.get(asset)
     if found is None:
