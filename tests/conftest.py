@@ -30,6 +30,7 @@ DEPLOYED_MODEL = ROOT / "model_artifacts" / "pretrained-model.npz"
 # The Park example as GPy pickled it, with the schema-2 manifest it was first packaged with: for tests that need
 # that very model (or GPy's own predictions of it), whatever is deployed.
 PARK_PICKLE = ROOT / "tests" / "data" / "park" / "pretrained-model.pkl"
+PARK_POSTERIOR = ROOT / "tests" / "data" / "park" / "park-posterior.npz"  # that pickle, packaged
 LOCAL_LAMBDA = ROOT / "scripts" / "local_lambda.py"
 # The Park model's features: tests may name them; handler/ never does (it reads them from the manifest).
 FEATURES = ("x1", "x2", "x3", "x4")
@@ -198,6 +199,16 @@ def plant_app(monkeypatch: pytest.MonkeyPatch, plant_model_path: Path):
     from handler import app
 
     monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(plant_model_path)))
+    return app
+
+
+@pytest.fixture
+def park_app(monkeypatch: pytest.MonkeyPatch):
+    """handler.app serving the tests' own copy of the Park example (a posterior file), cold: tests that need its
+    shape (one output, features on [0, 1]) whatever model_artifacts/ holds."""
+    from handler import app
+
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(PARK_POSTERIOR)))
     return app
 
 

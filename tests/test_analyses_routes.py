@@ -1,5 +1,8 @@
 """POST /sensitivity, /propagate and /suggest through the Lambda handler: answers shaped as /predict's, refusals
-named by field before any work, and the limits the README states."""
+named by field before any work, and the limits the README states.
+
+On the tests' own copy of the Park example (`park_app`) and the plant model: whatever model_artifacts/ holds.
+"""
 
 from __future__ import annotations
 
@@ -26,9 +29,9 @@ def features_of(app) -> tuple[str, ...]:
 # --- answers ----------------------------------------------------------------------------------------------------
 
 
-def test_sensitivity_answers_each_features_indices_with_intervals(deployed_app):
-    features = features_of(deployed_app)
-    status, body = call(deployed_app, "/sensitivity", {"n": 256, "seed": 3, "second_order": True})
+def test_sensitivity_answers_each_features_indices_with_intervals(park_app):
+    features = features_of(park_app)
+    status, body = call(park_app, "/sensitivity", {"n": 256, "seed": 3, "second_order": True})
     assert status == 200, body
     assert body["seed"] == 3
     assert body["n"] == 256
@@ -41,27 +44,27 @@ def test_sensitivity_answers_each_features_indices_with_intervals(deployed_app):
     assert set(body["second_order"][features[0]]) == set(features[1:])
 
 
-def test_the_same_seed_gives_the_same_answer_and_an_absent_one_is_drawn_and_returned(deployed_app):
+def test_the_same_seed_gives_the_same_answer_and_an_absent_one_is_drawn_and_returned(park_app):
     request = {"n": 128, "posterior_samples": 3, "seed": 11}
-    first, second = call(deployed_app, "/sensitivity", request)[1], call(deployed_app, "/sensitivity", request)[1]
+    first, second = call(park_app, "/sensitivity", request)[1], call(park_app, "/sensitivity", request)[1]
     assert first == second
-    status, drawn = call(deployed_app, "/propagate", {"n": 128, "posterior_samples": 2})
+    status, drawn = call(park_app, "/propagate", {"n": 128, "posterior_samples": 2})
     assert status == 200
     assert isinstance(drawn["seed"], int)
-    again = call(deployed_app, "/propagate", {"n": 128, "posterior_samples": 2, "seed": drawn["seed"]})[1]
+    again = call(park_app, "/propagate", {"n": 128, "posterior_samples": 2, "seed": drawn["seed"]})[1]
     assert again == drawn
 
 
-def test_an_empty_object_asks_for_the_defaults(deployed_app):
-    status, body = call(deployed_app, "/sensitivity", {})
+def test_an_empty_object_asks_for_the_defaults(park_app):
+    status, body = call(park_app, "/sensitivity", {})
     assert status == 200
     assert body["n"] == 1024
     assert body["posterior_samples"] == 0
 
 
-def test_propagate_answers_moments_quantiles_exceedance_and_a_histogram(deployed_app):
+def test_propagate_answers_moments_quantiles_exceedance_and_a_histogram(park_app):
     status, body = call(
-        deployed_app,
+        park_app,
         "/propagate",
         {"n": 512, "posterior_samples": 5, "quantiles": [0.5], "thresholds": [10.0], "bins": 8},
     )
@@ -76,26 +79,26 @@ def test_propagate_answers_moments_quantiles_exceedance_and_a_histogram(deployed
     assert body["points_outside_domain"] == 0
 
 
-def test_input_distributions_shift_the_output_distribution(deployed_app):
+def test_input_distributions_shift_the_output_distribution(park_app):
     """The same model under inputs concentrated near a corner: the output's mean follows its predictions there."""
-    features = features_of(deployed_app)
-    bounds = deployed_app.model.manifest().bounds
+    features = features_of(park_app)
+    bounds = park_app.model.manifest().bounds
     corner = {f: float(bounds[j, 0] + 0.1 * (bounds[j, 1] - bounds[j, 0])) for j, f in enumerate(features)}
     inputs = {
         f: {"distribution": "truncnormal", "mean": corner[f], "std": 1e-3 * float(bounds[j, 1] - bounds[j, 0]),
             "low": float(bounds[j, 0]), "high": float(bounds[j, 1])}
         for j, f in enumerate(features)
     }  # fmt: skip
-    status, body = call(deployed_app, "/propagate", {"n": 256, "posterior_samples": 0, "inputs": inputs})
+    status, body = call(park_app, "/propagate", {"n": 256, "posterior_samples": 0, "inputs": inputs})
     assert status == 200, body
-    predicted = call(deployed_app, "/predict", corner)[1]["mean"]
+    predicted = call(park_app, "/predict", corner)[1]["mean"]
     assert body["mean"]["estimate"] == pytest.approx(predicted, rel=1e-2)
 
 
-def test_suggest_answers_points_inside_the_bounds_with_their_predictions(deployed_app):
-    features = features_of(deployed_app)
+def test_suggest_answers_points_inside_the_bounds_with_their_predictions(park_app):
+    features = features_of(park_app)
     bounds = {features[0]: [0.2, 0.4]}
-    status, body = call(deployed_app, "/suggest", {"q": 3, "bounds": bounds, "seed": 5})
+    status, body = call(park_app, "/suggest", {"q": 3, "bounds": bounds, "seed": 5})
     assert status == 200, body
     assert body["acquisition"] == "variance"
     assert len(body["points"]) == 3
@@ -103,7 +106,7 @@ def test_suggest_answers_points_inside_the_bounds_with_their_predictions(deploye
         assert set(point["x"]) == set(features)
         assert 0.2 <= point["x"][features[0]] <= 0.4
         assert set(point["prediction"]) == {"mean", "variance"}
-        again = call(deployed_app, "/predict", point["x"])[1]
+        again = call(park_app, "/predict", point["x"])[1]
         # one point alone, or three in a batch: BLAS sums in another order, and the Park model's K has cond ~1e9
         assert point["prediction"]["mean"] == pytest.approx(again["mean"], rel=1e-9 * 100)
         assert point["prediction"]["variance"] == pytest.approx(again["variance"], rel=1e-3, abs=1e-12)
@@ -158,57 +161,57 @@ def test_ei_on_several_outputs_must_name_one(plant_app):
         ("/suggest", {"output": "nope"}, "output"),
     ],
 )
-def test_invalid_fields_are_named(deployed_app, path, body, field):
-    status, answer = call(deployed_app, path, body)
+def test_invalid_fields_are_named(park_app, path, body, field):
+    status, answer = call(park_app, path, body)
     assert status == 422, answer
     assert field in [d["field"] for d in answer["details"]], answer
 
 
-def test_distributions_are_checked_against_the_domain(deployed_app):
-    feature = features_of(deployed_app)[0]
-    low, high = deployed_app.model.manifest().bounds[0]
+def test_distributions_are_checked_against_the_domain(park_app):
+    feature = features_of(park_app)[0]
+    low, high = park_app.model.manifest().bounds[0]
     wide = {feature: {"distribution": "normal", "mean": float(low + high) / 2, "std": float(high - low)}}
-    status, body = call(deployed_app, "/propagate", {"inputs": wide})
+    status, body = call(park_app, "/propagate", {"inputs": wide})
     assert status == 422
     assert body["details"][0]["field"] == f"inputs.{feature}"
     assert "outside the model's domain" in body["details"][0]["message"]
     beyond = {feature: {"distribution": "uniform", "low": float(low), "high": float(high + 10 * (high - low))}}
-    assert call(deployed_app, "/sensitivity", {"inputs": beyond})[0] == 422
+    assert call(park_app, "/sensitivity", {"inputs": beyond})[0] == 422
     unordered = {feature: {"distribution": "triangular", "low": 0.5, "mode": 0.1, "high": 0.9}}
-    status, body = call(deployed_app, "/sensitivity", {"inputs": unordered})
+    status, body = call(park_app, "/sensitivity", {"inputs": unordered})
     assert status == 422
     assert body["details"][0]["field"].startswith(f"inputs.{feature}")
 
 
-def test_too_much_work_is_refused_naming_the_limit_before_the_model_is_loaded(deployed_app):
-    d = len(features_of(deployed_app))
+def test_too_much_work_is_refused_naming_the_limit_before_the_model_is_loaded(park_app):
+    d = len(features_of(park_app))
     n = 16_384
-    budget = deployed_app.settings.analysis_draw_budget
+    budget = park_app.settings.analysis_draw_budget
     samples = budget // (n * (d + 2)) + 1
-    status, body = call(deployed_app, "/sensitivity", {"n": n, "posterior_samples": samples})
+    status, body = call(park_app, "/sensitivity", {"n": n, "posterior_samples": samples})
     assert status == 422
     assert body["details"][0]["field"] == "posterior_samples"
     assert str(budget) in body["details"][0]["message"]
-    assert not deployed_app.model.is_loaded
+    assert not park_app.model.is_loaded
 
 
-def test_pending_points_are_counted_and_checked(deployed_app):
-    features = features_of(deployed_app)
+def test_pending_points_are_counted_and_checked(park_app):
+    features = features_of(park_app)
     point = {f: 0.5 for f in features}
-    status, body = call(deployed_app, "/suggest", {"pending": [point] * (SUGGEST_MAX_PENDING + 1)})
+    status, body = call(park_app, "/suggest", {"pending": [point] * (SUGGEST_MAX_PENDING + 1)})
     assert status == 422
     assert body["details"][0]["field"] == "pending"
-    status, body = call(deployed_app, "/suggest", {"pending": [{**point, features[0]: 1e6}]})
+    status, body = call(park_app, "/suggest", {"pending": [{**point, features[0]: 1e6}]})
     assert status == 422
     assert body["details"][0]["field"] == f"pending[0].{features[0]}"
-    status, body = call(deployed_app, "/suggest", {"pending": [{features[0]: 0.5}]})
+    status, body = call(park_app, "/suggest", {"pending": [{features[0]: 0.5}]})
     assert status == 422
     assert body["details"][0]["field"] == "pending[0]"
 
 
-def test_a_body_that_is_not_an_object_is_refused(deployed_app):
+def test_a_body_that_is_not_an_object_is_refused(park_app):
     for raw in ("[1]", '"x"', "null", "{"):
-        status, body = call(deployed_app, "/propagate", raw_body=raw)
+        status, body = call(park_app, "/propagate", raw_body=raw)
         assert status in (400, 422), (raw, body)
         json.dumps(body)
 
@@ -244,41 +247,41 @@ def test_a_model_with_more_features_than_the_sobol_table_is_told_so():
 
 
 @pytest.mark.parametrize("path", ["/sensitivity", "/propagate"])
-def test_distributions_beyond_arithmetic_are_refused_not_answered_with_nonsense(deployed_app, path):
-    feature = features_of(deployed_app)[0]
+def test_distributions_beyond_arithmetic_are_refused_not_answered_with_nonsense(park_app, path):
+    feature = features_of(park_app)[0]
     far_tail = {"distribution": "truncnormal", "mean": 0.5, "std": 0.001, "low": 0.6, "high": 0.7}  # 100 std away
     heavy = {"distribution": "lognormal", "mu": -1000.0, "sigma": 300.0}  # 0.04% outside the domain, up to 1e126
     for spec in (far_tail, heavy):
-        status, body = call(deployed_app, path, {"n": 4096, "seed": 1, "inputs": {feature: spec}})
+        status, body = call(park_app, path, {"n": 4096, "seed": 1, "inputs": {feature: spec}})
         assert status == 422, body
         assert body["details"][0]["field"] == f"inputs.{feature}"
 
 
-def test_expected_improvement_far_from_any_hope_still_ranks_and_stays_finite(deployed_app):
+def test_expected_improvement_far_from_any_hope_still_ranks_and_stays_finite(park_app):
     status, body = call(
-        deployed_app, "/suggest", {"q": 3, "acquisition": "expected_improvement", "goal": "maximize", "best": 1e300}
+        park_app, "/suggest", {"q": 3, "acquisition": "expected_improvement", "goal": "maximize", "best": 1e300}
     )
     assert status == 200, body
     assert all(isinstance(p["acquisition"], float) for p in body["points"])  # 0.0, not null
     status, body = call(
-        deployed_app, "/suggest", {"best": 1e301, "acquisition": "expected_improvement", "goal": "maximize"}
+        park_app, "/suggest", {"best": 1e301, "acquisition": "expected_improvement", "goal": "maximize"}
     )
     assert status == 422
     assert body["details"][0]["field"] == "best"
 
 
-def test_suggested_points_are_distinct_even_in_a_box_a_few_floats_wide(deployed_app):
-    features = features_of(deployed_app)
+def test_suggested_points_are_distinct_even_in_a_box_a_few_floats_wide(park_app):
+    features = features_of(park_app)
     tiny = {f: [0.5, 0.5000000000000001] for f in features}  # one float step: 16 distinct points in all
-    status, body = call(deployed_app, "/suggest", {"q": 20, "bounds": tiny, "seed": 1})
+    status, body = call(park_app, "/suggest", {"q": 20, "bounds": tiny, "seed": 1})
     assert status == 200, body
     points = [tuple(p["x"][f] for f in features) for p in body["points"]]
     assert 0 < len(points) <= 16
     assert len(set(points)) == len(points)
 
 
-def test_equal_bounds_hold_a_feature_fixed(deployed_app):
-    feature = features_of(deployed_app)[1]
-    status, body = call(deployed_app, "/suggest", {"q": 4, "bounds": {feature: [0.25, 0.25]}, "seed": 3})
+def test_equal_bounds_hold_a_feature_fixed(park_app):
+    feature = features_of(park_app)[1]
+    status, body = call(park_app, "/suggest", {"q": 4, "bounds": {feature: [0.25, 0.25]}, "seed": 3})
     assert status == 200, body
     assert {p["x"][feature] for p in body["points"]} == {0.25}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -34,6 +35,7 @@ REL = 1e-9
 # (README, "API"), its square root to half that; the noisy variance in place of the latent one would be far off.
 STD_REL = 1e-5
 SENSITIVITY_REQUEST = {"n": 1024, "posterior_samples": 0, "seed": 1}  # what the page asks for
+MAX_NEAR_POINTS = 500  # training points a slice draws at most (explorer.js)
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +146,20 @@ def assert_pictures_match_predict(browser: webdriver.Chrome, base_url: str, mode
 
 
 def assert_training_points_near_each_slice(
-    browser: webdriver.Chrome, base_url: str, model: dict, output: str, headers: dict[str, str] | None = None
+    browser: webdriver.Chrome,
+    base_url: str,
+    model: dict,
+    output: str,
+    headers: dict[str, str] | None = None,
+    training: dict | None = None,
 ) -> int:
     """Each slice draws exactly the published training points near the sliders (as the page's note defines near:
     the root mean square, over the other features, of each difference over its range): at their observed values,
-    or, with inputs only published, as ticks on an axis of their own. Returns how many points were drawn."""
-    training = httpx.get(f"{base_url}/model/training-data", headers=headers, timeout=30).json()
+    or, with inputs only published, as ticks on an axis of their own. Returns how many points were drawn.
+
+    `training`: the points the page holds, if not GET /model/training-data's."""
+    if training is None:
+        training = httpx.get(f"{base_url}/model/training-data", headers=headers, timeout=30).json()
     values, near = sliders(browser), browser.execute_script("return window.explorer.state.near")
     near = math.inf if near is None else near  # JSON has no Infinity: "any distance" arrives as null
     features, bounds = model["features"], model["bounds"]
@@ -162,6 +172,8 @@ def assert_training_points_near_each_slice(
             distance = math.sqrt(sum(squares) / len(others)) if others else 0.0
             if distance <= near:
                 expected.append((i, distance))
+        if len(expected) > MAX_NEAR_POINTS:  # the nearest, ties by index, then in the training set's order
+            expected = sorted(sorted(expected, key=lambda e: (e[1], e[0]))[:MAX_NEAR_POINTS])
         points = traces(browser, f"slice-{feature}")["training points"]
         assert [index for index, _ in points["customdata"]] == [i for i, _ in expected], feature
         assert [d for _, d in points["customdata"]] == pytest.approx([d for _, d in expected], abs=1e-12)
@@ -209,7 +221,8 @@ def test_the_page_draws_the_deployed_model_and_follows_its_sliders(browser, depl
         assert fact in card
     for output, metrics in (model.get("holdout") or {}).items():
         assert output in browser.find_element(By.ID, "metrics-table").text, metrics
-    assert not browser.find_element(By.ID, "output-choice").is_displayed()  # one output: nothing to choose
+    # and an output selector only where there is a choice (the Park example has one output)
+    assert browser.find_element(By.ID, "output-choice").is_displayed() == (len(model["outputs"]) > 1)
     # and every slice and 2-D picture is /predict's answer at the middle of the bounds
     middle = {f: (low + high) / 2 for f, (low, high) in model["bounds"].items()}
     assert sliders(browser) == pytest.approx(middle)
@@ -241,16 +254,46 @@ def test_the_page_draws_the_deployed_model_and_follows_its_sliders(browser, depl
         Select(browser.find_element(By.ID, "near-select")).select_by_visible_text("any distance")
         n_points = httpx.get(f"{base_url}/model/training-data", timeout=30).json()["n_points"]
         drawn = assert_training_points_near_each_slice(browser, base_url, model, output)
-        assert drawn == n_points * len(model["features"])
+        assert drawn == min(n_points, MAX_NEAR_POINTS) * len(model["features"])
         assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-redraws") == redraws
         Select(browser.find_element(By.ID, "near-select")).select_by_visible_text("15%")
     # and the two features of the 2-D view can be changed (choosing the other's swaps them)
-    Select(browser.find_element(By.ID, "feature-a")).select_by_value(model["features"][1])
-    WebDriverWait(browser, WAIT_S).until(lambda b: b.execute_script("return window.explorer.state.featureB") == first)
-    settled(browser)
-    assert_pictures_match_predict(browser, base_url, model, output)
+    if len(model["features"]) >= 2:
+        Select(browser.find_element(By.ID, "feature-a")).select_by_value(model["features"][1])
+        WebDriverWait(browser, WAIT_S).until(
+            lambda b: b.execute_script("return window.explorer.state.featureB") == first
+        )
+        settled(browser)
+        assert_pictures_match_predict(browser, base_url, model, output)
     assert console_errors(browser) == []
     print(screenshot(browser, tmp_path / "explorer-deployed-moved.png"))
+
+
+def test_a_slice_draws_at_most_the_nearest_points_of_a_large_published_set(browser, deployed_server):
+    # given the page, holding 3,000 training points (set in its state, as if published: whatever the deployed model
+    # publishes, the drawing is the page's own)
+    base_url, _ = deployed_server
+    model = httpx.get(f"{base_url}/model", timeout=30).json()
+    open_page(browser, base_url)
+    rng = np.random.default_rng(5)
+    n = 3_000
+    inputs = {f: rng.uniform(low, high, n).tolist() for f, (low, high) in model["bounds"].items()}
+    outputs = {o: rng.normal(size=n).tolist() for o in model["outputs"]}
+    training = {"published": "inputs_and_outputs", "n_points": n, "inputs": inputs, "outputs": outputs}
+    # when any distance is near (every point of the set qualifies on every slice)
+    browser.execute_script(
+        "const e = window.explorer; e.state.training = arguments[0];"
+        "const select = document.getElementById('near-select'); select.value = 'Infinity';"
+        "select.dispatchEvent(new Event('change'));",
+        training,
+    )
+    WebDriverWait(browser, WAIT_S).until(
+        lambda b: len(traces(b, f"slice-{model['features'][0]}")["training points"]["x"]) > 0
+    )
+    # then each slice draws the 500 nearest, in the set's order
+    drawn = assert_training_points_near_each_slice(browser, base_url, model, model["outputs"][0], training=training)
+    assert drawn == MAX_NEAR_POINTS * len(model["features"])
+    assert console_errors(browser) == []
 
 
 def assert_sensitivity_matches(browser: webdriver.Chrome, base_url: str, model: dict, output: str) -> None:

@@ -12,6 +12,9 @@
   const SLICE_POINTS = 60; // per feature
   const GRID_POINTS = 25; // per side of the 2-D view
   const SLIDER_STEPS = 200;
+  // Training points drawn per slice, the nearest first: Plotly's SVG markers cost ~10 µs each per redraw, and a
+  // model may publish 100,000 points.
+  const MAX_NEAR_POINTS = 500;
   const SENSITIVITY_REQUEST = { n: 1024, posterior_samples: 0, seed: 1 };
   const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
   const BAND_COLOUR = "rgba(31, 119, 180, 0.2)";
@@ -174,7 +177,8 @@
         ? "as ticks along the foot of each slice (the manifest publishes their inputs, not their outputs)"
         : "as dots at their observed values";
       $("training-note").textContent = `Training points whose other features are near the sliders' values (root `
-        + `mean square of each difference over the feature's range) are drawn ${where}; fainter is farther.`;
+        + `mean square of each difference over the feature's range) are drawn ${where}; fainter is farther`
+        + (state.training.n_points > MAX_NEAR_POINTS ? `, at most the ${MAX_NEAR_POINTS} nearest per slice.` : ".");
     }
   }
 
@@ -250,8 +254,9 @@
 
   // --- one batch per redraw -----------------------------------------------------------------------
 
+  // Ends exactly at the bounds (low + (high - low) can round past high, outside the model's domain).
   function linspace(low, high, count) {
-    return Array.from({ length: count }, (_, i) => low + ((high - low) * i) / (count - 1));
+    return Array.from({ length: count }, (_, i) => (i === count - 1 ? high : low + ((high - low) * i) / (count - 1)));
   }
 
   // Every slice's points, then the 2-D grid (row by row), as columns; `parts` says where each picture's points are.
@@ -380,7 +385,9 @@
       const distance = others.length ? Math.sqrt(sum / others.length) : 0;
       if (distance <= state.near) near.push({ index: i, distance });
     }
-    return near;
+    if (near.length <= MAX_NEAR_POINTS) return near;
+    near.sort((a, b) => a.distance - b.distance || a.index - b.index);
+    return near.slice(0, MAX_NEAR_POINTS).sort((a, b) => a.index - b.index);
   }
 
   function trainingTrace(feature, values) {
