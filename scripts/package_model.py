@@ -454,6 +454,11 @@ def summary(manifest: ModelManifest, output: Path) -> str:
     if manifest.published_training_data is not None:
         what = "inputs" if manifest.published_training_data == "inputs" else "inputs and outputs"
         lines.append(f"  publishes its training {what} at GET /model/training-data (to anyone who may call the API)")
+    else:
+        lines.append(
+            "  training points: not published (--publish-training-data inputs or inputs_and_outputs lets GET "
+            "/model/training-data serve them and the explorer page draw them)"
+        )
     lines.append(f"  wrote {output} and {manifest_path_for(output).name} (sha256 {manifest.sha256[:12]}...)")
     if manifest.predict_through_gpy is not None:
         lines.append(
