@@ -200,3 +200,17 @@ def test_the_answers_conform_to_the_documented_schema(monkeypatch, published_pla
         status, body = get(app)
         assert status == expected
         _validator(spec, ROUTE, "get", status).validate(body)
+
+
+def test_training_points_that_cannot_be_read_make_the_model_unavailable_not_a_500(monkeypatch, published_plant):
+    # given a model whose points raise when read (a pickle's X and Y are whatever it built)
+    from handler.gp.model import PosteriorModel
+
+    def unreadable(self):
+        raise ValueError("not an array")
+
+    monkeypatch.setattr(PosteriorModel, "training_data", unreadable)
+    # then the route is a 503, as for any artifact that does not load
+    status, body = get(serving(monkeypatch, published_plant["inputs"]))
+    assert status == 503
+    assert "not an array" not in json.dumps(body)

@@ -786,12 +786,14 @@ def _document_explorer(docs: APIGatewayRestResolver, errors: dict[int, OpenAPIRe
 
     # HEAD: GET's status and headers (Content-Type, ETag, Cache-Control, the policy), without the body
     @docs.head("/explore", summary="The page's headers, without the body", tags=tags, operation_id="exploreHead",
-               responses={200: {"description": "GET /explore's headers."}, 500: errors[500]})  # fmt: skip
+               responses={200: {"description": "GET /explore's headers.", "content": {"text/html": text}},
+                          500: errors[500]})  # fmt: skip
     def explore_head() -> None:
         raise NotImplementedError
 
     @docs.head("/explore/<asset>", summary="An asset's headers, without the body", tags=tags,
                operation_id="exploreAssetHead",
-               responses={200: {"description": "The file's headers."}, 404: not_found, 500: errors[500]})  # fmt: skip
+               responses={200: {"description": "The file's headers.", "content": {t: text for t in media_types}},
+                          404: not_found, 500: errors[500]})  # fmt: skip
     def explore_asset_head(asset: Annotated[names, Path(description="A file the page loads.")]) -> None:  # type: ignore[valid-type]
         raise NotImplementedError

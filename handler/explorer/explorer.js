@@ -166,7 +166,7 @@
 
   function trainingNote(model) {
     const published = model.published_training_data;
-    $("near-choice").hidden = !state.training;
+    $("near-choice").hidden = !state.training || model.features.length < 2; // one feature: every point is on it
     if (!published) {
       $("training-note").textContent = `Training points are not drawn: this model's manifest does not publish the `
         + `${model.n_train} points it was trained on (its owner packages it with --publish-training-data to show them).`;
@@ -386,7 +386,10 @@
       if (distance <= state.near) near.push({ index: i, distance });
     }
     if (near.length <= MAX_NEAR_POINTS) return near;
-    near.sort((a, b) => a.distance - b.distance || a.index - b.index);
+    // The nearest, in the points' own order. Ties (every point, with one feature) go to a fixed scramble of the
+    // indices, not the first ones: a training set sorted along a feature would otherwise fill one end of it.
+    const scramble = ({ index }) => Math.imul(index, 2654435761) >>> 0;
+    near.sort((a, b) => a.distance - b.distance || scramble(a) - scramble(b));
     return near.slice(0, MAX_NEAR_POINTS).sort((a, b) => a.index - b.index);
   }
 

@@ -182,7 +182,12 @@ def _published(model: SurrogateModel, manifest: Manifest) -> TrainingData | None
     """The training points the manifest publishes, checked against it; ModelUnavailableError if they are not there."""
     if manifest.published_training_data is None:
         return None
-    held = model.training_data()
+    try:
+        held = model.training_data()
+    except Exception as exc:  # a pickle's X and Y are whatever it built: a 503 and the log, never a 500
+        raise ModelUnavailableError(
+            f"the training points could not be read: {type(exc).__name__}: {exc}"[:300]
+        ) from exc
     with_outputs = manifest.published_training_data == "inputs_and_outputs"
     if held is None or (with_outputs and held.outputs is None):
         raise ModelUnavailableError(
