@@ -296,6 +296,41 @@ def test_a_slice_draws_at_most_the_nearest_points_of_a_large_published_set(brows
     assert console_errors(browser) == []
 
 
+def test_wider_models_get_coarser_pictures_within_one_request_and_the_widest_a_reason(browser, deployed_server):
+    base_url, _ = deployed_server
+    open_page(browser, base_url)
+
+    def resolution(features: int, max_batch: int = 10_000):
+        return browser.execute_script(
+            "return window.explorer.resolution(arguments[0], arguments[1])", features, max_batch
+        )
+
+    # a few features: 60 points a slice and a 25 x 25 grid; one feature: no grid
+    assert resolution(4) == {"slice": 60, "grid": 25}
+    assert resolution(1) == {"slice": 60, "grid": 0}
+
+    # wider: as fine as 200,000 numbers (and the batch limit) allow, the slices made coarser before the grid
+    def numbers(features: int, slice_points: int, grid: int) -> int:
+        return (features * slice_points + grid**2) * features
+
+    previous = 60
+    for features in (20, 40, 60, 80, 100, 120):
+        found = resolution(features)
+        assert numbers(features, found["slice"], found["grid"]) <= 200_000, found
+        assert found["slice"] >= 12, found
+        assert found["grid"] >= 10, found
+        assert found["slice"] <= previous, "never finer for more features"
+        previous = found["slice"]
+        if found["grid"] < 25:
+            assert found["slice"] == 12, "the grid only once the slices are as coarse as they go"
+        elif found["slice"] < 60:
+            assert numbers(features, found["slice"] + 1, 25) > 200_000, "as fine as fits"
+    assert resolution(40) == {"slice": 60, "grid": 25}  # 40 x (2,400 + 625) = 121,000 numbers
+    assert resolution(60, max_batch=500) is None  # the deployment's batch limit counts too (60 x 12 > 500)
+    # and past ~125 features, nothing fits: the page says so rather than sending what the API would refuse
+    assert resolution(150) is None
+
+
 def assert_sensitivity_matches(browser: webdriver.Chrome, base_url: str, model: dict, output: str) -> None:
     """The bar chart is POST /sensitivity's answer for the chosen output: estimates, and intervals as error bars."""
     assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-sensitivity") == "drawn"

@@ -11,6 +11,12 @@
   const KEY_STORAGE = "gpr-surrogate-api-key";
   const SLICE_POINTS = 60; // per feature
   const GRID_POINTS = 25; // per side of the 2-D view
+  // A redraw's batch sends every feature of every point: at most this many numbers (~4 MB of JSON, under the
+  // API's 4.6 MB body limit). Past it, slices and the grid get coarser, down to these; a model wider still (~125
+  // features) is not drawn, and the page says why.
+  const MAX_BATCH_VALUES = 200000;
+  const MIN_SLICE_POINTS = 12;
+  const MIN_GRID_POINTS = 10;
   const SLIDER_STEPS = 200;
   // Training points drawn per slice, the nearest first: Plotly's SVG markers cost ~10 µs each per redraw, and a
   // model may publish 100,000 points.
@@ -33,13 +39,26 @@
     inFlight: false,
     stale: false,
     sensitivity: null, // POST /sensitivity's answer, per output
+    resolution: null, // points per slice and per side of the grid (see resolution)
     training: null, // GET /model/training-data, where the manifest publishes it
     near: 0.15, // a training point is drawn on a slice within this distance of the sliders (see nearSlice)
     timings: [], // ms from a redraw's request to its pictures drawn
     requestTimings: [], // of which the request (POST /predict) took
   };
   // Read by the browser tests and by anyone measuring redraws in the console.
-  window.explorer = { state };
+  window.explorer = { state, resolution };
+
+  // Points per slice and per side of the grid for a model of `features` features: as fine as one request allows
+  // (at most `maxBatch` points, MAX_BATCH_VALUES numbers), or null if even the coarsest is too much.
+  function resolution(features, maxBatch) {
+    let slice = SLICE_POINTS;
+    let grid = features >= 2 ? GRID_POINTS : 0;
+    const points = () => features * slice + grid * grid;
+    const fits = () => points() * features <= MAX_BATCH_VALUES && points() <= maxBatch;
+    while (!fits() && slice > MIN_SLICE_POINTS) slice -= 1;
+    while (!fits() && grid > MIN_GRID_POINTS) grid -= 1;
+    return fits() ? { slice, grid } : null;
+  }
 
   class ApiError extends Error {
     constructor(status, body) {
@@ -270,7 +289,7 @@
     };
     for (const feature of features) {
       const [low, high] = state.model.bounds[feature];
-      const xs = linspace(low, high, SLICE_POINTS);
+      const xs = linspace(low, high, state.resolution.slice);
       xs.forEach((x) => add({ [feature]: x }));
       parts.push({ kind: "slice", feature, xs, start });
       start += xs.length;
@@ -278,8 +297,8 @@
     const a = state.featureA;
     const b = state.featureB;
     if (a && b && a !== b) {
-      const xs = linspace(...state.model.bounds[a], GRID_POINTS);
-      const ys = linspace(...state.model.bounds[b], GRID_POINTS);
+      const xs = linspace(...state.model.bounds[a], state.resolution.grid);
+      const ys = linspace(...state.model.bounds[b], state.resolution.grid);
       for (const y of ys) for (const x of xs) add({ [a]: x, [b]: y });
       parts.push({ kind: "grid", a, b, xs, ys, start });
       start += xs.length * ys.length;
@@ -522,6 +541,13 @@
       }
     }
     card(state.model);
+    const maxBatch = (state.model.limits && state.model.limits.max_batch_size) || 10000;
+    state.resolution = resolution(state.model.features.length, maxBatch);
+    if (!state.resolution) {
+      document.body.dataset.state = "error";
+      return say(`This model has ${state.model.features.length} features: too many for this page to draw in one `
+        + `request of at most ${maxBatch} points (${MAX_BATCH_VALUES} numbers); the API answers as usual.`, "error");
+    }
     controls(state.model);
     $("explorer").hidden = false;
     await Promise.all([redraw(), loadSensitivity()]);
