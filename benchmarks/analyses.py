@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MODEL_PATH", str(ROOT / "model_artifacts" / "pretrained-model.npz"))
 
+from benchmarks.report import publish  # noqa: E402
 from handler.api.limits import (  # noqa: E402
     ANALYSIS_MAX_N,
     MAX_BINS,
@@ -173,20 +174,6 @@ def time_case(handler: Any, case: Case, repeats: int) -> tuple[float, float, int
     return statistics.median(walls), statistics.median(cpus), repeats
 
 
-def replace_section(path: Path, title: str, text: str) -> None:
-    """Write `## title` and `text` into the markdown file, replacing that section if it is there already."""
-    old = path.read_text() if path.exists() else ""
-    heading = f"## {title}"
-    section = f"{heading}\n\n{text.rstrip()}\n"
-    if heading in old:
-        before, rest = old.split(heading, 1)
-        after = rest.split("\n## ", 1)
-        new = before + section + ("\n## " + after[1] if len(after) > 1 else "")
-    else:
-        new = old.rstrip() + "\n\n" + section if old else section
-    path.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="timed answers per request, after one warm-up")
@@ -250,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     text = note + "\n\n" + "\n".join(lines) + "\n"
     if flagged:
         text += "\nOver 10 s single-threaded: " + "; ".join(flagged) + ".\n"
-    print()
-    print(text)
-    if args.output:
-        replace_section(args.output, SECTION, text)
-        print(f"wrote the section to {args.output}")
+    publish(text, args.output, SECTION)
     print(json.dumps({"flagged": flagged}))
     return 0
 

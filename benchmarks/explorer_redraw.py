@@ -19,11 +19,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from scripts.local_lambda import spawn_serve  # noqa: E402
 
 BLOCK = 10  # moves per block; blocks alternate with and without the training points
 
@@ -31,20 +32,7 @@ BLOCK = 10  # moves per block; blocks alternate with and without the training po
 def start_server(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
     env_file = log.with_name("env.json")
     env_file.write_text(json.dumps({"Parameters": {"MODEL_PATH": str(model.resolve())}}))
-    command = [sys.executable, "scripts/local_lambda.py", "--env-vars", str(env_file), "serve", "--port", "0",
-               "-w", "1", "--no-jobs"]  # fmt: skip
-    with log.open("w") as handle:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        first = log.read_text().splitlines()[:1]
-        if first and first[0].startswith("Listening on "):
-            return process, first[0].removeprefix("Listening on ")
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"the local server did not start:\n{log.read_text()}")
+    return spawn_serve(log, "-w", "1", "--no-jobs", env_vars=env_file)
 
 
 def browser():

@@ -37,7 +37,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sensitivity_coverage import D, fitted_posterior, replace_section, table  # noqa: E402
+from benchmarks.report import publish, table  # noqa: E402
+from benchmarks.sensitivity_coverage import D, fitted_posterior  # noqa: E402
 from handler.analyses.function_draws import PosteriorFunctionDraws  # noqa: E402
 from handler.gp.posterior import GPPosterior  # noqa: E402
 
@@ -175,11 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         f"~{np.sqrt(2 / draws):.0%} on a variance (the 'exact joint draws' rows).\n"
     )
     text = note + "\n" + table(header, rows)
-    print()
-    print(text)
-    if args.output:
-        replace_section(args.output, SECTION, text)
-        print(f"wrote the section to {args.output}")
+    publish(text, args.output, SECTION)
     return 0
 
 

@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import publish, table  # noqa: E402
 from handler.analyses.distributions import InputDistribution, Uniform  # noqa: E402
 from handler.analyses.function_draws import PosteriorFunctionDraws  # noqa: E402
 from handler.analyses.sensitivity import SensitivityResult, analyse, sensitivity_design  # noqa: E402
@@ -140,25 +141,6 @@ class Tally:
 
     def errors(self) -> np.ndarray:
         return np.abs(np.array(self.estimates) - TRUTH)
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
-
-
-def replace_section(path: Path, title: str, text: str) -> None:
-    """Write `## title` and `text` into the markdown file, replacing that section if it is there already."""
-    old = path.read_text() if path.exists() else ""
-    heading = f"## {title}"
-    section = f"{heading}\n\n{text.rstrip()}\n"
-    if heading in old:
-        before, rest = old.split(heading, 1)
-        after = rest.split("\n## ", 1)
-        new = before + section + ("\n## " + after[1] if len(after) > 1 else "")
-    else:
-        new = old.rstrip() + "\n\n" + section if old else section
-    path.write_text(new)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,11 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(f'{v:.2f}' for v in load_before)}, after {', '.join(f'{v:.2f}' for v in load_after)}.\n"
     )
     text = note + "\n" + "\n".join(sections)
-    print()
-    print(text)
-    if args.output:
-        replace_section(args.output, SECTION, text)
-        print(f"wrote the section to {args.output}")
+    publish(text, args.output, SECTION)
     return 0
 
 

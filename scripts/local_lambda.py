@@ -553,6 +553,36 @@ def _require_api_key(service: LocalApigwService, keys: dict[str, str], keyless_p
     service._app.before_request(check)
 
 
+def spawn_serve(
+    log: Path, *options: str, env_vars: Path | None = None, timeout_s: float = 60.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`serve --port 0 OPTIONS` in a process of its own, logging to `log`: the process and the base URL its first log
+    line names. The server binds its port before anything else, so no other program can take it between choosing
+    and binding, and nothing reaches someone else's server. RuntimeError (with the log) if it does not say."""
+    command = [sys.executable, str(Path(__file__).resolve())]
+    command += ["--env-vars", str(env_vars)] if env_vars is not None else []
+    command += ["serve", "--port", "0", *options]
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            command,
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = re.search(r"^Listening on (http://\S+)$", log.read_text(), re.MULTILINE)
+        if found:
+            return process, found.group(1)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=10)
+    raise RuntimeError(f"the local server did not say where it listens:\n{log.read_text()}")
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """The API's listening socket; port 0 is any free one."""
     try:

@@ -37,7 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from handler.api.schemas import HoldoutMetrics, ModelManifest, PosteriorDescription
 from handler.gp import posterior_file
-from handler.gp.artifact import PackagedArtifact, atomic_write, check_name, check_names, manifest_path_for, sha256_of
+from handler.gp.artifact import (
+    PUBLISHED_TRAINING_DATA,
+    PackagedArtifact,
+    atomic_write,
+    check_name,
+    check_names,
+    manifest_path_for,
+    sha256_of,
+)
 from handler.gp.from_gpy import posterior_arrays
 from handler.gp.gpy_model import GPRegressionModel, wrap_gpy_model
 from handler.gp.model import PosteriorModel, SurrogateModel, load_model
@@ -507,8 +515,9 @@ def published_training_data(
     choice = given if given is not None else previous.get("published_training_data")
     if choice in (None, "none"):
         return None
-    if choice not in ("inputs", "inputs_and_outputs"):
-        raise PackagingError(f"published_training_data: expected inputs or inputs_and_outputs, got {choice!r}"[:200])
+    if choice not in PUBLISHED_TRAINING_DATA:
+        expected = " or ".join(PUBLISHED_TRAINING_DATA)
+        raise PackagingError(f"published_training_data: expected {expected}, got {choice!r}"[:200])
     return choice  # type: ignore[return-value]
 
 
@@ -535,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--publish-training-data",
-        choices=["none", "inputs", "inputs_and_outputs"],
+        choices=["none", *PUBLISHED_TRAINING_DATA],
         help="what GET /model/training-data (and the explorer page) may show of the training points: their inputs, "
         "or inputs and outputs (default: the manifest's, or none: the route answers 404)",
     )

@@ -4,7 +4,6 @@ import contextlib
 import json
 import os
 import pickle
-import re
 import shutil
 import socket
 import subprocess
@@ -40,6 +39,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def near_training_points(
+    training: dict, bounds: dict, feature: str, held: dict[str, float], near: float
+) -> list[tuple[int, float]]:
+    """(index, distance) of the published training points near the slice along `feature`, computed point by point
+    from GET /model/training-data's answer: the root mean square, over the other features, of each difference
+    over its range (as the explorer page and the client define near)."""
+    others = [f for f in bounds if f != feature]
+    chosen = []
+    for i in range(training["n_points"]):
+        squares = [((training["inputs"][f][i] - held[f]) / (bounds[f][1] - bounds[f][0])) ** 2 for f in others]
+        distance = (sum(squares) / len(others)) ** 0.5 if others else 0.0
+        if distance <= near:
+            chosen.append((i, distance))
+    return chosen
 
 
 def wait_for_job(base_url: str, job_id: str, timeout_s: float = 120) -> dict:
@@ -270,27 +285,10 @@ def serving(model_path: Path, folder: Path, *options: str) -> Iterator[tuple[str
 
 
 def start_server(env_file: Path, log: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    """Start `serve --port 0` logging to `log`; the process and the base URL its first log line names.
+    """`serve --port 0` on the model of `env_file`, logging to `log`: the process and its base URL."""
+    from scripts.local_lambda import spawn_serve
 
-    The server binds its port before anything else, so no other program (another test's server, an emulator) can
-    take it between choosing and binding, and a health check never reaches someone else's server.
-    """
-    command = [sys.executable, str(LOCAL_LAMBDA), "--env-vars", str(env_file), "serve", "--port", "0", *options]
-    with log.open("w") as log_handle:
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=log_handle, stderr=subprocess.STDOUT, env={**os.environ, "SAM_CLI_TELEMETRY": "0"}
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = re.search(r"^Listening on (http://\S+)$", log.read_text(), re.MULTILINE)
-        if found:
-            return process, found.group(1)
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    process.wait(timeout=10)
-    pytest.fail(f"local server did not say where it listens:\n{log.read_text()}")
+    return spawn_serve(log, *options, env_vars=env_file)
 
 
 def _started(process: subprocess.Popen, base_url: str, headers: dict[str, str]) -> bool:

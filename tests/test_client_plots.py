@@ -13,6 +13,8 @@ from gpr_client import SurrogateClient
 from matplotlib.collections import FillBetweenPolyCollection, PathCollection
 from matplotlib.container import BarContainer
 
+from tests.conftest import near_training_points
+
 matplotlib.use("Agg")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -58,17 +60,6 @@ def test_slices_draw_the_mean_and_band_along_each_feature_at_the_held_values(loc
         assert upper == pytest.approx(float(np.max(mean[:, 0] + 2 * std[:, 0])), rel=1e-9)
 
 
-def expected_near(training: dict, bounds: dict, feature: str, held: dict[str, float], near: float) -> list[int]:
-    """The training points near a slice, computed here from GET /model/training-data, point by point."""
-    others = [f for f in bounds if f != feature]
-    chosen = []
-    for i in range(training["n_points"]):
-        squares = [((training["inputs"][f][i] - held[f]) / (bounds[f][1] - bounds[f][0])) ** 2 for f in others]
-        if (sum(squares) / len(others)) ** 0.5 <= near:
-            chosen.append(i)
-    return chosen
-
-
 def test_slices_draw_the_published_training_points_near_the_held_values(local_server, tmp_path: Path):
     # given a model publishing its training inputs and outputs (the tiny Park model)
     base_url, _ = local_server
@@ -84,7 +75,7 @@ def test_slices_draw_the_published_training_points_near_the_held_values(local_se
     # then each slice has a dot per nearby training point, at its feature's value and its output
     drawn = 0
     for ax, feature in zip(figure.axes, info.features, strict=True):
-        chosen = expected_near(training, info.bounds, feature, held, 0.3)
+        chosen = [i for i, _ in near_training_points(training, info.bounds, feature, held, 0.3)]
         [dots] = [c for c in ax.collections if isinstance(c, PathCollection)]
         expected = [(training["inputs"][feature][i], training["outputs"]["y"][i]) for i in chosen]
         np.testing.assert_array_equal(dots.get_offsets(), np.array(expected).reshape(-1, 2))

@@ -24,7 +24,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.conftest import serving
+from tests.conftest import near_training_points, serving
 
 # Reaching the page's idle state is a wait, not a measurement: a generous bound that only a broken page exceeds.
 WAIT_S = 60
@@ -165,13 +165,7 @@ def assert_training_points_near_each_slice(
     features, bounds = model["features"], model["bounds"]
     drawn_in_all = 0
     for feature in features:
-        others = [f for f in features if f != feature]
-        expected = []
-        for i in range(training["n_points"]):
-            squares = [((training["inputs"][f][i] - values[f]) / (bounds[f][1] - bounds[f][0])) ** 2 for f in others]
-            distance = math.sqrt(sum(squares) / len(others)) if others else 0.0
-            if distance <= near:
-                expected.append((i, distance))
+        expected = near_training_points(training, bounds, feature, values, near)
         if len(expected) > MAX_NEAR_POINTS:  # the nearest, ties by a scramble of the index, in the set's order
             expected = sorted(sorted(expected, key=lambda e: (e[1], (e[0] * 2654435761) % 2**32))[:MAX_NEAR_POINTS])
         points = traces(browser, f"slice-{feature}")["training points"]
