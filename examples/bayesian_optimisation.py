@@ -5,7 +5,10 @@ The service answers what an acquisition optimiser needs. The next experiment max
 (`include=gradient`), so L-BFGS-B climbs it from a few starts instead of sampling the space; each step is one
 HTTP call, and random search with the same number of calls is printed beside. A batch for parallel
 simulations then comes from Thompson sampling (`POST /sample`): joint draws of the function over candidate
-points, each draw's best point one experiment. For the example Park model, the true function at each proposal.
+points, each draw's best point one experiment. Where the posterior is sure of its maximum, the draws agree and
+give fewer distinct points than asked: the example says so and takes the rest from `POST /suggest` (expected
+improvement, each pick conditioned on the ones before). For the example Park model, the true function at each
+proposal.
 
     make serve &                                   # or any deployment: --url https://.../v1 --api-key KEY
     .venv/bin/python examples/bayesian_optimisation.py [--url http://127.0.0.1:3000] [--batch 4]
@@ -76,17 +79,27 @@ def propose(client: SurrogateClient, batch: int, starts: int, seed: int) -> None
     # 2. A batch for parallel simulations: Thompson sampling over candidates (the design and the EI optimum).
     candidates = np.vstack([design[np.argsort(ei)[-255:]], best.x])
     draws, meta = client.sample(candidates, batch * 8, seed=seed)
-    chosen: list[int] = []
-    for winner in draws[0].argmax(axis=1):  # each draw's best candidate, skipping repeats
-        if winner not in chosen and len(chosen) < batch:
-            chosen.append(int(winner))
-    print(f"batch of {len(chosen)} by Thompson sampling ({batch * 8} joint draws over {len(candidates)} candidates, "
-          f"seed {meta['seed']}, jitter {meta['jitter']:.2g}):")  # fmt: skip
+    winners = draws[0].argmax(axis=1)  # each draw's best candidate
+    chosen = list(dict.fromkeys(int(w) for w in winners))[:batch]  # in order of first win, no repeats
+    print(f"batch of {batch}: {len(chosen)} by Thompson sampling ({len(winners)} joint draws over {len(candidates)} "
+          f"candidates, seed {meta['seed']}, jitter {meta['jitter']:.2g})")  # fmt: skip
     for k, index in enumerate(chosen, 1):
-        x = candidates[index]
-        wins = float(np.mean(draws[0].argmax(axis=1) == index))
-        line = f"  {k}. x = [{', '.join(f'{v:.4f}' for v in x)}], best in {wins:.0%} of the draws"
+        x, wins = candidates[index], int(np.sum(winners == index))
+        line = f"  {k}. x = [{', '.join(f'{v:.4f}' for v in x)}], best in {wins} of {len(winners)} draws"
         print(line + (f"; true Park value {park(x):.4f}" if park_model else ""))
+    if len(chosen) < batch:
+        # A confident posterior puts every draw's maximum on the same few points: more draws repeat them. The rest
+        # of the batch comes from /suggest, whose picks are conditioned on the points above and on each other.
+        rest = batch - len(chosen)
+        print(f"  fewer than {batch}: the {len(winners)} draws peaked at only {len(chosen)} distinct candidate(s) (a "
+              "posterior sure of where its maximum lies puts the draws' maxima on the same few points). The other "
+              f"{rest} from POST /suggest (expected improvement over {incumbent:.4f}, each pick conditioned on the "
+              "points before it):")  # fmt: skip
+        more = client.suggest(q=rest, acquisition="expected_improvement", goal="maximize", output=info.outputs[0],
+                              pending=candidates[chosen], best=incumbent, seed=seed)  # fmt: skip
+        for k, (x, value) in enumerate(zip(more.points, more.acquisition, strict=True), len(chosen) + 1):
+            line = f"  {k}. x = [{', '.join(f'{v:.4f}' for v in x)}], EI {value:.4g} when picked"
+            print(line + (f"; true Park value {park(x):.4f}" if park_model else ""))
 
 
 def park(x: np.ndarray) -> float:

@@ -1,13 +1,17 @@
-"""The Python client (client/) against the local server, and its retries against a scripted transport."""
+"""The Python client (client/) against the local server, and against a scripted transport: retries, the forms of X
+it reads, missing extras, progress bars."""
 
 from __future__ import annotations
 
+import io
+import json
+import sys
 import time
 
 import httpx
 import numpy as np
 import pytest
-from gpr_client import ApiError, JobFailedError, SurrogateClient
+from gpr_client import ApiError, Job, JobFailedError, SurrogateClient
 
 from tests.conftest import FEATURES
 
@@ -173,3 +177,140 @@ def test_gradients_covariance_and_samples_through_the_client(client, local_serve
     assert meta["seed"] == 4
     again, _ = client.sample(points[:5], 200, seed=4)
     np.testing.assert_array_equal(draws, again)
+
+
+# --- points by name, missing extras, progress bars (a scripted service) -----------------------------------------
+
+PARK_MANIFEST = {"name": "park1991", "version": "1", "features": list(FEATURES), "outputs": ["y"],
+                 "bounds": {f: [0.0, 1.0] for f in FEATURES}, "limits": {"max_batch_size": 10_000}}  # fmt: skip
+
+
+def scripted_client(sent: list[dict], delay_s: float = 0.0, **options) -> SurrogateClient:
+    """A client of a scripted Park-model service whose /predict records each body and answers, after `delay_s`,
+    a mean that tells the features apart (x1 + 10 x2 + 100 x3 + 1000 x4)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/model":
+            return httpx.Response(200, json=PARK_MANIFEST)
+        body = json.loads(request.content)
+        sent.append(body)
+        time.sleep(delay_s)
+        mean = sum(10**i * np.asarray(body[f]) for i, f in enumerate(FEATURES))
+        return httpx.Response(200, json={"mean": mean.tolist(), "variance": [0.5] * len(mean)})
+
+    return SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler), **options)
+
+
+def test_predict_takes_rows_and_columns_by_feature_name():
+    # given the same two points as an array, as rows {feature: value} in any key order, and as columns
+    points = np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
+    rows = [{"x4": 0.4, "x2": 0.2, "x1": 0.1, "x3": 0.3}, {"x1": 0.5, "x2": 0.6, "x3": 0.7, "x4": 0.8}]
+    columns = {"x3": [0.3, 0.7], "x1": [0.1, 0.5], "x2": [0.2, 0.6], "x4": [0.4, 0.8]}
+    sent: list[dict] = []
+    with scripted_client(sent) as client:
+        # when each is predicted
+        answers = [client.predict(X) for X in (points, rows, columns)]
+    # then each sends the same body, in the model's feature order, and gets the same answer
+    assert sent[0] == sent[1] == sent[2] == {f: points[:, i].tolist() for i, f in enumerate(FEATURES)}
+    for answer in answers[1:]:
+        np.testing.assert_array_equal(answer.mean, answers[0].mean)
+
+
+@pytest.mark.parametrize(
+    ("X", "error", "says"),
+    [
+        ([{"x1": 0.1, "x2": 0.2, "x3": 0.3, "x4": 0.4}, {"x1": 0.5, "x2": 0.6, "x4": 0.8}], ValueError,
+         r"X row 1: no x3 \(the model's features: x1, x2, x3, x4\)"),
+        ([{"x1": 0.1, "x2": 0.2, "x3": 0.3, "x4": 0.4, "depth": 3.0}], ValueError,
+         r"X row 0: unknown feature\(s\) depth"),
+        ({"x1": [0.1], "x2": [0.2], "x3": [0.3]}, ValueError, "X's columns: no x4"),
+        ({"x1": [0.1, 0.2], "x2": [0.2], "x3": [0.3], "x4": [0.4]}, ValueError, "lists of one length"),
+        ([{"x1": 0.1, "x2": 0.2, "x3": 0.3, "x4": 0.4}, [0.5, 0.6, 0.7, 0.8]], TypeError,
+         r"X must be an \(N, n_features\) array .* a list of rows \{feature: value\}.*; got a list of dict and list"),
+        ([["0.1", "a", "0.3", "0.4"]], ValueError, r"X must be numbers.*could not convert string to float: 'a'"),
+        ({"x1": [0.1], "x2": ["a"], "x3": [0.3], "x4": [0.4]}, ValueError, r"X must be numbers.*'a'"),
+    ],
+)  # fmt: skip
+def test_points_the_client_cannot_read_are_refused_saying_what_it_takes(X, error, says):
+    # given a client and points it cannot read; when they are predicted, then the error says what is accepted
+    sent: list[dict] = []
+    with scripted_client(sent) as client, pytest.raises(error, match=says):
+        client.predict(X)
+    assert sent == [], "refused before any request"
+
+
+def test_to_frame_without_pandas_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch):
+    # given pandas is not installed (None in sys.modules makes `import pandas` fail as if it were absent)
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    sent: list[dict] = []
+    with scripted_client(sent) as client:
+        prediction = client.predict(np.full((2, 4), 0.5))
+    # when a frame is asked for, then the error names the client's extra that installs it
+    with pytest.raises(ModuleNotFoundError, match=r"pip install './client\[pandas\]'") as missing:
+        prediction.to_frame()
+    assert missing.value.name == "pandas"
+    assert "the client's `pandas` extra" in str(missing.value)
+
+
+def test_plots_without_matplotlib_name_the_extra_to_install(monkeypatch: pytest.MonkeyPatch):
+    # given matplotlib is not installed, and the plots module not yet imported
+    import gpr_client
+
+    for module in ("matplotlib", "matplotlib.axes", "matplotlib.figure", "matplotlib.ticker"):
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.delitem(sys.modules, "gpr_client.plots", raising=False)
+    monkeypatch.delattr(gpr_client, "plots", raising=False)
+    sent: list[dict] = []
+    # when a picture is asked for, then the error names the client's extra that installs matplotlib
+    with scripted_client(sent) as client, pytest.raises(ModuleNotFoundError, match=r"pip install './client\[plot\]'"):
+        client.plot_slices()
+
+
+def progress_lines(output: str) -> list[str]:
+    """The lines a progress bar wrote (it rewrites its line after a carriage return; a log shows each)."""
+    return [line for line in output.replace("\r", "\n").split("\n") if line.strip()]
+
+
+def test_predicts_progress_bar_shows_its_last_line_once(monkeypatch: pytest.MonkeyPatch):
+    # given a service slow enough (0.15 s a batch) for the bar to redraw after each of 3 batches
+    output = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", output)  # where tqdm writes
+    sent: list[dict] = []
+    with scripted_client(sent, delay_s=0.15, batch_size=2, concurrency=1) as client:
+        # when 6 points are predicted with a progress bar
+        client.predict(np.full((6, 4), 0.5), progress=True)
+    # then the bar reached 3/3 and said so once
+    finished = [line for line in progress_lines(output.getvalue()) if "100%" in line]
+    assert len(finished) == 1, output.getvalue()
+    assert "3/3" in finished[0]
+
+
+def test_a_jobs_progress_bar_shows_its_last_line_once_before_the_download(monkeypatch: pytest.MonkeyPatch):
+    # given a job that is half done, then done, and whose results take 0.3 s to download
+    output = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", output)
+    table = np.zeros(4, dtype=[(f, "<f8") for f in (*FEATURES, "y_mean", "y_variance")])
+    buffer = io.BytesIO()
+    np.save(buffer, table)
+    states = [("RUNNING", 2), ("SUCCEEDED", 4)]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/model":
+            return httpx.Response(200, json=PARK_MANIFEST)
+        if request.url.path == "/results.npy":
+            time.sleep(0.3)
+            return httpx.Response(200, content=buffer.getvalue())
+        status, done = states.pop(0)
+        results = {"url": "https://files.example.org/results.npy", "format": "npy"} if status == "SUCCEEDED" else None
+        return httpx.Response(200, json={"id": "job-1", "status": status, "results": results,
+                                         "progress": {"points": 4, "points_done": done}})  # fmt: skip
+
+    started = {"id": "job-1", "status": "RUNNING", "progress": {"points": 4, "points_done": 0}}
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client:
+        # when it is waited for with a progress bar, polling every 0.15 s
+        results = Job(client, "job-1", started).wait(progress=True, poll_interval_s=0.15)
+    # then the bar reached 4/4 and said so once
+    assert len(results.table) == 4
+    finished = [line for line in progress_lines(output.getvalue()) if "100%" in line]
+    assert len(finished) == 1, output.getvalue()
+    assert "4/4" in finished[0]

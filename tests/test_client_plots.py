@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 import pytest
 from gpr_client import SurrogateClient
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import FillBetweenPolyCollection, PathCollection
 from matplotlib.container import BarContainer
 
@@ -192,3 +193,186 @@ def test_sensitivity_bars_are_the_indices_with_their_intervals(local_server, tmp
         for container, key in zip(bars, ("first_order", "total"), strict=True):
             expected = [answer[key][f]["estimate"] for f in ("x1", "x2", "x3", "x4")]
             assert [bar.get_height() for bar in container] == pytest.approx(expected)
+
+
+# --- a wide model with units (the Borehole function, 8 features in physical units), scripted --------------------
+
+BOREHOLE_BOUNDS = {
+    "rw": (0.05, 0.15), "r": (100.0, 50_000.0), "Tu": (63_070.0, 115_600.0), "Hu": (990.0, 1_110.0),
+    "Tl": (63.1, 116.0), "Hl": (700.0, 820.0), "L": (1_120.0, 1_680.0), "Kw": (9_855.0, 12_045.0),
+}  # fmt: skip
+BOREHOLE_UNITS = {"rw": "m", "r": "m", "Tu": "m²/yr", "Hu": "m", "Tl": "m²/yr", "Hl": "m", "L": "m", "Kw": "m/yr",
+                  "flow": "m³/yr"}  # fmt: skip
+
+
+EVEN_INDICES = {f: {"estimate": 0.1, "ci_low": 0.05, "ci_high": 0.2} for f in BOREHOLE_BOUNDS}
+BOREHOLE_INDICES = {"seed": 1, "n": 64, "posterior_samples": 0, "confidence": 0.95,
+                    "first_order": EVEN_INDICES, "total": EVEN_INDICES}  # fmt: skip
+
+
+def borehole(columns: dict[str, np.ndarray]) -> np.ndarray:
+    """Water flow through a borehole (m³/yr): Harper and Gupta (1983)."""
+    rw, r, Tu, Hu, Tl, Hl, L, Kw = (np.asarray(columns[f]) for f in BOREHOLE_BOUNDS)
+    log_ratio = np.log(r / rw)
+    return 2 * np.pi * Tu * (Hu - Hl) / (log_ratio * (1 + 2 * L * Tu / (log_ratio * rw**2 * Kw) + Tu / Tl))
+
+
+def scripted_manifest(name: str, bounds: dict[str, tuple[float, float]], output: str) -> dict:
+    """GET /model's answer for a model of these features and one output (no units)."""
+    return {"name": name, "version": "1", "features": list(bounds), "outputs": [output],
+            "bounds": {f: list(b) for f, b in bounds.items()}, "limits": {"max_batch_size": 10_000}}  # fmt: skip
+
+
+def borehole_client(std: float, units: dict[str, str] | None = BOREHOLE_UNITS) -> SurrogateClient:
+    """A client of a scripted service: the Borehole function as the mean, `std` its standard deviation everywhere,
+    and a manifest carrying units (GET /model's optional top-level "units") unless `units` is None."""
+    model = scripted_manifest("borehole", BOREHOLE_BOUNDS, "flow")
+    if units is not None:
+        model["units"] = units
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/model":
+            return httpx.Response(200, json=model)
+        mean = borehole(json.loads(request.content))
+        return httpx.Response(200, json={"mean": mean.tolist(), "variance": [std**2] * len(mean)})
+
+    return SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler))
+
+
+def grid_of(figure) -> set[tuple[int, int]]:
+    """(row, column) of each panel with an x label (colour bars have none)."""
+    spots = set()
+    for ax in figure.axes:
+        if ax.get_xlabel():
+            spec = ax.get_subplotspec()
+            spots.add((spec.rowspan.start, spec.colspan.start))
+    return spots
+
+
+def overlapping_tick_labels(figure) -> list[tuple[str, str]]:
+    """Pairs of drawn tick labels (and x10^k factors) whose boxes overlap once the figure is drawn with Agg."""
+    FigureCanvasAgg(figure).draw()
+    boxes = []
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            span = high - low
+            drawn = [  # the locator's ticks beyond the axis's ends are not drawn
+                tick.label1
+                for tick, at in zip(axis.get_major_ticks(), axis.get_majorticklocs(), strict=True)
+                if low - 1e-9 * span <= at <= high + 1e-9 * span
+            ]
+            texts = [*drawn, axis.get_offset_text()]
+            boxes += [(t.get_text(), t.get_window_extent()) for t in texts if t.get_visible() and t.get_text()]
+    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1 :] if box_a.overlaps(box_b)]
+
+
+def legend_texts(figure) -> list[str]:
+    return [t.get_text() for legend in figure.legends for t in legend.get_texts()]
+
+
+def test_the_slices_of_eight_features_wrap_into_two_rows_of_four(tmp_path: Path):
+    # given a model of 8 features
+    with borehole_client(std=5.0) as client:
+        # when its slices are drawn with the defaults, then with 2 columns and a size of the caller's
+        figure = client.plot_slices(points=15)
+        narrow = client.plot_slices(points=15, ncols=2, figsize=(7.0, 10.0))
+        with pytest.raises(ValueError, match="ncols must be at least 1"):
+            client.plot_slices(points=15, ncols=0)
+        # and the other pictures take a size too
+        sized = (client.plot_contour("Tu", "r", points=5, figsize=(8.0, 3.0)),
+                 client.plot_sensitivity(BOREHOLE_INDICES, figsize=(9.0, 3.0)))  # fmt: skip
+    rendered(figure, tmp_path / "borehole.png")
+    # then the panels fill a grid of 2 rows and 4 columns, each about as wide as the row's height
+    assert grid_of(figure) == {(row, column) for row in range(2) for column in range(4)}
+    width, height = figure.get_size_inches()
+    assert (width, height) == pytest.approx((4 * 3.2, 2 * 2.5 + 0.9))
+    # and the caller's columns and size are kept
+    assert grid_of(narrow) == {(row, column) for row in range(4) for column in range(2)}
+    assert tuple(narrow.get_size_inches()) == (7.0, 10.0)
+    assert [tuple(figure.get_size_inches()) for figure in sized] == [(8.0, 3.0), (9.0, 3.0)]
+
+
+def test_five_features_fill_rows_evenly_and_leave_no_empty_panel():
+    # given a model of 5 features
+    model = scripted_manifest("m", {f"x{i}": (0.0, 1.0) for i in range(5)}, "y")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/model":
+            return httpx.Response(200, json=model)
+        n = len(json.loads(request.content)["x0"])
+        return httpx.Response(200, json={"mean": [1.0] * n, "variance": [0.01] * n})
+
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client:
+        # when its slices are drawn
+        figure = client.plot_slices(points=5)
+    # then they fill 3 + 2 panels, with no empty sixth
+    assert grid_of(figure) == {(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)}
+    assert len(figure.axes) == 5
+
+
+def test_every_slice_names_its_feature_and_unit_and_each_row_its_output_and_unit():
+    # given the model with units in its manifest, and without
+    with borehole_client(std=5.0) as client, borehole_client(std=5.0, units=None) as without:
+        # when the slices are drawn
+        figure = client.plot_slices(points=15)
+        bare = without.plot_slices(points=15)
+    # then each x axis names its feature and unit, each row's first y axis the output and its unit
+    assert [ax.get_xlabel() for ax in figure.axes] == [f"{f} ({BOREHOLE_UNITS[f]})" for f in BOREHOLE_BOUNDS]
+    assert [ax.get_ylabel() for ax in figure.axes] == ["flow (m³/yr)", "", "", "", "flow (m³/yr)", "", "", ""]
+    # a manifest without units: the names alone
+    assert [ax.get_xlabel() for ax in bare.axes] == list(BOREHOLE_BOUNDS)
+    assert bare.axes[4].get_ylabel() == "flow"
+
+
+def test_no_two_tick_labels_overlap_on_a_wide_model():
+    # given features spanning 0.05-0.15 and 63,070-115,600 (the labels that ran together as "100000110000")
+    with borehole_client(std=5.0) as client:
+        # when each picture is drawn with Agg
+        pictures = {
+            "slices": client.plot_slices(points=15),
+            "slices of 2 columns": client.plot_slices(points=15, ncols=2),
+            "contour": client.plot_contour("Tu", "r", points=10),
+            "sensitivity": client.plot_sensitivity(BOREHOLE_INDICES),
+        }
+    # then no tick label runs into another
+    for name, figure in pictures.items():
+        assert overlapping_tick_labels(figure) == [], name
+
+
+def test_the_band_is_in_the_legend_only_where_it_can_be_seen():
+    # given the same mean with a band 2 sd = 10 m³/yr wide (seen), then 2e-6 m³/yr (under the line)
+    with borehole_client(std=5.0) as client:
+        seen = client.plot_slices(points=15)
+    with borehole_client(std=1e-6) as client:
+        hidden = client.plot_slices(points=15)
+    # then the band is in the first legend and no panel notes it
+    assert legend_texts(seen) == [r"$\pm 2\sigma$", "mean"]
+    assert not [t for ax in seen.axes for t in ax.texts]
+    # and the second legend leaves it out, each panel saying why
+    assert legend_texts(hidden) == ["mean"]
+    assert [[t.get_text() for t in ax.texts] for ax in hidden.axes] == [["band narrower than the line"]] * 8
+
+
+def test_contour_colour_bars_name_the_statistic_output_and_unit():
+    # given the model with units; when a contour is drawn
+    with borehole_client(std=5.0) as client:
+        figure = client.plot_contour("Tu", "r", points=10)
+    # then its axes name the features and units, its colour bars the statistic, the output and its unit
+    panels = [ax for ax in figure.axes if ax.get_title()]
+    bars = [ax for ax in figure.axes if not ax.get_title()]
+    assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in panels] == [("Tu (m²/yr)", "r (m)")] * 2
+    assert [ax.get_ylabel() for ax in bars] == ["mean of flow (m³/yr)", "std of flow (m³/yr)"]
+
+
+def test_the_sensitivity_title_says_n_and_the_posterior_draws_used():
+    # given answers computed without posterior draws and with 20
+    with borehole_client(std=5.0) as client:
+        # when each is drawn
+        mean_only = client.plot_sensitivity(BOREHOLE_INDICES)
+        with_draws = client.plot_sensitivity({**BOREHOLE_INDICES, "n": 512, "posterior_samples": 20})
+    # then the title says n and k (none: the mean's indices)
+    assert mean_only.axes[0].get_title() == (
+        "flow: n = 64, k = 0 posterior draws (the mean's indices), seed 1, 95% intervals"
+    )
+    assert with_draws.axes[0].get_title() == "flow: n = 512, k = 20 posterior draws, seed 1, 95% intervals"

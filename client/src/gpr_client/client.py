@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import importlib
 import io
 import json
 import operator
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -27,6 +29,28 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 URL_VARIABLE = "GPR_SURROGATE_URL"
 KEY_VARIABLE = "GPR_SURROGATE_API_KEY"
 MAX_RETRY_AFTER_S = 120.0
+ACCEPTED_POINTS = (
+    "an (N, n_features) array or list of lists in the model's feature order, a DataFrame with a column per feature, "
+    "a list of rows {feature: value}, or columns {feature: [values]}"
+)
+
+
+def _optional_module(module: str, extra: str, why: str) -> ModuleType:
+    """`module`, from one of the client's extras; a ModuleNotFoundError naming the extra to install if it is not.
+    `why` says who needs it ("to_frame() needs pandas")."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as missing:
+        top = module.partition(".")[0]
+        raise ModuleNotFoundError(
+            f"{why}, which the client's `{extra}` extra installs: pip install './client[{extra}]' from the "
+            f"repository's root (or pip install {top})",
+            name=missing.name,
+        ) from missing
+
+
+def _pandas() -> ModuleType:
+    return _optional_module("pandas", "pandas", "to_frame() needs pandas")
 
 
 class ApiError(Exception):
@@ -89,6 +113,12 @@ class ModelInfo:
     max_batch_size: int
     max_job_points: int | None
     published_training_data: str | None = None  # "inputs", "inputs_and_outputs", or None: nothing published
+    units: Mapping[str, str] = field(default_factory=dict)  # {feature or output: unit}, where the manifest says
+
+    def label(self, name: str) -> str:
+        """A feature's or output's name with its unit, as the pictures' axes read: "r (m)", or "r" without one."""
+        unit = self.units.get(name)
+        return f"{name} ({unit})" if unit else name
 
 
 @dataclass
@@ -115,8 +145,7 @@ class Predictions:
     variance_gradient: np.ndarray | None = None
 
     def to_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
+        pd = _pandas()
         columns: dict[str, np.ndarray] = {}
         for j, output in enumerate(self.outputs):
             columns[f"{output}_mean"] = self.mean[:, j]
@@ -158,8 +187,7 @@ class JobResults:
         return self.statistic("variance")
 
     def to_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
+        pd = _pandas()
         return pd.DataFrame(self.table)
 
 
@@ -195,8 +223,7 @@ class Suggestions:
         return [dict(zip(self.features, map(float, row), strict=True)) for row in self.points]
 
     def to_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
+        pd = _pandas()
         columns: dict[str, np.ndarray] = {f: self.points[:, j] for j, f in enumerate(self.features)}
         columns["acquisition"] = self.acquisition
         for j, output in enumerate(self.outputs):
@@ -291,6 +318,7 @@ class SurrogateClient:
                 max_batch_size=int(limits.get("max_batch_size", 10_000)),
                 max_job_points=limits.get("max_job_points"),
                 published_training_data=doc.get("published_training_data"),
+                units={str(k): str(v) for k, v in (doc.get("units") or {}).items()},
             )
         return self._model
 
@@ -313,7 +341,8 @@ class SurrogateClient:
         return self._training
 
     def _points(self, X: Any) -> np.ndarray:
-        """X as an (N, n_features) float array in the model's feature order (a DataFrame by column name)."""
+        """X as an (N, n_features) float array in the model's feature order: an array or list of lists in that
+        order, or named values (a DataFrame, a list of rows {feature: value}, columns {feature: [values]})."""
         features = self.model().features
         if hasattr(X, "columns") and hasattr(X, "to_numpy"):
             missing = [f for f in features if f not in X.columns]
@@ -322,7 +351,18 @@ class SurrogateClient:
                     f"X lacks column(s) {', '.join(missing)} (the model's features: {', '.join(features)})"
                 )
             X = X[list(features)].to_numpy(dtype=float)
-        points = np.asarray(X, dtype=float)
+        elif isinstance(X, Mapping):
+            X = _columns_by_name(X, features)
+        elif isinstance(X, Sequence) and not isinstance(X, str) and any(isinstance(r, Mapping) for r in X):
+            if not all(isinstance(r, Mapping) for r in X):
+                raise TypeError(f"X must be {ACCEPTED_POINTS}; got {_described(X)}")
+            X = _rows_by_name(X, features)
+        try:
+            points = np.asarray(X, dtype=float)
+        except TypeError as refused:
+            raise TypeError(f"X must be {ACCEPTED_POINTS}; got {_described(X)}") from refused
+        except ValueError as refused:
+            raise ValueError(f"X must be numbers, {ACCEPTED_POINTS} ({refused})") from refused
         if points.ndim == 1 and len(features) == 1:
             points = points[:, None]
         if points.ndim != 2 or points.shape[1] != len(features):
@@ -350,8 +390,14 @@ class SurrogateClient:
             headers = {"content-type": "application/json"}
             return self._request("POST", "/predict", params=params, content=content, headers=headers).json()
 
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            answers = list(tqdm(pool.map(send, starts), total=len(starts), unit="batch", disable=not progress))
+        answers = []
+        with (
+            ThreadPoolExecutor(max_workers=self.concurrency) as pool,
+            tqdm(total=len(starts), unit="batch", disable=not progress) as bar,
+        ):
+            for answer in pool.map(send, starts):
+                answers.append(answer)
+                _advance(bar, len(answers))
         return _gather(answers, info.outputs, info.features, tuple(include))
 
     def covariance(self, X: Any, *, latent: bool = False) -> np.ndarray:
@@ -505,16 +551,21 @@ class SurrogateClient:
         points: int = 60,
         latent: bool = True,
         near: float | None = 0.15,
+        ncols: int | None = None,
+        figsize: tuple[float, float] | None = None,
     ) -> Figure:
         """The mean along each feature in a band of two standard deviations, the others held at `at` (default: the
-        middle of the bounds); one row per output unless `output` names one. A matplotlib Figure (`.savefig(path)`).
+        middle of the bounds), on a grid of `ncols` columns (default: at most 4, rows as even as can be), a block
+        of rows per output unless `output` names one; `figsize` in inches (default: 3.2 x 2.5 a panel). A
+        matplotlib Figure (`.savefig(path)`). Axes name their feature and output with the manifest's units; where
+        the band is narrower than the line, the panel says so and the legend leaves it out.
 
         Where the model publishes its training points, those `near` the held values are drawn too (the root mean
         square, over the other features, of each difference over its range; None: none): dots at their outputs, or
         ticks along the foot where only inputs are published."""
         from gpr_client import plots
 
-        return plots.slices(self, at, output, points, latent, near)
+        return plots.slices(self, at, output, points, latent, near, ncols, figsize)
 
     def plot_contour(
         self,
@@ -525,12 +576,14 @@ class SurrogateClient:
         output: str | None = None,
         points: int = 40,
         latent: bool = True,
+        figsize: tuple[float, float] | None = None,
     ) -> Figure:
         """Mean and standard deviation over features `a` (across) and `b` (up) side by side, the others held at
-        `at` (default: the middle of the bounds); one row per output unless `output` names one."""
+        `at` (default: the middle of the bounds); one row per output unless `output` names one. Colour bars name
+        the statistic, the output and its unit."""
         from gpr_client import plots
 
-        return plots.contour(self, a, b, at, output, points, latent)
+        return plots.contour(self, a, b, at, output, points, latent, figsize)
 
     def plot_sensitivity(
         self,
@@ -540,14 +593,16 @@ class SurrogateClient:
         n: int = 1024,
         posterior_samples: int = 0,
         seed: int = 1,
+        figsize: tuple[float, float] | None = None,
     ) -> Figure:
         """First-order and total Sobol' indices with their intervals, as bars: of `result` (what `sensitivity()`
-        returns) or, without one, of `sensitivity(n=n, posterior_samples=posterior_samples, seed=seed)`."""
+        returns) or, without one, of `sensitivity(n=n, posterior_samples=posterior_samples, seed=seed)`. Each
+        title says n, the posterior draws k (0: the posterior mean's indices) and the seed."""
         from gpr_client import plots
 
         if result is None:
             result = self.sensitivity(n=n, posterior_samples=posterior_samples, seed=seed)
-        return plots.sensitivity(self, result, output)
+        return plots.sensitivity(self, result, output, figsize)
 
     # --- asynchronous jobs --------------------------------------------------------------------------
 
@@ -640,9 +695,9 @@ class Job:
                 total, done = doc["progress"]["points"], doc["progress"]["points_done"]
                 if total and bar.total != total:
                     bar.total = total
-                bar.update(done - bar.n)
+                _advance(bar, done)
                 if doc["status"] == "SUCCEEDED":
-                    return self.results()
+                    break  # the bar closes (its one 100% line) before the download, which is not its work
                 if doc["status"] == "FAILED":
                     raise JobFailedError(self.id, doc.get("error") or "no reason given")
                 if doc["status"] == "AWAITING_UPLOAD":
@@ -653,6 +708,7 @@ class Job:
                     raise TimeoutError(f"job {self.id} is still {doc['status']} after {timeout_s} s")
                 sleep(poll_interval_s)
                 doc = self.status()
+        return self.results()
 
     def results(self) -> JobResults:
         doc = self.last_status if self.last_status.get("results") else self.status()
@@ -663,13 +719,21 @@ class Job:
         return JobResults(_read_table(data, doc["results"]["format"]), info.features, info.outputs)
 
 
+def _advance(bar: tqdm, done: int) -> None:
+    """Move the bar to `done`. Reaching its total is left to the bar's close(), which shows the last line (with the
+    overall rate) once: update() would show it too, with the recent rate, and a log would read two 100% lines."""
+    if bar.total is not None and done >= bar.total:
+        bar.n = done
+    else:
+        bar.update(done - bar.n)
+
+
 def _read_table(data: bytes, fmt: str) -> np.ndarray:
     if fmt == "npy":
         return np.load(io.BytesIO(data), allow_pickle=False)
     if fmt == "csv":
         return np.genfromtxt(io.BytesIO(data), delimiter=",", names=True, dtype=float, deletechars="")
-    import pyarrow.parquet as pq  # the `parquet` extra
-
+    pq = _optional_module("pyarrow.parquet", "parquet", "results in parquet need pyarrow")
     table = pq.read_table(io.BytesIO(data))
     array = np.empty(table.num_rows, dtype=[(name, "<f8") for name in table.column_names])
     for name in table.column_names:
@@ -701,6 +765,42 @@ def _gather(
     mean, variance = stacked.pop("mean", empty), stacked.pop("variance", empty)
     mean_gradient, variance_gradient = stacked.pop("mean_gradient", None), stacked.pop("variance_gradient", None)
     return Predictions(outputs, mean, variance, stacked, mean_gradient, variance_gradient)
+
+
+def _rows_by_name(rows: Sequence[Mapping[str, Any]], features: tuple[str, ...]) -> list[list[Any]]:
+    """Rows {feature: value} as lists in the model's feature order; a ValueError names a row's missing or unknown
+    features."""
+    for i, row in enumerate(rows):
+        if mismatch := _mismatch(row, features):
+            raise ValueError(f"X row {i}: {mismatch} (the model's features: {', '.join(features)})")
+    return [[row[f] for f in features] for row in rows]
+
+
+def _columns_by_name(columns: Mapping[str, Any], features: tuple[str, ...]) -> np.ndarray:
+    """Columns {feature: [values]} (/predict's body) as an (N, n_features) array in the model's feature order."""
+    if mismatch := _mismatch(columns, features):
+        raise ValueError(f"X's columns: {mismatch} (the model's features: {', '.join(features)})")
+    shapes = [np.shape(columns[f]) for f in features]
+    if len(set(shapes)) != 1 or len(shapes[0]) != 1:
+        said = ", ".join(f"{f} {shape}" for f, shape in zip(features, shapes, strict=True))
+        raise ValueError(f"X's columns must be lists of one length: {said}")
+    return np.column_stack([np.asarray(columns[f]) for f in features])  # made numbers (or refused) by the caller
+
+
+def _mismatch(names: Mapping[str, Any], features: tuple[str, ...]) -> str:
+    """How the names differ from the model's features ("no x2; unknown feature(s) z"), or "" where they do not."""
+    missing = [f for f in features if f not in names]
+    unknown = sorted(str(k) for k in names if k not in features)
+    said = [f"no {', '.join(missing)}"] if missing else []
+    return "; ".join(said + ([f"unknown feature(s) {', '.join(unknown)}"] if unknown else []))
+
+
+def _described(X: Any) -> str:
+    """What X is, for an error: its type, and its elements' types where it is a sequence."""
+    if isinstance(X, Sequence) and not isinstance(X, str) and X:
+        kinds = sorted({type(item).__name__ for item in X})
+        return f"a {type(X).__name__} of {' and '.join(kinds)}"
+    return type(X).__name__
 
 
 def _seed(seed: int | None) -> int | None:
