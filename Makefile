@@ -16,7 +16,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction package-model scan bench bench-analyses bench-coverage bench-draws bench-explorer load openapi events clean
+.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction package-model scan bench bench-analyses bench-coverage bench-draws bench-explorer load openapi events clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -113,6 +113,10 @@ build-JobWorkerFunction:
 
 build-JobFinisherFunction:
 	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package finisher
+
+# The explorer's open page: handler/explorer_app.py, what it imports, handler/explorer/ and Powertools; no model.
+build-ExplorerFunction:
+	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package explorer
 
 package-model: setup  ## Package your GPy model: make package-model MODEL=my.pkl FEATURES=a,b,c [OUTPUTS=y1,y2 BOUNDS=a=0:1 HOLDOUT=h.csv NAME= VERSION= PUBLISH=inputs|inputs_and_outputs]
 	@test -n "$(MODEL)" || { echo "usage: make package-model MODEL=path/to/model.pkl FEATURES=a,b,c [OUTPUTS=y1,y2] [BOUNDS=a=LOW:HIGH,...] [HOLDOUT=holdout.csv] [NAME=name] [VERSION=1] [PUBLISH=inputs|inputs_and_outputs] (FEATURES may be left out to convert a packaged pickle with its manifest beside it)" >&2; exit 2; }

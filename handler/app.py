@@ -4,7 +4,9 @@ Routes:  POST /predict   POST /sample   GET /health   GET /model   GET /model/tr
          POST /sensitivity   POST /propagate   POST /suggest  (handler.api.analyses)
          POST /jobs   GET /jobs/{job_id}   POST /jobs/{job_id}/start   POST /jobs/{job_id}/cancel  (handler.jobs.routes)
          /v2/...: the Open Inference Protocol  (handler.api.inference_protocol)
-         GET /explore   GET /explore/{asset}: the model explorer, a page drawing the model  (handler.api.explorer)
+
+The model explorer's page (GET /explore) is open to anyone, so it is served by a function of its own
+(handler.explorer_app), never by this one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from handler.api import analyses, explorer, inference_protocol
+from handler.api import analyses, inference_protocol
 from handler.api.errors import RequestError, brief
 from handler.api.limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES, covariance_limit
 from handler.api.parsing import (
@@ -145,7 +147,6 @@ services = Services(
 for router in (job_routes, inference_protocol, analyses):
     router.configure(services)
     app.include_router(router.router)
-app.include_router(explorer.router)  # static: the page draws what the other routes answer
 
 
 @app.post("/predict")
@@ -422,6 +423,8 @@ def openapi() -> dict[str, Any]:
 def _error(status: int, error: str, details: list[tuple[str, str]], headers: dict[str, str] | None = None) -> Response:
     _count_refusal(status)
     body = RequestError(status, error, details).body()
+    if status == HTTPStatus.SERVICE_UNAVAILABLE:  # every 503 says when to try again, whichever route raised it
+        headers = {"Retry-After": _retry_after(), **(headers or {})}
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers)
 
 
@@ -445,9 +448,13 @@ def handle_model_unavailable(exc: ModelUnavailableError) -> Response:
     # The reason can quote the artifact (an exception raised while unpickling it, bytes of a file): the log gets it,
     # callers a fixed message.
     logger.error("model unavailable", extra={"reason": str(exc)}, exc_info=exc)
-    retry_after = str(max(1, round(settings.model_retry_seconds)))
     detail = ("model", "the model could not be loaded; the reason is logged, and a later request tries again")
-    return _error(HTTPStatus.SERVICE_UNAVAILABLE, "model unavailable", [detail], {"Retry-After": retry_after})
+    return _error(HTTPStatus.SERVICE_UNAVAILABLE, "model unavailable", [detail])
+
+
+def _retry_after() -> str:
+    """Seconds until a failed model load is tried again (at least 1): what every 503 asks a caller to wait."""
+    return str(max(1, round(settings.model_retry_seconds)))
 
 
 @app.not_found

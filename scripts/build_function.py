@@ -5,19 +5,22 @@
 for the function's architecture, copies handler/ (and model_artifacts/), and drops what the function
 never loads: the dependencies' own test suites, C headers and sources, type stubs and console scripts.
 
-Three packages, each with what its function imports:
-- `predict` (PredictFunction): requirements.txt, the model (its manifest and the artifact it names), and the model
-  explorer's page and assets (handler/explorer/: it serves GET /explore); a posterior file needs numpy alone, so
-  GPy and scipy (requirements-gpy.txt) are added only when the manifest is a pickle's;
+Four packages, each with what its function imports:
+- `predict` (PredictFunction): requirements.txt and the model (its manifest and the artifact it names); a
+  posterior file needs numpy alone, so GPy and scipy (requirements-gpy.txt) are added only when the manifest is a
+  pickle's;
 - `worker` (JobWorkerFunction): the same, and scipy for designs of experiments (requirements-worker.txt);
-- `finisher` (JobFinisherFunction): requirements-finisher.txt, pyarrow, no model.
+- `finisher` (JobFinisherFunction): requirements-finisher.txt, pyarrow, no model;
+- `explorer` (ExplorerFunction): requirements-explorer.txt (Powertools alone), the model explorer's page and assets
+  (handler/explorer/) and only the modules of handler/ that handler/explorer_app.py imports: no model.
 
-    python scripts/build_function.py ARTIFACTS_DIR [--arch arm64|x86_64] [--package predict|worker|finisher]
+    python scripts/build_function.py ARTIFACTS_DIR [--arch arm64|x86_64] [--package predict|worker|finisher|explorer]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import shutil
 import subprocess
@@ -36,11 +39,12 @@ PACKAGES = {
     "predict": ("requirements.txt", True),
     "worker": ("requirements-worker.txt", True),
     "finisher": ("requirements-finisher.txt", False),
+    "explorer": ("requirements-explorer.txt", False),
 }
-# The model explorer's page, script, style and vendored chart library (with its licence): files the API function
-# reads and serves (handler/api/explorer.py), not Python, so copied on their own; only the API function serves them.
+# The model explorer's page, script, style and vendored chart library (with its licence): files the explorer's
+# function reads and serves (handler/api/explorer.py), not Python, so copied on their own; only it serves them.
 EXPLORER = ROOT / "handler" / "explorer"
-WITH_EXPLORER = {"predict"}
+EXPLORER_ENTRY = ROOT / "handler" / "explorer_app.py"
 MODEL_MANIFEST = ROOT / "model_artifacts" / "pretrained-model.manifest.json"
 GPY_REQUIREMENTS = "requirements-gpy.txt"
 # Never loaded at run time. GPy imports its own `testing` and `examples` packages, so those stay.
@@ -68,6 +72,34 @@ def model_files(manifest_path: Path = MODEL_MANIFEST) -> tuple[list[Path], bool]
     artifact = manifest_path.with_name(Path(str(document["artifact"])).name)
     needs_gpy = document.get("format", "pickle") != "npz"  # schema 2 manifests are pickles'
     return [manifest_path, artifact], needs_gpy
+
+
+def project_modules(entry: Path) -> list[Path]:
+    """`entry` and the modules of handler/ it imports, directly or through each other (with their packages'
+    __init__.py): read from their import statements, so that a module the explorer starts importing comes along."""
+    found: set[Path] = set()
+    pending = [entry]
+    while pending:
+        path = pending.pop()
+        if path in found:
+            continue
+        found.add(path)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            for name in names:
+                if name.split(".")[0] != "handler":
+                    continue
+                parts = name.split(".")
+                for depth in range(1, len(parts) + 1):  # each package on the way, and the module itself
+                    stem = ROOT.joinpath(*parts[:depth])
+                    for candidate in (stem / "__init__.py", stem.with_suffix(".py")):
+                        if candidate.is_file():
+                            pending.append(candidate)
+    return sorted(found)
 
 
 def copy_project(target: Path, paths: list[Path]) -> None:
@@ -108,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-gpy", action="store_true", help="add the GPy route whatever the packaged model is")
     args = parser.parse_args(argv)
     requirements, with_model = PACKAGES[args.package]
-    paths = sorted((ROOT / "handler").rglob("*.py"))
-    if args.package in WITH_EXPLORER:
-        paths += sorted(path for path in EXPLORER.rglob("*") if path.is_file())
+    if args.package == "explorer":
+        paths = project_modules(EXPLORER_ENTRY) + sorted(path for path in EXPLORER.rglob("*") if path.is_file())
+    else:
+        paths = sorted((ROOT / "handler").rglob("*.py"))
     needs_gpy = args.with_gpy
     if with_model:
         files, for_model = model_files()

@@ -42,6 +42,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -136,11 +137,12 @@ def _logical_id(queue: Any) -> str:
 def load_function(
     template: Path, function_name: str | None = None, env_vars_file: Path | None = None
 ) -> tuple[FunctionConfig, Any]:
-    """One function (by name; by default the one serving the API) and the API routes."""
+    """One function (by name; by default the one serving most of the API's routes) and the API routes."""
     configs, api, _, _ = load_functions(template, env_vars_file)
-    if function_name is None:
-        serving = {route.function_name for route in api.routes}
-        names = [name for name in configs if name in serving] or list(configs)
+    if function_name is None:  # the API's function: the one serving most routes (not the explorer's page)
+        counts = Counter(route.function_name for route in api.routes)
+        most = max(counts.values(), default=0)
+        names = [name for name in configs if counts[name] == most and most] or list(configs)
     else:
         names = [name for name in configs if name == function_name]
     if len(names) != 1:

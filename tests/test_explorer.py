@@ -9,8 +9,12 @@ Needs Debian's `chromium` and `chromium-driver` (`make browser` installs them; `
 
 from __future__ import annotations
 
+import json
 import math
+import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.conftest import near_training_points, serving
+from handler.gp.artifact import manifest_path_for
+from tests.conftest import PACKAGE_MODEL, near_training_points, serving
 
 # Reaching the page's idle state is a wait, not a measurement: a generous bound that only a broken page exceeds.
 WAIT_S = 60
@@ -63,6 +68,41 @@ def keyed_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
         yield s
 
 
+# Legal names that are also names of every JavaScript object's inherited members (and the prototype setter).
+PROTOTYPE_NAMES = ("constructor", "__proto__", "toString")
+PROTOTYPE_OUTPUT = "valueOf"
+UNITS = {"constructor": "m", "__proto__": "kg/s", PROTOTYPE_OUTPUT: "Pa"}  # toString has none
+
+
+@pytest.fixture(scope="module")
+def prototype_names_server(tmp_path_factory: pytest.TempPathFactory):
+    """The local server on a small GPy model whose features are named constructor, __proto__ and toString, its
+    output valueOf, publishing its training points, with units in its manifest for all but toString."""
+    import GPy
+
+    folder = tmp_path_factory.mktemp("prototype-names")
+    X = np.random.default_rng(3).uniform(size=(40, 3))
+    y = np.sin(3 * X[:, :1]) + X[:, 1:2] ** 2 + 0.5 * X[:, 2:]
+    gp = GPy.models.GPRegression(X, y, GPy.kern.RBF(3, lengthscale=0.5, ARD=True))
+    gp.likelihood.variance = 1e-4
+    gp.optimize(max_iters=300)
+    (folder / "model.pkl").write_bytes(pickle.dumps(gp))
+    output = folder / "artifact" / "names.npz"
+    command = [
+        sys.executable, str(PACKAGE_MODEL), str(folder / "model.pkl"), "--features", ",".join(PROTOTYPE_NAMES),
+        "--outputs", PROTOTYPE_OUTPUT, "--bounds", ",".join(f"{name}=0:1" for name in PROTOTYPE_NAMES),
+        "--name", "prototype-names", "--publish-training-data", "inputs_and_outputs", "--output", str(output),
+    ]  # fmt: skip
+    packaged = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert packaged.returncode == 0, packaged.stderr
+    manifest = manifest_path_for(output)
+    document = json.loads(manifest.read_text())
+    document.setdefault("units", UNITS)  # the manifest's optional units: {feature or output: unit}
+    manifest.write_text(json.dumps(document))
+    with serving(output, folder, "--no-jobs") as server:
+        yield server
+
+
 # --- reading the page -------------------------------------------------------------------------------------------
 
 
@@ -98,10 +138,11 @@ def traces(browser: webdriver.Chrome, chart_id: str) -> dict[str, dict[str, Any]
 
 
 def sliders(browser: webdriver.Chrome) -> dict[str, float]:
-    return browser.execute_script(
-        "return Object.fromEntries([...document.querySelectorAll('#sliders input')]"
-        ".map(i => [i.dataset.feature, Number(i.value)]))"
+    # As [name, value] pairs: WebDriver drops an object's `__proto__` key on the way out, and it is a legal name.
+    pairs = browser.execute_script(
+        "return [...document.querySelectorAll('#sliders input')].map(i => [i.dataset.feature, Number(i.value)])"
     )
+    return dict(pairs)
 
 
 def predict(base_url: str, points: list[dict[str, float]], features: list[str], outputs: list[str], output: str):
@@ -117,7 +158,8 @@ def assert_pictures_match_predict(browser: webdriver.Chrome, base_url: str, mode
     """Every slice and both 2-D pictures are /predict's answers at their points, the other features at the sliders."""
     features, outputs = model["features"], model["outputs"]
     values = sliders(browser)
-    assert browser.execute_script("return window.explorer.state.last.values") == values, "drawn for these values"
+    drawn_at = dict(browser.execute_script("return Object.entries(window.explorer.state.last.values)"))
+    assert drawn_at == values, "drawn for these values"
     charts = browser.find_elements(By.CSS_SELECTOR, "#slices .slice-chart")
     assert [chart.get_attribute("data-feature") for chart in charts] == features, "one slice per feature"
     for feature in features:
@@ -334,7 +376,9 @@ def assert_sensitivity_matches(browser: webdriver.Chrome, base_url: str, model: 
     bars = traces(browser, "sensitivity")
     features = model["features"]
     for name, key in (("first order", "first_order"), ("total", "total")):
-        assert bars[name]["x"] == features
+        # one bar per feature, at positions labelled with the features' names (and units)
+        assert bars[name]["x"] == list(range(len(features)))
+        assert bars[name]["customdata"] == features
         estimates = [result[key][f]["estimate"] for f in features]
         assert bars[name]["y"] == pytest.approx(estimates)
         assert bars[name]["error_y"]["array"] == pytest.approx(
@@ -421,3 +465,83 @@ def test_with_an_api_key_the_page_is_open_and_asks_for_the_key_once(browser, key
     refused = "/sensitivity - Failed to load resource: the server responded with a status of 501"
     assert [message for message in console_errors(browser) if refused not in message] == []
     browser.execute_script("sessionStorage.clear()")
+
+
+def axis_titles(browser: webdriver.Chrome, chart_id: str) -> tuple[str, str]:
+    return tuple(
+        browser.execute_script(
+            "const l = document.getElementById(arguments[0]).layout; return [l.xaxis.title.text, l.yaxis.title.text]",
+            chart_id,
+        )
+    )
+
+
+def test_features_named_like_javascripts_own_members_are_drawn_with_their_units(browser, prototype_names_server):
+    # given a model whose features are named constructor, __proto__ and toString (legal names), with units
+    base_url, _ = prototype_names_server
+    model = httpx.get(f"{base_url}/model", timeout=30).json()
+    assert model["features"] == list(PROTOTYPE_NAMES)
+    assert model["units"] == UNITS
+    # when
+    open_page(browser, base_url)
+    # then every picture is drawn, and is /predict's answer, as for any model
+    assert console_errors(browser) == []
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"
+    assert set(sliders(browser)) == set(PROTOTYPE_NAMES)
+    assert_pictures_match_predict(browser, base_url, model, PROTOTYPE_OUTPUT)
+    assert assert_training_points_near_each_slice(browser, base_url, model, PROTOTYPE_OUTPUT) > 0
+    assert_sensitivity_matches(browser, base_url, model, PROTOTYPE_OUTPUT)
+    # and the axes carry the units the manifest gives, and only those
+    assert axis_titles(browser, "slice-constructor") == ("constructor (m)", "valueOf (Pa)")
+    assert axis_titles(browser, "slice-__proto__") == ("__proto__ (kg/s)", "valueOf (Pa)")
+    assert axis_titles(browser, "slice-toString") == ("toString", "valueOf (Pa)")
+    assert axis_titles(browser, "contour-mean") == ("constructor (m)", "__proto__ (kg/s)")
+    ticks = browser.execute_script("return document.getElementById('sensitivity').layout.xaxis.ticktext")
+    assert ticks == ["constructor (m)", "__proto__ (kg/s)", "toString"]
+    # and when a slider moves, the pictures follow
+    move(browser, "__proto__", Keys.ARROW_RIGHT, 20)
+    assert sliders(browser)["__proto__"] > 0.5
+    assert_pictures_match_predict(browser, base_url, model, PROTOTYPE_OUTPUT)
+    assert console_errors(browser) == []
+
+
+def test_a_model_without_units_has_bare_axis_titles(browser, plant_server):
+    base_url, _ = plant_server
+    model = httpx.get(f"{base_url}/model", timeout=30).json()
+    assert "units" not in model
+    open_page(browser, base_url)
+    first = model["features"][0]
+    assert axis_titles(browser, f"slice-{first}") == (first, model["outputs"][0])
+
+
+def test_the_plot_toolbar_sits_above_the_plot_area_never_over_the_data(browser, deployed_server):
+    # (the page asks for it on hover only; where the browser says it cannot hover, as headless Chromium does,
+    # Plotly shows it always: where it sits is what matters either way)
+    base_url, _ = deployed_server
+    open_page(browser, base_url)
+    charts = [e.get_attribute("id") for e in browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")]
+    assert {"contour-mean", "contour-std", "sensitivity"} <= set(charts)
+    assert len(charts) > 3
+    for chart in charts:
+        # where Plotly put the toolbar and the plot area, in the chart's own coordinates
+        placed = browser.execute_script(
+            "const gd = document.getElementById(arguments[0]), box = gd.getBoundingClientRect();"
+            "const r = gd.querySelector('.modebar').getBoundingClientRect();"
+            "return {bottom: r.bottom - box.top, height: r.height, plotTop: gd._fullLayout._size.t}",
+            chart,
+        )
+        assert placed["height"] > 0, chart
+        assert placed["bottom"] <= placed["plotTop"], (chart, placed)
+
+
+def test_the_local_server_serves_the_page_from_the_explorer_function_with_get_and_head_only(deployed_server):
+    # (as the deployed API: the template's events for /explore are GET and HEAD of ExplorerFunction alone)
+    base_url, log = deployed_server
+    page = httpx.get(f"{base_url}/explore", timeout=30)
+    head = httpx.head(f"{base_url}/explore/explorer.js", timeout=30)
+    refused = httpx.post(f"{base_url}/explore", json={}, timeout=30)
+    assert (page.status_code, head.status_code, head.content) == (200, 200, b"")
+    assert page.headers["x-content-type-options"] == "nosniff"
+    # any other method: API Gateway's refusal, before any function runs
+    assert (refused.status_code, refused.json()) == (403, {"message": "Missing Authentication Token"})
+    assert "Mounting ExplorerFunction at" in log.read_text()

@@ -1,6 +1,7 @@
-"""GET /explore and its assets through the handler: what is served, with which headers, and what is refused.
+"""GET /explore and its assets through the explorer function's handler (handler.explorer_app): what is served, with
+which headers, and what is refused.
 
-The page in a browser is tests/test_explorer.py.
+The page in a browser is tests/test_explorer.py; the function's place in the template, tests/test_template.py.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ from tests.events import api_event, lambda_context
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def get(app, path: str, headers: dict[str, str] | None = None) -> dict:
-    return app.lambda_handler(api_event("GET", path, headers=headers or {"Accept": "*/*"}), lambda_context())
+@pytest.fixture
+def explorer_app():
+    from handler import explorer_app
+
+    return explorer_app
+
+
+def get(app, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> dict:
+    event = api_event(method, path, headers=headers or {"Accept": "*/*"})
+    return app.lambda_handler(event, lambda_context("ExplorerFunction"))
 
 
 def header(response: dict, name: str) -> str | None:
@@ -48,8 +57,8 @@ class _Tags(HTMLParser):
             self.script_text.append(data)
 
 
-def test_the_page_is_served_with_a_policy_that_runs_only_this_origins_scripts(deployed_app):
-    response = get(deployed_app, "/explore")
+def test_the_page_is_served_with_a_policy_that_runs_only_this_origins_scripts(explorer_app):
+    response = get(explorer_app, "/explore")
     assert response["statusCode"] == 200
     assert header(response, "Content-Type") == "text/html; charset=utf-8"
     policy = dict(part.strip().split(" ", 1) for part in header(response, "Content-Security-Policy").split(";"))
@@ -72,51 +81,51 @@ def test_the_page_is_served_with_a_policy_that_runs_only_this_origins_scripts(de
                 assert url.removeprefix("explore/") in explorer.ASSETS, url
 
 
-def test_each_asset_is_served_as_is_or_gzipped_with_its_type(deployed_app):
+def test_each_asset_is_served_as_is_or_gzipped_with_its_type(explorer_app):
     for name, asset in explorer.ASSETS.items():
         raw = asset.path.read_bytes()
-        plain = get(deployed_app, f"/explore/{name}")
+        plain = get(explorer_app, f"/explore/{name}")
         assert plain["statusCode"] == 200, name
         assert header(plain, "Content-Type") == asset.content_type
         assert plain["isBase64Encoded"] is False
         assert plain["body"].encode() == raw
-        zipped = get(deployed_app, f"/explore/{name}", {"Accept-Encoding": "gzip, deflate, br"})
+        zipped = get(explorer_app, f"/explore/{name}", {"Accept-Encoding": "gzip, deflate, br"})
         assert (zipped["statusCode"], header(zipped, "Content-Encoding")) == (200, "gzip")
         assert zipped["isBase64Encoded"] is True  # API Gateway decodes it (the API's binary media types are */*)
         assert gzip.decompress(base64.b64decode(zipped["body"])) == raw
         # a browser's copy is revalidated by its ETag
-        again = get(deployed_app, f"/explore/{name}", {"If-None-Match": header(plain, "ETag")})
+        again = get(explorer_app, f"/explore/{name}", {"If-None-Match": header(plain, "ETag")})
         assert (again["statusCode"], again["body"]) == (304, None)
         # and "*" matches whatever is current (RFC 9110)
-        assert get(deployed_app, f"/explore/{name}", {"If-None-Match": "*"})["statusCode"] == 304
-    library = get(deployed_app, f"/explore/plotly-cartesian-{explorer.PLOTLY_VERSION}.min.js")
+        assert get(explorer_app, f"/explore/{name}", {"If-None-Match": "*"})["statusCode"] == 304
+    library = get(explorer_app, f"/explore/plotly-cartesian-{explorer.PLOTLY_VERSION}.min.js")
     assert "immutable" in header(library, "Cache-Control")  # its name carries its version
 
 
 @pytest.mark.parametrize("path", ["/explore/app.py", "/explore/..%2Fapp.py", "/explore/index.html", "/explore/LICENSE"])
-def test_anything_but_the_listed_assets_is_a_json_404(deployed_app, path: str):
-    response = get(deployed_app, path)
+def test_anything_but_the_listed_assets_is_a_json_404(explorer_app, path: str):
+    response = get(explorer_app, path)
     assert response["statusCode"] == 404
     assert json.loads(response["body"])["error"] == "not found"
 
 
-def test_the_page_with_a_trailing_slash_goes_up_to_where_its_relative_urls_work(deployed_app):
-    response = get(deployed_app, "/explore/")
+def test_the_page_with_a_trailing_slash_goes_up_to_where_its_relative_urls_work(explorer_app):
+    response = get(explorer_app, "/explore/")
     assert (response["statusCode"], header(response, "Location")) == (301, "../explore")
 
 
-def test_head_answers_gets_headers_without_the_body(deployed_app):
+def test_head_answers_gets_headers_without_the_body(explorer_app):
     for path in ("/explore", "/explore/explorer.js"):
-        full = get(deployed_app, path)
-        head = deployed_app.lambda_handler(api_event("HEAD", path), lambda_context())
+        full = get(explorer_app, path)
+        head = get(explorer_app, path, method="HEAD")
         assert (head["statusCode"], head["body"]) == (200, None)
         for name in ("Content-Type", "ETag", "Content-Security-Policy", "Cache-Control"):
             assert header(head, name) == header(full, name), name
 
 
-def test_other_methods_are_refused_with_405(deployed_app):
+def test_other_methods_are_refused_with_405(explorer_app):
     event = api_event("POST", "/explore", body={})
-    response = deployed_app.lambda_handler(event, lambda_context())
+    response = explorer_app.lambda_handler(event, lambda_context())
     assert response["statusCode"] == 405
     assert header(response, "Allow") == "GET, HEAD"
 
@@ -134,3 +143,96 @@ def test_the_vendored_library_is_the_pinned_npm_package_with_its_licence():
     # the explorer needs these trace types, which the basic bundle lacks (heatmap, contour)
     for trace in ("scatter", "bar", "contour", "heatmap"):
         assert f'moduleType:"trace",name:"{trace}"' in bundle, trace
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip;q=0, identity", False),  # gzip refused outright
+        ("identity, gzip;q=0", False),
+        ("gzip;q=0.5, identity", False),  # identity preferred
+        ("GZIP;Q=0.000", False),
+        ("gzip;q=2", False),  # not a q-value: the plain body is always safe
+        ("*;q=0, identity;q=0.1", False),
+        ("identity", False),
+        ("", False),
+        ("gzip", True),
+        ("deflate, gzip;q=1.0, *;q=0.5", True),
+        ("*", True),
+        ("x-gzip", True),
+        ("gzip;q=0.5, identity;q=0.4", True),
+    ],
+)
+def test_gzip_is_sent_only_where_its_q_value_prefers_it(explorer_app, accept_encoding: str, gzipped: bool):
+    # when
+    response = get(explorer_app, "/explore/explorer.js", {"Accept-Encoding": accept_encoding})
+    # then
+    assert response["statusCode"] == 200
+    assert (header(response, "Content-Encoding") == "gzip") is gzipped
+    assert response["isBase64Encoded"] is gzipped
+    raw = explorer.ASSETS["explorer.js"].path.read_bytes()
+    body = gzip.decompress(base64.b64decode(response["body"])) if gzipped else response["body"].encode()
+    assert body == raw
+
+
+def test_the_gzipped_and_plain_bodies_have_their_own_etags_and_each_revalidates_only_itself(explorer_app):
+    # given both representations of each file
+    for path in ("/explore", *(f"/explore/{name}" for name in explorer.ASSETS)):
+        plain = get(explorer_app, path)
+        zipped = get(explorer_app, path, {"Accept-Encoding": "gzip"})
+        plain_tag, zipped_tag = header(plain, "ETag"), header(zipped, "ETag")
+        # then their strong validators differ, and the answer says it varies with Accept-Encoding
+        assert plain_tag != zipped_tag
+        assert re.fullmatch(r'"[0-9a-f]{32}"', plain_tag)
+        assert zipped_tag == plain_tag[:-1] + '-gzip"'
+        for response in (plain, zipped):
+            assert header(response, "Vary") == "Accept-Encoding"
+        # and a client holding one representation is not told it is current for the other
+        assert get(explorer_app, path, {"If-None-Match": zipped_tag})["statusCode"] == 200
+        assert get(explorer_app, path, {"Accept-Encoding": "gzip", "If-None-Match": plain_tag})["statusCode"] == 200
+        mine = get(explorer_app, path, {"Accept-Encoding": "gzip", "If-None-Match": f"W/{zipped_tag}"})
+        assert (mine["statusCode"], header(mine, "ETag"), header(mine, "Vary")) == (304, zipped_tag, "Accept-Encoding")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/explore", 200), ("/explore/explorer.css", 200), ("/explore/", 301), ("/explore/nothing.js", 404),
+     ("/explore/a/b", 404), ("/elsewhere", 404)],
+)  # fmt: skip
+def test_every_answer_says_nosniff_and_head_never_has_a_body(explorer_app, method: str, path: str, status: int):
+    # when
+    response = get(explorer_app, path, method=method)
+    # then
+    assert response["statusCode"] == status
+    assert header(response, "X-Content-Type-Options") == "nosniff"
+    assert header(response, "Content-Security-Policy") == explorer.CONTENT_SECURITY_POLICY
+    if method == "HEAD":
+        assert response["body"] in (None, "")
+    elif status == 404:
+        assert header(response, "Content-Type") == "application/json"
+        assert json.loads(response["body"])["error"] == "not found"
+
+
+def test_other_methods_and_failures_say_nosniff_too(explorer_app, monkeypatch):
+    # given a POST, and a file that cannot be read
+    refused = explorer_app.lambda_handler(api_event("POST", "/explore", body={}), lambda_context())
+    monkeypatch.setattr(explorer, "_load", lambda asset: (_ for _ in ()).throw(OSError("gone")))
+    failed = get(explorer_app, "/explore/explorer.js")
+    # then
+    assert (refused["statusCode"], failed["statusCode"]) == (405, 500)
+    for response in (refused, failed):
+        assert header(response, "X-Content-Type-Options") == "nosniff"
+        assert "gone" not in response["body"]
+
+
+@pytest.mark.parametrize("name", ["<script>alert(1)<%2Fscript>.js", 'x"onload="y', "%3Cimg src=x onerror=y%3E"])
+def test_a_404_never_echoes_a_name_raw(explorer_app, name: str):
+    # when
+    response = get(explorer_app, f"/explore/{name}")
+    # then the name is quoted percent-encoded: no markup or quote of the caller's reaches the body
+    assert response["statusCode"] == 404
+    [detail] = json.loads(response["body"])["details"]
+    assert not set('<>"') & set(detail["message"]), detail["message"]
+    if detail["field"] == "asset":  # a name the route takes (a quote is not one: the route does not match)
+        assert "explorer.js" in detail["message"], "it names the assets there are"

@@ -153,3 +153,44 @@ def test_hostile_v2_data_is_refused_with_a_4xx(app_with_model, data: str, status
     code, answer = infer_in_process(app_with_model, body)
     assert code == status, answer
     assert message in answer["error"]
+
+
+@pytest.fixture
+def broken_app(monkeypatch: pytest.MonkeyPatch, model_copy):
+    """handler.app on a model whose manifest reads but whose artifact cannot be loaded."""
+    from handler import app
+    from handler.gp.artifact import PackagedArtifact
+    from handler.gp.model import LazyModel
+
+    model_copy.write_bytes(b"not a model")
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_copy)))
+    return app
+
+
+POINT = {"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v2/models/{name}/infer", json.loads(v2_body())),
+        ("POST", "/v2/models/{name}/versions/{version}/infer", json.loads(v2_body())),
+        ("GET", "/v2/models/{name}/ready", None),
+        ("POST", "/predict", POINT),
+        ("POST", "/sample", {"points": [POINT], "samples": 2}),
+        ("POST", "/sensitivity", {"n": 64}),
+        ("POST", "/jobs", {"points": [POINT]}),  # a deployment without jobs (no bucket, table or queue here)
+    ],
+    ids=["v2-infer", "v2-infer-version", "v2-model-ready", "predict", "sample", "sensitivity", "jobs-unavailable"],
+)
+def test_every_503_says_when_to_try_again(broken_app, method: str, path: str, body: Any):
+    # given a model that cannot be loaded (and no jobs backend)
+    manifest = broken_app.model.manifest()
+    path = path.format(name=manifest.name, version=manifest.version)
+    assert not broken_app.settings.jobs_enabled
+    # when
+    response = broken_app.lambda_handler(api_event(method, path, body), lambda_context())
+    # then the 503 carries Retry-After, in whole seconds, as the README promises for every 503
+    assert response["statusCode"] == 503, response["body"]
+    assert response["multiValueHeaders"]["Retry-After"] == [str(max(1, round(broken_app.settings.model_retry_seconds)))]
+    assert "error" in response_json(response)

@@ -129,7 +129,12 @@ def test_a_malformed_body_is_refused_with_a_4xx(body, status: int, message: str)
 def test_a_batch_over_the_limit_is_refused_before_validation():
     error = refusal(f"[{','.join([POINT] * 11)}]", max_batch_size=10)
     assert error.status_code == 422
-    assert error.details == [("body", "11 points sent; at most 10 per request")]
+    [(field, message)] = error.details
+    assert field == "body"
+    assert message.startswith("11 points sent; at most 10 per request")
+    # and it says where larger batches go: a job, or the client that splits them
+    assert "POST /jobs" in message
+    assert "predict()" in message
     columns = json.dumps({name: [0.5] * 11 for name in ("x1", "x2", "x3", "x4")})
     assert refusal(columns, max_batch_size=10).status_code == 422
 
@@ -301,3 +306,71 @@ def test_nested_points_are_checked_as_decoded_never_re_encoded(value, field: str
     body = refused.value.body()
     assert field in [detail["field"] for detail in body["details"]]
     json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("body", "looks_like"),
+    [
+        ("x1,x2,x3,x4\n0.51,0.76,0.94,0.72\n", "CSV"),
+        ("0.51;0.76;0.94;0.72", "CSV"),
+        ("x1=0.51&x2=0.76&x3=0.94&x4=0.72", "a form"),
+        (b"x1=0.51&x2=0.76", "a form"),
+        ("x1=0.51&x2=" + "7" * 5_000, "a form"),  # longer than what is looked at
+        ("hello", None),
+        ("{'x1': 0.51}", None),  # Python, not CSV
+    ],
+    ids=["csv", "csv-semicolons", "form", "form-bytes", "long-form", "word", "python-dict"],
+)
+def test_a_body_that_is_not_json_says_json_is_expected_with_this_models_example(body, looks_like: str | None):
+    # when
+    error = refusal(body)
+    # then it is still a 400 saying where the JSON breaks, and then how to send it
+    assert (error.status_code, error.error) == (400, "body is not valid JSON")
+    messages = [message for _, message in error.details]
+    assert "at line 1 column" in messages[0]
+    example = '{"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}'
+    assert messages[-1] == f"expected a JSON point such as {example}, an array of them, or columns"
+    json.loads(example)  # the example is JSON, of this model's features
+    sniffed = [m for m in messages if m.startswith("JSON is expected (Content-Type: application/json)")]
+    if looks_like is None:
+        assert sniffed == []
+    else:
+        [said] = sniffed
+        assert f"this looks like {looks_like}" in said
+
+
+def test_the_example_is_built_once_and_stays_short_for_a_wide_model():
+    # given a model of 5,000 long feature names
+    features = tuple(f"feature_{i:04d}_" + "x" * 60 for i in range(5_000))
+    parser = RequestParser(features, max_batch_size=10, max_body_bytes=10_000_000)
+    # when
+    error = refusal_of(parser, "a,b\n1,2")
+    # then the example names the first features, says how many there are, and fits an error message
+    example = error.details[-1][1]
+    assert "(all 5000 features)" in example
+    assert len(example) < 1_000
+    assert parser.example is parser.example  # cached: no per-request (or per-element) cost
+
+
+def refusal_of(parser: RequestParser, body: str) -> RequestError:
+    with pytest.raises(RequestError) as caught:
+        parser.parse(body)
+    return caught.value
+
+
+@pytest.mark.parametrize("rows", [1, 2, 10_000])
+def test_an_array_of_arrays_says_rows_are_objects_or_columns_with_examples(rows: int):
+    # given a matrix of numbers, as numpy's tolist() gives it
+    body = json.dumps([[0.51, 0.76, 0.94, 0.72]] * rows)
+    # when
+    error = refusal(body, max_batch_size=10_000)
+    # then each row is still named, and the last detail (always kept) shows both shapes with this model's features
+    assert error.status_code == 422
+    assert error.details[0] == ("[0]", "Input should be an object, got array")
+    assert len(error.details) <= MAX_ERROR_DETAILS
+    field, hint = error.details[-1]
+    assert field == "body"
+    assert '[{"x1": 0.5, "x2": 0.5, "x3": 0.5, "x4": 0.5}]' in hint
+    assert '{"x1": [0.5, 0.6], "x2": [0.5, 0.6], "x3": [0.5, 0.6], "x4": [0.5, 0.6]}' in hint
+    expected_problems = min(rows, MAX_ERROR_DETAILS)
+    assert str(expected_problems) in error.error, "the count is of the rows' problems, not of the hint"

@@ -61,6 +61,18 @@ def test_the_api_declares_exactly_the_handlers_paths_with_any_method(template: d
     assert "{proxy+}" not in TEMPLATE.read_text()
 
 
+def test_the_explorer_function_declares_exactly_its_routes_with_get_and_head(template: dict):
+    from handler.explorer_app import app
+
+    function = template["Resources"]["ExplorerFunction"]["Properties"]
+    assert function["Handler"] == "handler.explorer_app.lambda_handler"
+    declared = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in function["Events"].values()}
+    routes = (*app._static_routes, *app._dynamic_routes)
+    assert declared == {(route.method.lower(), route.path.replace("<", "{").replace(">", "}")) for route in routes}
+    assert {method for method, _ in declared} == {"get", "head"}
+    assert {path for _, path in declared} == EXPLORER_PATHS
+
+
 def model_statements(parameters: dict[str, str]) -> dict[str, list[dict]]:
     """Per function role, the statements on S3 objects other than the jobs bucket's, as CloudFormation gets them."""
     found = {}
@@ -123,14 +135,15 @@ def top_level_of_wheels(package: Path) -> set[str]:
     return names
 
 
-def assert_lean(package: Path, with_model: bool = True) -> None:
-    """Only what the function loads: handler/*.py, the model artifacts (if it predicts) and the wheels, pruned."""
+def assert_lean(package: Path, with_model: bool = True, modules: set[Path] | None = None) -> None:
+    """Only what the function loads: handler/*.py (or only `modules`), the model artifacts (if it predicts) and the
+    wheels, pruned."""
     top_level = {path.name for path in package.iterdir()}
     project = {"handler", "model_artifacts"} if with_model else {"handler"}
     assert top_level - top_level_of_wheels(package) == project, "nothing of the project's else"
-    assert {p.relative_to(package) for p in (package / "handler").rglob("*.py")} == {
-        p.relative_to(ROOT) for p in (ROOT / "handler").rglob("*.py")
-    }
+    assert {p.relative_to(package) for p in (package / "handler").rglob("*.py")} == (
+        modules if modules is not None else {p.relative_to(ROOT) for p in (ROOT / "handler").rglob("*.py")}
+    )
     if with_model:  # the deployed manifest and the artifact it names, nothing else
         manifest = json.loads((ROOT / "model_artifacts" / "pretrained-model.manifest.json").read_text())
         assert sorted(p.name for p in (package / "model_artifacts").iterdir()) == sorted(
@@ -143,8 +156,9 @@ def assert_lean(package: Path, with_model: bool = True) -> None:
     ]
     assert not leftovers, leftovers[:10]
     assert not list(package.glob("numpy/_core/include")), "C headers"
-    # botocore's models of the services the functions call, and no other
-    assert {p.name for p in (package / "botocore" / "data").iterdir() if p.is_dir()} == {"s3", "dynamodb", "sqs"}
+    # botocore's models of the services the functions call, and no other (the explorer's has no botocore)
+    if (package / "botocore").exists():
+        assert {p.name for p in (package / "botocore" / "data").iterdir() if p.is_dir()} == {"s3", "dynamodb", "sqs"}
 
 
 @pytest.mark.slow
@@ -170,10 +184,16 @@ def test_sam_build_packages_only_what_the_function_loads_under_the_size_limit(tm
     assert list(package.glob("numpy/_core/_multiarray_umath.cpython-313-aarch64-linux-gnu.so")), "arm64 wheels"
     assert list(package.glob("numpy.libs/libscipy_openblas64_*.so")), "the BLAS handler/gp/blas.py calls"
     assert_lean(package)
-    # the explorer's page and files, which the API function serves; the job functions do not
+    # the explorer's page and files are the explorer function's alone, with only the modules it imports
     explorer = {p.relative_to(ROOT) for p in (ROOT / "handler" / "explorer").rglob("*") if p.is_file()}
-    assert {p.relative_to(package) for p in (package / "handler" / "explorer").rglob("*") if p.is_file()} == explorer
-    assert not (build_dir / "JobWorkerFunction" / "handler" / "explorer").exists()
+    explorer_package = build_dir / "ExplorerFunction"
+    served = {p.relative_to(explorer_package) for p in (explorer_package / "handler" / "explorer").rglob("*")}
+    assert {p for p in served if (explorer_package / p).is_file()} == explorer
+    assert_lean(explorer_package, with_model=False, modules=EXPLORER_MODULES)
+    for absent in ("numpy", "boto3", "botocore", "orjson", "pydantic"):
+        assert not list(explorer_package.glob(absent)), absent
+    for name in ("PredictFunction", "JobWorkerFunction", "JobFinisherFunction"):
+        assert not (build_dir / name / "handler" / "explorer").exists(), name
     manifest = json.loads((ROOT / "model_artifacts" / "pretrained-model.manifest.json").read_text())
     gpy_route = manifest.get("format", "pickle") != "npz"
     # a posterior file is served with numpy alone: no GPy, paramz or scipy (the GPy route adds them)
@@ -196,6 +216,62 @@ def test_sam_build_packages_only_what_the_function_loads_under_the_size_limit(tm
     assert_lean(finisher, with_model=False)
     size = sum(f.stat().st_size for f in finisher.rglob("*") if f.is_file())
     assert size < LAMBDA_UNZIPPED_LIMIT_BYTES, f"{size / 2**20:.0f} MiB unzipped"
+
+
+# What the explorer's package holds of handler/: its entry point and what that imports, nothing else.
+EXPLORER_MODULES = {
+    Path("handler/__init__.py"),
+    Path("handler/api/__init__.py"),
+    Path("handler/api/errors.py"),
+    Path("handler/api/explorer.py"),
+    Path("handler/explorer_app.py"),
+}
+
+EXPLORER_SMOKE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+sys.path.append(sys.argv[2])  # the project's tests.events, after the package (whose handler/ comes first)
+assert "site-packages" not in " ".join(sys.path), sys.path
+import handler.explorer_app
+from tests.events import api_event, lambda_context
+assert handler.explorer_app.__file__.startswith(sys.argv[1])
+for path, expected in (("/explore", 200), ("/explore/explorer.js", 200), ("/explore/x", 404), ("/predict", 404)):
+    response = handler.explorer_app.lambda_handler(api_event("GET", path), lambda_context("ExplorerFunction"))
+    assert response["statusCode"] == expected, (path, response["statusCode"], response["body"][:300])
+    print(path, response["statusCode"])
+for absent in ("numpy", "boto3", "orjson", "pydantic", "handler.app", "handler.gp"):
+    assert absent not in sys.modules, absent
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_explorer_package_serves_the_page_alone_without_the_model_or_site_packages(tmp_path: Path):
+    import platform
+
+    # given the explorer's package for this machine's architecture
+    arch = {"x86_64": "x86_64", "aarch64": "arm64"}[platform.machine()]
+    package = tmp_path / "explorer"
+    build = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_function.py"), str(package), "--arch", arch,
+         "--package", "explorer"], capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    assert_lean(package, with_model=False, modules=EXPLORER_MODULES)
+    # when its handler runs from it alone
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", EXPLORER_SMOKE, str(package), str(ROOT)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={"PATH": os.environ["PATH"]},
+    )  # fmt: skip
+    # then it serves the page and its files, and imports nothing of the model's
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines()] == ["200", "200", "404", "404"]
+
+
+def test_the_explorer_package_holds_exactly_the_modules_its_entry_point_imports():
+    from scripts.build_function import EXPLORER_ENTRY, project_modules
+
+    assert {p.relative_to(ROOT) for p in project_modules(EXPLORER_ENTRY)} == EXPLORER_MODULES
 
 
 FINISHER_SMOKE = """
@@ -290,10 +366,11 @@ def test_the_pruned_package_still_serves_every_kind_of_model(tmp_path: Path, pla
         (plant_model_path, {"temperature": 300.0, "pressure": 2.0, "flow_rate": 1.0}),
         (other_path, {"a": 0.5, "b": 0.5}),
     ):
+        # (the explorer's page is not this function's: it has a package and a function of its own)
         (tmp_path / "tests_events.py").write_text(
             "from tests.events import api_event\n"
             f"def events():\n    return [(api_event(body={point!r}), 200), (api_event(body={{}}), 422),"
-            " (api_event('GET', '/openapi.json'), 200), (api_event('GET', '/explore/explorer.js'), 200)]\n"
+            " (api_event('GET', '/openapi.json'), 200), (api_event('GET', '/explore/explorer.js'), 404)]\n"
         )
         env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{tmp_path}:{ROOT}", "LAMBDA_TASK_ROOT": str(package)}
         env |= {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}
@@ -384,6 +461,59 @@ def test_the_parameters_choose_access_cold_start_and_cors(
     [stage] = of_type(resources, "AWS::ApiGateway::Stage")
     assert stage["Properties"]["TracingEnabled"] is True
     assert "$context.requestId" in stage["Properties"]["AccessLogSetting"]["Format"]
+    assert_the_open_routes_reach_only_the_explorer_function(resources, paths, cors)
+
+
+def integrated_function(operation: dict) -> str:
+    """The logical id of the function (or its alias) an API method invokes, from its integration's URI."""
+    uri = json.dumps(operation["x-amazon-apigateway-integration"]["uri"])
+    [name] = re.findall(r"functions/\$\{(\w+?)(?:\.Arn)?\}/invocations", uri)
+    return name
+
+
+def assert_the_open_routes_reach_only_the_explorer_function(resources: dict, paths: dict, cors: bool) -> None:
+    """The explorer's open routes invoke its own small function with GET and HEAD only; no keyed route invokes it,
+    and its methods have their own throttle, so an anonymous flood spends neither the prediction function's
+    reserved concurrency nor the keyed routes' rate."""
+    invoked = {
+        (path, method): integrated_function(operation)
+        for path, operations in paths.items()
+        for method, operation in operations.items()
+        if method != "options"  # CORS preflight: a mock integration, no function
+    }
+    for (path, method), function in invoked.items():
+        if path in EXPLORER_PATHS:
+            assert function == "ExplorerFunction", (path, method)
+        else:
+            assert function == "PredictFunctionAliaslive", (path, method)
+    for path in EXPLORER_PATHS:  # other methods: API Gateway's 403 "Missing Authentication Token", no function
+        assert set(paths[path]) == {"get", "head", *(["options"] if cors else [])}, path
+    explorer = resources["Resources"]["ExplorerFunction"]["Properties"]
+    assert explorer["ReservedConcurrentExecutions"] == 2  # ExplorerReservedConcurrency's default
+    assert (
+        explorer["ReservedConcurrentExecutions"]
+        < resources["Resources"]["PredictFunction"]["Properties"]["ReservedConcurrentExecutions"]
+    )
+    assert explorer["MemorySize"] == 512
+    [stage] = of_type(resources, "AWS::ApiGateway::Stage")
+    settings = {(s["ResourcePath"], s["HttpMethod"]): s for s in stage["Properties"]["MethodSettings"]}
+    own = {
+        ("/~1explore", "GET"),
+        ("/~1explore", "HEAD"),
+        ("/~1explore~1{asset}", "GET"),
+        ("/~1explore~1{asset}", "HEAD"),
+    }
+    assert set(settings) == {("/*", "*"), *own}
+    for key in own:
+        assert (settings[key]["ThrottlingRateLimit"], settings[key]["ThrottlingBurstLimit"]) == (10, 20), key
+    assert (settings[("/*", "*")]["ThrottlingRateLimit"], settings[("/*", "*")]["ThrottlingBurstLimit"]) == (100, 200)
+    # and it may do nothing but log: no inline policy, only the managed logging (and tracing) policies
+    role = resources["Resources"]["ExplorerFunctionRole"]["Properties"]
+    assert "Policies" not in role
+    assert {arn.rsplit("/", 1)[-1] for arn in role["ManagedPolicyArns"]} <= {
+        "AWSLambdaBasicExecutionRole",
+        "AWSXrayWriteOnlyAccess",
+    }
 
 
 def test_alarms_cover_errors_throttles_latency_the_model_and_failed_jobs(template: dict):

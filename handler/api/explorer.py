@@ -1,28 +1,31 @@
-"""The model explorer: one HTML page and its assets, served by the function itself (a Router in the app's resolver).
+"""The model explorer: one HTML page and its assets, served by a function of its own (handler.explorer_app).
 
     GET /explore            the page (handler/explorer/index.html); HEAD as well, for both routes
     GET /explore/{asset}    its script, its stylesheet, the vendored chart library and that library's licence
 
 The page holds no data: it draws what the API answers (GET /model, POST /predict, POST /sensitivity), calling
 it from the browser with the caller's key. So the template serves these two routes without the API key or IAM
-auth that every other route needs. Assets are a fixed list read from the package once per environment: a
-name outside it is a 404, never a path on disk. No inline script anywhere (the Content-Security-Policy allows
-scripts from this origin only), and every URL in the page is relative, so it works behind API Gateway's
-stage prefix (`/v1/explore`) as on `make serve`.
+auth that every other route needs, and, being open, from their own small function (ExplorerFunction: GET and HEAD
+only, its own throttle and concurrency), so that anonymous requests never spend the keyed function's. Assets are
+a fixed list read from the package once per environment: a name outside it is a 404, never a path on disk. No
+inline script anywhere (the Content-Security-Policy allows scripts from this origin only), and every URL in the
+page is relative, so it works behind API Gateway's stage prefix (`/v1/explore`) as on `make serve`.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from urllib.parse import quote
 
-from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from handler.api.errors import RequestError, brief
+from handler.api.errors import RequestError
 
 router = Router()
 FOLDER = Path(__file__).resolve().parent.parent / "explorer"
@@ -68,42 +71,92 @@ PAGE = Asset(FOLDER / "index.html", "text/html; charset=utf-8", REVALIDATE)
 
 @dataclass(frozen=True)
 class Loaded:
-    """An asset's bytes, gzipped once (the library is 1.5 MB, 0.5 MB gzipped), and its ETag."""
+    """An asset's bytes, gzipped once (the library is 1.5 MB, 0.5 MB gzipped), and each representation's ETag.
+
+    The two bodies are different representations, so they carry different strong validators (RFC 9110, 8.8.3):
+    a cache holding the gzipped bytes must not revalidate them as the plain ones.
+    """
 
     raw: bytes
     gzipped: bytes
     etag: str
+    gzip_etag: str
 
 
 @cache
 def _load(asset: Asset) -> Loaded:
     raw = asset.path.read_bytes()
-    return Loaded(raw, gzip.compress(raw, compresslevel=9, mtime=0), f'"{hashlib.sha256(raw).hexdigest()[:32]}"')
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    return Loaded(raw, gzip.compress(raw, compresslevel=9, mtime=0), f'"{digest}"', f'"{digest}-gzip"')
 
 
 def _serve(asset: Asset) -> Response:
     loaded = _load(asset)
     event = router.current_event
-    headers = {**SECURITY_HEADERS, "Cache-Control": asset.cache_control, "ETag": loaded.etag, "Vary": "Accept-Encoding"}
-    matches = _header_values(event.headers.get("if-none-match"))  # headers: case-insensitive
-    if loaded.etag in matches or "*" in matches:  # "*": any current representation (RFC 9110, 13.1.2)
+    zipped = accepts_gzip(event.headers.get("accept-encoding"))  # headers: case-insensitive
+    etag = loaded.gzip_etag if zipped else loaded.etag
+    headers = {**SECURITY_HEADERS, "Cache-Control": asset.cache_control, "ETag": etag, "Vary": "Accept-Encoding"}
+    if zipped:
+        headers["Content-Encoding"] = "gzip"
+    matches = _header_values(event.headers.get("if-none-match"))
+    if etag in matches or "*" in matches:  # "*": any current representation (RFC 9110, 13.1.2)
         return Response(304, None, None, headers)
     if event.http_method == "HEAD":  # GET's headers, without the body
         return Response(200, asset.content_type, None, headers)
-    accept = event.headers.get("accept-encoding") or ""
-    if "gzip" in accept.lower():  # bytes: Powertools answers them base64-encoded, API Gateway decodes them
-        return Response(200, asset.content_type, loaded.gzipped, {**headers, "Content-Encoding": "gzip"})
+    if zipped:  # bytes: Powertools answers them base64-encoded, API Gateway decodes them
+        return Response(200, asset.content_type, loaded.gzipped, headers)
     return Response(200, asset.content_type, loaded.raw.decode(), headers)
+
+
+# Accept-Encoding is short (API Gateway caps a request's headers at 10 KB); only its first codings are read anyway.
+MAX_CODINGS = 32
+QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110, 12.4.2
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether to answer gzipped: the client gives gzip a q-value above 0 and no lower than identity's (RFC 9110,
+    12.5.3). gzip not listed takes `*`'s q-value (0 without one); identity not listed is acceptable unless `*;q=0`.
+    A malformed q-value counts as 0: the plain body is always a safe answer."""
+    weights: dict[str, float] = {}
+    for item in (header or "").split(",", MAX_CODINGS)[:MAX_CODINGS]:
+        coding, *parameters = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                weight = float(value) if QVALUE.fullmatch(value.strip()) else 0.0
+        coding = coding.lower()
+        if coding:
+            weights.setdefault("gzip" if coding == "x-gzip" else coding, weight)
+    star = weights.get("*")
+    gzip_weight = weights.get("gzip", 0.0 if star is None else star)
+    identity_weight = weights.get("identity", 0.0 if star == 0.0 else 1.0)
+    return gzip_weight > 0.0 and gzip_weight >= identity_weight
 
 
 def _header_values(header: str | None) -> set[str]:
     return {value.strip().removeprefix("W/") for value in (header or "").split(",")}
 
 
+def error_response(
+    status: int, error: str, details: list[tuple[str, str]], headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON error with the page's security headers (nosniff: a browser must not read it as HTML); no body to HEAD."""
+    body = "" if router.current_event.http_method == "HEAD" else RequestError(status, error, details).body()
+    return Response(status, content_types.APPLICATION_JSON, body, {**SECURITY_HEADERS, **(headers or {})})
+
+
+def quoted(name: str, limit: int = 60) -> str:
+    """A caller's path segment as an error message may quote it: percent-encoded, so no markup or quote survives."""
+    text = quote(name[:limit], safe="._-~")
+    return f"'{text}'" + ("..." if len(name) > limit else "")
+
+
 @router.route("/explore", method=["GET", "HEAD"])
 def page() -> Response:
     if router.current_event.path.endswith("/"):  # /explore/ (the resolver routes it here): its relative URLs would
-        return Response(301, None, None, {"Location": "../explore", "Cache-Control": REVALIDATE})  # miss, so go up
+        headers = {**SECURITY_HEADERS, "Location": "../explore", "Cache-Control": REVALIDATE}  # miss, so go up
+        return Response(301, None, None, headers)
     return _serve(PAGE)
 
 
@@ -111,5 +164,6 @@ def page() -> Response:
 def asset(asset: str) -> Response:
     found = ASSETS.get(asset)
     if found is None:
-        raise RequestError(404, "not found", [("asset", f"no asset {brief(asset)}; the page is GET /explore")])
+        message = f"no asset {quoted(asset)}; the page is GET /explore, its assets {', '.join(ASSETS)}"
+        return error_response(404, "not found", [("asset", message)])
     return _serve(found)

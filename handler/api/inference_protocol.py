@@ -60,7 +60,10 @@ def _answer(body: dict[str, Any] | None, status: int = 200) -> Response:
 
 
 def _error(status: int, message: str) -> Response:
-    return _answer({"error": encodable(message)}, status)  # it may quote what the caller sent
+    response = _answer({"error": encodable(message)}, status)  # it may quote what the caller sent
+    if status == 503:  # as on every route: when a failed model load is tried again
+        response.headers["Retry-After"] = str(max(1, round(_context().settings.model_retry_seconds)))
+    return response
 
 
 def _model(name: str, version: str | None) -> Manifest:

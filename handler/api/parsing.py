@@ -16,8 +16,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from operator import itemgetter
 from typing import Any, Literal
@@ -162,9 +164,10 @@ def load_json(body: str | bytes) -> Any:
     try:
         return json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
     except json.JSONDecodeError as exc:
-        raise RequestError(
-            400, "body is not valid JSON", [("body", f"{exc.msg} at line {exc.lineno} column {exc.colno}")]
-        ) from exc
+        details = [("body", f"{exc.msg} at line {exc.lineno} column {exc.colno}")]
+        if looks_like := _not_json_kind(body):
+            details.append(("body", f"JSON is expected (Content-Type: application/json); this looks like {looks_like}"))
+        raise RequestError(400, "body is not valid JSON", details) from exc
     except UnicodeError as exc:  # invalid UTF-8, or a lone surrogate in a str body
         raise RequestError(400, "body is not valid UTF-8", [("body", str(exc)[:200])]) from exc
     except RecursionError as exc:
@@ -172,6 +175,27 @@ def load_json(body: str | bytes) -> Any:
     except ValueError as exc:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
         message = "a number has more digits than this service reads (4300); send finite floats"
         raise RequestError(422, "number too long", [("body", message)]) from exc
+
+
+# Only the body's start is looked at to say what it resembles: the hint costs the same whatever the body's size.
+_SNIFF_CHARS = 512
+_FORM_FIELD = re.compile(r"[A-Za-z0-9_.~%+-]+=[^&=]*")
+
+
+def _not_json_kind(body: str | bytes) -> str | None:
+    """What a body that is not JSON resembles ("CSV", "a form (key=value&...)"), from its first characters."""
+    head = body[:_SNIFF_CHARS]
+    text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    first_line = text.lstrip().split("\n", 1)[0].strip()
+    if not first_line or first_line[0] in "[{":
+        return None
+    fields = first_line.split("&")
+    complete = fields if len(text) < _SNIFF_CHARS else fields[:-1]  # the last may be cut short
+    if "=" in first_line and complete and all(_FORM_FIELD.fullmatch(field) for field in complete):
+        return "a form (key=value&...), as curl -d sends it"
+    if "," in first_line or "\t" in first_line or ";" in first_line:
+        return "CSV; a CSV file of points can be sent as an asynchronous job (POST /jobs)"
+    return None
 
 
 class RequestParser:
@@ -186,9 +210,31 @@ class RequestParser:
         # itemgetter of one key returns the value, not a 1-tuple
         self._get_features = itemgetter(*features) if len(features) > 1 else lambda row: (row[features[0]],)
 
+    @cached_property
+    def example(self) -> str:
+        """A one-line point of this model's features, as an error message shows it (built once per parser)."""
+        shown = self.features[:8]
+        members = ", ".join(f'"{name[:40]}": 0.5' for name in shown)
+        more = f", ... (all {len(self.features)} features)" if len(self.features) > len(shown) else ""
+        return "{" + members + more + "}"
+
+    @cached_property
+    def columns_example(self) -> str:
+        shown = self.features[:4]
+        members = ", ".join(f'"{name[:40]}": [0.5, 0.6]' for name in shown)
+        more = ", ..." if len(self.features) > len(shown) else ""
+        return "{" + members + more + "}"
+
     def parse(self, body: str | bytes) -> PredictRequest:
         """A point object, an array of them, or an object of feature arrays; RequestError otherwise."""
-        return self.parse_data(load_body(body, self.limits))
+        try:
+            data = load_body(body, self.limits)
+        except RequestError as exc:
+            if exc.error != "body is not valid JSON":
+                raise
+            example = ("body", f"expected a JSON point such as {self.example}, an array of them, or columns")
+            raise RequestError(exc.status_code, exc.error, [*exc.details, example]) from None
+        return self.parse_data(data)
 
     def parse_data(self, data: Any) -> PredictRequest:
         """`parse` for JSON already decoded (by orjson or the standard library): the same checks, the same errors."""
@@ -252,8 +298,16 @@ class RequestParser:
         if not details:  # the schema accepts what the fast checks refused: a bug here, not the caller's
             raise AssertionError(f"fast validation refused a valid {shape} request")
         if len(details) >= MAX_ERROR_DETAILS:  # explaining stops there, so the total is not known
-            return RequestError(422, f"{summary}: {MAX_ERROR_DETAILS} or more problems, the first listed", details)
-        return RequestError(422, f"{summary}: {len(details)} problem(s)", details)
+            summary = f"{summary}: {MAX_ERROR_DETAILS} or more problems, the first listed"
+        else:
+            summary = f"{summary}: {len(details)} problem(s)"
+        if shape == "rows" and type(data[0]) is list:  # rows of bare numbers (a matrix): say the two shapes there are
+            hint = (
+                f"rows are objects keyed by feature name, e.g. [{self.example}], not arrays of numbers; "
+                f"or send columns: {self.columns_example}"
+            )
+            details = [*details[: MAX_ERROR_DETAILS - 1], ("body", hint)]  # last, and always kept
+        return RequestError(422, summary, details)
 
 
 def body_limit(features: tuple[str, ...], max_batch_size: int, max_body_bytes: int) -> int:
@@ -272,7 +326,10 @@ def _check_count(count: int, max_batch_size: int) -> None:
     if count == 0:
         raise RequestError(422, "empty batch", [("body", "expected at least one point")])
     if count > max_batch_size:  # 422 like any schema violation (maxItems); 413 is for bodies over the byte limit
-        message = f"{count} points sent; at most {max_batch_size} per request"
+        message = (
+            f"{count} points sent; at most {max_batch_size} per request: split them, or send them as an asynchronous "
+            "job (POST /jobs, any number of points), or use the Python client's predict(), which splits a batch"
+        )
         raise RequestError(422, "batch too large", [("body", message)])
 
 

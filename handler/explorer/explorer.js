@@ -22,15 +22,35 @@
   // model may publish 100,000 points.
   const MAX_NEAR_POINTS = 500;
   const SENSITIVITY_REQUEST = { n: 1024, posterior_samples: 0, seed: 1 };
-  const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+  // The toolbar shows on hover (always, on a device that cannot hover), in the top margin (PLOT_TOP, at least its
+  // height) above the plot area: never over the data.
+  const PLOT_CONFIG = {
+    displaylogo: false, responsive: true, displayModeBar: "hover", modeBarButtonsToRemove: ["lasso2d", "select2d"],
+  };
+  const PLOT_TOP = 34;
   const BAND_COLOUR = "rgba(31, 119, 180, 0.2)";
   const LINE_COLOUR = "rgb(31, 119, 180)";
   const POINT_COLOUR = "rgb(214, 39, 40)";
 
   const $ = (id) => document.getElementById(id);
+  // Features and outputs are the model's own names, and `constructor`, `__proto__` or `toString` are legal ones:
+  // every object indexed by a name has no prototype (nothing inherited to find, no `__proto__` setter to hit),
+  // and is filled by assignment, which on such an object makes an own property that JSON.stringify writes.
+  const byName = (entries = []) => {
+    const map = Object.create(null);
+    for (const [name, value] of entries) map[name] = value;
+    return map;
+  };
+  // A name's entry of a parsed JSON object (JSON.parse makes own properties, even `__proto__`), never inherited.
+  const own = (object, name) => (object != null && Object.hasOwn(object, name) ? object[name] : undefined);
+  // "x1 (m)" where the manifest gives x1 a unit (its optional `units`: {name: unit}), else "x1".
+  const titled = (name) => {
+    const unit = state.model ? own(state.model.units, name) : undefined;
+    return typeof unit === "string" && unit ? `${name} (${unit})` : name;
+  };
   const state = {
     model: null, // GET /model
-    values: {}, // the sliders' values, by feature
+    values: byName(), // the sliders' values, by feature
     output: null,
     variance: "latent",
     featureA: null,
@@ -160,9 +180,9 @@
     const body = $("features-table").tBodies[0];
     body.replaceChildren();
     for (const feature of model.features) {
-      const [low, high] = model.bounds[feature];
+      const [low, high] = own(model.bounds, feature);
       const row = document.createElement("tr");
-      row.append(text("th", feature, { scope: "row" }), text("td", short(low)), text("td", short(high)));
+      row.append(text("th", titled(feature), { scope: "row" }), text("td", short(low)), text("td", short(high)));
       body.append(row);
     }
     const holdout = model.holdout || null;
@@ -175,7 +195,8 @@
       $("metrics-table").tHead.replaceChildren(head);
       const rows = Object.entries(holdout).map(([output, metrics]) => {
         const row = document.createElement("tr");
-        row.append(text("th", output, { scope: "row" }), ...columns.map((c) => text("td", c in metrics ? short(metrics[c]) : "—")));
+        row.append(text("th", output, { scope: "row" }),
+          ...columns.map((c) => text("td", Object.hasOwn(metrics, c) ? short(metrics[c]) : "—")));
         return row;
       });
       $("metrics-table").tBodies[0].replaceChildren(...rows);
@@ -212,8 +233,9 @@
   function controls(model) {
     const sliders = $("sliders");
     sliders.replaceChildren();
+    state.values = byName();
     for (const feature of model.features) {
-      const [low, high] = model.bounds[feature];
+      const [low, high] = own(model.bounds, feature);
       const step = (high - low) / SLIDER_STEPS;
       const id = `slider-${feature}`;
       const input = document.createElement("input");
@@ -223,7 +245,7 @@
       const readout = text("output", "", { for: id });
       const row = document.createElement("div");
       row.className = "slider";
-      row.append(text("label", feature, { for: id }), input, readout);
+      row.append(text("label", titled(feature), { for: id }), input, readout);
       sliders.append(row);
       state.values[feature] = Number(input.value);
       readout.textContent = short(state.values[feature]);
@@ -279,27 +301,28 @@
   }
 
   // Every slice's points, then the 2-D grid (row by row), as columns; `parts` says where each picture's points are.
+  // The columns are a prototype-less object, so that JSON.stringify writes every feature's, whatever its name.
   function batch() {
     const features = state.model.features;
-    const columns = Object.fromEntries(features.map((f) => [f, []]));
+    const columns = byName(features.map((f) => [f, []]));
     const parts = [];
     let start = 0;
-    const add = (point) => {
-      for (const f of features) columns[f].push(f in point ? point[f] : state.values[f]);
+    const add = (point) => { // point: a Map of the features that differ from the sliders'
+      for (const f of features) columns[f].push(point.has(f) ? point.get(f) : state.values[f]);
     };
     for (const feature of features) {
-      const [low, high] = state.model.bounds[feature];
+      const [low, high] = own(state.model.bounds, feature);
       const xs = linspace(low, high, state.resolution.slice);
-      xs.forEach((x) => add({ [feature]: x }));
+      xs.forEach((x) => add(new Map([[feature, x]])));
       parts.push({ kind: "slice", feature, xs, start });
       start += xs.length;
     }
     const a = state.featureA;
     const b = state.featureB;
     if (a && b && a !== b) {
-      const xs = linspace(...state.model.bounds[a], state.resolution.grid);
-      const ys = linspace(...state.model.bounds[b], state.resolution.grid);
-      for (const y of ys) for (const x of xs) add({ [a]: x, [b]: y });
+      const xs = linspace(...own(state.model.bounds, a), state.resolution.grid);
+      const ys = linspace(...own(state.model.bounds, b), state.resolution.grid);
+      for (const y of ys) for (const x of xs) add(new Map([[a, x], [b, y]]));
       parts.push({ kind: "grid", a, b, xs, ys, start });
       start += xs.length * ys.length;
     }
@@ -308,7 +331,7 @@
 
   function perOutput(answer) {
     const outputs = state.model.outputs;
-    return outputs.length === 1 ? { [outputs[0]]: answer } : answer;
+    return outputs.length === 1 ? byName([[outputs[0], answer]]) : byName(outputs.map((o) => [o, own(answer, o)]));
   }
 
   function schedule() {
@@ -327,7 +350,7 @@
       const { columns, parts, size } = batch();
       const answer = await call("POST", `predict?variance=${state.variance}`, columns);
       const requested = performance.now() - started;
-      state.last = { parts, size, answer: perOutput(answer), values: { ...state.values } };
+      state.last = { parts, size, answer: perOutput(answer), values: byName(Object.entries(state.values)) };
       await draw();
       const elapsed = performance.now() - started;
       state.timings.push(elapsed);
@@ -395,11 +418,11 @@
     const others = features.filter((f) => f !== feature);
     const inputs = state.training.inputs;
     const near = [];
+    const columns = others.map((f) => [own(inputs, f), values[f], ...own(bounds, f)]);
     for (let i = 0; i < state.training.n_points; i += 1) {
       let sum = 0;
-      for (const f of others) {
-        const [low, high] = bounds[f];
-        sum += ((inputs[f][i] - values[f]) / (high - low)) ** 2;
+      for (const [column, value, low, high] of columns) {
+        sum += ((column[i] - value) / (high - low)) ** 2;
       }
       const distance = others.length ? Math.sqrt(sum / others.length) : 0;
       if (distance <= state.near) near.push({ index: i, distance });
@@ -417,14 +440,16 @@
     const outputs = state.training.outputs;
     const limit = Number.isFinite(state.near) && state.near > 0 ? state.near : 1;
     const opacity = near.map(({ distance }) => 1 - 0.75 * Math.min(1, distance / limit));
+    const column = own(state.training.inputs, feature);
     const trace = {
-      x: near.map(({ index }) => state.training.inputs[feature][index]),
+      x: near.map(({ index }) => column[index]),
       customdata: near.map(({ index, distance }) => [index, distance]),
       name: "training points", showlegend: false,
       hovertemplate: `${feature} %{x}<br>training point %{customdata[0]}, distance %{customdata[1]:.3f}<extra></extra>`,
     };
     if (outputs) {
-      return { ...trace, y: near.map(({ index }) => outputs[state.output][index]), mode: "markers",
+      const observed = own(outputs, state.output);
+      return { ...trace, y: near.map(({ index }) => observed[index]), mode: "markers",
         marker: { color: POINT_COLOUR, size: 6, opacity } };
     }
     // Inputs only: ticks along the foot of the chart, on an axis of their own spanning its height.
@@ -443,9 +468,9 @@
     if (state.training) traces.push(trainingTrace(part.feature, values));
     const at = values[part.feature];
     const layout = {
-      height: 240, margin: { l: 60, r: 10, t: 10, b: 45 }, showlegend: false,
-      xaxis: { title: { text: part.feature }, range: state.model.bounds[part.feature] },
-      yaxis: { title: { text: state.output } },
+      height: 240 + PLOT_TOP, margin: { l: 60, r: 10, t: PLOT_TOP, b: 45 }, showlegend: false,
+      xaxis: { title: { text: titled(part.feature) }, range: own(state.model.bounds, part.feature) },
+      yaxis: { title: { text: titled(state.output) } },
       yaxis2: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
       shapes: [{ type: "line", xref: "x", yref: "paper", x0: at, x1: at, y0: 0, y1: 1,
         line: { dash: "dash", width: 1, color: "#555" } }],
@@ -461,9 +486,10 @@
     const width = part.xs.length;
     const here = { x: [values[part.a]], y: [values[part.b]], mode: "markers", name: "the sliders' point",
       marker: { symbol: "x", size: 10, color: "white", line: { color: "black", width: 1 } }, showlegend: false };
+    // The title sits at the left of the top margin, the toolbar (on hover) at its right: neither over the data.
     const layout = (title) => ({
-      height: 360, margin: { l: 60, r: 10, t: 35, b: 45 }, title: { text: title, x: 0.02, xanchor: "left" },
-      xaxis: { title: { text: part.a } }, yaxis: { title: { text: part.b } },
+      height: 360, margin: { l: 60, r: 10, t: PLOT_TOP + 6, b: 45 }, title: { text: title, x: 0.02, xanchor: "left" },
+      xaxis: { title: { text: titled(part.a) } }, yaxis: { title: { text: titled(part.b) } },
     });
     const picture = (id, z, title, colours) => Plotly.react($(id), [
       { type: "contour", x: part.xs, y: part.ys, z: rows(z, width), name: title, colorscale: colours,
@@ -471,8 +497,8 @@
       here,
     ], layout(title), PLOT_CONFIG);
     return Promise.all([
-      picture("contour-mean", m, `mean of ${state.output}`, "Viridis"),
-      picture("contour-std", s, `standard deviation of ${state.output}`, "Cividis"),
+      picture("contour-mean", m, `mean of ${titled(state.output)}`, "Viridis"),
+      picture("contour-std", s, `standard deviation of ${titled(state.output)}`, "Cividis"),
     ]);
   }
 
@@ -501,14 +527,19 @@
     const result = state.sensitivity[state.output];
     const features = state.model.features;
     const level = Math.round(100 * (result.confidence || 0.95));
+    // Bars at positions 0..n-1 labelled with the names: Plotly keeps a category axis's names in a plain object,
+    // where `constructor` or `__proto__` would be found before they are added.
+    const positions = features.map((_, i) => i);
     const bars = (key, name, colour) => {
-      const estimates = features.map((f) => result[key][f].estimate);
+      const indices = features.map((f) => own(result[key], f));
+      const estimates = indices.map((index) => index.estimate);
       return {
-        type: "bar", name, x: features, y: estimates, marker: { color: colour },
+        type: "bar", name, x: positions, y: estimates, marker: { color: colour }, customdata: features,
+        hovertemplate: "%{customdata}: %{y}<extra>" + name + "</extra>",
         // An interval that leaves out its estimate (a bootstrap's can) is drawn from the estimate.
         error_y: { type: "data", symmetric: false, thickness: 1.5,
-          array: features.map((f, i) => Math.max(0, result[key][f].ci_high - estimates[i])),
-          arrayminus: features.map((f, i) => Math.max(0, estimates[i] - result[key][f].ci_low)) },
+          array: indices.map((index, i) => Math.max(0, index.ci_high - estimates[i])),
+          arrayminus: indices.map((index, i) => Math.max(0, estimates[i] - index.ci_low)) },
       };
     };
     const variance = result.variance || {};
@@ -517,7 +548,8 @@
       + (variance.estimate !== undefined ? `; output variance ${short(variance.estimate)} `
         + `[${short(variance.ci_low)}, ${short(variance.ci_high)}].` : ".");
     return Plotly.react($("sensitivity"), [bars("first_order", "first order", "#1f77b4"), bars("total", "total", "#ff7f0e")], {
-      barmode: "group", height: 320, margin: { l: 60, r: 10, t: 10, b: 45 },
+      barmode: "group", height: 320 + PLOT_TOP, margin: { l: 60, r: 10, t: PLOT_TOP, b: 45 },
+      xaxis: { tickmode: "array", tickvals: positions, ticktext: features.map(titled) },
       yaxis: { title: { text: "Sobol' index" }, rangemode: "tozero" }, legend: { orientation: "h" },
     }, PLOT_CONFIG);
   }
