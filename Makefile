@@ -118,12 +118,16 @@ build-JobFinisherFunction:
 build-ExplorerFunction:
 	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package explorer
 
-package-model: setup  ## Package your GPy model: make package-model MODEL=my.pkl FEATURES=a,b,c [OUTPUTS=y1,y2 BOUNDS=a=0:1 HOLDOUT=h.csv NAME= VERSION= PUBLISH=inputs|inputs_and_outputs]
-	@test -n "$(MODEL)" || { echo "usage: make package-model MODEL=path/to/model.pkl FEATURES=a,b,c [OUTPUTS=y1,y2] [BOUNDS=a=LOW:HIGH,...] [HOLDOUT=holdout.csv] [NAME=name] [VERSION=1] [PUBLISH=inputs|inputs_and_outputs] (FEATURES may be left out to convert a packaged pickle with its manifest beside it)" >&2; exit 2; }
+# DESCRIPTION reaches the script through the environment, so quotes in it cannot break the shell line.
+package-model: export DESCRIPTION := $(DESCRIPTION)
+package-model: setup  ## Package your GPy model: make package-model MODEL=my.pkl FEATURES=a,b,c [OUTPUTS=y1,y2 BOUNDS=a=0:1 LIMITS=a=0: UNITS=a=m,y1=kg HOLDOUT=h.csv NAME= VERSION= DESCRIPTION= PUBLISH=inputs|inputs_and_outputs FORCE=1]
+	@test -n "$(MODEL)" || { echo "usage: make package-model MODEL=path/to/model.pkl FEATURES=a,b,c [OUTPUTS=y1,y2] [BOUNDS=a=LOW:HIGH,...] [LIMITS=a=LOW:,b=LOW:HIGH,...] [UNITS=a=m,y1=kg,...] [HOLDOUT=holdout.csv] [NAME=name] [VERSION=1] [DESCRIPTION='one line'] [PUBLISH=inputs|inputs_and_outputs] [FORCE=1] (FEATURES may be left out to convert a packaged pickle with its manifest beside it; FORCE=1 packages a model that fails the quality gate)" >&2; exit 2; }
 	$(PY) scripts/package_model.py "$(MODEL)" $(if $(FEATURES),--features "$(FEATURES)") \
 		$(if $(OUTPUTS),--outputs "$(OUTPUTS)") $(if $(BOUNDS),--bounds "$(BOUNDS)") \
+		$(if $(LIMITS),--limits "$(LIMITS)") $(if $(UNITS),--units "$(UNITS)") \
 		$(if $(HOLDOUT),--holdout "$(HOLDOUT)") $(if $(NAME),--name "$(NAME)") $(if $(VERSION),--version "$(VERSION)") \
-		$(if $(PUBLISH),--publish-training-data "$(PUBLISH)")
+		$(if $(DESCRIPTION),--description "$$DESCRIPTION") \
+		$(if $(PUBLISH),--publish-training-data "$(PUBLISH)") $(if $(FORCE),--force)
 	PATH="$(SAM_PATH)" $(PY) scripts/generate_events.py
 	$(PY) scripts/export_openapi.py
 

@@ -386,7 +386,11 @@ def model_info() -> dict[str, Any]:
         "max_job_points": settings.job_max_points if jobs else None,
         "job_chunk_points": settings.job_chunk_points if jobs else None,
     }
-    return {**model.manifest().document, "limits": limits}
+    document = dict(model.manifest().document)
+    # `limits` here is this deployment's (as before manifests had any); the manifest's are its features' physical ones
+    if (physical_limits := document.pop("limits", None)) is not None:
+        document["physical_limits"] = physical_limits
+    return {**document, "limits": limits}
 
 
 @app.get("/model/training-data")

@@ -63,7 +63,8 @@ class Settings:
     max_body_bytes: int = LARGEST_BODY_BYTES
     """Upper bound of a body; the parser allows less when the largest batch needs less (parsing.body_limit)."""
     domain_margin: float = 0.1
-    """How far outside the training bounds a point may lie, as a fraction of each feature's range."""
+    """How far outside the training bounds a point may lie, as a fraction of each feature's range; never beyond the
+    manifest's physical limits (`Manifest.domain`)."""
     model_s3_uri: str = ""
     """s3://BUCKET/KEY.npz or KEY.pkl (manifest beside it): load the model from S3 rather than the package."""
     model_cache_dir: Path = Path("/tmp/model")

@@ -2,7 +2,8 @@
 
     python scripts/package_model.py MODEL.pkl --features temperature,pressure,flow_rate \\
         [--outputs yield,purity] [--bounds temperature=250:400,...] [--name NAME] [--version V] \\
-        [--holdout holdout.csv] [--publish-training-data inputs|inputs_and_outputs] \
+        [--description TEXT] [--limits pressure=0:,...] [--units temperature=K,yield=%,...] \\
+        [--holdout holdout.csv] [--publish-training-data inputs|inputs_and_outputs] [--force] \
         [--output model_artifacts/pretrained-model.npz]
 
 Reads any pickled GPy model the service supports (GPRegression, SparseGPRegression, any GPy.core.GP), checks the
@@ -14,7 +15,13 @@ bounds with rounding-aware tolerances, and served without GPy; any other model (
 written as its pickle (`NAME.pkl`) and served through GPy. Either way, `NAME.manifest.json` beside it, and the
 other format's artifact of the same name, if any, is removed (it is replaced). A packaged pickle with its
 manifest beside it is converted by packaging it again: its features, outputs, bounds, name and version are
-read from that manifest when not given. Anything wrong exits with status 2 and one line saying what.
+read from that manifest (limits and units too) when not given. Anything wrong exits with status 2 and one line
+saying what.
+
+The quality gate: the model must predict better than its outputs' mean, on the hold-out set when one is given
+and on its own training points left out one at a time (closed form, `leave_one_out`): R2 >= MIN_R2 for every
+output, and 95% intervals covering at least MIN_COVERAGE_95 of the points. A model that fails is refused (exit
+status 3, nothing written, a message naming the usual cause) unless --force, which packages it with a warning.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import platform
 import sys
 import tempfile
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
@@ -41,8 +49,10 @@ from handler.gp.artifact import (
     PUBLISHED_TRAINING_DATA,
     PackagedArtifact,
     atomic_write,
+    check_limits,
     check_name,
     check_names,
+    check_units,
     manifest_path_for,
     sha256_of,
 )
@@ -108,6 +118,40 @@ def parse_bounds(text: str, features: list[str]) -> dict[str, tuple[float, float
     return bounds
 
 
+def parse_limits(text: str, features: list[str]) -> dict[str, tuple[float | None, float | None]]:
+    """`r=0:,frac=0:1` -> {"r": (0, None), "frac": (0, 1)}: physical limits, either end left open by leaving it out."""
+    limits: dict[str, tuple[float | None, float | None]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, range_text = item.partition("=")
+        low_text, colon, high_text = range_text.partition(":")
+        if not colon or not name or not (low_text.strip() or high_text.strip()):
+            raise PackagingError(f"--limits: expected NAME=LOW:HIGH, NAME=LOW: or NAME=:HIGH, got {item!r}")
+        if name not in features:
+            raise PackagingError(f"--limits: {name!r} is not one of the features ({', '.join(features)})")
+        try:
+            ends = [float(end) if end.strip() else None for end in (low_text, high_text)]
+        except ValueError:
+            raise PackagingError(f"--limits: {item!r} has an end that is not a number") from None
+        if not all(end is None or np.isfinite(end) for end in ends):
+            raise PackagingError(f"--limits: {item!r}: leave an end out to leave it open, rather than inf")
+        limits[name] = (ends[0], ends[1])
+    return limits
+
+
+def parse_units(text: str, names: list[str]) -> dict[str, str]:
+    """`r=m,frac=1,flow=m3/yr` -> {"r": "m", ...}: units of features and outputs, checked as the loader checks them."""
+    units = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, unit = item.partition("=")
+        if not equals or not name.strip():
+            raise PackagingError(f"--units: expected NAME=UNIT, got {item!r}")
+        units[name.strip()] = unit.strip()
+    try:
+        return check_units(units or None, tuple(names))
+    except ValueError as exc:
+        raise PackagingError(f"--units: {exc}") from None
+
+
 def complete_bounds(
     model: GPRegressionModel, features: list[str], given: dict[str, tuple[float, float]]
 ) -> dict[str, tuple[float, float]]:
@@ -152,6 +196,11 @@ def holdout_metrics(
 ) -> dict[str, HoldoutMetrics]:
     """RMSE, R^2 and the share of points inside the 95% predictive interval, per output."""
     mean, variance = model.predict(X)
+    return accuracy(Y, mean, variance, outputs)
+
+
+def accuracy(Y: np.ndarray, mean: np.ndarray, variance: np.ndarray, outputs: list[str]) -> dict[str, HoldoutMetrics]:
+    """RMSE, R^2 and 95% coverage of predictions (mean and predictive variance, (n, outputs)) of the values Y."""
     metrics = {}
     for j, name in enumerate(outputs):
         y, residual = Y[:, j], Y[:, j] - mean[:, j]
@@ -163,6 +212,196 @@ def holdout_metrics(
             coverage_95=float(np.mean(np.abs(residual) <= Z_95 * np.sqrt(variance[:, j]))),
         )
     return metrics
+
+
+GPY_EXACT_JITTER = 1e-8  # GPy's ExactGaussianInference adds it to the noise when it factorises the covariance
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """Each training point predicted from the others: mean and predictive variance (n, outputs), in output units."""
+
+    Y: np.ndarray
+    mean: np.ndarray
+    variance: np.ndarray
+
+
+def leave_one_out(model: GPRegressionModel) -> LeaveOneOut | str:
+    """Leave-one-out predictions of the training points in closed form, or why there is none.
+
+    For a Gaussian process whose training outputs are jointly Gaussian with covariance A (K + noise I for an exact
+    GP), predicting y_i from the others is conditioning that Gaussian: mean y_i - [A^-1 y]_i / [A^-1]_ii and
+    variance 1 / [A^-1]_ii (Rasmussen & Williams 2006, eq. 5.12), the hyperparameters as fitted on all points.
+    A sparse (VarDTC) model predicts as DTC: A = Q + noise I with Q = Kfu Kuu^-1 Kuf, and its predictive
+    variance adds K_ii - Q_ii. Computed on the normalised outputs GPy fitted, then mapped back to their units.
+    """
+    import GPy
+    import scipy.linalg
+    from GPy.inference.latent_function_inference import ExactGaussianInference, VarDTC
+
+    gp = model.gp
+    if type(gp.likelihood) is not GPy.likelihoods.Gaussian:
+        return f"likelihood {type(gp.likelihood).__name__} is not Gaussian: no closed form"
+    Y = np.asarray(gp.Y_normalized, dtype=float)
+    if isinstance(gp.inference_method, ExactGaussianInference):
+        factor = np.asarray(gp.posterior.woodbury_chol, dtype=float)  # L L^T = K + (noise + jitter) I
+        if factor.ndim != 2:
+            return "the model has missing data (one posterior per output)"
+        # diag(A^-1) = the squared column norms of L^-1: one triangular inverse, a third of forming A^-1
+        inverse, info = scipy.linalg.lapack.dtrtri(factor, lower=1)
+        if info != 0:
+            return "the covariance's Cholesky factor is singular"
+        diagonal = np.einsum("ij,ij->j", inverse, inverse)
+        del inverse
+        weights = np.asarray(gp.posterior.woodbury_vector, dtype=float)  # A^-1 (y - mean function)
+        # GPy factorises K + (noise + 1e-8) I but adds only the noise to a prediction: take its jitter back out
+        extra = np.full_like(diagonal, -GPY_EXACT_JITTER)
+    elif (
+        isinstance(gp.inference_method, VarDTC) and isinstance(gp, GPy.core.SparseGP) and not gp.has_uncertain_inputs()
+    ):
+        diagonal, weights, extra = _sparse_leave_one_out(gp, Y)
+    else:
+        return f"inference {type(gp.inference_method).__name__}: no closed form"
+    mean = Y - weights / diagonal[:, None]
+    variance = np.repeat((1 / diagonal + extra)[:, None], Y.shape[1], axis=1)
+    if gp.normalizer is not None:
+        mean, variance = gp.normalizer.inverse_mean(mean), gp.normalizer.inverse_variance(variance)
+    if not (np.isfinite(mean).all() and np.isfinite(variance).all() and (variance > 0).all()):
+        return "the closed form is not finite (the covariance is too ill-conditioned)"
+    return LeaveOneOut(np.asarray(gp.Y, dtype=float), mean, variance)
+
+
+def _sparse_leave_one_out(gp: Any, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """diag(A^-1), A^-1 Y and K_ii - Q_ii for A = Q + s2 I, Q = Kfu Kuu^-1 Kuf, in O(n m^2) and columns of m x n.
+
+    With V = Luu^-1 Kuf (Q = V^T V) and M = s2 I + V V^T: A^-1 = (I - V^T M^-1 V) / s2 (Woodbury). M's eigenvalues
+    are at least s2, so its factor is as well conditioned as the noise allows.
+    """
+    from GPy.util.linalg import jitchol
+    from scipy.linalg import solve_triangular
+
+    X, Z, kern = np.asarray(gp.X, dtype=float), np.asarray(gp.Z, dtype=float), gp.kern
+    # As GPy's VarDTC: its jitter on Kuu's diagonal, and the noise at least that jitter
+    jitter = float(gp.inference_method.const_jitter)
+    noise = max(float(gp.likelihood.variance.values[0]), jitter)
+    L_uu = jitchol(kern.K(Z) + jitter * np.eye(len(Z)))
+    columns = max(1, 2**24 // (8 * len(Z)))  # V in slices of ~16 MB
+
+    def slices() -> Any:
+        for start in range(0, len(X), columns):
+            part = slice(start, start + columns)
+            yield part, solve_triangular(L_uu, kern.K(Z, X[part]), lower=True)
+
+    M, VY = noise * np.eye(len(Z)), np.zeros((len(Z), Y.shape[1]))
+    for part, V in slices():
+        M += V @ V.T
+        VY += V @ Y[part]
+    L_m = jitchol(M)
+    MVY = solve_triangular(L_m.T, solve_triangular(L_m, VY, lower=True), lower=False)  # M^-1 V Y
+    diagonal, weights, extra = np.empty(len(X)), np.empty_like(Y), np.empty(len(X))
+    for part, V in slices():
+        W = solve_triangular(L_m, V, lower=True)
+        diagonal[part] = (1 - np.sum(W**2, axis=0)) / noise
+        weights[part] = (Y[part] - V.T @ MVY) / noise
+        extra[part] = kern.Kdiag(X[part]) - np.sum(V**2, axis=0)
+    return diagonal, weights, np.maximum(extra, 0.0)
+
+
+# The gate: a model whose predictions explain less than half of its outputs' variance, on points it was not fitted
+# to, is refused. R^2 = 0 is the constant mean; GPy stuck at its initial lengthscales gives R^2 ~ 0 (issue 21).
+# 0.5 leaves room for honest, rough surrogates of hard functions and is far above what an unfitted model reaches.
+MIN_R2 = 0.5
+# Coverage refuses only intervals that are plainly wrong. A calibrated 95% interval covers 95% +- 2 sd (sd =
+# sqrt(0.95 x 0.05 / n): 1.3% at n = 300, 4.9% at n = 20); under 50% means intervals ~3x too narrow (+-1.96 s/3
+# holds half of a normal's mass). Fitted interpolating GPs of deterministic simulators sit lower than 95% (the
+# suite's: 83-100% leave-one-out), so a tighter rule would refuse honest models. Wide intervals are not refused.
+MIN_COVERAGE_95 = 0.5
+MIN_COVERAGE_POINTS = 20
+GPY_INITIAL_LENGTHSCALE = 1.0
+FAR_BELOW_RANGE = 0.01  # a lengthscale under 1% of its feature's training range
+
+
+class QualityGateError(PackagingError):
+    """The model is not better than its mean (or its intervals are plainly wrong): refused unless --force."""
+
+
+def quality_problems(checks: dict[str, dict[str, HoldoutMetrics] | None]) -> list[str]:
+    """What fails the gate, one line each: {"hold-out": metrics or None, "leave-one-out": ...}."""
+    problems = []
+    for where, metrics in checks.items():
+        for output, m in (metrics or {}).items():
+            if m.r2 < MIN_R2:  # NaN (constant outputs) compares False: it says nothing, and fails nothing
+                problems.append(f"{where} {output}: R2 {m.r2:.6f} < {MIN_R2} (RMSE {m.rmse:.4g}, {m.n_points} points)")
+            if m.n_points >= MIN_COVERAGE_POINTS and m.coverage_95 < MIN_COVERAGE_95:
+                problems.append(
+                    f"{where} {output}: the 95% interval covers {m.coverage_95:.1%} of {m.n_points} points "
+                    f"(< {MIN_COVERAGE_95:.0%}: over-confident)"
+                )
+    return problems
+
+
+def lengthscale_causes(
+    model: GPRegressionModel, features: list[str], bounds: dict[str, tuple[float, float]]
+) -> list[str]:
+    """Features whose lengthscale looks unfitted: still GPy's initial 1.0, or under 1% of the feature's range."""
+    by_feature = _lengthscales(model.gp.kern, len(features))
+    unmoved, far_below = [], []
+    for j, name in enumerate(features):
+        low, high = bounds[name]
+        for lengthscale in by_feature[j]:
+            if abs(lengthscale - GPY_INITIAL_LENGTHSCALE) <= 1e-6 * GPY_INITIAL_LENGTHSCALE:
+                unmoved.append(f"{name} (range {high - low:.3g})")
+                break
+            if lengthscale < FAR_BELOW_RANGE * (high - low):
+                far_below.append(f"{name} ({lengthscale:.3g}, range {high - low:.3g})")
+                break
+    causes = []
+    if unmoved:
+        causes.append(
+            f"the lengthscales of {', '.join(unmoved)} are still {GPY_INITIAL_LENGTHSCALE:g}, GPy's initial value: "
+            "the optimiser never moved them"
+        )
+    if far_below:
+        causes.append(f"the lengthscales of {', '.join(far_below)} are under {FAR_BELOW_RANGE:.0%} of their ranges")
+    return causes
+
+
+def _lengthscales(kern: Any, n_features: int) -> list[list[float]]:
+    """Each feature's lengthscales in the kernel (a sum or product may hold several; none for some kernels)."""
+    found: list[list[float]] = [[] for _ in range(n_features)]
+    parts = [kern]
+    while parts:
+        part = parts.pop()
+        parts.extend(getattr(part, "parts", []))
+        if hasattr(part, "lengthscale") and not getattr(part, "parts", None):
+            dims = [int(d) for d in part.active_dims]
+            values = np.broadcast_to(np.asarray(part.lengthscale.values, dtype=float), (len(dims),))
+            for dim, value in zip(dims, values.tolist(), strict=True):
+                if dim < n_features:
+                    found[dim].append(value)
+    return found
+
+
+def refusal(problems: list[str], causes: list[str], bounds: dict[str, tuple[float, float]]) -> str:
+    """The gate's message: what failed, the rule, the usual cause, and the way round."""
+    widths = [high - low for low, high in bounds.values()]
+    lines = ["this model predicts little better than its mean, so it is not packaged:"]
+    lines += [f"  {problem}" for problem in problems]
+    lines.append(
+        f"  The rule: R2 >= {MIN_R2} for every output on the hold-out set (--holdout) and on the training points "
+        f"left out one at a time, and 95% intervals covering at least {MIN_COVERAGE_95:.0%} (of {MIN_COVERAGE_POINTS} "
+        "points or more)."
+    )
+    lines.append("  What usually causes it: inputs not scaled, so the optimiser starts (and stays) far from a fit.")
+    lines += [f"  Here {cause}." for cause in causes]
+    if max(widths) / min(widths) > 100:
+        lines.append(f"  The features' ranges span {min(widths):.3g} to {max(widths):.3g}.")
+    lines.append(
+        "  Scale each input to [0, 1] before fitting (and give --bounds in those units), or start each lengthscale "
+        "near its feature's range: GPy.kern.Matern32(d, ARD=True, lengthscale=X.max(0) - X.min(0))."
+    )
+    lines.append("  Nothing was written. --force packages it anyway (make package-model ... FORCE=1).")
+    return "\n".join(lines)
 
 
 def rounding_tolerances(model: GPRegressionModel, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -317,12 +556,18 @@ def package(
     gpy_route: bool = False,
     source: Path | None = None,
     publish_training_data: Literal["inputs", "inputs_and_outputs"] | None = None,
+    limits: dict[str, tuple[float | None, float | None]] | None = None,
+    units: dict[str, str] | None = None,
+    force: bool = False,
 ) -> tuple[ModelManifest, Path]:
     """Write the artifact beside `output` (its suffix follows the format) and its manifest; nothing half-written.
 
     `gpy_route`: write the pickle, served through GPy, even where a posterior file would do. `source`: the user's
     pickle, never removed. `publish_training_data`: what GET /model/training-data may serve of the training
-    points (a posterior file then holds them; a pickle has them). Returns the manifest and the artifact's path.
+    points (a posterior file then holds them; a pickle has them). `limits`: physical limits of features (None at
+    an open end), `units`: of features and outputs. A model that fails the quality gate (`quality_problems`, on
+    the hold-out set and leave-one-out) raises QualityGateError before anything is written, unless `force`.
+    Returns the manifest and the artifact's path.
     """
     if output.suffix not in ("", *SUFFIXES.values()):
         raise PackagingError(f"--output: expected a .npz or .pkl name (or none), got {output.name!r}")
@@ -340,6 +585,23 @@ def package(
                 f"the {posterior_file.MAX_PUBLISHED_VALUES} one answer of GET /model/training-data can carry"
             )
     all_bounds = complete_bounds(model, features, bounds or {})
+    bounds_array = np.array(list(all_bounds.values()), dtype=float)
+    try:
+        check_limits({k: list(v) for k, v in limits.items()} if limits else None, tuple(features), bounds_array)
+    except ValueError as exc:
+        raise PackagingError(f"--limits: {exc}") from None
+    try:
+        check_units(units or None, (*features, *outputs))
+    except ValueError as exc:
+        raise PackagingError(f"--units: {exc}") from None
+    holdout_accuracy = holdout_metrics(model, *holdout, outputs) if holdout is not None else None
+    if holdout_accuracy is None and previous_holdout is not None:  # a converted manifest's: the same model's
+        holdout_accuracy = {k: HoldoutMetrics.model_validate(v) for k, v in previous_holdout.items()}
+    loo = leave_one_out(model)
+    loo_accuracy = accuracy(loo.Y, loo.mean, loo.variance, outputs) if isinstance(loo, LeaveOneOut) else None
+    problems = quality_problems({"hold-out": holdout_accuracy, "leave-one-out": loo_accuracy})
+    if problems and not force:
+        raise QualityGateError(refusal(problems, lengthscale_causes(model, features, all_bounds), all_bounds))
     check_points = points_across(all_bounds, CHECK_POINTS)
     reason = None
     if model.posterior is not None:
@@ -378,7 +640,10 @@ def package(
         outputs=outputs,
         bounds=all_bounds,
         n_train=int(model.gp.num_data),
-        holdout=holdout_metrics(model, *holdout, outputs) if holdout is not None else previous_holdout,
+        holdout=holdout_accuracy,
+        leave_one_out=loo_accuracy,
+        limits=limits or None,
+        units=units or None,
         kernel=model.describe(),
         training=training or {},
         versions={
@@ -454,11 +719,25 @@ def summary(manifest: ModelManifest, output: Path) -> str:
         f"  outputs:  {', '.join(manifest.outputs)}",
         f"  predicts through {path}",
     ]
-    for name, metrics in (manifest.holdout or {}).items():
+    for where, accuracies in (("hold-out", manifest.holdout), ("leave-one-out", manifest.leave_one_out)):
+        for name, metrics in (accuracies or {}).items():
+            lines.append(
+                f"  {where} {name}: {counted(metrics.n_points, 'point')}, RMSE {metrics.rmse:.4g}, "
+                f"R2 {metrics.r2:.6f}, 95% coverage {metrics.coverage_95:.1%}"
+            )
+    if manifest.leave_one_out is None:
         lines.append(
-            f"  hold-out {name}: {counted(metrics.n_points, 'point')}, RMSE {metrics.rmse:.4g}, R2 {metrics.r2:.6f}, "
-            f"95% coverage {metrics.coverage_95:.1%}"
+            "  leave-one-out: no closed form for this model's inference or likelihood (only --holdout checks it)"
         )
+    elif "inducing_points" in manifest.kernel:
+        lines.append("  (leave-one-out of a sparse model: in closed form for its DTC predictive, inducing points kept)")
+    if manifest.holdout is None:
+        lines.append("  hold-out: none given (--holdout CSV checks the model on points it was not fitted to)")
+    if manifest.limits:
+        limits = ", ".join(_limit_text(k, low, high) for k, (low, high) in manifest.limits.items())
+        lines.append(f"  physical limits: {limits}")
+    if manifest.units:
+        lines.append(f"  units: {', '.join(f'{k} {v}' for k, v in manifest.units.items())}")
     if manifest.published_training_data is not None:
         what = "inputs" if manifest.published_training_data == "inputs" else "inputs and outputs"
         lines.append(f"  publishes its training {what} at GET /model/training-data (to anyone who may call the API)")
@@ -483,6 +762,11 @@ def summary(manifest: ModelManifest, output: Path) -> str:
     return "\n".join(lines)
 
 
+def _limit_text(name: str, low: float | None, high: float | None) -> str:
+    """`r >= 0` as `0 <= r`, `0 <= frac <= 1`, `x <= 5`."""
+    return " <= ".join([*([f"{low:g}"] if low is not None else []), name, *([f"{high:g}"] if high is not None else [])])
+
+
 def beside(model_path: Path) -> dict[str, Any]:
     """The manifest next to a packaged pickle (`NAME.manifest.json`), to convert it: {} when there is none."""
     path = manifest_path_for(model_path)
@@ -494,7 +778,15 @@ def beside(model_path: Path) -> dict[str, Any]:
         raise PackagingError(f"{path}: not a readable manifest ({exc})") from None
     if not isinstance(document, dict):
         raise PackagingError(f"{path}: expected a JSON object")
-    for key, kind in (("features", list), ("outputs", list), ("bounds", dict), ("training", dict), ("holdout", dict)):
+    for key, kind in (
+        ("features", list),
+        ("outputs", list),
+        ("bounds", dict),
+        ("training", dict),
+        ("holdout", dict),
+        ("limits", dict),
+        ("units", dict),
+    ):
         if document.get(key) is not None and not isinstance(document[key], kind):
             raise PackagingError(
                 f"{path}: {key} must be a{'n' if kind is list else ''} {'array' if kind is list else 'object'}"
@@ -531,7 +823,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bounds", default="", help="NAME=LOW:HIGH,... (default: the manifest's, or training range)")
     parser.add_argument("--name", help="model name (default: the manifest's, or the pickle's file name)")
     parser.add_argument("--version", help="model version (default: the manifest's, or 1)")
-    parser.add_argument("--description", help="one line on what the model predicts")
+    parser.add_argument("--description", help="one line on what the model predicts (GET /model, the explorer page)")
+    parser.add_argument(
+        "--limits",
+        default="",
+        help="physical limits, never widened: NAME=LOW:HIGH, NAME=LOW: or NAME=:HIGH,... (e.g. r=0:,frac=0:1; "
+        "default: the manifest's, or none). The service answers within the training bounds widened by "
+        "DOMAIN_MARGIN and within these.",
+    )
+    parser.add_argument(
+        "--units", default="", help="units of features and outputs: NAME=UNIT,... (e.g. r=m,frac=1,flow=m3/yr)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=f"package a model that fails the quality gate (R2 < {MIN_R2} on the hold-out set or leave-one-out)",
+    )
     parser.add_argument("--holdout", type=Path, help="CSV of held-out points: a column per feature and output")
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help=f"where to write (default {DEFAULT_OUTPUT})"
@@ -569,6 +876,11 @@ def main(argv: list[str] | None = None) -> int:
             given = ",".join(f"{k}={lo!r}:{hi!r}" for k, (lo, hi) in previous["bounds"].items() if k in features)
             bounds = parse_bounds(given, features)
         outputs = check_counts(model, features, outputs)
+        if args.limits:
+            limits = parse_limits(args.limits, features)
+        else:  # a converted manifest's, as written (null: an open end)
+            limits = {k: (lo, hi) for k, (lo, hi) in (previous.get("limits") or {}).items()}
+        units = parse_units(args.units, [*features, *outputs]) if args.units else dict(previous.get("units") or {})
         holdout = read_holdout(args.holdout, features, outputs) if args.holdout is not None else None
         name = args.name or previous.get("name") or args.model.stem.replace(".", "-")
         training = {**(previous.get("training") or {}), "packaged_from": args.model.name}
@@ -588,7 +900,13 @@ def main(argv: list[str] | None = None) -> int:
             gpy_route=args.gpy_route,
             source=args.model,
             publish_training_data=published_training_data(args.publish_training_data, previous),
+            limits=limits,
+            units=units,
+            force=args.force,
         )
+    except QualityGateError as exc:
+        print(f"package_model: refused: {exc}", file=sys.stderr)
+        return 3
     except PackagingError as exc:
         print(f"package_model: error: {exc}", file=sys.stderr)
         return 2
@@ -601,6 +919,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"package_model: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(summary(manifest, artifact))
+    if problems := quality_problems({"hold-out": manifest.holdout, "leave-one-out": manifest.leave_one_out}):
+        causes = lengthscale_causes(model, features, dict(manifest.bounds))
+        warning = [f"package_model: WARNING: packaged with --force although it fails the quality gate ({artifact}):"]
+        warning += [f"  {problem}" for problem in problems] + [f"  Here {cause}." for cause in causes]
+        warning.append("  Its predictions are little better than its outputs' mean: do not rely on them.")
+        print("\n".join(warning), file=sys.stderr)
     return 0
 
 

@@ -136,6 +136,9 @@ def test_a_sparse_model_gets_bounds_from_its_training_inputs(sparse_pickle: Path
         name: [float(X[:, i].min()), float(X[:, i].max())] for i, name in enumerate(PLANT_FEATURES)
     }
     assert manifest["holdout"] is None
+    # and its training points, each left out, are predicted in closed form for its own (DTC) predictive
+    assert manifest["leave_one_out"]["purity"]["n_points"] == 400
+    assert "leave-one-out of a sparse model: in closed form for its DTC predictive" in result.stdout
     assert manifest["kernel"]["inducing_points"] == 30
     loaded = load_model(PackagedArtifact(output))
     assert isinstance(loaded.model, PosteriorModel)
@@ -382,7 +385,7 @@ def test_a_pickle_that_reaches_for_os_system_is_refused_at_packaging(tmp_path: P
     assert not (tmp_path / "ran").exists()
 
 
-def test_a_model_that_explains_everything_as_noise_is_packaged_with_a_warning(tmp_path: Path):
+def test_a_model_that_explains_everything_as_noise_is_refused_and_forced_packaged_with_a_warning(tmp_path: Path):
     import GPy
 
     # given a fit stuck where GPy's defaults often leave inputs in large units: all noise, little signal
@@ -391,11 +394,17 @@ def test_a_model_that_explains_everything_as_noise_is_packaged_with_a_warning(tm
     gp.kern.variance = 0.05
     gp.likelihood.variance = 1.0
     (tmp_path / "noisy.pkl").write_bytes(pickle.dumps(gp))
-    # when
-    result = run(tmp_path / "noisy.pkl", "--features", "a,b,c", "--output", tmp_path / "out.pkl")
-    # then it is packaged, and the summary says what looks wrong
+    # when it is packaged
+    refused = run(tmp_path / "noisy.pkl", "--features", "a,b,c", "--output", tmp_path / "out.pkl")
+    # then the quality gate refuses it: its training points, each left out, are predicted no better than the mean
+    assert refused.returncode == 3
+    assert "leave-one-out y: R2" in refused.stderr
+    assert not (tmp_path / "out.pkl").exists()
+    # and forced, it is packaged, and the summary says what looks wrong
+    result = run(tmp_path / "noisy.pkl", "--features", "a,b,c", "--output", tmp_path / "out.pkl", "--force")
     assert result.returncode == 0, result.stderr
     assert "warning: the fitted noise variance (1) exceeds the kernel's (0.05)" in result.stdout
+    assert "WARNING: packaged with --force although it fails the quality gate" in result.stderr
 
 
 def test_a_well_fitted_model_gets_no_warning(plant_model_path: Path, tmp_path: Path):

@@ -103,11 +103,13 @@ def _distributions(inputs: dict[str, Any] | None, manifest: Manifest) -> list[In
             problems.append((f"inputs.{feature}", message))
         elif math.isfinite(support_low) and math.isfinite(support_high):
             if support_low < lo or support_high > hi:
-                message = f"[{support_low:g}, {support_high:g}] leaves the model's domain [{lo:g}, {hi:g}]"
+                domain = manifest.describe_domain(j, _context().settings.domain_margin)
+                message = f"[{support_low:g}, {support_high:g}] leaves the model's domain {domain}"
                 problems.append((f"inputs.{feature}", message))
         elif (outside := distribution.mass_outside(lo, hi)) > MAX_MASS_OUTSIDE_DOMAIN:
             message = (
-                f"{outside:.3g} of its probability is outside the model's domain [{lo:g}, {hi:g}]; at most "
+                f"{outside:.3g} of its probability is outside the model's domain "
+                f"{manifest.describe_domain(j, _context().settings.domain_margin)}; at most "
                 f"{MAX_MASS_OUTSIDE_DOMAIN:g} may be (a truncnormal keeps it inside)"
             )
             problems.append((f"inputs.{feature}", message))
@@ -300,7 +302,8 @@ def suggest() -> Any:
         if not lo <= hi:  # equal ends hold the feature fixed
             problems.append((f"bounds.{feature}", f"expected low <= high, got [{lo:g}, {hi:g}]"))
         elif lo < domain_low[j] or hi > domain_high[j]:
-            message = f"[{lo:g}, {hi:g}] leaves the model's domain [{domain_low[j]:g}, {domain_high[j]:g}]"
+            domain = manifest.describe_domain(j, _context().settings.domain_margin)
+            message = f"[{lo:g}, {hi:g}] leaves the model's domain {domain}"
             problems.append((f"bounds.{feature}", message))
         low[j], high[j] = lo, hi
     pending = _pending(request.pending, manifest, problems)
@@ -353,7 +356,8 @@ def _pending(rows: list[dict[str, float]] | None, manifest: Manifest, problems: 
     d = len(manifest.features)
     if not rows:
         return np.empty((0, d))
-    low, high = manifest.domain(_context().settings.domain_margin)
+    margin = _context().settings.domain_margin
+    low, high = manifest.domain(margin)
     points = np.empty((len(rows), d))
     for i, row in enumerate(rows):
         if row.keys() != set(manifest.features):
@@ -373,7 +377,10 @@ def _pending(rows: list[dict[str, float]] | None, manifest: Manifest, problems: 
         for j, f in enumerate(manifest.features):
             if not low[j] <= points[i, j] <= high[j]:
                 problems.append(
-                    (f"pending[{i}].{f}", f"{points[i, j]:g} is outside the domain [{low[j]:g}, {high[j]:g}]")
+                    (
+                        f"pending[{i}].{f}",
+                        f"{points[i, j]:g} is outside the domain {manifest.describe_domain(j, margin)}",
+                    )
                 )
         if len(problems) >= 20:
             break

@@ -183,9 +183,7 @@ def _infer(name: str, version: str | None) -> Response:
     wanted = _requested_outputs(request)
     if violations := manifest.domain_violations(points, services.settings.domain_margin, limit=5):
         described = "; ".join(
-            f"input[{v.row}][{manifest.features.index(v.feature)}] ({v.feature}) = {v.value:g} is outside "
-            f"[{v.low:g}, {v.high:g}]"
-            for v in violations
+            f"input[{v.row}][{manifest.features.index(v.feature)}] ({v.feature}) = {v.describe()}" for v in violations
         )
         raise InferenceError(422, f"point(s) outside the model's domain: {described}")
     mean, variance = services.loaded_model().model.predict(points, latent=latent)

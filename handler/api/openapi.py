@@ -9,6 +9,7 @@ The module is without `from __future__ import annotations`: Powertools reads the
 annotations, built here per model, at run time.
 """
 
+import math
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
@@ -320,14 +321,27 @@ def _document_deployment_limits(document: dict[str, Any], manifest: "Manifest", 
     for column in schemas["PredictColumns"]["properties"].values():
         column["maxItems"] = settings.max_batch_size
     domain = zip(manifest.features, manifest.bounds.tolist(), *manifest.domain(settings.domain_margin), strict=True)
-    for name, (low, high), minimum, maximum in domain:
+    for j, (name, (low, high), minimum, maximum) in enumerate(domain):
         limits = {"minimum": float(minimum), "maximum": float(maximum)}
         schemas["PredictPoint"]["properties"][name].update(limits)
         schemas["PredictColumns"]["properties"][name]["items"].update(limits)
         schemas["PredictPoint"]["properties"][name]["description"] = (
             f"Within the model's domain: its training bounds [{low:g}, {high:g}] widened by {settings.domain_margin:g}"
-            " of the range on each side (GET /model has the bounds)."
+            " of the range on each side (GET /model has the bounds)"
+            + _physical_limit_text(manifest, j)
+            + (f". In {manifest.units[name]}." if name in manifest.units else ".")
         )
+
+
+def _physical_limit_text(manifest: "Manifest", j: int) -> str:
+    """`, and within its physical limits [0, inf)`: the manifest's limits of this feature, if any."""
+    if manifest.limits is None:
+        return ""
+    low, high = manifest.limits[j].tolist()
+    if not (math.isfinite(low) or math.isfinite(high)):
+        return ""
+    opening, closing = "[" if math.isfinite(low) else "(", "]" if math.isfinite(high) else ")"
+    return f", and within its physical limits {opening}{low:g}, {high:g}{closing}"
 
 
 def _document_analysis_features(document: dict[str, Any], manifest: "Manifest", settings: "Settings") -> None:

@@ -347,8 +347,7 @@ def outside_domain(request: PredictRequest, violations: list[Any], prefix: str =
     details = []
     for v in violations:
         field = request.field_name(v.row, v.feature)
-        message = f"{v.value:g} is outside the allowed range [{v.low:g}, {v.high:g}]"
-        details.append((under(prefix, field) if prefix else field, message))
+        details.append((under(prefix, field) if prefix else field, v.describe()))
     return RequestError(422, "point(s) outside the model's domain", details)
 
 

@@ -13,16 +13,18 @@ import math
 from functools import cache
 from typing import Annotated, Any, Literal, NamedTuple, Self
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
 from handler.api.errors import MAX_ERROR_DETAILS, encodable, json_type
-from handler.gp.artifact import NAME_PATTERN
+from handler.gp.artifact import MAX_UNIT_CHARACTERS, NAME_PATTERN, check_limits, check_units
 
 # Strict: booleans and numeric strings are refused rather than coerced; NaN and +-Infinity
 # (which Python's json module accepts, and 1e400 becomes) are refused as well.
 Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-# The batch limit (MAX_BATCH_SIZE) and the input domain (the manifest's bounds widened by DOMAIN_MARGIN)
-# belong to a deployment: handler.api.openapi writes them into the document it serves; the app enforces them.
+# The batch limit (MAX_BATCH_SIZE) and the input domain (the manifest's bounds widened by DOMAIN_MARGIN, within
+# its physical limits: `Manifest.domain`) belong to a deployment: handler.api.openapi writes them into the
+# document it serves; the app enforces them.
 FeatureColumn = Annotated[list[Feature], Field(min_length=1)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern)]
 
@@ -117,7 +119,12 @@ class HoldoutMetrics(BaseModel):
     n_points: int = Field(ge=1)
     rmse: float
     r2: float
-    coverage_95: float = Field(ge=0.0, le=1.0, description="Share of hold-out points inside the 95% interval.")
+    coverage_95: float = Field(ge=0.0, le=1.0, description="Share of the points inside the 95% interval.")
+
+
+# A physical limit's end: a finite number, or null where that side is open.
+LimitEnd = Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
+Unit = Annotated[str, Field(min_length=1, max_length=MAX_UNIT_CHARACTERS)]
 
 
 class PosteriorArray(BaseModel):
@@ -158,6 +165,23 @@ class ModelManifest(BaseModel):
     bounds: dict[str, tuple[float, float]] = Field(description="Each feature's training range [lower, upper].")
     n_train: int = Field(ge=1)
     holdout: dict[str, HoldoutMetrics] | None = Field(description="Accuracy on held-out points, per output.")
+    leave_one_out: dict[str, HoldoutMetrics] | None = Field(
+        default=None,
+        exclude_if=lambda metrics: metrics is None,
+        description="Accuracy on the training points, each predicted from the others (closed form: leave-one-out), "
+        "per output; absent where the model's inference has no closed form or the manifest predates it.",
+    )
+    limits: dict[Name, tuple[LimitEnd, LimitEnd]] | None = Field(
+        default=None,
+        exclude_if=lambda limits: limits is None,
+        description="Physical limits [low, high] of some features (null: open on that side), never widened: the "
+        "service answers within the training bounds widened by DOMAIN_MARGIN and within these.",
+    )
+    units: dict[Name, Unit] | None = Field(
+        default=None,
+        exclude_if=lambda units: units is None,
+        description="A unit per feature or output (any subset), for labels: `m`, `m3/yr`, `1` for a fraction.",
+    )
     kernel: dict[str, Any]
     training: dict[str, Any] = {}
     versions: dict[str, str]
@@ -197,8 +221,15 @@ class ModelManifest(BaseModel):
         for name, (low, high) in self.bounds.items():
             if not low < high:
                 raise ValueError(f"bounds of {name} must have lower < upper")
-        if self.holdout is not None and list(self.holdout) != self.outputs:
-            raise ValueError("holdout must list exactly the outputs, in order")
+        for kind, metrics in (("holdout", self.holdout), ("leave_one_out", self.leave_one_out)):
+            if metrics is not None and list(metrics) != self.outputs:
+                raise ValueError(f"{kind} must list exactly the outputs, in order")
+        # The loader's checks (handler.gp.artifact), so that what packaging writes is what the function reads
+        bounds = np.array(list(self.bounds.values()), dtype=float)
+        check_limits(
+            None if self.limits is None else {k: list(v) for k, v in self.limits.items()}, tuple(self.features), bounds
+        )
+        check_units(self.units, (*self.features, *self.outputs))
         if (self.format == "npz") != (self.posterior is not None):
             raise ValueError("a posterior file (format npz) and only one has a posterior description")
         if self.schema_version == 2 and self.format != "pickle":
@@ -355,9 +386,19 @@ class DeploymentLimits(BaseModel):
 
 
 class ModelDescription(ModelManifest):
-    """GET /model: the manifest, and the limits of this deployment (for clients that split their work)."""
+    """GET /model: the manifest, and the limits of this deployment (for clients that split their work).
 
-    limits: DeploymentLimits
+    The manifest's own `limits` (physical limits of the features) are served as `physical_limits`: `limits` named
+    this deployment's before manifests had any.
+    """
+
+    limits: DeploymentLimits  # type: ignore[assignment]
+    physical_limits: dict[Name, tuple[LimitEnd, LimitEnd]] | None = Field(
+        default=None,
+        exclude_if=lambda limits: limits is None,
+        description="The manifest's `limits`: physical limits [low, high] of some features (null: open on that "
+        "side), never widened; absent where the manifest gives none.",
+    )
 
 
 def training_data_schema(features: tuple[str, ...], outputs: tuple[str, ...]) -> type[BaseModel]:

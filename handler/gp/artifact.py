@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +31,8 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 DOWNLOAD_CHUNK_BYTES = 8 * 2**20
 # What of its training points a manifest lets GET /model/training-data serve (`published_training_data`).
 PUBLISHED_TRAINING_DATA = ("inputs", "inputs_and_outputs")
+# A unit labels an axis or a column: a short printable string ("m", "m3/yr", "1" for a fraction).
+MAX_UNIT_CHARACTERS = 32
 
 
 class ModelUnavailableError(RuntimeError):
@@ -85,6 +87,9 @@ class Manifest:
     bounds: np.ndarray  # (n_features, 2): lower, upper
     document: dict[str, Any]  # the whole file, for GET /model
     published_training_data: str | None = None  # one of PUBLISHED_TRAINING_DATA; None: nothing is published
+    # (n_features, 2): each feature's physical limits (`limits`), never widened; -inf/inf where open or not given
+    limits: np.ndarray | None = None
+    units: dict[str, str] = field(default_factory=dict)  # feature or output -> unit (`units`), where given
 
     @classmethod
     def parse(cls, text: bytes) -> Manifest:
@@ -129,26 +134,71 @@ class Manifest:
         published = document.get("published_training_data")
         if published is not None and published not in PUBLISHED_TRAINING_DATA:
             raise ValueError(f"published_training_data must be one of {', '.join(PUBLISHED_TRAINING_DATA)} or absent")
+        limits = _checked("limits", document.get("limits"), lambda value: check_limits(value, features, bounds_array))
+        units = _checked("units", document.get("units"), lambda value: check_units(value, features + outputs))
         return cls(
-            model_type, artifact_format, sha256, name, version, features, outputs, bounds_array, document, published
+            model_type,
+            artifact_format,
+            sha256,
+            name,
+            version,
+            features,
+            outputs,
+            bounds_array,
+            document,
+            published,
+            limits,
+            units,
         )
 
     def domain(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper limits of the inputs: the training bounds widened by `margin` x each range."""
+        """Lower and upper ends of the inputs the service answers for: the training bounds widened by `margin` x
+        each range, within the physical limits (never widened). Every check of an input's range derives from this."""
+        low, high = self._widened(margin)
+        if self.limits is None:
+            return low, high
+        return np.maximum(low, self.limits[:, 0]), np.minimum(high, self.limits[:, 1])
+
+    def physical_ends(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
+        """Which ends of `domain(margin)` are physical limits (True) rather than the widened training bounds."""
+        if self.limits is None:
+            return np.zeros(len(self.features), bool), np.zeros(len(self.features), bool)
+        low, high = self._widened(margin)
+        return self.limits[:, 0] > low, self.limits[:, 1] < high
+
+    def _widened(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
         width = self.bounds[:, 1] - self.bounds[:, 0]
         return self.bounds[:, 0] - margin * width, self.bounds[:, 1] + margin * width
 
+    def describe_domain(self, j: int, margin: float) -> str:
+        """Feature j's domain for a message: `[-0.1, 1.1]`, or `[0, 55000] (0 is r's physical limit)`."""
+        low, high = (float(end[j]) for end in self.domain(margin))
+        ends = [
+            f"{end:g}"
+            for end, end_is_limit in zip((low, high), self.physical_ends(margin), strict=True)
+            if end_is_limit[j]
+        ]
+        if not ends:
+            return f"[{low:g}, {high:g}]"
+        physical = f"{ends[0]} is" if len(ends) == 1 else f"{ends[0]} and {ends[1]} are"
+        return f"[{low:g}, {high:g}] ({physical} {self.features[j]}'s physical limit{'s' * (len(ends) - 1)})"
+
     def domain_violations(self, X: np.ndarray, margin: float, limit: int = 20) -> list[DomainViolation]:
-        """Points outside the domain (at most `limit` of them)."""
+        """Points outside the domain (at most `limit` of them), each saying which end it passed."""
         low, high = self.domain(margin)
         outside = (low > X) | (high < X)
         if not outside.any():
             return []
+        physical_low, physical_high = self.physical_ends(margin)
         rows, cols = np.nonzero(outside)
-        return [
-            DomainViolation(int(r), self.features[c], float(X[r, c]), float(low[c]), float(high[c]))
-            for r, c in zip(rows[:limit], cols[:limit], strict=True)
-        ]
+        violations = []
+        for r, c in zip(rows[:limit], cols[:limit], strict=True):
+            value, below = float(X[r, c]), bool(X[r, c] < low[c])
+            physical = bool(physical_low[c] if below else physical_high[c])
+            violations.append(
+                DomainViolation(int(r), self.features[c], value, float(low[c]), float(high[c]), below, physical)
+            )
+        return violations
 
 
 @dataclass(frozen=True)
@@ -158,6 +208,64 @@ class DomainViolation:
     value: float
     low: float
     high: float
+    below: bool = True  # below the low end (else above the high end)
+    physical: bool = False  # the end passed is a physical limit (else the widened training range's)
+
+    def describe(self) -> str:
+        """`-1000 is outside the allowed range [0, 55000]: below the physical limit 0` (or `...: above the training
+        domain`, the training bounds widened by DOMAIN_MARGIN)."""
+        side = "below" if self.below else "above"
+        which = (
+            f"the physical limit {self.low if self.below else self.high:g}" if self.physical else "the training domain"
+        )
+        return f"{self.value:g} is outside the allowed range [{self.low:g}, {self.high:g}]: {side} {which}"
+
+
+def check_limits(value: Any, features: tuple[str, ...], bounds: np.ndarray) -> np.ndarray | None:
+    """`limits` as an (n_features, 2) array (-inf/inf where open or not given); None when absent.
+
+    `{"feature": [low or null, high or null]}`: each names a feature, has at least one end, low < high, and
+    contains the feature's training bounds (a model is never fitted where its inputs cannot be).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ValueError("expected an object of feature: [low or null, high or null]")
+    limits = np.tile([-np.inf, np.inf], (len(features), 1))
+    position = {name: j for j, name in enumerate(features)}  # a manifest may name thousands of features
+    for name, pair in value.items():
+        if name not in position:
+            raise ValueError(f"{str(name)[:64]!r} is not a feature ({', '.join(features)})"[:300])
+        if not (isinstance(pair, list) and len(pair) == 2 and pair != [None, None]):
+            raise ValueError(f"{name}: expected [low or null, high or null] with at least one end")
+        if not all(end is None or (type(end) in (int, float) and np.isfinite(end)) for end in pair):
+            raise ValueError(f"{name}: each end must be a finite number or null")
+        j = position[name]
+        low = -np.inf if pair[0] is None else float(pair[0])
+        high = np.inf if pair[1] is None else float(pair[1])
+        if not low < high:
+            raise ValueError(f"{name}: expected low < high, got [{low:g}, {high:g}]")
+        if not (low <= bounds[j, 0] and bounds[j, 1] <= high):
+            raise ValueError(
+                f"{name}: [{low:g}, {high:g}] does not contain the training bounds [{bounds[j, 0]:g}, {bounds[j, 1]:g}]"
+            )
+        limits[j] = low, high
+    return limits
+
+
+def check_units(value: Any, names: tuple[str, ...]) -> dict[str, str]:
+    """`units`: {feature or output: a short printable string}; {} when absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise ValueError("expected an object of feature or output: unit")
+    known = set(names)
+    for name, unit in value.items():
+        if name not in known:
+            raise ValueError(f"{str(name)[:64]!r} is not a feature or output ({', '.join(names)})"[:300])
+        if not (isinstance(unit, str) and 0 < len(unit) <= MAX_UNIT_CHARACTERS and unit.isprintable()):
+            raise ValueError(f"{name}: expected a printable string of 1 to {MAX_UNIT_CHARACTERS} characters")
+    return dict(value)
 
 
 def _checked[T](kind: str, value: Any, check: Callable[[Any], T]) -> T:

@@ -179,7 +179,9 @@ def _resolved_design(spec: Any, manifest: Manifest, settings: Settings, max_poin
         if not low < high:
             problems.append((f"design.bounds.{name}", f"expected low < high, got [{low:g}, {high:g}]"))
         elif low < low_limit[i] or high > high_limit[i]:
-            message = f"[{low:g}, {high:g}] leaves the model's domain [{low_limit[i]:g}, {high_limit[i]:g}]"
+            message = (
+                f"[{low:g}, {high:g}] leaves the model's domain {manifest.describe_domain(i, settings.domain_margin)}"
+            )
             problems.append((f"design.bounds.{name}", message))
         bounds[name] = [low, high]
     dimensions = len(manifest.features)

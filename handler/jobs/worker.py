@@ -237,9 +237,7 @@ def check_points(
         i, column = np.argwhere(~np.isfinite(points))[0]
         raise JobInputError(f"row {row(i)}: {manifest.features[column]} is {points[i, column]} (not a finite number)")
     if violations := manifest.domain_violations(points, margin, limit=3):
-        described = "; ".join(
-            f"row {row(v.row)}: {v.feature} = {v.value:g} is outside [{v.low:g}, {v.high:g}]" for v in violations
-        )
+        described = "; ".join(f"row {row(v.row)}: {v.feature} = {v.describe()}" for v in violations)
         raise JobInputError(f"point(s) outside the model's domain: {described}")
 
 
