@@ -1,9 +1,9 @@
 """How close the pathwise posterior draws (handler.analyses.function_draws) come to the exact posterior.
 
 At 30 test points (uniform in the domain), 2000 draws of PosteriorFunctionDraws against the exact latent
-posterior (its mean as GPPosterior.predict gives it; its covariance by a Cholesky factor and a solve, see
-reference_covariance: GPPosterior.covariance and predict's variance, like GPy's, lose digits where K is
-ill-conditioned, and the column "predict's variance / exact" shows how many): the empirical mean's distance
+posterior (its mean as GPPosterior.predict gives it; its covariance recomputed from the kernel by a Cholesky
+factor and a solve, see reference_covariance; the column "predict's variance / exact" shows that predict's
+variance, a triangular solve with the file's own factor, is that to rounding): the empirical mean's distance
 from the exact mean in posterior standard deviations, the ratio of empirical to exact variance (median, min, max
 over the points), and the largest error of a correlation between two points. Fits on 30, 100 and 400 Ishigami points (as
 benchmarks/sensitivity_coverage.py fits them) and the shipped Park model, with 256 (the default) and 1024 Fourier
@@ -55,16 +55,18 @@ def shipped_posterior() -> tuple[GPPosterior, np.ndarray]:
 
 
 def reference_covariance(posterior: GPPosterior, X: np.ndarray) -> np.ndarray:
-    """The exact latent posterior covariance at X (standardised scale), by a Cholesky factor and a solve.
+    """The exact latent posterior covariance at X (standardised scale), recomputed from the kernel by a Cholesky
+    factor and a solve, independently of the posterior file's factor. Exact inference only.
 
-    Not GPPosterior.covariance: that multiplies by the explicit inverse L^-1, as GPy multiplies by its explicit
-    woodbury_inv, and for an ill-conditioned K + s2 I (the shipped model: ~1e11) both lose digits of a posterior
-    variance that is 1e-8 of the prior's (measured: +46% at a point where a long-double Cholesky and this agree
-    to 7 digits). Exact inference only.
+    The posterior is GPy's: it factors K + (s2 + 1e-8) I (ExactGaussianInference adds 1e-8 to the diagonal, and
+    jitchol more if it must), so that diagonal is the one used here (`GPPosterior.factored_noise_variance`, read
+    off the file's factor). Leaving the 1e-8 out describes another model: for the shipped Park model, whose noise
+    s2 is 1.0e-8, its latent variances are 1.4-2x smaller where they are ~1e-9 of the prior's (what this script
+    once reported as predict's error).
     """
     S, U = X * posterior.inverse_lengthscale, posterior._scaled_inputs
     prior_U = posterior._kernel_of_distance(posterior._distances(U, U))[0]
-    K = 0.5 * (prior_U + prior_U.T) + posterior.noise_variance * np.eye(len(U))
+    K = 0.5 * (prior_U + prior_U.T) + posterior.factored_noise_variance * np.eye(len(U))
     distances = posterior._distances(S, S)
     np.fill_diagonal(distances, 0.0)
     prior_X = posterior._kernel_of_distance(distances)[0]

@@ -48,6 +48,7 @@ from handler.api.parsing import (
 from handler.api.services import Services
 from handler.config import load_settings
 from handler.gp.artifact import Manifest, ModelUnavailableError
+from handler.gp.broken import ModelBrokenError
 from handler.gp.model import LazyModel, LoadedModel, SurrogateModel
 from handler.gp.posterior import Z_95, Prediction
 from handler.jobs import routes as job_routes
@@ -459,6 +460,14 @@ def handle_model_unavailable(exc: ModelUnavailableError) -> Response:
 def _retry_after() -> str:
     """Seconds until a failed model load is tried again (at least 1): what every 503 asks a caller to wait."""
     return str(max(1, round(settings.model_retry_seconds)))
+
+
+@app.exception_handler(ModelBrokenError)
+def handle_model_broken(exc: ModelBrokenError) -> Response:
+    # Raised where predictions, draws and analyses' answers are made: a non-finite number or a negative variance.
+    logger.error("model broken", extra={"reason": str(exc)})
+    detail = ("model", "the model answered numbers that are not finite or a negative variance; the reason is logged")
+    return _error(HTTPStatus.SERVICE_UNAVAILABLE, "model broken", [detail])
 
 
 @app.not_found

@@ -418,8 +418,9 @@ def rounding_tolerances(model: GPRegressionModel, X: np.ndarray) -> tuple[np.nda
     - mean k w: |dk| |w| + 2 m eps |k| |w|. Each dot product is within m eps |k| |w| / 2 of the exact one
       whatever the order of its sums (BLAS kernels differ by CPU; the bound does not), twice their sum is taken.
     - exact variance s2 - |t|^2, t = L^-1 k, a = L^-T t = A k. GPy solves L t = k, backward stable
-      ((L + E) t = k, |E| <= m eps |L| / 2), which moves |t|^2 by 2 a^T E t: at most m eps |a| |L| |t|. The
-      fast path multiplies k by its Li = L^-1 (LAPACK dtrtri): the product adds m eps |t| |Li| |k|; Li itself has
+      ((L + E) t = k, |E| <= m eps |L| / 2), which moves |t|^2 by 2 a^T E t: at most m eps |a| |L| |t|; the fast
+      path solves the same system (BLAS TRSM), as far off again. A posterior file written before L was stored
+      multiplies k by its Li = L^-1 (LAPACK dtrtri) instead: the product adds m eps |t| |Li| |k|; Li itself has
       a left or right residual (L Li - I or Li L - I) of at most m eps |L| |Li| / 2 or m eps |Li| |L| / 2, which
       moves |t|^2 by at most m eps |a| |L| |Li| |k| or m eps |t| |Li| |L| |t| (the larger is taken). dk moves
       |t|^2 by 2 |a| |dk|; the sums of squares and s2 - |t|^2 add 2 m eps |t|^2 + 2 eps s2.
@@ -433,10 +434,11 @@ def rounding_tolerances(model: GPRegressionModel, X: np.ndarray) -> tuple[np.nda
     assert posterior is not None
     w = np.abs(posterior.woodbury_vector)
     m = posterior.n_inputs
-    if posterior.cholesky_inverse is not None:
-        inverse = posterior.cholesky_inverse
+    if posterior.inference == "exact":
         cholesky_abs = np.abs(np.asarray(model.gp.posterior.woodbury_chol, dtype=float))
-        inverse_abs = np.abs(inverse)
+        if posterior.cholesky_inverse is not None:
+            inverse = posterior.cholesky_inverse
+            inverse_abs = np.abs(inverse)
     else:
         assert posterior.woodbury_inverse is not None
         woodbury_abs = np.abs(posterior.woodbury_inverse)
@@ -449,7 +451,13 @@ def rounding_tolerances(model: GPRegressionModel, X: np.ndarray) -> tuple[np.nda
         dk = posterior.cross_covariance_rounding(X[chunk])
         k_abs = np.abs(k)
         mean_bound[chunk] = dk @ w + 2 * m * eps * (k_abs @ w)
-        if posterior.cholesky_inverse is not None:
+        if posterior.cholesky is not None:
+            t_abs, a_abs = np.abs(posterior.whitened(k.copy())), np.abs(posterior.solve(k.T).T)
+            # GPy and the fast path both solve L t = k: each moves |t|^2 by at most m eps |a| |L| |t|
+            variance_bound[chunk] = 2 * np.vecdot(a_abs, dk) + m * eps * (
+                2 * np.vecdot(a_abs @ cholesky_abs, t_abs) + 2 * np.vecdot(t_abs, t_abs)
+            )
+        elif posterior.cholesky_inverse is not None:
             t = k @ inverse.T
             t_abs, a_abs = np.abs(t), np.abs(t @ inverse)
             x_k = k_abs @ inverse_abs.T  # |Li| |k|

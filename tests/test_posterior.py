@@ -156,3 +156,37 @@ def test_an_ill_conditioned_sparse_model_agrees_with_gpy_to_gpys_own_rounding():
     reordered = gp.kern.Kdiag(X_new) - np.einsum("jn,jk,kn->n", Kx, gp.posterior.woodbury_inv, Kx)
     reordered = gp.normalizer.inverse_variance(reordered[:, None]) if gp.normalizer is not None else reordered[:, None]
     assert np.max(np.abs(reordered - reference) / tolerance) > 1e-3
+
+
+@pytest.mark.parametrize("lengthscale", [1.0, 0.3])
+def test_a_tiny_variance_is_the_cholesky_solves_to_the_bound_its_conditioning_gives(lengthscale: float):
+    # given a smooth 1-D model whose K + s2 I is conditioned ~1e10 (100 points; GPy's own 1e-8 on the diagonal,
+    # larger than the noise, is what bounds it), so that latent variances are ~1e-9 of the prior's
+    import GPy
+    from scipy.linalg import solve_triangular
+
+    from handler.gp.from_gpy import posterior_from_gpy
+
+    X = np.linspace(0, 1, 100)[:, None]
+    gp = GPy.models.GPRegression(X, np.sin(3 * X), GPy.kern.RBF(1, lengthscale=lengthscale))
+    gp.likelihood.variance = 1e-10
+    posterior = posterior_from_gpy(gp)
+    X_new = np.random.default_rng(7).uniform(size=(300, 1))
+    # when the latent variance is computed
+    variance = posterior.predict(X_new, latent=True).variance[:, 0]
+    # then it is GPy's, which solves L t = k (LAPACK dtrtrs), to what the two solves' backward errors allow: each
+    # is the exact k(x, x) - |L^-1 k|^2 of an L + E with |E| <= m eps |L| / 2, which moves |t|^2 by at most
+    # m eps |a| |L| |t| (a = L^-T t); the sums add 2 m eps |t|^2, two evaluations of k differ by dk
+    # (`cross_covariance_rounding`), which moves |t|^2 by 2 |a| |dk|, and s2 - |t|^2 rounds by 2 eps s2.
+    reference = gp.predict_noiseless(X_new)[1][:, 0]
+    eps, m = float(np.finfo(float).eps), posterior.n_inputs
+    L = np.asarray(gp.posterior.woodbury_chol)
+    t = solve_triangular(L, posterior.cross_covariance(X_new).T, lower=True)
+    a = np.abs(solve_triangular(L, t, lower=True, trans="T"))
+    t = np.abs(t)
+    dk = posterior.cross_covariance_rounding(X_new).T
+    bound = m * eps * (np.vecdot(np.abs(L).T @ a, t, axis=0) + 2 * np.vecdot(t, t, axis=0))
+    bound += 2 * np.vecdot(a, dk, axis=0) + 2 * eps * posterior.kernel_variance
+    assert np.all(np.abs(variance - reference) <= 2 * bound)
+    # on variances that small, where a multiplication by an explicit L^-1 is up to ~10x further off than this
+    assert np.median(reference) < 1e-8 * posterior.kernel_variance

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from handler.gp import blas, posterior_file
+from handler.gp.artifact import manifest_path_for
 from handler.gp.from_gpy import posterior_arrays, posterior_from_gpy
 from handler.gp.posterior import KERNELS, GPPosterior
 from handler.gp.posterior_file import PosteriorFileError
@@ -195,9 +196,157 @@ def test_the_triangular_product_from_numpys_openblas_equals_a_matrix_product(row
     assert np.all(np.abs(result - expected) <= 50 * np.finfo(float).eps * (np.abs(L) @ np.abs(B)))
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("rows", [0, 1, 7, 600])
+def test_the_triangular_solves_from_numpys_openblas_equal_lapacks(rows: int, order: str):
+    # given a lower-triangular L of a positive-definite matrix, in either order, and a Fortran-ordered block B
+    from scipy.linalg import solve_triangular
+
+    rng = np.random.default_rng(rows)
+    A = rng.standard_normal((50, 50))
+    L = np.asarray(np.linalg.cholesky(A @ A.T + 50 * np.eye(50)), order=order)
+    B = rng.standard_normal((50, rows))
+    # then L^-1 B and L^-T B (in place) are LAPACK's to the solves' backward error: each is the exact solution
+    # for L + E with |E| <= 50 eps |L| / 2, so two solutions X differ by at most 50 eps |L^-1| |L| |X|
+    for transposed, solve in ((False, blas.lower_solve), (True, blas.lower_transpose_solve)):
+        expected = solve_triangular(L, B, lower=True, trans="T" if transposed else "N")
+        op = L.T if transposed else L
+        inverse = np.abs(np.linalg.inv(op))
+        result = solve(L, np.asfortranarray(B))
+        assert np.all(np.abs(result - expected) <= 50 * np.finfo(float).eps * (inverse @ np.abs(op) @ np.abs(expected)))
+
+
 def test_numpys_wheel_carries_the_blas_the_posterior_uses():
     # numpy's manylinux wheels (x86_64 and aarch64) ship scipy-openblas; a missing one would halve exact-model speed
     assert blas.HAS_TRMM
+    assert blas.HAS_TRSM
+
+
+def test_a_file_written_before_the_factor_was_stored_is_served_as_before_with_a_warning(fitted, tmp_path, caplog):
+    # given an exact model's posterior file as written before: the inverse of the Cholesky factor, not the factor
+    from handler.gp.artifact import Manifest
+    from handler.gp.model import PosteriorModel
+
+    gp, kernel, inference, arrays = fitted
+    if inference != "exact":
+        pytest.skip("sparse files did not change")
+    inverse = np.linalg.solve(arrays["cholesky"], np.eye(len(arrays["cholesky"])))
+    legacy = {**{k: v for k, v in arrays.items() if k != "cholesky"}, "cholesky_inverse": inverse}
+    path, description = written(tmp_path, legacy, inference)
+    manifest = Manifest.parse(json.dumps(_manifest(kernel, description)).encode())
+    # when it is loaded
+    with caplog.at_level("WARNING"):
+        model = PosteriorModel.load(path, manifest)
+    # then it is, the log says that repackaging improves it, and it predicts as GPy does to rounding
+    assert model.posterior.variance_member == "cholesky_inverse"
+    assert "repackaging it" in caplog.text
+    from handler.gp.gpy_model import GPRegressionModel
+    from scripts.package_model import rounding_tolerances
+
+    served_as_gpy = GPRegressionModel(gp)
+    served_as_gpy.posterior = model.posterior  # the bound for the inverse's path
+    X = np.random.default_rng(4).uniform(-1, 2, size=(300, 3))
+    mean_bound, variance_bound = rounding_tolerances(served_as_gpy, X)
+    mean, variance = model.predict(X)
+    reference_mean, reference_variance = gp.predict(X)
+    assert np.all(np.abs(mean - reference_mean) <= mean_bound)
+    assert np.all(np.abs(variance - reference_variance) <= variance_bound)
+
+
+def _manifest(kernel: str, description: dict, features: int = 3, outputs: int = 2, **changes) -> dict:
+    names = [f"x{i}" for i in range(features)]
+    return {
+        "schema_version": 3, "format": "npz", "model_type": "GPy.models.GPRegression", "artifact": "model.npz",
+        "sha256": "0" * 64, "name": "m", "version": "1", "features": names,
+        "outputs": [f"y{j}" for j in range(outputs)], "bounds": {n: [-1, 2] for n in names}, "kernel": {"name": kernel},
+        "posterior": description, **changes,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda L: L + np.triu(np.full_like(L, 1e-300), 1), "lower triangular"),
+        (lambda L: L - 2 * np.diag(np.diag(L)), "diagonal must be positive"),
+    ],
+    ids=["upper-triangle", "negative-diagonal"],
+)
+def test_a_cholesky_factor_that_is_not_one_is_refused(fitted, tmp_path: Path, change, message):
+    _, _, inference, arrays = fitted
+    if inference != "exact":
+        pytest.skip("sparse files hold no Cholesky factor")
+    path, description = written(tmp_path, {**arrays, "cholesky": change(arrays["cholesky"])}, inference)
+    with pytest.raises(PosteriorFileError, match=message):
+        posterior_file.read(path, description, 3, 2)
+
+
+def _hostile_file(folder: Path, features: int, m: int, kernel: str = "RBF") -> Path:
+    """A file whose manifest declares m inputs of `features` features and the (m, m) factor, with the inputs'
+    and the woodbury vector's data present but a factor member of its header alone: every sha256 true but the
+    factor's, the file's own sha256 true (what the function checks before it opens the file)."""
+    import hashlib
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "inputs": rng.uniform(size=(m, features)) if features * m <= 40_000 else np.zeros((1, 1)),
+        "lengthscale": np.ones(features), "kernel_variance": np.asarray(1.0), "noise_variance": np.asarray(1e-4),
+        "woodbury_vector": rng.normal(size=(m, 1)), "y_mean": np.zeros(1), "y_std": np.ones(1),
+    }  # fmt: skip
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = folder / "model.npz"
+    path.write_bytes(buffer.getvalue())
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (m, m)})
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("cholesky.npy", header.getvalue())
+    listed = {name: {"shape": [m, features], "sha256": "0" * 64} for name in ("inputs",)}
+    listed |= {name: {"shape": list(a.shape), "sha256": posterior_file.array_sha256(a)} for name, a in arrays.items()}
+    listed["inputs"] = {"shape": [m, features], "sha256": posterior_file.array_sha256(arrays["inputs"])}
+    listed["cholesky"] = {"shape": [m, m], "sha256": "0" * 64}
+    manifest = _manifest(kernel, {"inference": "exact", "arrays": listed}, features, 1, artifact=path.name)
+    manifest["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path_for(path).write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("features", "m", "reason"),
+    [(20_000, 8_000, "more than the"), (4, 8_000, "fewer bytes")],
+    ids=["20000-features-at-m-8000", "empty-factor-at-the-cap"],
+)
+def test_a_hostile_file_is_refused_in_memory_far_below_what_it_declares_twice_in_a_row(
+    tmp_path: Path, features: int, m: int, reason: str, caplog
+):
+    # given a file of a few hundred KB (or 2 KB) whose manifest declares hundreds of MB of arrays, the function's
+    # lazy model on it, and a caller who retries at once
+    import tracemalloc
+
+    from handler.gp import artifact
+    from handler.gp.artifact import ModelUnavailableError, PackagedArtifact
+    from handler.gp.model import LazyModel
+
+    path = _hostile_file(tmp_path, features, m)
+    lazy = LazyModel(PackagedArtifact(path), retry_interval_s=0.0)
+    lazy.manifest()  # the manifest itself may be ~600 KB: read before counting
+    tracemalloc.start()
+    try:
+        for attempt in range(2):
+            # when the model is loaded
+            with pytest.raises(ModelUnavailableError) as raised:
+                lazy.get()
+            message = str(raised.value)
+            del raised  # as the function does once the 503 is answered
+            # then it is refused for the reason, and neither the attempt nor the failure it remembers holds memory
+            # anywhere near the declared size (8 m^2 = 512 MB, or 1.3 GB of inputs): the attempt's peak is the
+            # 8 MiB block the file is hashed in
+            assert reason in message, (attempt, message)
+            current, peak = tracemalloc.get_traced_memory()
+            assert peak < artifact.DOWNLOAD_CHUNK_BYTES + 2 * 2**20, (attempt, peak)
+            assert current < 1 * 2**20, (attempt, current)
+            tracemalloc.reset_peak()
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")

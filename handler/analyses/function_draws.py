@@ -61,10 +61,10 @@ class PosteriorFunctionDraws:
         U = posterior.inputs
         prior_at_inputs = self._prior(U).reshape(len(U), draws * self.outputs)  # column s * outputs + j
         w = np.tile(posterior.woodbury_vector, draws)  # (m, draws * outputs), in the same order
-        if posterior.cholesky_inverse is not None:
-            noise = rng.standard_normal(prior_at_inputs.shape) * math.sqrt(posterior.noise_variance)
-            L_inv = posterior.cholesky_inverse
-            self.update = w - L_inv.T @ (L_inv @ (prior_at_inputs + noise))
+        if posterior.inference == "exact":
+            # the noise the factor holds (GPy adds 1e-8 to it): draws of the very posterior predict answers for
+            noise = rng.standard_normal(prior_at_inputs.shape) * math.sqrt(posterior.factored_noise_variance)
+            self.update = w - posterior.solve(prior_at_inputs + noise)
         else:
             assert posterior.woodbury_inverse is not None
             Kzz = posterior.cross_covariance(U)

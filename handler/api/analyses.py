@@ -22,6 +22,7 @@ from handler.api.limits import ANALYSIS_MAX_VALUES
 from handler.api.parsing import BodyLimits, body_limits, decode_body, load_body
 from handler.api.services import Services
 from handler.gp.artifact import Manifest
+from handler.gp.broken import require_finite_answer
 from handler.gp.model import PosteriorModel
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def sensitivity() -> Any:
                 for j, row in enumerate(result.second_order[:-1])
             }
         answers.append(answer)
-    return _per_output(manifest, answers)
+    return require_finite_answer(_per_output(manifest, answers))  # a broken model: a 503, never null
 
 
 @router.post("/propagate")
@@ -269,7 +270,7 @@ def propagate() -> Any:
                 **result.as_dict(),
             }
         )
-    return _per_output(manifest, answers)
+    return require_finite_answer(_per_output(manifest, answers))  # a broken model: a 503, never null
 
 
 def _suggest_limits(features: tuple[str, ...]) -> BodyLimits:
@@ -329,13 +330,15 @@ def suggest() -> Any:
                 "prediction": _per_output(manifest, predictions),
             }
         )
-    return {
-        "seed": seed,
-        "acquisition": request.acquisition,
-        "output": manifest.outputs[output],
-        "goal": request.goal,
-        "points": points,
-    }
+    return require_finite_answer(
+        {
+            "seed": seed,
+            "acquisition": request.acquisition,
+            "output": manifest.outputs[output],
+            "goal": request.goal,
+            "points": points,
+        }
+    )
 
 
 def _output_index(name: str | None, acquisition: str, manifest: Manifest) -> int:

@@ -35,7 +35,9 @@ def posterior_arrays(gp: Any) -> tuple[str, str, dict[str, np.ndarray]]:
     if isinstance(gp.inference_method, ExactGaussianInference):
         inference = "exact"
         inputs = np.asarray(gp.X, dtype=float)
-        factor = {"cholesky_inverse": _inverse_cholesky(np.asarray(posterior.woodbury_chol, dtype=float))}
+        # GPy's own factor of K + (noise + 1e-8) I (the 1e-8, and any jitter its jitchol needed, are GPy's: kept, so
+        # the file's posterior is the very one GPy predicts with), its upper triangle zeroed.
+        factor = {"cholesky": np.tril(np.asarray(posterior.woodbury_chol, dtype=float))}
     elif isinstance(gp.inference_method, VarDTC) and isinstance(gp, GPy.core.SparseGP):
         if gp.has_uncertain_inputs():
             raise ValueError("the model has uncertain inputs")
@@ -66,15 +68,6 @@ def posterior_from_gpy(gp: Any) -> GPPosterior:
     """The numpy posterior of a GPy model; ValueError says why the model is not covered."""
     kernel, _, arrays = posterior_arrays(gp)
     return GPPosterior.from_arrays(kernel, arrays)
-
-
-def _inverse_cholesky(cholesky: np.ndarray) -> np.ndarray:
-    from scipy.linalg.lapack import dtrtri
-
-    inverse, info = dtrtri(cholesky, lower=1)
-    if info != 0:
-        raise ValueError(f"the Cholesky factor is singular (LAPACK dtrtri info={info})")
-    return np.asfortranarray(inverse)
 
 
 def _per_output(value: Any, n_outputs: int) -> np.ndarray:

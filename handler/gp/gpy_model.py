@@ -18,6 +18,7 @@ import numpy as np
 
 from handler.gp import posterior as posterior_module
 from handler.gp.artifact import Manifest, atomic_write
+from handler.gp.broken import require_finite
 from handler.gp.model import SurrogateModel, TrainingData
 from handler.gp.posterior import GPPosterior, Prediction
 from handler.gp.unpickling import load_pickle
@@ -106,7 +107,9 @@ class GPRegressionModel(SurrogateModel):
     def predict(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
         if self.posterior is not None:
             return self.posterior.predict(X, latent=latent)
-        return self.predict_with_gpy(X, latent=latent)
+        prediction = self.predict_with_gpy(X, latent=latent)
+        require_finite("GPy's predictions", *prediction)  # a 503 "model broken", as the numpy path's
+        return prediction
 
     def predict_with_gpy(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
         """GPy's own predict, in chunks: GPy allocates several (rows x n) arrays per call."""

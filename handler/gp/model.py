@@ -22,9 +22,14 @@ import numpy as np
 
 from handler.gp import posterior_file
 from handler.gp.artifact import ArtifactSource, Manifest, ModelUnavailableError
+from handler.gp.broken import ModelBrokenError
 from handler.gp.posterior import GPPosterior, Prediction
 
 logger = logging.getLogger(__name__)
+
+# Columns of L L^T compared with the kernel at load (`GPPosterior.factor_mismatch`): m^2 x 8 flops, ~0.15 s at the
+# largest m. A factor that is not the kernel's differs in nearly every column, so a few suffice.
+FACTOR_CHECK_COLUMNS = 8
 
 
 @dataclass(frozen=True)
@@ -103,15 +108,30 @@ class PosteriorModel(SurrogateModel):
         training = None
         if "training_inputs" in arrays:
             training = TrainingData(arrays["training_inputs"], arrays.get("training_outputs"))
-        model = cls(GPPosterior.from_arrays(str(kernel), arrays), training)
+        posterior = GPPosterior.from_arrays(str(kernel), arrays)
+        model = cls(posterior, training)
+        if posterior.cholesky_inverse is not None:
+            logger.warning(
+                "posterior file written before its Cholesky factor was stored: served as before; repackaging it "
+                "(scripts/package_model.py) computes tiny variances more exactly and lets the factor be checked at load"
+            )
+        outputs = arrays.get("training_outputs")
+        standardised = None if outputs is None else (outputs - posterior.y_mean) / posterior.y_std
+        with np.errstate(all="ignore"):  # a wrong file may overflow; the check says so
+            mismatch = posterior.factor_mismatch(FACTOR_CHECK_COLUMNS, np.random.default_rng(), standardised)
+        if mismatch is not None:
+            raise posterior_file.PosteriorFileError(f"its factor does not belong to its kernel: {mismatch}")
         # Finite numbers can still overflow (a lengthscale of 1e-300): answer for the bounds' corners and centre
-        # now, so such a file is a 503 at load, not a 500 on every request.
+        # now, so such a file is a 503 at load, not one on every request.
         corners = manifest.bounds.T
         probe = np.vstack([corners, corners.mean(axis=0, keepdims=True)])
-        with np.errstate(all="ignore"):  # overflow is what is being looked for
-            prediction, gradients = model.predict(probe), model.gradients(probe)
-        if not all(np.isfinite(a).all() for a in (*prediction, *gradients)):
-            raise posterior_file.PosteriorFileError("its predictions across the bounds are not finite")
+        try:
+            with np.errstate(all="ignore"):  # overflow is what is being looked for
+                model.predict(probe), model.gradients(probe)
+        except ModelBrokenError as exc:
+            raise posterior_file.PosteriorFileError(
+                f"its predictions across the bounds are not finite: {exc}"
+            ) from None
         return model
 
     @property
@@ -251,7 +271,9 @@ class LazyModel:
         self.clock = clock
         self._manifest: Manifest | None = None
         self._loaded: LoadedModel | None = None
-        self._failure: tuple[float, ModelUnavailableError] | None = None
+        # When the last attempt failed, and its message: not the exception, whose traceback holds the frames of the
+        # load (and so a failed file's arrays: 512 MB at the largest m) for as long as the failure is remembered.
+        self._failure: tuple[float, str] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -283,12 +305,13 @@ class LazyModel:
 
     def _attempt[T](self, action: Callable[[], T]) -> T:
         """Run `action`, unless one failed less than retry_interval_s ago: then raise that failure again."""
-        if self._failure is not None and self.clock() - self._failure[0] < self.retry_interval_s:
-            raise self._failure[1]
+        failure = self._failure
+        if failure is not None and self.clock() - failure[0] < self.retry_interval_s:
+            raise ModelUnavailableError(failure[1])
         try:
             result = action()
         except ModelUnavailableError as exc:
-            self._failure = (self.clock(), exc)
+            self._failure = (self.clock(), str(exc))
             raise
         self._failure = None
         return result

@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
 
-from handler.gp.blas import lower_times
+from handler.gp.blas import lower_solve, lower_times, lower_transpose_solve
+from handler.gp.broken import ModelBrokenError, require_finite
 
 # Working memory of one prediction chunk. Measured (benchmarks/results.md, "chunk budget"): 64 MiB is
 # ~25% faster than 16 MiB at n = 1000-3000; 128-512 MiB gain another ~20% for 2-4x the memory. 64 MiB
@@ -24,7 +26,11 @@ from handler.gp.blas import lower_times
 CHUNK_BYTES = 64 * 2**20
 # OpenBLAS multiplies by a triangular matrix (TRMM) twice as fast as a full product (GEMM) for many rows,
 # but several times slower for a few: measured on n = 200 to 3000, the crossover is a few hundred rows.
+# (Only posterior files written before the Cholesky factor itself was stored multiply by its inverse.)
 TRMM_MIN_ROWS = 512
+# The members a posterior file may hold for the variance: exact inference's Cholesky factor L of K + s2 I (or, in
+# files written before it was stored, its inverse), sparse inference's woodbury_inv.
+VARIANCE_MEMBERS = ("cholesky", "cholesky_inverse", "woodbury_inverse")
 
 KERNELS = ("RBF", "Exponential", "Matern32", "Matern52")
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal: the 95% predictive interval
@@ -43,10 +49,11 @@ class GPPosterior:
     """mean = k(x, U) w;  latent variance = k(x, x) - k(x, U) A k(U, x);  an observation adds the noise.
 
     U are the training inputs (exact inference) or the inducing inputs (sparse). For exact inference
-    A = (K + noise I)^-1 = L^-T L^-1 and L^-1 is formed once at load, so each prediction multiplies by
-    it (TRMM in place, or GEMM for a few rows), several times faster in BLAS than the triangular solve
-    GPy does for the same result. For sparse inference A is GPy's (m x m) woodbury_inv. Computed on the
-    model's standardised scale, then mapped back as GPy's normalizer does.
+    A = (K + noise I)^-1 = L^-T L^-1, and k(x, U) A k(U, x) = |L^-1 k(U, x)|^2 is found by forward substitution
+    with L (BLAS TRSM, in place): backward stable, so a variance many orders below the prior's keeps its digits,
+    which multiplying by an explicit L^-1 does not promise. Files written before L was stored hold L^-1 instead
+    and are served as before (TRMM, or GEMM for a few rows). For sparse inference A is GPy's (m x m)
+    woodbury_inv. Computed on the model's standardised scale, then mapped back as GPy's normalizer does.
     """
 
     kernel: str  # one of KERNELS
@@ -58,7 +65,8 @@ class GPPosterior:
     # as [z, -|z|^2 / 2, 1], one matrix product gives -r^2 / 2 (the RBF's log-covariance).
     inputs_augmented: np.ndarray
     woodbury_vector: np.ndarray  # (m, n_outputs)
-    cholesky_inverse: np.ndarray | None  # exact: L^-1, lower triangular, C order, (m, m)
+    cholesky: np.ndarray | None  # exact: L, lower triangular, C order, (m, m), L L^T = K + factored_noise_variance I
+    cholesky_inverse: np.ndarray | None  # exact, from a file written before L was stored: L^-1, as L
     woodbury_inverse: np.ndarray | None  # sparse: A, (m, m)
     noise_variance: float
     y_mean: np.ndarray  # (n_outputs,)
@@ -66,7 +74,7 @@ class GPPosterior:
 
     @classmethod
     def from_arrays(cls, kernel: str, arrays: Mapping[str, np.ndarray]) -> GPPosterior:
-        """The posterior of a file's arrays (handler.gp.posterior_file): `cholesky_inverse` or `woodbury_inverse`."""
+        """The posterior of a file's arrays (handler.gp.posterior_file): one of VARIANCE_MEMBERS."""
         if kernel not in KERNELS:
             raise ValueError(f"kernel {kernel} is not one of {', '.join(KERNELS)}")
         inputs = np.asarray(arrays["inputs"], dtype=float)
@@ -78,10 +86,11 @@ class GPPosterior:
         last = -0.5 * np.vecdot(scaled, scaled)
         if kernel == "RBF":
             last += np.log(kernel_variance)
-        cholesky_inverse = arrays.get("cholesky_inverse")
+        held = [name for name in VARIANCE_MEMBERS if name in arrays]
+        if len(held) != 1:
+            raise ValueError(f"expected one of {', '.join(VARIANCE_MEMBERS)}, got {held or 'none'}")
+        cholesky, cholesky_inverse = arrays.get("cholesky"), arrays.get("cholesky_inverse")
         woodbury_inverse = arrays.get("woodbury_inverse")
-        if (cholesky_inverse is None) == (woodbury_inverse is None):
-            raise ValueError("expected one of cholesky_inverse (exact) and woodbury_inverse (sparse)")
         return cls(
             kernel=kernel,
             kernel_variance=kernel_variance,
@@ -90,6 +99,7 @@ class GPPosterior:
             inverse_lengthscale=inverse_lengthscale,
             inputs_augmented=np.column_stack([scaled, np.ones(len(scaled)), last]),
             woodbury_vector=woodbury_vector,
+            cholesky=None if cholesky is None else _lower_triangle(cholesky),
             cholesky_inverse=None if cholesky_inverse is None else _lower_triangle(cholesky_inverse),
             woodbury_inverse=None if woodbury_inverse is None else np.asarray(woodbury_inverse, dtype=float),
             noise_variance=float(arrays["noise_variance"]),
@@ -99,13 +109,16 @@ class GPPosterior:
 
     @property
     def inference(self) -> str:
-        return "exact" if self.cholesky_inverse is not None else "sparse"
+        return "sparse" if self.woodbury_inverse is not None else "exact"
+
+    @property
+    def variance_member(self) -> str:
+        """Which of VARIANCE_MEMBERS this posterior holds."""
+        return next(name for name in VARIANCE_MEMBERS if getattr(self, name) is not None)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What a posterior file holds: `from_arrays(kernel, arrays())` is this posterior again."""
-        factor = {"cholesky_inverse": self.cholesky_inverse} if self.cholesky_inverse is not None else {}
-        if self.woodbury_inverse is not None:
-            factor = {"woodbury_inverse": self.woodbury_inverse}
+        factor = {self.variance_member: getattr(self, self.variance_member)}
         return {
             "inputs": self.inputs,
             "lengthscale": self.lengthscale,
@@ -207,20 +220,122 @@ class GPPosterior:
             if self.woodbury_inverse is not None:
                 reduction[start:stop] = np.vecdot(K @ self.woodbury_inverse, K)
                 continue
-            assert self.cholesky_inverse is not None
-            if stop - start < TRMM_MIN_ROWS:
-                W = K @ self.cholesky_inverse.T
-            else:  # L^-1 K^T in place of K: K^T of a C-ordered K is the Fortran-ordered array BLAS wants
-                W = lower_times(self.cholesky_inverse, K.T).T
+            W = self.whitened(K)
             reduction[start:stop] = np.vecdot(W, W)
         variance = self.kernel_variance - reduction
-        if self.woodbury_inverse is not None:
-            np.maximum(variance, 1e-15, out=variance)  # as GPy's sparse posterior does
+        require_finite("the predictive variance", variance)
+        if variance.size and (lowest := float(variance.min())) < -self.variance_rounding:
+            raise ModelBrokenError(
+                f"a latent variance of {lowest:.3g} (standardised), below what rounding explains "
+                f"(-{self.variance_rounding:.3g}): the variance factor does not belong to the kernel"
+            )
+        # What rounding leaves below zero is zero (GPy's sparse posterior clips at 1e-15: kept, to agree with it).
+        np.maximum(variance, 1e-15 if self.woodbury_inverse is not None else 0.0, out=variance)
         if not latent:
             variance += self.noise_variance
         mean *= self.y_std
         mean += self.y_mean
-        return Prediction(mean, np.multiply.outer(variance, self.y_std**2))
+        variance = np.multiply.outer(variance, self.y_std**2)
+        require_finite("the predictive mean and variance", mean, variance)  # on the outputs' scale: it can overflow
+        return Prediction(mean, variance)
+
+    @cached_property
+    def factored_noise_variance(self) -> float:
+        """What exact inference's factor adds to the kernel's diagonal: L L^T = K + this I (standardised scale).
+
+        The noise variance plus what GPy adds (1e-8, and jitter where its factorisation needed it), read off L
+        (|L_i|^2 = k(u_i, u_i) + this, for these stationary kernels). Files that hold L^-1 instead: GPy's 1e-8.
+        Draws of this posterior condition on noise of this variance (handler.analyses.function_draws).
+        """
+        if self.cholesky is not None:
+            return float(np.mean(np.vecdot(self.cholesky, self.cholesky))) - self.kernel_variance
+        return self.noise_variance + 1e-8
+
+    @cached_property
+    def variance_rounding(self) -> float:
+        """How far below zero rounding may take a latent variance here (standardised scale).
+
+        kxx - k A k cancels: it is off by ~(m + 2) eps kxx times how far A amplifies, estimated from the diagonal
+        of the factor (exact: (max L_ii / min L_ii)^2, a lower estimate of cond(K + s2 I)) or of A's size
+        (sparse: m kxx max|A_ij| bounds k A k / kxx); four times that is allowed. A factor that does not belong to
+        the kernel answers variances far below it (a random one: -1e6 where the prior is 1).
+        """
+        eps, m, s2 = float(np.finfo(float).eps), self.n_inputs, self.kernel_variance
+        if self.woodbury_inverse is not None:
+            amplification = 1.0 + m * s2 * float(np.abs(self.woodbury_inverse).max(initial=0.0))
+        else:
+            factor = self.cholesky if self.cholesky is not None else self.cholesky_inverse
+            assert factor is not None
+            diagonal = np.abs(np.diagonal(factor))
+            amplification = float(diagonal.max() / diagonal.min()) ** 2 if diagonal.min() > 0 else math.inf
+        return 4 * (m + 2) * eps * s2 * amplification
+
+    def factor_mismatch(self, columns: int, rng: np.random.Generator, outputs: np.ndarray | None = None) -> str | None:
+        """Why the exact factor L (and the woodbury vector) cannot be this kernel's, or None: checked on `columns`
+        columns drawn at random, so a file cannot be made to pass on a few chosen ones. Costs m^2 x columns flops.
+
+        L L^T must be K + (noise + g) I, where g >= 0 is what GPy added to the diagonal (1e-8, and jitter up to
+        1e-2 of the diagonal's mean when the factorisation failed without). A computed Cholesky factor has
+        |L L^T - A| <= (m + 1) u |L| |L^T| (Higham, Thm 10.3), and |L| |L^T| <= r r^T for r the rows' norms; the
+        product adds as much again, and k(U, U) here and GPy's differ by `cross_covariance_rounding`. Given the
+        training `outputs` (standardised, (m, p)), the woodbury vector w must solve A w = outputs to the backward
+        error of a factorisation and two solves, |A w - y| <= 4 (m + 1) eps r (r . |w|), plus what dk and the
+        estimate of g move.
+        """
+        L = self.cholesky
+        if L is None:
+            return None
+        eps, m = float(np.finfo(float).eps), self.n_inputs
+        chosen = np.sort(rng.choice(m, size=min(columns, m), replace=False))
+        rows = np.sqrt(np.vecdot(L, L))  # |L_i|; their squares are diag(L L^T)
+        product = L @ L[chosen].T  # (L L^T)[:, chosen]
+        kernel = self.cross_covariance(self.inputs[chosen]).T
+        tolerance = 2 * (m + 1) * eps * np.multiply.outer(rows, rows[chosen])
+        tolerance += self.cross_covariance_rounding(self.inputs[chosen]).T
+        difference = product - kernel
+        diagonal = difference[chosen, np.arange(len(chosen))] - self.noise_variance  # g, one per column
+        difference[chosen, np.arange(len(chosen))] = 0.0
+        if (np.abs(difference) > tolerance).any():
+            i, j = np.unravel_index(np.argmax(np.abs(difference) / tolerance), difference.shape)
+            return f"L L^T differs from the kernel's covariance at ({i}, {chosen[j]}) by {difference[i, j]:.3g}"
+        allowed = tolerance[chosen, np.arange(len(chosen))]
+        largest_jitter = 1e-8 + 1e-2 * (self.kernel_variance + self.noise_variance + 1e-8)
+        spread = float(np.ptp(diagonal))
+        if (diagonal < -allowed).any() or (diagonal > largest_jitter + allowed).any() or spread > 2 * allowed.max():
+            return (
+                "L L^T's diagonal is not the kernel's plus the noise and one jitter "
+                f"(added: {diagonal.min():.3g} to {diagonal.max():.3g})"
+            )
+        if outputs is None:
+            return None
+        added = self.noise_variance + float(np.mean(diagonal))
+        residual = self.cross_covariance(self.inputs[chosen]) @ self.woodbury_vector
+        residual += added * self.woodbury_vector[chosen] - outputs[chosen]
+        bound = 4 * (m + 1) * eps * np.multiply.outer(rows[chosen], rows @ np.abs(self.woodbury_vector))
+        bound += self.cross_covariance_rounding(self.inputs[chosen]) @ np.abs(self.woodbury_vector)
+        bound += (np.ptp(diagonal) + allowed.max()) * np.abs(self.woodbury_vector[chosen])  # g, as estimated
+        if (np.abs(residual) > bound).any():
+            return "the woodbury vector does not solve (K + noise I) w = the training outputs"
+        return None
+
+    def whitened(self, K: np.ndarray) -> np.ndarray:
+        """K L^-T, (len(K), m): each row of K (C-ordered, overwritten) times the inverse of the exact factor."""
+        if self.cholesky is not None:
+            # L^-1 K^T in place of K: K^T of a C-ordered K is the Fortran-ordered array BLAS wants
+            return lower_solve(self.cholesky, np.asarray(K, order="C").T).T
+        assert self.cholesky_inverse is not None
+        if len(K) < TRMM_MIN_ROWS:
+            return K @ self.cholesky_inverse.T
+        return lower_times(self.cholesky_inverse, np.asarray(K, order="C").T).T
+
+    def solve(self, B: np.ndarray) -> np.ndarray:
+        """(K + noise I)^-1 B for (m, c) B, exact inference only (a new array)."""
+        if self.cholesky is not None:
+            forward = lower_solve(self.cholesky, np.array(B, dtype=float, order="F"))
+            return lower_transpose_solve(self.cholesky, forward)
+        if self.cholesky_inverse is None:
+            raise ValueError("solve is for exact inference")
+        return self.cholesky_inverse.T @ (self.cholesky_inverse @ B)
 
     # --- what optimisers need: gradients, joint covariance ------------------------------------------------
 
@@ -254,8 +369,7 @@ class GPPosterior:
         """K A: the cross-covariance times the posterior's inverse (exact: L^-T L^-1; sparse: woodbury_inv)."""
         if self.woodbury_inverse is not None:
             return K @ self.woodbury_inverse
-        assert self.cholesky_inverse is not None
-        return (K @ self.cholesky_inverse.T) @ self.cholesky_inverse
+        return self.solve(K.T).T
 
     def gradients(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """d mean / dx, (n, d, n_outputs), and d variance / dx, (n, d, n_outputs), as GPy's predictive_gradients.
@@ -278,7 +392,10 @@ class GPPosterior:
             mean_grad[start:stop] = (S[start:stop, :, None] * GW[:, None, :] - GUW) * self.inverse_lengthscale[:, None]
             H = G * self._times_inverse(K)
             var_grad[start:stop] = -2.0 * (S[start:stop] * H.sum(axis=1)[:, None] - H @ U) * self.inverse_lengthscale
-        return mean_grad * self.y_std, np.multiply.outer(var_grad, self.y_std**2)
+        mean_grad *= self.y_std
+        var_grad = np.multiply.outer(var_grad, self.y_std**2)
+        require_finite("the predictive gradients", mean_grad, var_grad)
+        return mean_grad, var_grad
 
     def covariance(self, X: np.ndarray, *, latent: bool = False) -> np.ndarray:
         """The joint posterior covariance of the points, (n_outputs, n, n), as GPy's predict(full_cov=True)."""
@@ -290,13 +407,16 @@ class GPPosterior:
         if self.woodbury_inverse is not None:
             covariance = prior - self._times_inverse(K) @ K.T
         else:
-            assert self.cholesky_inverse is not None
-            W = K @ self.cholesky_inverse.T
+            W = self.whitened(K)
             covariance = prior - W @ W.T
         covariance = 0.5 * (covariance + covariance.T)  # symmetric to the last bit
+        if len(covariance) and (lowest := float(np.diagonal(covariance).min())) < -self.variance_rounding:
+            raise ModelBrokenError(f"a latent variance of {lowest:.3g} in the joint covariance (standardised)")
         if not latent:
             covariance[np.diag_indices_from(covariance)] += self.noise_variance
-        return covariance[None, :, :] * (self.y_std**2)[:, None, None]
+        covariance = covariance[None, :, :] * (self.y_std**2)[:, None, None]
+        require_finite("the predictive covariance", covariance)
+        return covariance
 
 
 def _lower_triangle(factor: np.ndarray) -> np.ndarray:

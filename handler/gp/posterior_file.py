@@ -31,7 +31,10 @@ MEMBERS: dict[str, tuple[str, ...]] = {
     "y_mean": ("p",),
     "y_std": ("p",),
 }
-VARIANCE_FACTOR = {"exact": "cholesky_inverse", "sparse": "woodbury_inverse"}  # (m, m) each
+# (m, m) each. Exact: L, the lower triangular Cholesky factor of K + s2 I (as GPy factored it). Files written before
+# L was stored hold its inverse instead (LEGACY_VARIANCE_FACTOR): still read, served as before.
+VARIANCE_FACTOR = {"exact": "cholesky", "sparse": "woodbury_inverse"}
+LEGACY_VARIANCE_FACTOR = {"exact": "cholesky_inverse"}
 # The training points, in a file whose model publishes them (the manifest's `published_training_data`): n of them.
 TRAINING_MEMBERS: dict[str, tuple[str, ...]] = {"training_inputs": ("n", "d"), "training_outputs": ("n", "p")}
 # GET /model/training-data answers every published value as JSON (~20 bytes each): 200,000 make ~4 MB, under
@@ -40,6 +43,9 @@ MAX_PUBLISHED_VALUES = 200_000
 # m: the (m, m) factor is held once (8 m^2 bytes) and predictions cost m^2 per point. At 8,000 it is 512 MB, which
 # a 1769 MB function loads (measured: loading peaks near twice the factor) and answers 1,000 points of in ~0.2 s.
 MAX_INPUTS = 8_000
+# What all of a file's arrays may hold: the factor at MAX_INPUTS (512 MiB) and 128 MiB for the rest (8,000 inputs of
+# 2,000 features). A manifest declaring more is refused before the file is hashed, downloaded or opened.
+MAX_DATA_BYTES = 8 * MAX_INPUTS**2 + 128 * 2**20
 _NPY_HEADER_BYTES = 4096  # numpy writes headers of 64-byte multiples; ours are ~128 bytes
 _ZIP_OVERHEAD_BYTES = 512  # per member: its local header and central directory entry (names are short)
 
@@ -48,14 +54,22 @@ class PosteriorFileError(ValueError):
     """The file is not the posterior its manifest describes; the message says what differs."""
 
 
-def members(inference: str, training: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+def members(inference: str, training: tuple[str, ...] = (), *, legacy: bool = False) -> dict[str, tuple[str, ...]]:
     """Every member of a posterior file of this inference, with its symbolic shape; `training`: the published
-    training members it holds as well (`training_inputs`, and `training_outputs` with it)."""
+    training members it holds as well (`training_inputs`, and `training_outputs` with it); `legacy`: a file written
+    before exact inference stored its Cholesky factor (it holds the factor's inverse)."""
     if inference not in INFERENCES:
         raise PosteriorFileError(f"inference must be one of {', '.join(INFERENCES)}, got {inference!r}")
     if set(training) not in ({*()}, {"training_inputs"}, {"training_inputs", "training_outputs"}):
         raise PosteriorFileError("training_outputs come with training_inputs")
-    return {**MEMBERS, VARIANCE_FACTOR[inference]: ("m", "m"), **{name: TRAINING_MEMBERS[name] for name in training}}
+    factor = LEGACY_VARIANCE_FACTOR[inference] if legacy and inference in LEGACY_VARIANCE_FACTOR else None
+    factor = factor or VARIANCE_FACTOR[inference]
+    return {**MEMBERS, factor: ("m", "m"), **{name: TRAINING_MEMBERS[name] for name in training}}
+
+
+def _members_of(inference: Any, names: Any) -> dict[str, tuple[str, ...]]:
+    legacy = LEGACY_VARIANCE_FACTOR.get(inference) in names
+    return members(inference, tuple(name for name in TRAINING_MEMBERS if name in names), legacy=legacy)
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -65,7 +79,7 @@ def array_sha256(array: np.ndarray) -> str:
 
 def encode(arrays: Mapping[str, np.ndarray], inference: str) -> tuple[bytes, dict[str, Any]]:
     """The file's bytes and the manifest's description of them ({"inference", "arrays": {name: shape, sha256}})."""
-    expected = members(inference, tuple(name for name in TRAINING_MEMBERS if name in arrays))
+    expected = _members_of(inference, arrays)
     if set(arrays) != set(expected):
         raise PosteriorFileError(f"expected arrays {sorted(expected)}, got {sorted(arrays)}")
     clean = {name: np.array(arrays[name], dtype="<f8", order="C") for name in expected}  # 0-d stays 0-d
@@ -81,7 +95,7 @@ def encode(arrays: Mapping[str, np.ndarray], inference: str) -> tuple[bytes, dic
 def expected_shapes(description: Any, n_features: int, n_outputs: int) -> dict[str, tuple[int, ...]]:
     """Each array's shape, from the manifest's `posterior` description; PosteriorFileError if it does not fit."""
     inference, listed = _described(description)
-    expected = members(inference, tuple(name for name in TRAINING_MEMBERS if name in listed))
+    expected = _members_of(inference, listed)
     if set(listed) != set(expected):
         raise PosteriorFileError(f"the manifest lists arrays {sorted(listed)}, expected {sorted(expected)}")
     sizes = {"m": _declared_m(listed), "d": n_features, "p": n_outputs}
@@ -91,6 +105,8 @@ def expected_shapes(description: Any, n_features: int, n_outputs: int) -> dict[s
     for name, shape in shapes.items():
         if tuple(listed[name].get("shape", ())) != shape:
             raise PosteriorFileError(f"{name}: the manifest says shape {listed[name].get('shape')}, expected {shape}")
+    if (declared := sum(8 * math.prod(shape) for shape in shapes.values())) > MAX_DATA_BYTES:
+        raise PosteriorFileError(f"the manifest's arrays hold {declared} bytes, more than the {MAX_DATA_BYTES} allowed")
     return shapes
 
 
@@ -102,12 +118,14 @@ def largest_file_bytes(shapes: dict[str, tuple[int, ...]]) -> int:
 def read(path: Path, description: Any, n_features: int, n_outputs: int) -> dict[str, np.ndarray]:
     """The arrays of a posterior file, each checked against the manifest's `posterior` description.
 
-    Nothing is read, decompressed or allocated beyond what the declared shapes need: the file's size, its entry
-    count and each member's size and .npy header are checked before its data is.
+    Nothing is read, decompressed or allocated beyond what the file holds and the declared shapes need: the
+    declared sizes (capped), the file's size, its entry count, each member's size in the zip directory (against its
+    shape and against the file) and its .npy header are checked before its data is allocated.
     """
     _, listed = _described(description)
     shapes = expected_shapes(description, n_features, n_outputs)
-    if path.stat().st_size > largest_file_bytes(shapes):
+    file_bytes = path.stat().st_size
+    if file_bytes > largest_file_bytes(shapes):
         raise PosteriorFileError("the file is larger than its manifest's arrays need")
     arrays = {}
     with zipfile.ZipFile(path) as archive:
@@ -120,8 +138,14 @@ def read(path: Path, description: Any, n_features: int, n_outputs: int) -> dict[
             data_bytes = 8 * math.prod(shape)
             if info.compress_type != zipfile.ZIP_STORED or info.file_size > data_bytes + _NPY_HEADER_BYTES:
                 raise PosteriorFileError(f"{name}: stored compressed or larger than its shape {shape} needs")
+            # The zip directory's sizes, against the shape and the file, before anything the size of the data
+            # is allocated: a member shorter than its shape (or claiming bytes past the file's end) is refused here.
+            if info.file_size < data_bytes or info.compress_size != info.file_size:
+                raise PosteriorFileError(f"{name}: holds fewer bytes than its shape {shape} needs")
+            if info.header_offset + info.compress_size > file_bytes:
+                raise PosteriorFileError(f"{name}: the zip directory places it past the end of the file")
             with archive.open(info) as member:
-                array = _read_npy(member, name, shape, data_bytes)
+                array = _read_npy(member, name, shape, data_bytes, info.file_size)
             if array_sha256(array) != listed[name].get("sha256"):
                 raise PosteriorFileError(f"{name}: its sha256 differs from the manifest's")
             if not np.isfinite(array).all():
@@ -130,13 +154,24 @@ def read(path: Path, description: Any, n_features: int, n_outputs: int) -> dict[
     for name in ("lengthscale", "kernel_variance", "y_std"):
         if not (arrays[name] > 0).all():
             raise PosteriorFileError(f"{name}: must be positive")
+    if "cholesky" in arrays:
+        _check_cholesky(arrays["cholesky"])
     if not arrays["noise_variance"] >= 0:
         raise PosteriorFileError("noise_variance: must not be negative")
     return arrays
 
 
-def _read_npy(member: Any, name: str, shape: tuple[int, ...], data_bytes: int) -> np.ndarray:
-    """An .npy member's array, its header compared with the expected shape before its data is allocated."""
+def _check_cholesky(factor: np.ndarray) -> None:
+    """A Cholesky factor: lower triangular (its upper triangle exactly zero), with a positive diagonal."""
+    if not (np.diagonal(factor) > 0).all():
+        raise PosteriorFileError("cholesky: its diagonal must be positive")
+    for row in range(len(factor) - 1):  # row by row: no (m, m) temporary
+        if factor[row, row + 1 :].any():
+            raise PosteriorFileError("cholesky: must be lower triangular (its upper triangle zero)")
+
+
+def _read_npy(member: Any, name: str, shape: tuple[int, ...], data_bytes: int, member_bytes: int) -> np.ndarray:
+    """An .npy member's array, its header and size compared with the expected shape before its data is allocated."""
     try:
         version = np.lib.format.read_magic(member)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -146,6 +181,8 @@ def _read_npy(member: Any, name: str, shape: tuple[int, ...], data_bytes: int) -
     if dtype != np.dtype("<f8") or tuple(header_shape) != shape or fortran_order:
         order = "Fortran" if fortran_order else "C"
         raise PosteriorFileError(f"{name}: expected float64 {shape} in C order, got {dtype} {header_shape} in {order}")
+    if member_bytes - member.tell() != data_bytes:
+        raise PosteriorFileError(f"{name}: holds more or fewer bytes than its shape {shape} needs")
     data = bytearray(data_bytes)
     if member.readinto(data) != data_bytes or member.read(1):
         raise PosteriorFileError(f"{name}: holds more or fewer bytes than its shape {shape} needs")

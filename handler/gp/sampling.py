@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from handler.gp.broken import require_finite
+
 # Jitter tried, relative to the mean of the diagonal: from nothing to 1e-6, ten times larger each step.
 RELATIVE_JITTERS = (0.0, *(10.0**e for e in range(-12, -5)))
 
@@ -37,6 +39,9 @@ def factor(covariance: np.ndarray) -> tuple[np.ndarray, float, str]:
 
 def joint_draws(mean: np.ndarray, covariance: np.ndarray, n_samples: int, rng: np.random.Generator) -> JointDraws:
     """n_samples joint draws of N(mean, covariance)."""
+    require_finite("the mean and covariance to draw from", mean, covariance)
     root, jitter, method = factor(covariance)
     standard = rng.standard_normal((n_samples, len(mean)))
-    return JointDraws(mean + standard @ root.T, jitter, method)
+    samples = mean + standard @ root.T
+    require_finite("the joint draws", samples)  # finite inputs can still overflow
+    return JointDraws(samples, jitter, method)

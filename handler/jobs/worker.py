@@ -27,6 +27,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from handler.api.errors import RequestError
 from handler.config import load_settings
 from handler.gp.artifact import Manifest, ModelUnavailableError
+from handler.gp.broken import ModelBrokenError
 from handler.gp.model import LazyModel, SurrogateModel
 from handler.jobs.backend import (
     UPLOAD_HEAD_BYTES,
@@ -272,6 +273,12 @@ def handle_message(record: SQSRecord) -> None:
     except JobInputError as exc:  # the input itself is wrong: retrying cannot help
         logger.warning("job failed", extra={"job": message.job, "reason": str(exc)})
         backend.store.fail(message.job, str(exc))
+    except ModelBrokenError as exc:  # the model answers non-finite numbers: retrying cannot help either
+        logger.error("job failed: model broken", extra={"job": message.job, "reason": str(exc)})
+        backend.store.fail(
+            message.job,
+            "the model is broken (its predictions are not finite or a variance is negative); the reason is logged",
+        )
     except Exception as exc:
         # A model's load error may quote the artifact: the log gets it, the job's caller does not.
         noted = "model unavailable" if isinstance(exc, ModelUnavailableError) else f"{type(exc).__name__}: {exc}"
