@@ -21,12 +21,16 @@ SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+# The first run installs ~150 packages (a few minutes): it says so, shows pip's progress, and how long it took.
 $(VENV)/.installed: requirements.txt requirements-gpy.txt requirements-worker.txt requirements-finisher.txt requirements-dev.txt client/pyproject.toml
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found: install it (pyenv install 3.13) or put python3.13 on PATH" >&2; exit 1; }
-	$(PYTHON313) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $@
+	@set -e; started=$$(date +%s); \
+	echo "setup: creating $(VENV) with $(PYTHON313) and installing requirements-dev.txt (the first time: a few minutes)"; \
+	$(PYTHON313) -m venv $(VENV); \
+	$(PY) -m pip install --quiet --upgrade pip; \
+	$(PY) -m pip install --progress-bar on -r requirements-dev.txt; \
+	touch $@; \
+	echo "setup: $(VENV) ready in $$(( $$(date +%s) - started )) s"
 
 $(SCAN_VENV)/.installed: requirements-scan.txt
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found: install it (pyenv install 3.13) or put python3.13 on PATH" >&2; exit 1; }

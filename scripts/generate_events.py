@@ -2,7 +2,9 @@
 
 SAM's sample is a `{proxy+}` event; the only edit is to name the explicit route the template
 declares, so `sam local invoke -e events/<name>.json` sees what API Gateway would send. The bodies
-follow the model's manifest: its feature names, and points inside its bounds.
+follow the model's manifest: its feature names, and points inside its bounds. So do the names, which
+promise the status (`bad-*`: a 4xx): GET /model/training-data is `model-training-data` where the
+manifest publishes training points, `bad-training-data-not-published` (a 404) where it does not.
 
     python scripts/generate_events.py [--model model_artifacts/pretrained-model.npz]
 """
@@ -24,6 +26,9 @@ sys.path.insert(0, str(ROOT))
 from handler.api.openapi import example_points  # noqa: E402
 from handler.gp.artifact import Manifest, PackagedArtifact  # noqa: E402
 
+# GET /model/training-data's event, by whether the manifest publishes training points: only one is written.
+TRAINING_DATA_EVENTS = {True: "model-training-data", False: "bad-training-data-not-published"}
+
 
 def cases(manifest: Manifest) -> dict[str, tuple[str, str, str | None, str | None]]:
     """name: (method, path, body or None, route resource or None for an undeclared path)."""
@@ -31,12 +36,13 @@ def cases(manifest: Manifest) -> dict[str, tuple[str, str, str | None, str | Non
     first, last = manifest.features[0], manifest.features[-1]
     low, high = manifest.bounds[-1]
     far_off = float(f"{high + 5 * (high - low):.4g}")
+    training_data = TRAINING_DATA_EVENTS[manifest.published_training_data is not None]
     return {
         "predict": ("POST", "/predict", json.dumps(single), "/predict"),
         "predict-batch": ("POST", "/predict", json.dumps([single, *others]), "/predict"),
         "health": ("GET", "/health", None, "/health"),
         "model": ("GET", "/model", None, "/model"),
-        "model-training-data": ("GET", "/model/training-data", None, "/model/training-data"),
+        training_data: ("GET", "/model/training-data", None, "/model/training-data"),
         "sensitivity": (
             "POST",
             "/sensitivity",
@@ -93,7 +99,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "model_artifacts" / "pretrained-model.npz")
     args = parser.parse_args()
     manifest = PackagedArtifact(args.model).fetch_manifest()
-    for name, (method, path, body, resource) in cases(manifest).items():
+    written = cases(manifest)
+    for stale in set(TRAINING_DATA_EVENTS.values()) - set(written):  # the previous model's, promising otherwise
+        (EVENTS_DIR / f"{stale}.json").unlink(missing_ok=True)
+    for name, (method, path, body, resource) in written.items():
         event = sam_event(method, path, body)
         if body is None:
             event["body"], event["isBase64Encoded"] = None, False

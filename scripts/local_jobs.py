@@ -119,6 +119,7 @@ class SqsEventSource:
         self.queue_arn = queue_arn
         self.invoke = invoke
         self.batch_size = batch_size
+        self.stopping = threading.Event()  # `run`'s: once set, a failure is the server stopping, not a fault
 
     def poll(self, wait_s: int = 0) -> int:
         """One batch: received, handed to the function, deleted unless reported failed. Returns its size."""
@@ -133,7 +134,8 @@ class SqsEventSource:
         try:
             response = self.invoke(sqs_event(messages, self.queue_arn))
         except Exception:  # a function error: the whole batch comes back after its visibility timeout
-            LOG.exception("invocation failed for %d message(s) of %s", len(messages), self.queue_arn)
+            if not self.stopping.is_set():
+                LOG.exception("invocation failed for %d message(s) of %s", len(messages), self.queue_arn)
             return len(messages)
         failed = {item["itemIdentifier"] for item in (response or {}).get("batchItemFailures", [])}
         done = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
@@ -143,12 +145,16 @@ class SqsEventSource:
         return len(messages)
 
     def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set: within a second (the receive's wait), or once an invocation in flight ends."""
+        self.stopping = stop
         while not stop.is_set():
             try:
                 self.poll(wait_s=1)
             except Exception:  # the local server keeps going, as Lambda's pollers do
+                if stop.is_set():  # moto or the function stopping under it: the server is stopping, say nothing
+                    return
                 LOG.exception("polling %s failed", self.queue_arn)
-                time.sleep(1)
+                stop.wait(1)
 
 
 def drain(sources: list[SqsEventSource], timeout_s: float = 60.0) -> None:

@@ -23,6 +23,8 @@ in-process instead, with a warning.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import importlib
@@ -54,7 +56,6 @@ from samcli.lib.providers.sam_function_provider import SamFunctionProvider
 from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 from samcli.lib.utils.stream_writer import StreamWriter
 from samcli.local.apigw.local_apigw_service import LocalApigwService
-from samcli.local.docker.exceptions import ProcessSigTermException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts.local_jobs, run as a script
 
@@ -63,6 +64,14 @@ INVOKE_PATH = "/2015-03-31/functions/function/invocations"
 # Variables the host must pass on: OpenBLAS needs OPENBLAS_CORETYPE on some CPUs to compute correctly.
 PASS_THROUGH_PREFIXES = ("OPENBLAS_",)
 REPORT_MAX_MEMORY = re.compile(rb"Max Memory Used: \d+ MB\t?")
+# Stopping the server: how long its parts get to stop on SIGTERM before they are killed, all of them together.
+STOP_TIMEOUT_S = 3.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STOPPING_RESPONSE = {
+    "statusCode": 503,
+    "headers": {"Content-Type": "application/json", "Retry-After": "5"},
+    "body": json.dumps({"error": "the local server is stopping", "details": []}),
+}
 
 
 class UsageError(Exception):
@@ -199,6 +208,8 @@ def emulator_binary() -> Path | None:
 class ExecutionEnvironment(Protocol):
     def invoke(self, event: bytes) -> bytes: ...
     def stop(self) -> None: ...
+    def terminate(self) -> None: ...
+    def wait(self, deadline: float) -> None: ...
 
 
 class EmulatedEnvironment:
@@ -209,6 +220,7 @@ class EmulatedEnvironment:
 
     def __init__(self, config: FunctionConfig, binary: Path, log: TextIO) -> None:
         self.config = config
+        self.runtimes: list[int] = []  # the emulator's runtime processes, as `terminate` found them
         self.port, self.process = start_on_free_port(lambda port: self._start(binary, port, log))
 
     def _start(self, binary: Path, port: int, log: TextIO) -> subprocess.Popen[bytes]:
@@ -225,7 +237,8 @@ class EmulatedEnvironment:
             env=lambda_environment(self.config),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=lambda: _limit_memory(self.config.memory_mb),
+            preexec_fn=self._prepare_runtime,
+            process_group=0,  # a terminal's Ctrl-C reaches the server alone, which stops this in its turn
         )
         assert process.stdout is not None
         self.log_forwarder = threading.Thread(
@@ -234,6 +247,11 @@ class EmulatedEnvironment:
         self.log_forwarder.start()
         return process
 
+    def _prepare_runtime(self) -> None:
+        """In the child, before exec: the function's memory limit, and no life beyond the server's."""
+        _limit_memory(self.config.memory_mb)
+        _die_with_parent()
+
     def invoke(self, event: bytes) -> bytes:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{INVOKE_PATH}", data=event, method="POST")
         # The emulator enforces the function timeout itself; the margin covers a slow init.
@@ -241,12 +259,26 @@ class EmulatedEnvironment:
             return response.read()
 
     def stop(self) -> None:
-        self.process.terminate()
+        self.terminate()
+        self.wait(time.monotonic() + STOP_TIMEOUT_S)
+
+    def terminate(self) -> None:
+        """Ask the emulator to stop (it stops its runtime); `wait` reaps it. Apart, so that a pool stops at once."""
+        self.runtimes = _descendants(self.process.pid)
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def wait(self, deadline: float) -> None:
+        """Reap the emulator, killed (with its runtime) if it has not stopped by `deadline`."""
         try:
-            self.process.wait(timeout=5)
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.process.kill()
-        self.log_forwarder.join(timeout=5)
+            self.process.wait()
+        for pid in self.runtimes:  # in their own process group (the emulator's doing): none may outlive it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.log_forwarder.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _forward_log(stream: IO[bytes], log: TextIO, emulator_pid: int) -> None:
@@ -324,6 +356,12 @@ class InProcessEnvironment:
     def stop(self) -> None:
         pass
 
+    def terminate(self) -> None:
+        pass
+
+    def wait(self, deadline: float) -> None:
+        pass
+
 
 def start_environment(config: FunctionConfig, in_process: bool = False) -> ExecutionEnvironment:
     binary = None if in_process else emulator_binary()
@@ -345,6 +383,7 @@ class EnvironmentPool:
         self.idle: queue.Queue[ExecutionEnvironment] = queue.Queue()
         for environment in self.environments:
             self.idle.put(environment)
+        self.stopping = False
 
     def invoke(
         self, function_identifier: str, event: str, stdout: StreamWriter, stderr: StreamWriter, **_: Any
@@ -352,6 +391,11 @@ class EnvironmentPool:
         environment = self.idle.get()
         try:
             stdout.write_str(environment.invoke(event.encode()).decode())
+        except Exception:
+            if not self.stopping:
+                raise
+            # A request in flight when the server stops: an answer that says so, not a traceback and a 502.
+            stdout.write_str(json.dumps(STOPPING_RESPONSE))
         finally:
             self.idle.put(environment)
 
@@ -366,9 +410,18 @@ class EnvironmentPool:
     def is_debugging(self) -> bool:
         return False  # LocalApigwService then serves requests on many threads
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        self.stopping = True
         for environment in self.environments:
-            environment.stop()
+            environment.terminate()
+
+    def wait(self, deadline: float) -> None:
+        for environment in self.environments:
+            environment.wait(deadline)
+
+    def stop(self) -> None:
+        self.terminate()
+        self.wait(time.monotonic() + STOP_TIMEOUT_S)
 
 
 def invoke_command(args: argparse.Namespace) -> int:
@@ -388,56 +441,261 @@ def invoke_command(args: argparse.Namespace) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    # Both signals stop the server the same way, set before anything starts. SIGINT is set even where it was
+    # inherited ignored (a script's background job): ignored here, it would stop the emulators alone (they set
+    # their own handlers) and leave /predict answering 502.
+    stopper = Stopper()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stopper)
     # The API's port is bound first, before the emulators and moto take theirs: `--port 0` then gets a port no
     # one else can take, and the log's first line says which (tests and scripts read it there).
     listener = _listen(args.host, args.port)
     port = listener.getsockname()[1]
     LOG.info("Listening on http://%s:%s", args.host if ":" not in args.host else f"[{args.host}]", port)
-    configs, api, queue_events, keyless_paths = load_functions(args.template, args.env_vars)
-    api_functions = sorted({route.function_name for route in api.routes})
-    jobs = None
-    if any(queue_events.values()) and not args.no_jobs:
-        jobs = LocalJobs.start()
-        configs = {name: jobs.configure(config) for name, config in configs.items()}
-    pools = {name: EnvironmentPool(configs[name], args.workers, args.in_process) for name in api_functions}
-    if jobs is not None:
-        for name, events in queue_events.items():
-            if events:
-                pool = EnvironmentPool(configs[name], args.job_workers, args.in_process)
-                pools[name] = pool
-                for event in events:
-                    jobs.feed(event, pool)
-    runner = FunctionRouter(pools, api_keys=args.api_key.split(",") if args.api_key else [])
-    service = LocalApigwService(
-        api=api, lambda_runner=runner, port=args.port, host=args.host, stderr=StreamWriter(sys.stderr, auto_flush=True)
-    )
-    service.create()
-    if args.api_key:
-        _require_api_key(service, runner.api_keys, keyless_paths)
-    for route in api.routes:
-        LOG.info("Mounting %s at http://%s:%s%s %s", route.function_name, args.host, port, route.path, route.methods)
-    for name in api_functions:
-        config = configs[name]
-        LOG.info(
-            "%s: %d warm environment(s), timeout %ss, memory %s MB",
-            name,
-            args.workers,
-            config.timeout_s,
-            config.memory_mb,
-        )
-    if jobs is not None:
-        LOG.info("jobs: S3, DynamoDB and SQS on moto at %s; %d worker environment(s)", jobs.endpoint, args.job_workers)
+    jobs, pools, watch = None, {}, None
     try:
-        _run(service, listener)
-    except (KeyboardInterrupt, ProcessSigTermException):  # Ctrl-C, or SIGTERM (raised by the handler _run sets)
-        LOG.info("stopped")
-    finally:
-        listener.close()
+        configs, api, queue_events, keyless_paths = load_functions(args.template, args.env_vars)
+        api_functions = sorted({route.function_name for route in api.routes})
+        watch = ModelWatch.start(configs[api_functions[0]]) if api_functions else None
+        if any(queue_events.values()) and not args.no_jobs:
+            jobs = LocalJobs.start()
+            configs = {name: jobs.configure(config) for name, config in configs.items()}
+        for name in api_functions:
+            pools[name] = EnvironmentPool(configs[name], args.workers, args.in_process)
         if jobs is not None:
-            jobs.stop()
+            for name, events in queue_events.items():
+                if events:
+                    pool = EnvironmentPool(configs[name], args.job_workers, args.in_process)
+                    pools[name] = pool
+                    for event in events:
+                        jobs.feed(event, pool)
+        runner = FunctionRouter(pools, api_keys=args.api_key.split(",") if args.api_key else [])
+        service = LocalApigwService(
+            api=api,
+            lambda_runner=runner,
+            port=args.port,
+            host=args.host,
+            stderr=StreamWriter(sys.stderr, auto_flush=True),
+        )
+        service.create()
+        _answer_unknown_paths(service, sorted({route.path for route in api.routes}))
+        if args.api_key:
+            _require_api_key(service, runner.api_keys, keyless_paths)
+        LOG.info("%s", routes_summary(api.routes))
+        for name in api_functions:
+            config = configs[name]
+            LOG.info(
+                "%s: %d warm environment(s), timeout %ss, memory %s MB",
+                name,
+                args.workers,
+                config.timeout_s,
+                config.memory_mb,
+            )
+        if jobs is not None:
+            LOG.info(
+                "jobs: S3, DynamoDB and SQS on moto at %s; %d worker environment(s)", jobs.endpoint, args.job_workers
+            )
+        stopper.arm()
+        _run(service, listener)
+    except StoppedBySignalError:
+        pass
+    finally:
+        # In order, each before what it uses: the API and the model watch, the pollers (which call the job
+        # functions and moto), moto, then every environment at once. Quiet: what fails now is only stopping.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the ordered stop short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        listener.close()
+        if watch is not None:
+            watch.stop()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        if jobs is not None:
+            jobs.stop(deadline)
         for pool in pools.values():
-            pool.stop()
+            pool.terminate()
+        for pool in pools.values():
+            pool.wait(deadline)
+    LOG.info("stopped")
     return 0
+
+
+class StoppedBySignalError(Exception):
+    """SIGINT or SIGTERM: the server stops, in order (`serve_command`)."""
+
+
+class Stopper:
+    """The handler of SIGINT and SIGTERM: raises StoppedBySignalError, once armed; a signal during start-up stops the
+    server as soon as it has started, so that nothing is left half-started (a pool with one environment of two)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.armed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.requested = signal.Signals(signum).name
+        if self.armed:
+            raise StoppedBySignalError(self.requested)
+
+    def arm(self) -> None:
+        self.armed = True
+        if self.requested is not None:
+            raise StoppedBySignalError(self.requested)
+
+
+def routes_summary(routes: list[Any]) -> str:
+    """One line for the API's routes (SAM logs a line per route): per function, how many paths and which."""
+    by_function: dict[str, set[str]] = {}
+    for route in routes:
+        by_function.setdefault(route.function_name, set()).add(route.path)
+    parts = [f"{name}: {len(paths)} paths ({' '.join(sorted(paths))})" for name, paths in sorted(by_function.items())]
+    return f"routes: {'; '.join(parts)} (anything else: 404 naming them)"
+
+
+def _answer_unknown_paths(service: LocalApigwService, paths: list[str]) -> None:
+    """A path the template does not declare gets a 404 that names the declared ones.
+
+    API Gateway (and SAM's local one) answers such a path with `403 {"message": "Missing Authentication
+    Token"}`, which reads as a problem with the key; locally, where a mistyped path is the usual cause, the
+    answer says what it is and what the deployed API will answer instead.
+    """
+    import flask
+
+    def not_found(error: Exception) -> Any:
+        request = flask.request
+        path = request.path if len(request.path) <= 100 else request.path[:97] + "..."
+        message = (
+            f"{path} is not a path of this API: it serves {', '.join(paths)}. Deployed, API Gateway answers "
+            'a path it does not serve with 403 {"message": "Missing Authentication Token"}'
+        )
+        body = {
+            "error": f"no route {request.method} {path}",
+            "details": [{"field": "path", "message": message}],
+            "routes": paths,
+        }
+        return flask.Response(json.dumps(body), status=404, content_type="application/json")
+
+    service._app.register_error_handler(404, not_found)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What a manifest in model_artifacts/ says, as the log names it: `park1991/1`, or why it cannot be read."""
+
+    digest: str  # of the manifest's bytes ("" if there is none)
+    label: str
+
+    @classmethod
+    def read(cls, manifest_path: Path) -> ModelState:
+        from handler.gp.artifact import Manifest
+
+        try:
+            text = manifest_path.read_bytes()
+        except OSError:
+            return cls("", "no model")
+        digest = hashlib.sha256(text).hexdigest()
+        try:
+            manifest = Manifest.parse(text)
+        except (ValueError, RecursionError):
+            return cls(digest, "an unreadable manifest")
+        return cls(digest, f"{manifest.name}/{manifest.version}")
+
+
+class ModelWatch:
+    """Says at start which model the API serves, and warns, once per change, when model_artifacts/ changes under
+    the running server: its warm environments keep the model they loaded, so a repackaged model needs a restart."""
+
+    INTERVAL_S = 2.0
+
+    def __init__(self, manifest_path: Path) -> None:
+        self.manifest_path = manifest_path
+        self.served = self.seen = ModelState.read(manifest_path)
+        self.signature = self._signature()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="model-watch", daemon=True)
+
+    @classmethod
+    def start(cls, config: FunctionConfig) -> ModelWatch | None:
+        """Log the served model (one line); watch its manifest if it is packaged (a model from S3 is not)."""
+        s3_uri = config.environment.get("MODEL_S3_URI")
+        if s3_uri:
+            LOG.info("model: from %s, read by each environment on its first request", s3_uri)
+            return None
+        model_path = Path(config.environment.get("MODEL_PATH") or "model_artifacts/pretrained-model.npz")
+        model_path = model_path if model_path.is_absolute() else config.code_dir / model_path
+        LOG.log(*describe_model(model_path, config.code_dir))
+        from handler.gp.artifact import manifest_path_for
+
+        watch = cls(manifest_path_for(model_path))
+        watch.thread.start()
+        return watch
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.manifest_path.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def check(self) -> None:
+        """Compare the manifest with the one served: a warning when it changed, a line when it is back."""
+        signature = self._signature()
+        if signature == self.signature:
+            return  # one stat per check: the bytes are read only when the file changed
+        self.signature = signature
+        state = ModelState.read(self.manifest_path)
+        if state.digest == self.seen.digest:
+            return
+        self.seen = state
+        if state.digest == self.served.digest:
+            LOG.info("the packaged model is again the one served (%s)", self.served.label)
+            return
+        served, now = self.served.label, state.label
+        if served == now:  # repackaged under the same name and version: the manifests differ all the same
+            served, now = f"{served} (manifest {self.served.digest[:12]})", f"{now} (manifest {state.digest[:12]})"
+        LOG.warning("the packaged model changed since start (%s -> %s): restart make serve to serve it", served, now)
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(self.INTERVAL_S):
+            self.check()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=self.INTERVAL_S)
+
+
+def describe_model(model_path: Path, code_dir: Path) -> tuple[int, str]:
+    """The log level and line that say which model is served: name, version, kind, features, outputs, source.
+
+    Read from its manifest, as the function reads it; where that fails, a warning with the reason (the API
+    answers 503 until the model is fixed and the server restarted).
+    """
+    from handler.gp.artifact import ModelUnavailableError, PackagedArtifact, manifest_path_for
+
+    shown = model_path.relative_to(code_dir) if model_path.is_relative_to(code_dir) else model_path
+    try:
+        manifest = PackagedArtifact(model_path).fetch_manifest()
+    except ModelUnavailableError as exc:
+        return logging.WARNING, f"model: none served from {shown}: {exc} (the API answers 503 until it is fixed)"
+    document = manifest.document
+    kernel = (document.get("kernel") or {}).get("name")
+    if manifest.format == "npz":
+        inference = (document.get("posterior") or {}).get("inference", "exact")
+        kind = f"{inference} posterior file"
+    else:
+        kind = "GPy pickle"
+    points = f"{document['n_train']} training points" if isinstance(document.get("n_train"), int) else None
+    what = ", ".join(str(part) for part in (manifest.model_type, kernel, points) if part)
+    published = manifest.published_training_data or "nothing"
+    return logging.INFO, (
+        f"model: {manifest.name}/{manifest.version}, {kind} ({what}); "
+        f"features {_names(manifest.features)}; outputs {_names(manifest.outputs)}; training data published: "
+        f"{published}; from {shown.with_name(document['artifact'])} "
+        f"(manifest {manifest_path_for(shown)}, sha256 {manifest.sha256[:12]})"
+    )
+
+
+def _names(names: tuple[str, ...], shown: int = 10) -> str:
+    listed = ", ".join(names[:shown])
+    return listed if len(names) <= shown else f"{listed}, ... ({len(names)} in all)"
 
 
 class FunctionRouter:
@@ -499,10 +757,17 @@ class LocalJobs:
                 [sys.executable, script, "--host", "127.0.0.1", "--port", str(port)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                process_group=0,  # a terminal's Ctrl-C reaches the server alone, which stops moto after the pollers
             ),
             timeout_s=30,
         )
-        return cls(server, f"http://127.0.0.1:{port}")
+        try:
+            return cls(server, f"http://127.0.0.1:{port}")
+        except BaseException:
+            server.kill()
+            server.wait()
+            raise
 
     def configure(self, config: FunctionConfig) -> FunctionConfig:
         """The function's environment pointed at the local resources, as the template's !Ref and !GetAtt would."""
@@ -525,12 +790,17 @@ class LocalJobs:
         thread.start()
         self.threads.append(thread)
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> None:
+        """The pollers (each ends within its 1 s receive wait, or its invocation), then moto; by `deadline`."""
         self.stopping.set()
         for thread in self.threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.server.terminate()
-        self.server.wait(timeout=10)
+        try:
+            self.server.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+            self.server.wait()
 
 
 def _region() -> str:
@@ -540,13 +810,14 @@ def _region() -> str:
 def _require_api_key(service: LocalApigwService, keys: dict[str, str], keyless_paths: set[str]) -> None:
     """Refuse requests without a known `x-api-key` as API Gateway does with ApiKeyRequired: 403 before the function.
 
-    Routes whose event sets `ApiKeyRequired: false` (the explorer's page and assets) are served without one.
+    Routes whose event sets `ApiKeyRequired: false` (the explorer's page and assets) are served without one, and
+    so are paths the API does not serve: API Gateway refuses those before it looks at the key (here, a 404).
     """
     import flask
 
     def check() -> Any:
         rule = flask.request.url_rule
-        if rule is not None and rule.rule in keyless_paths:
+        if rule is None or rule.rule in keyless_paths:
             return None
         if flask.request.headers.get("x-api-key") not in keys:
             return flask.Response('{"message": "Forbidden"}', status=403, content_type="application/json")
@@ -556,11 +827,13 @@ def _require_api_key(service: LocalApigwService, keys: dict[str, str], keyless_p
 
 
 def spawn_serve(
-    log: Path, *options: str, env_vars: Path | None = None, timeout_s: float = 60.0
+    log: Path, *options: str, env_vars: Path | None = None, timeout_s: float = 60.0, **popen_options: Any
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`serve --port 0 OPTIONS` in a process of its own, logging to `log`: the process and the base URL its first log
     line names. The server binds its port before anything else, so no other program can take it between choosing
-    and binding, and nothing reaches someone else's server. RuntimeError (with the log) if it does not say."""
+    and binding, and nothing reaches someone else's server. RuntimeError (with the log) if it does not say.
+
+    `popen_options` go to Popen (`start_new_session=True`: in a process group of its own, as a terminal's job)."""
     command = [sys.executable, str(Path(__file__).resolve())]
     command += ["--env-vars", str(env_vars)] if env_vars is not None else []
     command += ["serve", "--port", "0", *options]
@@ -571,6 +844,7 @@ def spawn_serve(
             stdout=handle,
             stderr=subprocess.STDOUT,
             env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+            **popen_options,
         )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -595,13 +869,9 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _run(service: LocalApigwService, listener: socket.socket) -> None:
-    """SAM's `service.run()` on a socket already bound: threaded, quiet, SIGTERM raising as SAM's handler does."""
+    """SAM's `service.run()` on a socket already bound: threaded and quiet, until a signal stops it."""
     from werkzeug.serving import make_server
 
-    def interrupt_handler(signum: int, frame: Any) -> None:
-        raise ProcessSigTermException()
-
-    signal.signal(signal.SIGTERM, interrupt_handler)
     host, port = listener.getsockname()[:2]
     server = make_server(host, port, service._app, threaded=True, fd=listener.fileno())
     server.serve_forever()
@@ -641,6 +911,13 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"process {process.pid} did not listen on port {port} within {timeout_s}s")
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: SIGTERM when the server dies, even by SIGKILL, so that no emulator or moto outlives
+    it (Linux's PR_SET_PDEATHSIG; elsewhere nothing). Tied to the thread that started the child: the main one."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _limit_memory(memory_mb: int) -> None:

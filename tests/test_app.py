@@ -14,8 +14,10 @@ import pytest
 
 from handler.api.schemas import ModelManifest
 from handler.gp.artifact import PackagedArtifact, manifest_path_for, sha256_of
+from handler.gp.model import LazyModel
+from scripts import generate_events
 from scripts.train_model import park1991
-from tests.conftest import DEPLOYED_MODEL, FEATURES, PARK_PICKLE
+from tests.conftest import DEPLOYED_MODEL, FEATURES, PARK_PICKLE, PARK_POSTERIOR
 from tests.events import EVENTS_DIR, api_event, lambda_context, response_json
 
 POINT = {"x1": 0.51, "x2": 0.76, "x3": 0.94, "x4": 0.72}
@@ -137,6 +139,32 @@ def test_each_sample_event_gets_the_status_its_name_promises(deployed_app, name:
         assert body["details"][0]["field"]
     else:
         assert status == 200
+
+
+@pytest.mark.parametrize("published", [False, True])
+def test_the_sample_events_promise_what_the_models_manifest_publishes(
+    monkeypatch: pytest.MonkeyPatch, tiny_posterior_path: Path, published: bool
+):
+    # given a model whose manifest publishes nothing (the packaging default), or its training points
+    from handler import app
+
+    model_path = tiny_posterior_path if published else PARK_POSTERIOR
+    monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(model_path)))
+    assert (app.model.manifest().published_training_data is not None) == published
+    # when the sample events for it are made (scripts/generate_events.py) and sent
+    answered = {
+        name: call(app, api_event(method, path, raw_body=body))
+        for name, (method, path, body, _) in generate_events.cases(app.model.manifest()).items()
+    }
+    # then each gets the status its name promises: GET /model/training-data among them, a 404 where unpublished
+    assert ("model-training-data" in answered) == published
+    assert ("bad-training-data-not-published" in answered) != published
+    for name, (status, body) in answered.items():
+        if name.startswith("bad-"):
+            assert 400 <= status < 500, (name, status)
+            assert body["details"][0]["field"], name
+        else:
+            assert status == 200, (name, status, body)
 
 
 def test_health_says_whether_the_model_is_loaded_without_loading_it(app_with_model):

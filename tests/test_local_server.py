@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -25,7 +27,15 @@ import pytest
 from handler.gp.artifact import PackagedArtifact, manifest_path_for
 from handler.gp.model import LazyModel
 from scripts import local_lambda
-from tests.conftest import DEPLOYED_MODEL, FEATURES, LOCAL_LAMBDA, PARK_PICKLE, env_vars_file, wait_for_job
+from tests.conftest import (
+    DEPLOYED_MODEL,
+    FEATURES,
+    LOCAL_LAMBDA,
+    PARK_PICKLE,
+    PARK_POSTERIOR,
+    env_vars_file,
+    wait_for_job,
+)
 from tests.events import api_event, lambda_context, response_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,12 +108,30 @@ def test_a_body_that_is_not_utf8_gets_400_not_a_gateway_error(local_server):
     assert response.json()["details"][0]["field"] == "body"
 
 
-def test_undeclared_routes_are_refused_as_api_gateway_does(local_server):
-    # API Gateway (and sam local start-api) answer 403 Missing Authentication Token before Lambda is reached.
+def template_paths() -> list[str]:
+    _, api, _, _ = local_lambda.load_functions(ROOT / "template.yaml")
+    return sorted({route.path for route in api.routes})
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_an_undeclared_path_gets_404_naming_the_routes_and_what_api_gateway_answers(local_server, method: str):
+    # given a mistyped path (deployed, API Gateway answers 403 Missing Authentication Token before Lambda is
+    # reached, as sam local start-api does: it reads as a problem with the key)
     base_url, _ = local_server
-    response = httpx.get(f"{base_url}/nope", timeout=30)
-    assert response.status_code == 403
-    assert response.json() == {"message": "Missing Authentication Token"}
+    # when
+    response = httpx.request(method, f"{base_url}/predictions", json=POINT, timeout=30)
+    # then locally it is a 404 that names the path, every route the template declares, and the deployed answer
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["routes"] == template_paths()
+    assert "/predict" in body["routes"]
+    assert body["error"] == f"no route {method} /predictions"
+    [detail] = body["details"]
+    assert detail["field"] == "path"
+    assert detail["message"].startswith("/predictions is not a path of this API: it serves ")
+    assert all(path in detail["message"] for path in body["routes"])
+    assert '403 {"message": "Missing Authentication Token"}' in detail["message"]
 
 
 def test_concurrent_requests_are_all_answered_by_the_warm_pool(local_server):
@@ -350,30 +378,77 @@ def test_invoke_with_a_missing_event_file_says_so_in_one_line():
     assert "Traceback" not in result.stderr
 
 
-def test_serve_stops_cleanly_on_sigterm(tiny_model_path: Path, tmp_path: Path):
-    # given a running server
-    from tests.conftest import start_server
+def process_start_time(pid: int) -> str | None:
+    """The process's start time (ticks since boot, /proc/PID/stat field 22): with the PID, names one process even
+    after its PID is reused; None once it has gone and been reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
 
-    log = tmp_path / "serve.log"
-    process, base_url = start_server(env_vars_file(tmp_path, tiny_model_path), log, "-w", "1")
+
+def wait_until_healthy(base_url: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base_url}/health", timeout=30).status_code == 200:
-                break
+                return
         except httpx.TransportError:
             time.sleep(0.2)
-    # and done with that request: the emulator reports it (END, REPORT) after the answer has gone
-    while "REPORT RequestId" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    # when it is told to stop, as a service manager or `kill` does
-    process.terminate()
-    process.wait(timeout=30)
+    raise AssertionError(f"{base_url}/health was not answered")
+
+
+# How the server is told to stop: SIGTERM to it (a service manager, `kill`); Ctrl-C in a terminal (SIGINT to the
+# whole foreground process group); SIGINT to it from a script that started it in the background (where the shell
+# starts it with SIGINT ignored: the emulators went defunct, /predict answered 502 and the server ran on).
+STOPS = {
+    "sigterm": (signal.SIGTERM, {}),
+    "ctrl-c": (signal.SIGINT, {"start_new_session": True}),
+    "script-sigint": (signal.SIGINT, {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)}),
+}
+
+
+@pytest.mark.parametrize("how", list(STOPS))
+def test_serve_stops_quietly_and_leaves_no_process_behind(tiny_posterior_path: Path, tmp_path: Path, how: str):
+    # given a server with jobs (moto, pollers, the job functions' environments), its API function warm
+    signum, popen_options = STOPS[how]
+    log = tmp_path / "serve.log"
+    env_file = env_vars_file(tmp_path, tiny_posterior_path)
+    process, base_url = local_lambda.spawn_serve(
+        log, "-w", "1", "--job-workers", "1", env_vars=env_file, **popen_options
+    )
+    try:
+        wait_until_healthy(base_url)
+        assert httpx.post(f"{base_url}/predict", json=POINT, timeout=60).status_code == 200
+        while log.read_text().count("REPORT RequestId") < 2:  # both answers gone and reported
+            time.sleep(0.1)
+        children = {pid: process_start_time(pid) for pid in local_lambda._descendants(process.pid)}
+        lines_before = len(log.read_text().splitlines())
+        # when it is told to stop
+        started = time.monotonic()
+        if popen_options.get("start_new_session"):
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        process.wait(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     output = log.read_text()
-    # then
-    assert process.returncode == 0, output
+    after = output.splitlines()[lines_before:]
+    # then it stopped well within the 11 s it took when the terminal's Ctrl-C reached every child at once (a
+    # bound for a loaded CI machine, not a speed target), in one line, without a traceback
+    assert (process.returncode, took < 6) == (0, True), (process.returncode, took, output)
     assert "Traceback" not in output
-    assert output.rstrip().endswith("stopped")
+    assert after[-1:] == ["stopped"], after
+    assert len(after) <= 3, after  # "stopped", and at most an emulator's own line or two
+    # and every process it started (moto, the emulators, their runtimes) has gone and been reaped
+    assert len(children) >= 1 + 3 + 1, children  # moto, one emulator per function, the API's warm runtime
+    left = {pid for pid, start in children.items() if start is not None and process_start_time(pid) == start}
+    assert left == set(), {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left}
 
 
 def test_the_local_server_can_require_an_api_key_as_the_deployed_api_does(tiny_model_path: Path, tmp_path: Path):
@@ -395,6 +470,10 @@ def test_the_local_server_can_require_an_api_key_as_the_deployed_api_does(tiny_m
         right = httpx.post(url, json=POINT, headers={"x-api-key": "s3cret"}, timeout=60)
         assert (without.status_code, wrong.status_code, right.status_code) == (403, 403, 200)
         assert without.json() == {"message": "Forbidden"}
+        # and a path the API does not serve is a 404 naming the routes, key or not (deployed: 403 either way)
+        unknown = httpx.post(f"{base_url}/predictions", json=POINT, timeout=60)
+        assert unknown.status_code == 404
+        assert "/predict" in unknown.json()["routes"]
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -437,3 +516,81 @@ def test_the_readmes_predict_and_sample_examples_are_what_the_shipped_model_answ
     got = np.array(sampled["samples"][:2])
     spread = np.abs(got - got.mean(axis=0)).max()
     np.testing.assert_allclose(got, draws, rtol=1e-9, atol=variance_rtol * spread)
+
+
+def test_the_start_log_names_the_served_model_once_and_the_routes_in_one_line(local_server, tiny_posterior_path: Path):
+    # given the server on the tiny Park model's posterior file (its log, from the start)
+    _, log = local_server
+    manifest = json.loads(manifest_path_for(tiny_posterior_path).read_text())
+    lines = log.read_text().splitlines()
+    # then one line says which model is served, what it is and where it came from
+    [model_line] = [line for line in lines if line.startswith("model: ")]
+    assert model_line.startswith(f"model: {manifest['name']}/{manifest['version']}, exact posterior file (")
+    assert f"features {', '.join(manifest['features'])}; outputs {', '.join(manifest['outputs'])};" in model_line
+    assert f"from {tiny_posterior_path}" in model_line
+    assert f"sha256 {manifest['sha256'][:12]}" in model_line
+    # and one line, not one per route, names the routes
+    assert not any(line.startswith("Mounting") for line in lines)
+    [routes_line] = [line for line in lines if line.startswith("routes: ")]
+    per_function = dict(re.findall(r"(\w+Function): \d+ paths \(([^)]*)\)", routes_line))
+    assert set(per_function) == {"PredictFunction", "ExplorerFunction"}
+    assert sorted(p for paths in per_function.values() for p in paths.split()) == template_paths()
+
+
+def packaged_copy(folder: Path) -> Path:
+    """A copy of the Park posterior file and its manifest, as model_artifacts/ holds one: free to repackage."""
+    for source in (PARK_POSTERIOR, manifest_path_for(PARK_POSTERIOR)):
+        (folder / source.name).write_bytes(source.read_bytes())
+    return folder / PARK_POSTERIOR.name
+
+
+def repackage(model_path: Path, mtime_s: float, **changes: str) -> None:
+    """Rewrite the manifest as packaging another model would (no changes: the original's bytes), with its own
+    modification time."""
+    path, original = manifest_path_for(model_path), manifest_path_for(PARK_POSTERIOR).read_text()
+    path.write_text(json.dumps({**json.loads(original), **changes}) if changes else original)
+    os.utime(path, (mtime_s, mtime_s))
+
+
+def test_a_change_of_the_packaged_model_is_warned_once_per_change(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # given a server's watch on the model it started with
+    model_path = packaged_copy(tmp_path)
+    watch = local_lambda.ModelWatch(manifest_path_for(model_path))
+    caplog.set_level("INFO", logger="local_lambda")
+    watch.check()
+    assert caplog.records == [], "nothing changed: nothing said"
+    # when another model is packaged in its place, and checked twice
+    repackage(model_path, 1_000_000_000, name="mymodel", version="2")
+    watch.check()
+    watch.check()
+    # then one warning names both models and what to do
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            "the packaged model changed since start (park1991/1 -> mymodel/2): restart make serve to serve it",
+        )
+    ]
+    # and each further change is warned once more; the model served coming back is said once too
+    repackage(model_path, 1_000_000_100, name="mymodel", version="3")
+    watch.check()
+    repackage(model_path, 1_000_000_200)
+    watch.check()
+    watch.check()
+    assert [r.getMessage() for r in caplog.records[1:]] == [
+        "the packaged model changed since start (park1991/1 -> mymodel/3): restart make serve to serve it",
+        "the packaged model is again the one served (park1991/1)",
+    ]
+
+
+def test_a_model_served_through_gpy_or_missing_is_described_as_such(tiny_model_path: Path, tmp_path: Path):
+    # given a pickle packaged for the GPy route, and a path where nothing is packaged
+    # when they are described, as `serve` does at start
+    pickle_level, pickle_line = local_lambda.describe_model(tiny_model_path, ROOT)
+    missing_level, missing_line = local_lambda.describe_model(tmp_path / "pretrained-model.npz", ROOT)
+    # then
+    assert pickle_level == logging.INFO
+    assert ", GPy pickle (GPy.models.GPRegression, " in pickle_line
+    assert "training data published: inputs;" in pickle_line
+    assert missing_level == logging.WARNING
+    assert "model manifest pretrained-model.manifest.json is missing" in missing_line
+    assert "the API answers 503" in missing_line
