@@ -16,7 +16,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction package-model scan bench bench-analyses bench-coverage bench-draws bench-explorer load openapi events clean
+.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction package-model scan bench bench-analyses bench-coverage bench-draws bench-explorer load openapi events docs docs-build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,12 +50,20 @@ browser:  ## Headless Chromium and chromedriver for the browser tests (apt-get i
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else echo "warning: no chromium/chromedriver: the browser tests will fail (install Debian's chromium and chromium-driver, or your system's)" >&2; fi
 
-check: lint typecheck scan test  ## Lint, type-check, scan the template and run the whole test suite (what CI runs)
+check: lint typecheck scan docs-build test  ## Lint, type-check, scan the template, build the docs strict and run the whole test suite (what CI runs)
 
 scan: setup $(SCAN_VENV)/.installed  ## sam validate --lint, cfn-lint and checkov (offline) on template.yaml: no unexplained finding
 	PATH="$(SAM_PATH)" $(VENV)/bin/sam validate --lint
 	$(VENV)/bin/cfn-lint template.yaml
 	$(SCAN_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
+
+# The documentation site (mkdocs.yml): built with --strict, so a broken link or anchor fails, into a temporary
+# folder so that the tree stays clean; tests/test_docs.py runs its examples.
+docs-build: setup  ## Build the documentation site with --strict (a broken link or anchor fails) into a temporary folder
+	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir "$$site"
+
+docs: setup  ## Serve the documentation site on http://127.0.0.1:8000, rebuilt on every save
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
 
 test: setup browser  ## Run the test suite
 	PATH="$(SAM_PATH)" $(PY) -m pytest
