@@ -378,8 +378,8 @@
       askForKey(Boolean(sessionStorage.getItem(KEY_STORAGE)));
     } else if (needsSignature(error)) {
       document.body.dataset.state = "refused";
-      say("This API wants signed requests (AuthMode IAM), which a page cannot make: see the README's "
-        + "\"See the model\" for what to do instead.", "error");
+      say("This API wants signed requests (AuthMode IAM), which a page cannot make: serve the model "
+        + "locally (make serve) or open the page through a SigV4-signing proxy: docs/explorer.md, \"Access\".", "error");
     } else {
       document.body.dataset.state = "error";
       say(`Could not draw the model: ${error.message}`, "error");
