@@ -11,13 +11,19 @@ as large as the route's body limit allows (parsing.BodyLimits: what the route's 
 The README's rule: refusing costs at most 2x the CPU and at most +100 MB of peak RSS over answering the
 route's largest valid request.
 
+The analyses' largest valid requests are the largest the served model's budget accepts (handler.analyses.budget:
+the work on this model, m points and p outputs), found as the routes find them. `--sizes` runs the analysis routes
+against synthetic models of m points and several outputs (tests/large_models.py), one BLAS thread as on the function.
+
     python benchmarks/refusal_cost.py [--repeats 3] [--quick] [--route /sample]
+    python benchmarks/refusal_cost.py --sizes 1000,8000 --outputs 1,10 --quick   # the analyses on large models
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -45,13 +51,39 @@ if route == "limits":
     from handler.jobs.routes import DESIGN_BODY_BYTES
     jobs = parser.limits.max_bytes + DESIGN_BODY_BYTES
     from handler.api import analyses
-    from handler.api.limits import ANALYSIS_MAX_N, PROPAGATE_MAX_N, SUGGEST_MAX_PENDING, SUGGEST_MAX_Q
+    from handler.api.limits import (ANALYSIS_MAX_DRAW_VALUES, ANALYSIS_MAX_N, ANALYSIS_MAX_VALUES, MAX_BINS,
+                                    MAX_QUANTILES, MAX_THRESHOLDS, PROPAGATE_MAX_N, SUGGEST_MAX_PENDING, SUGGEST_MAX_Q)
     limits |= {"/sensitivity": analyses._SMALL_BODY, "/propagate": analyses._SMALL_BODY,
                "/suggest": analyses._suggest_limits(manifest.features)}
+    # the largest requests this model's budget accepts, as the routes find them
+    budget = analyses.AnalysisBudget(app.model.get().model.posterior, app.settings.function_timeout_seconds)
+    d, p = len(manifest.features), len(manifest.outputs)
+    k = 0 if budget.draws_unavailable() else 100
+    def most(seconds_of, limit):
+        return budget.largest(seconds_of, limit)
+    def memory_n(step, draws):
+        return min(ANALYSIS_MAX_VALUES // (d * step), ANALYSIS_MAX_DRAW_VALUES // (step * max(draws, 1) * p))
+    def sensitivity_n(step, draws):
+        return most(lambda n: budget.sensitivity(n, step, draws), min(ANALYSIS_MAX_N, memory_n(step, draws)))
+    largest = {
+        "sensitivity": [[sensitivity_n(d + 2, draws), draws, False] for draws in sorted({0, k})]
+        + [[sensitivity_n(2 * d + 2, 0), 0, True]],
+        "propagate": [[most(lambda n: budget.propagate(n, draws, MAX_QUANTILES, MAX_THRESHOLDS),
+                            min(PROPAGATE_MAX_N, memory_n(1, draws))), draws] for draws in sorted({0, k})],
+        "bins": MAX_BINS,
+    }
+    suggest = []
+    for acquisition in ("integrated_variance", "expected_improvement"):
+        integrated = acquisition == "integrated_variance"
+        pending = most(lambda c: budget.suggest(SUGGEST_MAX_Q, c, integrated, not integrated), SUGGEST_MAX_PENDING)
+        q = SUGGEST_MAX_Q
+        if budget.suggest(q, pending, integrated, not integrated) > budget.seconds:
+            pending, q = 0, most(lambda q: budget.suggest(q, 0, integrated, not integrated), SUGGEST_MAX_Q)
+        suggest.append([acquisition, q, pending])
+    largest["suggest"] = suggest
     print(json.dumps({"features": manifest.features, "name": manifest.name, "outputs": len(manifest.outputs),
-                      "bounds": manifest.bounds.tolist(),
-                      "analyses": [app.settings.analysis_draw_budget, ANALYSIS_MAX_N, PROPAGATE_MAX_N,
-                                   SUGGEST_MAX_Q, SUGGEST_MAX_PENDING],
+                      "bounds": manifest.bounds.tolist(), "output_names": manifest.outputs,
+                      "analyses": largest, "m": budget.cost.m,
                       **{r: [l.max_bytes, l.max_containers] for r, l in limits.items()},
                       "/jobs": [jobs, parser.limits.max_containers],
                       "sample_max": [app.SAMPLE_MAX_POINTS, app.SAMPLE_MAX_VALUES]}))
@@ -188,43 +220,47 @@ class Bodies:
         }
 
     def sensitivity(self) -> dict[str, bytes]:
-        budget, max_n, _, _, _ = self.info["analyses"]
-        d = len(self.features)
-        draws = budget // (max_n * (d + 2))
-        second_draws = budget // (max_n * (2 * d + 2))
+        valid = {}
+        for n, draws, second in self.info["analyses"]["sensitivity"]:
+            if n >= 16:
+                name = f"valid: n {n:,}, {draws} posterior samples" + (", second order" if second else "")
+                valid[name] = json.dumps({"n": n, "posterior_samples": draws, "second_order": second, "seed": 1})
+        over = b'{"n":16384,"posterior_samples":100,"second_order":true,"seed":1}'
         return {
-            f"valid: n {max_n:,}, {draws} posterior samples": (
-                f'{{"n":{max_n},"posterior_samples":{draws},"seed":1}}'
-            ).encode(),
-            f"valid: n {max_n:,}, second order, {second_draws} posterior samples": (
-                f'{{"n":{max_n},"posterior_samples":{second_draws},"second_order":true,"seed":1}}'
-            ).encode(),
+            **{k: v.encode() for k, v in valid.items()},
+            "over the model's budget: n 16,384, 100 posterior samples, second order": over,
             **self._analysis_hostile("/sensitivity"),
         }
 
     def propagate(self) -> dict[str, bytes]:
-        budget, _, max_n, _, _ = self.info["analyses"]
-        draws = min(100, budget // max_n)
-        thresholds = ",".join(["1.5"] * 100)
-        quantiles = ",".join(f"{(i + 1) / 100:g}" for i in range(99))
+        thresholds = [1.5] * 100
+        quantiles = [(i + 1) / 100 for i in range(99)]
+        valid = {}
+        for n, draws in self.info["analyses"]["propagate"]:
+            if n >= 16:
+                name = f"valid: n {n:,}, {draws} posterior samples, 99 quantiles, 100 thresholds, 200 bins"
+                body = {"n": n, "posterior_samples": draws, "quantiles": quantiles, "thresholds": thresholds}
+                valid[name] = json.dumps(body | {"bins": self.info["analyses"]["bins"], "seed": 1})
+        over = {"n": 65_536, "posterior_samples": 100, "quantiles": quantiles, "thresholds": thresholds, "bins": 200}
         return {
-            f"valid: n {max_n:,}, {draws} posterior samples, 99 quantiles, 100 thresholds, 200 bins": (
-                f'{{"n":{max_n},"posterior_samples":{draws},"quantiles":[{quantiles}],"thresholds":[{thresholds}],'
-                '"bins":200,"seed":1}'
-            ).encode(),
+            **{k: v.encode() for k, v in valid.items()},
+            "over the model's budget: n 65,536, 100 posterior samples, every statistic": json.dumps(over).encode(),
             **self._analysis_hostile("/propagate"),
         }
 
     def suggest(self) -> dict[str, bytes]:
-        _, _, _, max_q, max_pending = self.info["analyses"]
-        pending = self.rows(max_pending)
+        valid = {}
+        for acquisition, q, pending in self.info["analyses"]["suggest"]:
+            if q >= 1:
+                extra = ',"goal":"maximize","output":' + json.dumps(self.info["output_names"][0])
+                body = (
+                    f'{{"q":{q},"acquisition":"{acquisition}","pending":{self.rows(pending)},"seed":1'
+                    + (extra if acquisition == "expected_improvement" else "")
+                    + "}"
+                )
+                valid[f"valid: {acquisition.replace('_', ' ')}, q {q}, {pending} pending"] = body
         return {
-            f"valid: integrated variance, q {max_q}, {max_pending} pending": (
-                f'{{"q":{max_q},"acquisition":"integrated_variance","pending":{pending},"seed":1}}'
-            ).encode(),
-            f"valid: expected improvement, q {max_q}, {max_pending} pending": (
-                f'{{"q":{max_q},"acquisition":"expected_improvement","goal":"maximize","pending":{pending},"seed":1}}'
-            ).encode(),
+            **{k: v.encode() for k, v in valid.items()},
             **self._analysis_hostile("/suggest"),
             "pending over its limit": fill(lambda n: '{"pending":' + self.rows(n) + "}", self.info["/suggest"][0]),
         }
@@ -346,9 +382,15 @@ def small_requests(route: str, bodies: Bodies) -> tuple[object, object]:
     }[route]
 
 
-def measure(route: str, body: bytes, repeats: int, warm: tuple[object, object] = (None, None)) -> dict:
+def measure(
+    route: str, body: bytes, repeats: int, warm: tuple[object, object] = (None, None), model: Path | None = None
+) -> dict:
     command = [sys.executable, "-c", MEASURE, str(ROOT), route, str(repeats), json.dumps(warm[0]), json.dumps(warm[1])]
-    result = subprocess.run(command, input=body, capture_output=True, timeout=900, cwd=ROOT)
+    # one BLAS thread, as on the function (and the analyses' budget assumes)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    if model is not None:
+        env["MODEL_PATH"] = str(model)
+    result = subprocess.run(command, input=body, capture_output=True, timeout=900, cwd=ROOT, env=env)
     if result.returncode != 0:
         raise RuntimeError(result.stderr.decode()[-3000:])
     return json.loads(result.stdout.decode().strip().splitlines()[-1])
@@ -365,14 +407,10 @@ ROUTE_NAMES = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="one run of each, for CI")
-    parser.add_argument("--route", choices=sorted(ROUTE_NAMES), action="append", help="measure only these routes")
-    args = parser.parse_args(argv)
-    repeats = 1 if args.quick else args.repeats
-    info = measure("limits", b"", 1)
+def run(routes: list[str] | None, repeats: int, model: Path | None = None) -> tuple[list[str], bool]:
+    """Measure every body of the routes (all when None) against the model; the refusals over the target, and
+    whether every refusal was a 4xx."""
+    info = measure("limits", b"", 1, model=model)
     bodies = Bodies(info)
     by_route = {
         "/predict": bodies.predict,
@@ -383,15 +421,17 @@ def main(argv: list[str] | None = None) -> int:
         "/propagate": bodies.propagate,
         "/suggest": bodies.suggest,
     }
+    where = f" on {model.name} (m = {info['m']:,}, {info['outputs']} outputs)" if model else f" (m = {info['m']:,})"
+    print(f"\n{info['name']}{where}\n")
     print("| route | body | bytes | status | CPU ms | CPU vs largest valid | peak RSS rise MB | MB over valid |")
     print("|---|---|---|---|---|---|---|---|")
     failures, all_4xx = [], True
     every_body = {route: make() for route, make in by_route.items()}  # all made, whichever are measured
     for route, route_bodies in every_body.items():
-        if args.route and route not in args.route:
+        if routes and route not in routes:
             continue
         warm = small_requests(route, bodies)
-        rows = [(name, body, measure(route, body, repeats, warm)) for name, body in route_bodies.items()]
+        rows = [(name, body, measure(route, body, repeats, warm, model)) for name, body in route_bodies.items()]
         valid = [result for name, _, result in rows if name.startswith("valid")]
         assert all(result["status"] in (200, 202) for result in valid), valid
         reference_cpu = max(result["cpu_s"] for result in valid)
@@ -409,6 +449,32 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {cpu_ratio:.2f}x | {result['peak_rise_mb']:.1f} | {memory_over:+.1f} |",
                 flush=True,
             )
+    return failures, all_4xx
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one run of each, for CI")
+    parser.add_argument("--route", choices=sorted(ROUTE_NAMES), action="append", help="measure only these routes")
+    parser.add_argument("--sizes", help="synthetic models of these m (comma-separated): the analysis routes on each")
+    parser.add_argument("--outputs", default="1", help="with --sizes: numbers of outputs (comma-separated)")
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    failures: list[str] = []
+    all_4xx = True
+    if args.sizes:
+        sys.path.insert(0, str(ROOT))
+        from tests.large_models import write_synthetic_model
+
+        folder = Path(os.environ.get("ANALYSES_BENCH_MODELS", "/tmp/analyses-bench-models"))
+        routes = args.route or ["/sensitivity", "/propagate", "/suggest"]
+        for m in (int(v) for v in args.sizes.split(",")):
+            for p in (int(v) for v in args.outputs.split(",")):
+                found, every_4xx = run(routes, repeats, write_synthetic_model(folder, m, 4, p))
+                failures, all_4xx = failures + [f"m={m} p={p}: {f}" for f in found], all_4xx and every_4xx
+    else:
+        failures, all_4xx = run(args.route, repeats)
     print(
         f"\ntarget: each refusal at most {CPU_RATIO_TARGET:g}x the CPU and +{MEMORY_TARGET_MB:g} MB of its route's "
         "largest valid request"

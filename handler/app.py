@@ -32,6 +32,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.api import analyses, inference_protocol
+from handler.api.deadline import check_deadline, covariance_ms, predict_within_deadline
 from handler.api.errors import RequestError, brief
 from handler.api.limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES, covariance_limit
 from handler.api.parsing import (
@@ -49,15 +50,9 @@ from handler.api.services import Services
 from handler.config import load_settings
 from handler.gp.artifact import Manifest, ModelUnavailableError
 from handler.gp.broken import ModelBrokenError
-from handler.gp.model import LazyModel, LoadedModel, SurrogateModel
-from handler.gp.posterior import Z_95, Prediction
+from handler.gp.model import LazyModel, LoadedModel
+from handler.gp.posterior import Z_95
 from handler.jobs import routes as job_routes
-
-# Batches are predicted in slices, checking Lambda's remaining time before each; the reserve covers
-# serialising and returning the answer (~20 ms for 10,000 points) with a wide margin. Smaller slices
-# cost throughput (measured: 2,000-point slices make a 10,000-point request ~20% slower).
-BUDGET_SLICE_POINTS = 10_000
-RESERVED_MS = 1_000
 
 
 def _to_json(value: Any) -> str:
@@ -104,7 +99,7 @@ def load_before_snapshot() -> None:
     A failure is logged and left to the first request (a 503 and a retry), as without SnapStart.
     """
     try:
-        _loaded_model()
+        analyses.prepare(_loaded_model())  # and what the analyses cache of it (a sparse model's draw factors)
     except ModelUnavailableError as exc:
         logger.error("model not loaded before the snapshot", extra={"reason": str(exc)})
         model.clear_failure()  # restored environments start later: their first request tries at once
@@ -164,20 +159,28 @@ def predict() -> Any:
         raise RequestError(422, "batch too large for include=covariance", [("include", message)])
     loaded = _loaded_model()
     with _subsegment("predict"):
-        mean, variance = _predict_within_budget(loaded.model, request.points, options.latent)
-    if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
-        raise ArithmeticError("model returned non-finite predictions")
-    # Positive in exact arithmetic; clip rounding below zero (a latent variance far inside the data).
-    np.maximum(variance, 0.0, out=variance)
+        (mean, variance), gradients = predict_within_deadline(
+            loaded.model,
+            request.points,
+            options.latent,
+            app.lambda_context.get_remaining_time_in_millis,
+            options.include_gradient,
+        )
     metrics.add_metric(name="PointsPredicted", unit=MetricUnit.Count, value=len(request.points))
     metrics.add_metric(name="BatchSize", unit=MetricUnit.Count, value=len(request.points))
     if not (options.include_gradient or options.include_covariance):
         return _prediction_body(request, options, manifest, mean, variance)
     extras: dict[str, Any] = {}
-    with _subsegment("gradients and covariance"):
-        if options.include_gradient:
-            extras["gradients"] = loaded.model.gradients(request.points)
-        if options.include_covariance:
+    if gradients is not None:
+        extras["gradients"] = gradients
+    if options.include_covariance:
+        # one piece (at most covariance_limit points): started only if its estimate fits the time left
+        check_deadline(
+            app.lambda_context.get_remaining_time_in_millis(),
+            covariance_ms(loaded.model, len(request.points)),
+            f"predicted {len(request.points)} points, not their covariance,",
+        )
+        with _subsegment("covariance"):
             extras["covariance"] = loaded.model.covariance(request.points, latent=options.latent)
     return _extended_body(request, options, manifest, mean, variance, **extras)
 
@@ -309,26 +312,6 @@ def _loaded_model() -> LoadedModel:
             raise
     metrics.add_metric(name="ModelLoadTime", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000)
     return loaded
-
-
-def _predict_within_budget(surrogate: SurrogateModel, points: np.ndarray, latent: bool) -> Prediction:
-    """Predict slice by slice, and answer 504 rather than let Lambda kill a batch that will not finish in time.
-
-    A slice starts only while the time left exceeds the reserve plus what the previous slice took.
-    """
-    remaining_ms = app.lambda_context.get_remaining_time_in_millis
-    mean, variance = np.empty((len(points), surrogate.output_dim)), np.empty((len(points), surrogate.output_dim))
-    last_slice_ms = 0.0
-    for start in range(0, len(points), BUDGET_SLICE_POINTS):
-        if remaining_ms() < RESERVED_MS + last_slice_ms:
-            logger.warning("time budget exceeded", extra={"points": len(points), "predicted": start})
-            message = f"predicted {start} of {len(points)} points before the function's deadline; send smaller batches"
-            raise RequestError(504, "time budget exceeded", [("body", message)])
-        started = time.perf_counter()
-        stop = start + BUDGET_SLICE_POINTS
-        mean[start:stop], variance[start:stop] = surrogate.predict(points[start:stop], latent=latent)
-        last_slice_ms = (time.perf_counter() - started) * 1000
-    return Prediction(mean, variance)
 
 
 def _prediction_body(

@@ -88,9 +88,10 @@ class Settings:
     job_chunk_points: int = 200_000
     """Points a worker predicts per SQS message (benchmarks/jobs.py measured the choice)."""
     job_max_points: int = 10_000_000
-    analysis_draw_budget: int = 2_500_000
-    """/sensitivity and /propagate: points evaluated x posterior draws per request (what those routes' time follows)."""
     """Most points one job may have (a design's n, an upload's rows)."""
+    function_timeout_seconds: float = 15.0
+    """The function's timeout (template.yaml's Timeout): an analysis may cost a third of it less a second, as
+    estimated on the model served (handler.analyses.budget)."""
     job_retention_days: int = 7
     """Job records and objects expire this long after submission (DynamoDB TTL, S3 lifecycle)."""
 
@@ -127,8 +128,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "job_dead_letter_queue_arn": ("JOB_DEAD_LETTER_QUEUE_ARN", str),
     "job_chunk_points": ("JOB_CHUNK_POINTS", _number(int, 100, 1_000_000)),
     "job_max_points": ("JOB_MAX_POINTS", _number(int, 1, 100_000_000)),
-    # 2,500,000 costs /sensitivity 5-7.5 s of CPU (benchmarks/analyses.py): twice that nears the 15 s timeout
-    "analysis_draw_budget": ("ANALYSIS_DRAW_BUDGET", _number(int, 1, 5_000_000)),
+    "function_timeout_seconds": ("FUNCTION_TIMEOUT_SECONDS", _number(float, 3.0, 900.0)),
     "job_retention_days": ("JOB_RETENTION_DAYS", _number(int, 1, 365)),
 }
 assert set(_ENVIRONMENT) == {f.name for f in fields(Settings)}

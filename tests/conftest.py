@@ -71,10 +71,10 @@ def wait_for_job(base_url: str, job_id: str, timeout_s: float = 120) -> dict:
 def env_vars_file(folder: Path, model_path: Path) -> Path:
     """Overrides in `sam local --env-vars` format that point the functions (API and job worker) at another model.
 
-    Jobs are capped at 20,000 points and analyses at 50,000 point-draws, so that what the fuzzer sends stays quick.
+    Jobs are capped at 20,000 points, so that what the fuzzer sends stays quick.
     """
     path = folder / "env.json"
-    overrides = {"MODEL_PATH": str(model_path), "JOB_MAX_POINTS": "20000", "ANALYSIS_DRAW_BUDGET": "50000"}
+    overrides = {"MODEL_PATH": str(model_path), "JOB_MAX_POINTS": "20000"}
     path.write_text(json.dumps({"Parameters": overrides}))
     return path
 

@@ -199,6 +199,33 @@ def test_a_constant_output_has_zero_indices():
     assert all(e.estimate == 0.0 for e in (*result.first_order, *result.total))
 
 
+def test_a_variance_and_a_standard_deviation_are_never_below_zero_at_either_end():
+    # given outputs that barely vary: constant but for one point (the bootstrap's spread rivals the variance)
+    d, n = 4, 256
+    outputs = np.full(n * (d + 2), 0.25)
+    outputs[7] += 1e-15
+    # when their variance and standard deviation are estimated
+    variance = analyse(outputs, None, d, False, seed=1).variance
+    spread = propagate(outputs[:n], None, [0.5], [], 10, np.random.default_rng(1)).std
+    # then each interval is held at zero from below
+    assert 0.0 <= variance.ci_low <= variance.estimate <= variance.ci_high
+    assert 0.0 <= spread.ci_low <= spread.estimate <= spread.ci_high
+
+
+def test_a_truncated_normal_without_representable_probability_has_no_mass():
+    # given intervals 37.0, 37.4 (representable) and 37.6, 38.4 standard deviations from the mean
+    def interval(sd: float) -> dist.TruncatedNormal:
+        return dist.TruncatedNormal(0.5, 0.01, 0.5 + sd * 0.01, 0.5 + (sd + 1) * 0.01)
+
+    # then the first two have mass and finite samples; the others have none, in both tails
+    for sd in (37.0, 37.4):
+        assert interval(sd).mass > 0
+        assert np.isfinite(interval(sd).ppf((np.arange(1024) + 0.5) / 1024)).all()
+    for sd in (37.6, 38.4):
+        assert interval(sd).mass == 0.0
+        assert dist.TruncatedNormal(0.5, 0.01, 0.5 - (sd + 1) * 0.01, 0.5 - sd * 0.01).mass == 0.0
+
+
 # --- Sobol' indices of a fitted GP: the Ishigami function ---------------------------------------------------------
 
 

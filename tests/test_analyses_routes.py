@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from handler.api.limits import SUGGEST_MAX_PENDING, SUGGEST_MAX_Q
@@ -183,16 +184,24 @@ def test_distributions_are_checked_against_the_domain(park_app):
     assert body["details"][0]["field"].startswith(f"inputs.{feature}")
 
 
-def test_too_much_work_is_refused_naming_the_limit_before_the_model_is_loaded(park_app):
-    d = len(features_of(park_app))
-    n = 16_384
-    budget = park_app.settings.analysis_draw_budget
-    samples = budget // (n * (d + 2)) + 1
-    status, body = call(park_app, "/sensitivity", {"n": n, "posterior_samples": samples})
+def test_too_much_work_is_refused_naming_the_budget_before_any_work(park_app, monkeypatch):
+    # given the most draws at the largest n on the Park model (m = 200): ~17 s of draws on one vCPU
+    from handler.analyses import function_draws
+
+    def no_draws(*args, **kwargs):
+        raise AssertionError("the refused request was worked on")
+
+    monkeypatch.setattr(function_draws.PosteriorFunctionDraws, "__init__", no_draws)
+    # when
+    status, body = call(park_app, "/sensitivity", {"n": 16_384, "posterior_samples": 100})
+    # then it is refused before any draw, naming the budget, the model's size and what fits instead
     assert status == 422
     assert body["details"][0]["field"] == "posterior_samples"
-    assert str(budget) in body["details"][0]["message"]
-    assert not park_app.model.is_loaded
+    message = body["details"][0]["message"]
+    assert "16384 x 6 x 100 x 1" in message
+    assert "this model's budget of 4.7 s" in message
+    assert "m = 200 training points" in message
+    assert "at most" in message
 
 
 def test_pending_points_are_counted_and_checked(park_app):
@@ -285,3 +294,29 @@ def test_equal_bounds_hold_a_feature_fixed(park_app):
     status, body = call(park_app, "/suggest", {"q": 4, "bounds": {feature: [0.25, 0.25]}, "seed": 3})
     assert status == 200, body
     assert {p["x"][feature] for p in body["points"]} == {0.25}
+
+
+@pytest.mark.parametrize("path", ["/sensitivity", "/propagate"])
+def test_a_truncnormal_38_std_from_its_mean_is_refused_for_what_it_is(park_app, path):
+    # given a truncated normal on [mean + 38.4 std, mean + 39.4 std], inside the domain
+    feature = features_of(park_app)[0]
+    spec = {"distribution": "truncnormal", "mean": 0.5, "std": 0.01, "low": 0.884, "high": 0.894}
+    # when
+    status, body = call(park_app, path, {"n": 1024, "seed": 1, "inputs": {feature: spec}})
+    # then the refusal says the normal holds no representable probability there, not that samples are far off
+    assert status == 422, body
+    assert body["details"][0]["field"] == f"inputs.{feature}"
+    assert "no representable probability" in body["details"][0]["message"]
+
+
+@pytest.mark.parametrize("best", [-1e160, -1e200, -1e300])
+def test_expected_improvement_far_above_the_incumbent_is_the_improvement(park_app, best):
+    # given an incumbent so low that every point improves on it by about -best
+    status, body = call(
+        park_app, "/suggest", {"q": 2, "acquisition": "expected_improvement", "goal": "maximize", "best": best}
+    )
+    # then EI is the improvement, mean - best, to rounding (Phi(u) = 1 and phi(u) = 0 in floats this far up)
+    assert status == 200, body
+    for point in body["points"]:
+        improvement = point["prediction"]["mean"] - best
+        assert point["acquisition"] == pytest.approx(improvement, rel=4 * np.finfo(float).eps)

@@ -95,22 +95,22 @@ def test_the_largest_batch_allowed_is_answered_in_full(app_with_model):
     assert len(by_rows["body"]) < 6 * 1024 * 1024, "the answer fits Lambda's response payload limit"
 
 
-def test_a_batch_that_would_outrun_the_deadline_gets_504_not_a_timeout(app_with_model, caplog, monkeypatch):
+def test_a_batch_that_would_outrun_the_deadline_gets_504_not_a_timeout(app_with_model, caplog):
     # given a function with 5 s left, whose clock then runs out after the first slice of the batch
-    from handler import app as app_module
+    from handler.api.deadline import UNKNOWN_MODEL_SLICE_POINTS
 
-    monkeypatch.setattr(app_module, "BUDGET_SLICE_POINTS", 2_000)
     remaining = iter([5_000, 500])
     context = lambda_context()
     context.get_remaining_time_in_millis = lambda: next(remaining, 0)
-    rows = [POINT] * (3 * app_module.BUDGET_SLICE_POINTS)
+    rows = [POINT] * (3 * UNKNOWN_MODEL_SLICE_POINTS)  # a pickle's slices: no cost model
     # when
     response = app_with_model.lambda_handler(api_event(body=rows), context)
     # then
     assert response["statusCode"] == 504
     body = json.loads(response["body"])
     assert body["error"] == "time budget exceeded"
-    assert body["details"][0]["message"].startswith(f"predicted {app_module.BUDGET_SLICE_POINTS} of {len(rows)} points")
+    done = f"predicted {UNKNOWN_MODEL_SLICE_POINTS} of {len(rows)} points"
+    assert body["details"][0]["message"].startswith(done)
     assert "time budget exceeded" in caplog.text
     # and the next request, with time to spare, succeeds
     assert app_with_model.lambda_handler(api_event(body=rows), lambda_context())["statusCode"] == 200

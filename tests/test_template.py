@@ -51,6 +51,14 @@ def test_function_runs_python_313_on_arm64_with_powertools_settings(template: di
     assert function["Handler"] == "handler.app.lambda_handler"
 
 
+def test_the_api_function_knows_its_own_timeout(template: dict):
+    # given the API function's timeout (its own, else Globals') and the setting its work budgets derive from
+    function = template["Resources"]["PredictFunction"]["Properties"]
+    timeout = function.get("Timeout", template["Globals"]["Function"]["Timeout"])
+    # then they agree: a budget derived from another timeout would be killed, or refuse what fits
+    assert float(function["Environment"]["Variables"]["FUNCTION_TIMEOUT_SECONDS"]) == float(timeout)
+
+
 def test_the_api_declares_exactly_the_handlers_paths_with_any_method(template: dict):
     from handler.app import app
 

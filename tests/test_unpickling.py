@@ -571,3 +571,16 @@ def test_a_refused_artifact_with_a_matching_checksum_gets_a_fixed_503_and_the_re
     assert (refusal.levelname, refusal.refused_global) == ("ERROR", refused)
     [unavailable] = [record for record in caplog.records if record.getMessage() == "model unavailable"]
     assert f"the pickle references {refused}" in unavailable.reason
+
+
+def test_a_classifiers_observation_variance_is_that_of_a_bernoulli_outcome():
+    # given a GPy classifier (Bernoulli likelihood, EP), whose own predict answers NaN for the variance
+    gp = supported_model("bernoulli-ep")
+    X = np.random.default_rng(3).uniform(-1.0, 2.0, size=(9, gp.input_dim))
+    assert np.isnan(gp.predict(X)[1]).all()
+    # when the GPy route predicts observations
+    predicted = wrap_gpy_model(gp).predict(X)
+    # then the variance is p (1 - p) of the predicted probability p, finite, and no "model broken"
+    p = gp.predict(X)[0]
+    np.testing.assert_allclose(predicted.mean, p, rtol=1e-12)
+    np.testing.assert_allclose(predicted.variance, p * (1 - p), rtol=1e-12)

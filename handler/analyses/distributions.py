@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 _SQRT2 = math.sqrt(2.0)
+_SMALLEST_NORMAL = float(np.finfo(float).tiny)  # 2.2e-308: below it floats are subnormal, with fewer digits
 
 
 def normal_cdf(x: float) -> float:
@@ -129,8 +130,12 @@ class TruncatedNormal:
 
     @property
     def mass(self) -> float:
-        """The normal's probability of [low, high]: 0 when it underflows (an interval ~38 std or more away)."""
+        """The normal's probability of [low, high]: 0 when it is not representable (an interval ~37.5 std or more
+        away: its tail probability is below the smallest normal float, where it keeps too few digits to sample)."""
         a, b = (self.low - self.mean) / self.std, (self.high - self.mean) / self.std
+        nearest_tail = normal_sf(a) if a > 0 else normal_cdf(b)
+        if nearest_tail < _SMALLEST_NORMAL:
+            return 0.0
         return normal_sf(a) - normal_sf(b) if a > 0 else normal_cdf(b) - normal_cdf(a)
 
     def ppf(self, u: np.ndarray) -> np.ndarray:

@@ -17,9 +17,13 @@ freedom for a Matern-nu (nu = 1/2 for the Exponential).
 from __future__ import annotations
 
 import math
+import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
+from handler.analyses.budget import Deadline, no_deadline
+from handler.gp.broken import require_finite
 from handler.gp.posterior import GPPosterior
 from handler.gp.sampling import factor
 
@@ -27,6 +31,51 @@ FOURIER_FEATURES = 256  # per draw
 # Matern smoothness nu of each kernel; the RBF is the limit nu -> infinity (a normal spectral density).
 _SMOOTHNESS = {"Exponential": 0.5, "Matern32": 1.5, "Matern52": 2.5, "RBF": math.inf}
 CHUNK_BYTES = 32 * 2**20
+# A sparse model's draw factors are two m x m arrays: cached for models up to this many inducing points (2 x 200 MB)
+SPARSE_FACTORS_MAX_INPUTS = 5_000
+
+
+@dataclass(frozen=True)
+class SparseDrawFactors:
+    """What a sparse model's draws need of it, once per model rather than per request (an O(m^3) factorisation).
+
+    With u ~ q(u) = N(Kzz w, Kzz - Kzz A Kzz), the update Kzz^-1 (u - f(Z)) is w + S e - Kzz^-1 f(Z), e ~ N(0, I),
+    where S S^T = Kzz^-1 - A (the covariance of Kzz^-1 u).
+    """
+
+    kzz_inverse: np.ndarray  # (m, m)
+    root: np.ndarray  # S, (m, m)
+
+
+_sparse_factors: dict[int, tuple[weakref.ref[GPPosterior], SparseDrawFactors]] = {}
+
+
+def sparse_factors(posterior: GPPosterior, *, compute: bool = True) -> SparseDrawFactors | None:
+    """The posterior's cached draw factors (computed now if `compute`), or None; only for sparse models."""
+    assert posterior.woodbury_inverse is not None
+    cached = _sparse_factors.get(id(posterior))
+    if cached is not None and cached[0]() is posterior:
+        return cached[1]
+    if not compute:
+        return None
+    Kzz = posterior.cross_covariance(posterior.inputs)
+    Kzz = 0.5 * (Kzz + Kzz.T)
+    root_kzz, _, _ = factor(Kzz)
+    root_inverse = np.linalg.inv(root_kzz)
+    kzz_inverse = root_inverse.T @ root_inverse
+    del root_inverse, root_kzz, Kzz
+    covariance = kzz_inverse - posterior.woodbury_inverse
+    covariance += covariance.T
+    covariance *= 0.5
+    root, _, _ = factor(covariance)
+    factors = SparseDrawFactors(kzz_inverse, root)
+    _sparse_factors.clear()  # one model per process: a replaced model's factors go with it
+    _sparse_factors[id(posterior)] = (weakref.ref(posterior), factors)
+    return factors
+
+
+def sparse_draws_cacheable(posterior: GPPosterior) -> bool:
+    return posterior.n_inputs <= SPARSE_FACTORS_MAX_INPUTS
 
 
 class PosteriorFunctionDraws:
@@ -66,14 +115,9 @@ class PosteriorFunctionDraws:
             noise = rng.standard_normal(prior_at_inputs.shape) * math.sqrt(posterior.factored_noise_variance)
             self.update = w - posterior.solve(prior_at_inputs + noise)
         else:
-            assert posterior.woodbury_inverse is not None
-            Kzz = posterior.cross_covariance(U)
-            Kzz = 0.5 * (Kzz + Kzz.T)
-            inducing_covariance = Kzz - Kzz @ posterior.woodbury_inverse @ Kzz
-            root, _, _ = factor(0.5 * (inducing_covariance + inducing_covariance.T))
-            inducing = Kzz @ w + root @ rng.standard_normal(w.shape)
-            root_kzz, _, _ = factor(Kzz)
-            self.update = np.linalg.solve(root_kzz @ root_kzz.T, inducing - prior_at_inputs)
+            factors = sparse_factors(posterior)
+            assert factors is not None
+            self.update = w + factors.root @ rng.standard_normal(w.shape) - factors.kzz_inverse @ prior_at_inputs
 
     def _prior(self, X: np.ndarray, exact: bool = True) -> np.ndarray:
         """The draws' prior functions at the points, (len(X), draws, outputs).
@@ -104,13 +148,41 @@ class PosteriorFunctionDraws:
 
     def evaluate(self, X: np.ndarray) -> np.ndarray:
         """The draws at the points, on the outputs' scale: (len(X), draws, outputs)."""
+        return self.evaluate_with_mean(X)[1]
+
+    def evaluate_with_mean(self, X: np.ndarray, deadline: Deadline | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The posterior mean (len(X), outputs) and the draws (len(X), draws, outputs) at the points, on the outputs'
+        scale: the mean from the same kernel rows as the draws' update. The deadline is checked between chunks."""
+        deadline = deadline or no_deadline()
+        mean = np.empty((len(X), self.outputs))
         values = np.empty((len(X), self.draws, self.outputs))
         rows = max(1, CHUNK_BYTES // (8 * (len(self.phases) + self.posterior.n_inputs)))
         for start in range(0, len(X), rows):
+            deadline.check(f"{start} of {len(X)} points evaluated for {self.draws} posterior draws")
             chunk = X[start : start + rows]
-            update = self.posterior.cross_covariance(chunk) @ self.update
+            K = self.posterior.cross_covariance(chunk)
+            mean[start : start + rows] = K @ self.posterior.woodbury_vector
+            update = K @ self.update
+            del K
             prior = self._prior(chunk, exact=False)
             values[start : start + rows] = prior + update.reshape(len(chunk), self.draws, self.outputs)
         values *= self.posterior.y_std
         values += self.posterior.y_mean
-        return values
+        mean *= self.posterior.y_std
+        mean += self.posterior.y_mean
+        require_finite("the posterior mean and draws", mean, values)  # a broken file: a 503, as predict's
+        return mean, values
+
+
+def posterior_mean(posterior: GPPosterior, X: np.ndarray, deadline: Deadline | None = None) -> np.ndarray:
+    """The posterior mean alone, (len(X), outputs): m per point, without predict's variance (m^2 per point)."""
+    deadline = deadline or no_deadline()
+    mean = np.empty((len(X), posterior.woodbury_vector.shape[1]))
+    rows = max(1, CHUNK_BYTES // (8 * posterior.n_inputs))
+    for start in range(0, len(X), rows):
+        deadline.check(f"{start} of {len(X)} points evaluated")
+        mean[start : start + rows] = posterior.cross_covariance(X[start : start + rows]) @ posterior.woodbury_vector
+    mean *= posterior.y_std
+    mean += posterior.y_mean
+    require_finite("the posterior mean", mean)  # a broken file: a 503, as predict's
+    return mean

@@ -75,6 +75,8 @@ def propagate(
     estimates = [
         IndexEstimate(float(e), float(e - Z_95 * s), float(e + Z_95 * s)) for e, s in zip(estimate, sd, strict=True)
     ]
+    # a standard deviation is not negative (its normal interval reaches below 0 where the output barely varies)
+    estimates[1] = IndexEstimate(estimates[1].estimate, max(0.0, estimates[1].ci_low), estimates[1].ci_high)
     q, probs = len(p), estimates[2 + len(p) :]
     probs = [IndexEstimate(e.estimate, max(0.0, e.ci_low), min(1.0, e.ci_high)) for e in probs]
     every = mean if draws is None else draws.ravel()

@@ -212,10 +212,15 @@ def _output_variance(
     boot = [np.var(both[np.concatenate([rows, rows + n])]) for rows in resamples.T]  # the same rows of A and B
     sampling = float(np.std(boot, ddof=1))
     if draws is None:
-        return _estimate(float(np.var(both)), sampling)
+        return _nonnegative(_estimate(float(np.var(both)), sampling))
     A, _, _, B = _split(draws, d, second_order)
     values = np.var(np.concatenate([A, B], axis=0), axis=0)  # (k,)
-    return _estimate(float(np.mean(values)), math.sqrt(float(np.var(values, ddof=1)) + sampling**2))
+    return _nonnegative(_estimate(float(np.mean(values)), math.sqrt(float(np.var(values, ddof=1)) + sampling**2)))
+
+
+def _nonnegative(estimate: IndexEstimate) -> IndexEstimate:
+    """A variance's interval held at 0 from below: a normal interval around a variance near 0 reaches below it."""
+    return IndexEstimate(estimate.estimate, max(0.0, estimate.ci_low), estimate.ci_high)
 
 
 def _estimate(value: float, sd: float) -> IndexEstimate:

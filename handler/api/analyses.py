@@ -11,21 +11,25 @@ The math is in handler.analyses; this module reads requests, checks them against
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
+from handler.analyses.budget import CostModel, Deadline, DeadlineExceeded, analysis_budget_seconds
 from handler.api.errors import RequestError, brief
-from handler.api.limits import ANALYSIS_MAX_VALUES
+from handler.api.limits import ANALYSIS_MAX_DRAW_VALUES, ANALYSIS_MAX_VALUES
 from handler.api.parsing import BodyLimits, body_limits, decode_body, load_body
 from handler.api.services import Services
 from handler.gp.artifact import Manifest
 from handler.gp.broken import require_finite_answer
-from handler.gp.model import PosteriorModel
+from handler.gp.model import LoadedModel, PosteriorModel
 
 if TYPE_CHECKING:
+    from handler.analyses.acquisition import SearchSizes
     from handler.analyses.distributions import InputDistribution
     from handler.gp.posterior import GPPosterior
 
@@ -162,114 +166,279 @@ def _distribution(spec: Any) -> InputDistribution:
             return dist.Triangular(spec.low, spec.mode, spec.high)
 
 
-def _within_budget(points: int, draws: int, field: str, what: str, features: int) -> None:
+def _within_memory(points: int, draws: int, what: str, features: int, outputs: int) -> None:
+    """The design (points x features) and the draws' values (points x draws x outputs) are held in memory."""
     if points * features > ANALYSIS_MAX_VALUES:
         message = (
             f"{what} = {points} points of {features} features; at most {ANALYSIS_MAX_VALUES // features} points for "
             "this model: lower n"
         )
         raise RequestError(422, "analysis too large", [("n", message)])
-    budget = _context().settings.analysis_draw_budget
-    if points * draws > budget:
+    if points * draws * outputs > ANALYSIS_MAX_DRAW_VALUES:
         message = (
-            f"{what} = {points} points x {draws} posterior samples = {points * draws}; at most "
-            f"{budget} per request: lower n or posterior_samples"
+            f"{what} x posterior_samples x outputs = {points} x {draws} x {outputs} = {points * draws * outputs:,} "
+            f"values; at most {ANALYSIS_MAX_DRAW_VALUES:,} (8 bytes each) per request: lower n or posterior_samples"
         )
-        raise RequestError(422, "analysis too large", [(field, message)])
+        raise RequestError(422, "analysis too large", [("posterior_samples", message)])
+
+
+class AnalysisBudget:
+    """This model's cost of a request against the time one request may take (handler.analyses.budget)."""
+
+    def __init__(self, posterior: GPPosterior, timeout_seconds: float) -> None:
+        from handler.analyses.function_draws import FOURIER_FEATURES
+
+        self.posterior = posterior
+        self.cost = CostModel.of(posterior, FOURIER_FEATURES)
+        self.seconds = analysis_budget_seconds(timeout_seconds)
+
+    @classmethod
+    def of(cls, posterior: GPPosterior) -> AnalysisBudget:
+        return cls(posterior, _context().settings.function_timeout_seconds)
+
+    def sensitivity(self, n: int, step: int, draws: int) -> float:
+        """Estimated seconds of /sensitivity: n base points of `step` evaluations each."""
+        from handler.analyses.sensitivity import BOOTSTRAP_RESAMPLES
+
+        evaluations = n * step
+        work = self.cost.draws(evaluations, draws) + self.draw_setup(draws) if draws else self.cost.mean(evaluations)
+        return work + self.cost.sensitivity_statistics(evaluations, draws, BOOTSTRAP_RESAMPLES)
+
+    def propagate(self, n: int, draws: int, quantiles: int, thresholds: int) -> float:
+        """Estimated seconds of /propagate."""
+        from handler.analyses.propagation import BOOTSTRAP_RESAMPLES
+
+        work = self.cost.draws(n, draws) + self.draw_setup(draws) if draws else self.cost.mean(n)
+        return work + self.cost.propagate_statistics(n, draws, BOOTSTRAP_RESAMPLES, quantiles, thresholds)
+
+    def suggest(self, q: int, pending: int, integrated: bool, incumbent: bool = False) -> float:
+        """Estimated seconds of /suggest (`incumbent`: EI's default incumbent is computed)."""
+        return self.search_sizes().seconds(self.cost, q, pending, integrated, incumbent)
+
+    def search_sizes(self) -> SearchSizes:
+        from handler.analyses.acquisition import SearchSizes
+
+        return SearchSizes.of(self.cost.m, self.cost, self.seconds)
+
+    def describe(self) -> str:
+        kind = "inducing" if self.cost.sparse else "training"
+        return (
+            f"this model's budget of {self.seconds:.1f} s of one vCPU (m = {self.cost.m} {kind} points, "
+            f"{self.cost.p} output{'s' if self.cost.p > 1 else ''})"
+        )
+
+    def draws_unavailable(self) -> str | None:
+        """Why this model cannot draw at all within the budget (a sparse model too large to factorise), or None."""
+        from handler.analyses.function_draws import sparse_draws_cacheable, sparse_factors
+
+        if not self.cost.sparse or sparse_factors(self.posterior, compute=False) is not None:
+            return None
+        if not sparse_draws_cacheable(self.posterior) or self.cost.sparse_factorisation() > self.seconds:
+            return (
+                f"posterior draws of this sparse model need an m x m factorisation of its {self.cost.m} inducing "
+                f"points (~{self.cost.sparse_factorisation():.0f} s, {16 * self.cost.m**2 / 1e6:.0f} MB) that "
+                "does not fit the budget: use posterior_samples 0 (the posterior mean)"
+            )
+        return None
+
+    def draw_setup(self, draws: int) -> float:
+        from handler.analyses.function_draws import sparse_factors
+
+        factorised = not self.cost.sparse or sparse_factors(self.posterior, compute=False) is not None
+        return self.cost.draw_setup(draws, factorised) if draws else 0.0
+
+    def largest(self, seconds_of: Any, high: int) -> int:
+        """The largest count c in [0, high] with seconds_of(c) within the budget (seconds_of grows with c)."""
+        low = 0
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if seconds_of(middle) <= self.seconds else (low, middle - 1)
+        return low
+
+
+def prepare(loaded: LoadedModel) -> None:
+    """Cache what the analyses need of a model once (a sparse model's draw factors) where it fits the budget: at
+    load, before a SnapStart snapshot, so that no request pays it. Elsewhere the first request with draws does."""
+    from handler.analyses.function_draws import sparse_draws_cacheable, sparse_factors
+
+    model = loaded.model
+    if not isinstance(model, PosteriorModel) or model.posterior.inference != "sparse":
+        return
+    budget = AnalysisBudget(model.posterior, _context().settings.function_timeout_seconds)
+    if sparse_draws_cacheable(model.posterior) and budget.cost.sparse_factorisation() <= budget.seconds:
+        sparse_factors(model.posterior)
+
+
+def _refuse_over_budget(budget: AnalysisBudget, field: str, work: str, seconds: float, hint: str) -> None:
+    message = f"{work}: estimated {seconds:.1f} s exceeds {budget.describe()}; {hint}"
+    raise RequestError(422, "analysis too large", [(field, message)])
 
 
 def _interval(estimate: Any) -> dict[str, float]:
     return estimate.as_dict()
 
 
+def _output(mean: np.ndarray, draws: np.ndarray | None, o: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Output o's posterior mean (n,) and draws (n, k), as contiguous arrays."""
+    return np.ascontiguousarray(mean[:, o]), None if draws is None else np.ascontiguousarray(draws[:, :, o])
+
+
+@contextmanager
+def _deadline(route: str) -> Iterator[Deadline]:
+    """Lambda's remaining time, checked during the work: a 504 saying how far it got, not a killed function."""
+    deadline = Deadline(router.lambda_context.get_remaining_time_in_millis)
+    try:
+        yield deadline
+    except DeadlineExceeded as exc:
+        logger.warning("time budget exceeded", extra={"route": route, "done": exc.done})
+        message = f"stopped before the function's deadline ({exc.done}): ask for less (lower n or posterior_samples)"
+        raise RequestError(504, "time budget exceeded", [("body", message)]) from None
+
+
 @router.post("/sensitivity")
 def sensitivity() -> Any:
-    from handler.analyses.function_draws import PosteriorFunctionDraws
+    from handler.analyses.function_draws import PosteriorFunctionDraws, posterior_mean
     from handler.analyses.sensitivity import analyse, uniform_design
     from handler.api.analysis_schemas import SensitivityRequest, parse_request
 
     data, manifest = _read()
     request = parse_request(SensitivityRequest, data, manifest.features)
-    d = len(manifest.features)
+    d, p, k = len(manifest.features), len(manifest.outputs), request.posterior_samples
     _dimensions_supported(2 * d, manifest)
     step = 2 * d + 2 if request.second_order else d + 2
     points = request.n * step
     what = f"n x ({'2d + 2' if request.second_order else 'd + 2'})"
-    _within_budget(points, request.posterior_samples, "posterior_samples", what, d)
+    _within_memory(points, k, what, d, p)
     distributions = _distributions(request.inputs, manifest)
     posterior = _posterior()
+    budget = AnalysisBudget.of(posterior)
+    if k and (why := budget.draws_unavailable()):
+        raise RequestError(422, "analysis too large", [("posterior_samples", why)])
+
+    def seconds(n: int, draws: int) -> float:
+        return budget.sensitivity(n, step, draws)
+
+    if (estimate := seconds(request.n, k)) > budget.seconds:
+        total = points * max(k, 1) * p
+        work = f"{what} x posterior_samples x outputs = {request.n} x {step} x {max(k, 1)} x {p} = {total:,}"
+        most_n = budget.largest(lambda n: seconds(n, k), request.n)
+        most_k = budget.largest(lambda draws: seconds(request.n, draws), k) if k else 0
+        hint = f"lower n (at most {most_n} at posterior_samples {k})"
+        if most_k >= 2:
+            hint += f" or posterior_samples (at most {most_k} at n = {request.n})"
+        _refuse_over_budget(budget, "posterior_samples" if most_k >= 2 else "n", work, estimate, hint)
     seed = _seed(request.seed)
     rng = np.random.default_rng(seed)
     X = _samples(distributions, uniform_design(request.n, len(distributions), request.second_order, rng), manifest)
-    mean = posterior.predict(X, latent=True).mean
-    draws = (
-        PosteriorFunctionDraws(posterior, request.posterior_samples, rng).evaluate(X)
-        if request.posterior_samples
-        else None
-    )
     answers = []
-    for o in range(len(manifest.outputs)):
-        result = analyse(mean[:, o], None if draws is None else draws[:, :, o], d, request.second_order, seed)
-        answer: dict[str, Any] = {
-            "seed": seed,
-            "n": request.n,
-            "evaluations": points,
-            "posterior_samples": request.posterior_samples,
-            "confidence": CONFIDENCE,
-            "variance": _interval(result.variance),
-            "first_order": {f: _interval(e) for f, e in zip(manifest.features, result.first_order, strict=True)},
-            "total": {f: _interval(e) for f, e in zip(manifest.features, result.total, strict=True)},
-        }
-        if result.second_order is not None:
-            answer["second_order"] = {
-                manifest.features[j]: {manifest.features[k]: _interval(e) for k, e in enumerate(row) if e is not None}
-                for j, row in enumerate(result.second_order[:-1])
+    with _deadline("/sensitivity") as deadline:
+        if k:
+            mean, draws = PosteriorFunctionDraws(posterior, k, rng).evaluate_with_mean(X, deadline)
+        else:
+            mean, draws = posterior_mean(posterior, X, deadline), None
+        for o in range(p):
+            deadline.check(f"indices of {o} of {p} outputs computed")
+            # one output's values, contiguous: the statistics' resampling and sorting are ~1.5x slower on strided ones
+            of_mean, of_draws = _output(mean, draws, o)
+            result = analyse(of_mean, of_draws, d, request.second_order, seed)
+            answer: dict[str, Any] = {
+                "seed": seed,
+                "n": request.n,
+                "evaluations": points,
+                "posterior_samples": k,
+                "confidence": CONFIDENCE,
+                "variance": _interval(result.variance),
+                "first_order": {f: _interval(e) for f, e in zip(manifest.features, result.first_order, strict=True)},
+                "total": {f: _interval(e) for f, e in zip(manifest.features, result.total, strict=True)},
             }
-        answers.append(answer)
+            if result.second_order is not None:
+                answer["second_order"] = {
+                    manifest.features[j]: {
+                        manifest.features[i]: _interval(e) for i, e in enumerate(row) if e is not None
+                    }
+                    for j, row in enumerate(result.second_order[:-1])
+                }
+            answers.append(answer)
     return require_finite_answer(_per_output(manifest, answers))  # a broken model: a 503, never null
 
 
 @router.post("/propagate")
 def propagate() -> Any:
-    from handler.analyses.function_draws import PosteriorFunctionDraws
+    from handler.analyses.function_draws import PosteriorFunctionDraws, posterior_mean
     from handler.analyses.propagation import propagate as propagate_outputs
     from handler.analyses.sobol_sequence import sobol_points
     from handler.api.analysis_schemas import PropagateRequest, parse_request
 
     data, manifest = _read()
     request = parse_request(PropagateRequest, data, manifest.features)
-    _dimensions_supported(len(manifest.features), manifest)
-    _within_budget(request.n, request.posterior_samples, "posterior_samples", "n", len(manifest.features))
+    d, p, n = len(manifest.features), len(manifest.outputs), request.n
+    _dimensions_supported(d, manifest)
+    asked = "posterior_samples" in request.model_fields_set
+    _within_memory(n, request.posterior_samples if asked else 0, "n", d, p)
     distributions = _distributions(request.inputs, manifest)
     posterior = _posterior()
+    budget = AnalysisBudget.of(posterior)
+    unavailable = budget.draws_unavailable()
+    if asked and request.posterior_samples and unavailable:
+        raise RequestError(422, "analysis too large", [("posterior_samples", unavailable)])
+
+    def seconds(points: int, draws: int) -> float:
+        return budget.propagate(points, draws, len(request.quantiles), len(request.thresholds))
+
+    k, note = request.posterior_samples, None
+    if not asked:  # the default: as many draws as fit this model's budget and memory, up to it; said in the answer
+        fits = 0 if unavailable else budget.largest(lambda draws: seconds(n, draws), k)
+        fits = min(fits, ANALYSIS_MAX_DRAW_VALUES // (n * p))
+        if fits < k:
+            k = fits if fits >= 2 else 0
+            note = f"posterior_samples lowered from the default {request.posterior_samples} to {k}: {budget.describe()}"
+            if unavailable:
+                note = f"posterior_samples lowered from the default {request.posterior_samples} to 0: {unavailable}"
+    if (estimate := seconds(n, k)) > budget.seconds:
+        work = f"n x posterior_samples x outputs = {n} x {max(k, 1)} x {p} = {n * max(k, 1) * p:,}"
+        most_n = budget.largest(lambda points: seconds(points, k), n)
+        most_k = budget.largest(lambda draws: seconds(n, draws), k) if k else 0
+        hint = f"lower n (at most {most_n} at posterior_samples {k})"
+        if most_k >= 2:
+            hint += f" or posterior_samples (at most {most_k} at n = {n})"
+        if request.thresholds or len(request.quantiles) > 3:
+            hint += ", or ask for fewer quantiles and thresholds"
+        _refuse_over_budget(budget, "posterior_samples" if most_k >= 2 else "n", work, estimate, hint)
     seed = _seed(request.seed)
     rng = np.random.default_rng(seed)
-    X = _samples(distributions, sobol_points(request.n, len(distributions), rng), manifest)
+    X = _samples(distributions, sobol_points(n, len(distributions), rng), manifest)
     low, high = manifest.domain(_context().settings.domain_margin)
     outside = int(np.count_nonzero(((low > X) | (high < X)).any(axis=1)))
-    mean = posterior.predict(X, latent=True).mean
-    k = request.posterior_samples
-    draws = PosteriorFunctionDraws(posterior, k, rng).evaluate(X) if k else None
     answers = []
-    for o in range(len(manifest.outputs)):
-        result = propagate_outputs(
-            mean[:, o],
-            None if draws is None else draws[:, :, o],
-            request.quantiles,
-            request.thresholds,
-            request.bins,
-            rng,
-        )
-        answers.append(
-            {
+    with _deadline("/propagate") as deadline:
+        if k:
+            mean, draws = PosteriorFunctionDraws(posterior, k, rng).evaluate_with_mean(X, deadline)
+        else:
+            mean, draws = posterior_mean(posterior, X, deadline), None
+        for o in range(p):
+            deadline.check(f"statistics of {o} of {p} outputs computed")
+            of_mean, of_draws = _output(mean, draws, o)
+            result = propagate_outputs(
+                of_mean,
+                of_draws,
+                request.quantiles,
+                request.thresholds,
+                request.bins,
+                rng,
+            )
+            answer = {
                 "seed": seed,
-                "n": request.n,
+                "n": n,
                 "posterior_samples": k,
                 "confidence": CONFIDENCE,
                 "points_outside_domain": outside,
                 **result.as_dict(),
             }
-        )
+            if note is not None:
+                answer["note"] = note
+            answers.append(answer)
+    if note is not None:
+        logger.info("default posterior_samples lowered", extra={"note": note})
     return require_finite_answer(_per_output(manifest, answers))  # a broken model: a 503, never null
 
 
@@ -311,11 +480,33 @@ def suggest() -> Any:
     if problems:
         raise RequestError(422, "invalid request", problems)
     posterior = _posterior()
+    budget = AnalysisBudget.of(posterior)
+    sizes = budget.search_sizes()
+    integrated = request.acquisition == "integrated_variance"
+    incumbent = request.acquisition == "expected_improvement" and request.best is None
+
+    def seconds(q: int, pending_points: int) -> float:
+        return budget.suggest(q, pending_points, integrated, incumbent)
+
+    if (estimate := seconds(request.q, len(pending))) > budget.seconds:
+        work = (
+            f"q + pending = {request.q} + {len(pending)} conditionings over {sizes.candidates} candidates and "
+            f"{sizes.local_points} local-search points"
+            + (f", {sizes.reference} reference points" if integrated else "")
+        )
+        most_q = budget.largest(lambda q: seconds(q, len(pending)), request.q)
+        most_pending = budget.largest(lambda count: seconds(request.q, count), len(pending))
+        field = "pending" if len(pending) and most_q < 1 else "q"
+        hint = f"lower q (at most {most_q} with {len(pending)} pending points)"
+        if len(pending):
+            hint += f" or send fewer pending points (at most {most_pending} at q = {request.q})"
+        _refuse_over_budget(budget, field, work, estimate, hint)
     seed = _seed(request.seed)
     problem = SuggestionProblem(
         request.acquisition, output, request.goal or "maximize", low, high, request.best, request.beta
     )
-    picks = choose(posterior, problem, request.q, pending, np.random.default_rng(seed))
+    with _deadline("/suggest") as deadline:
+        picks = choose(posterior, problem, request.q, pending, np.random.default_rng(seed), deadline, sizes)
     P = np.array([pick.point for pick in picks])
     mean, variance = _context().loaded_model().model.predict(P)
     points = []

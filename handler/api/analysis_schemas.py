@@ -273,6 +273,10 @@ class PropagateAnswer(BaseModel):
     quantiles: list[QuantileInterval]
     exceedance: list[ExceedanceInterval] = Field(description="P(y > threshold).")
     histogram: Histogram
+    note: str | None = Field(
+        default=None,
+        description="Present when the default posterior_samples (50) was lowered to fit this model's budget: why.",
+    )
 
 
 class SuggestedPoint(BaseModel):

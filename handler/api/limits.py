@@ -17,10 +17,10 @@ SAMPLE_MAX_POINTS = 1_000
 SAMPLE_MAX_SAMPLES = 100_000
 SAMPLE_MAX_VALUES = 200_000
 
-# Analyses (/sensitivity, /propagate, /suggest): each answers within the function's 15 s for its maxima on one
-# vCPU (benchmarks/analyses.py measures them). What costs is the points the model is evaluated at times the
-# posterior draws (each draw has its own Fourier features): that product's limit is a setting,
-# ANALYSIS_DRAW_BUDGET (handler.config).
+# Analyses (/sensitivity, /propagate, /suggest): the counts below are the formats' limits; what a request may cost is
+# a budget of the work itself on the model served (points x draws x outputs x this model's cost per point, in
+# seconds of one vCPU, against half the function's timeout less a reserve: handler.analyses.budget), checked
+# before the work (422 naming it) and, through Lambda's remaining time, during it (504).
 ANALYSIS_DEFAULT_N = 1_024
 ANALYSIS_MAX_N = 16_384
 PROPAGATE_DEFAULT_N = 4_096
@@ -28,6 +28,8 @@ PROPAGATE_MAX_N = 65_536
 MAX_POSTERIOR_SAMPLES = 100
 # The design's numbers (points x features): 128 MB of float64, whatever the model's number of features
 ANALYSIS_MAX_VALUES = 2**24
+# The posterior draws' values (points x draws x outputs), held at once: 128 MB of float64
+ANALYSIS_MAX_DRAW_VALUES = 2**24
 MAX_QUANTILES = 99
 MAX_THRESHOLDS = 100
 MAX_BINS = 200

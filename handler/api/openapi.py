@@ -644,6 +644,7 @@ def _document_analyses(
     docs: APIGatewayRestResolver, manifest: "Manifest", settings: "Settings", errors: dict[int, OpenAPIResponse]
 ) -> None:
     """POST /sensitivity, /propagate, /suggest."""
+    from handler.analyses.budget import analysis_budget_seconds
     from handler.api.analysis_schemas import (
         PropagateAnswer,
         PropagateRequest,
@@ -654,13 +655,17 @@ def _document_analyses(
     )
 
     several = len(manifest.outputs) > 1
-    refusals = {k: v for k, v in errors.items() if k in (400, 401, 403, 413, 422, 429, 503)}
+    refusals = {k: v for k, v in errors.items() if k in (400, 401, 403, 413, 422, 429, 503, 504)}
     refusals[501] = _error(
         "The model is served through GPy (a pickle): analyses need its posterior file; or it has more features than "
         "the Sobol' directions cover (64 for /sensitivity, 128 for the others).",
         {"error": "analysis not available for this model", "details": [{"field": "model", "message": "..."}]},
     )
-    budget = settings.analysis_draw_budget
+    budget = (
+        "the work (points x posterior_samples x outputs on this model's m inputs) may cost at most "
+        f"{analysis_budget_seconds(settings.function_timeout_seconds):.1f} s of one vCPU, estimated before it starts "
+        "(422 naming what to reduce) and timed during it (504)."
+    )
     per_output = f" With several outputs, one such object per output name ({', '.join(manifest.outputs)})."
     tags = ["analyses"]
     first_feature, (low, high) = manifest.features[0], manifest.bounds[0].tolist()
@@ -691,7 +696,8 @@ def _document_analyses(
             "With `posterior_samples` > 0, functions drawn from the GP posterior (random Fourier features with "
             "pathwise conditioning) each get their indices; an interval then holds both what the GP does not know "
             "and the sampling error. The model is evaluated at n (d + 2) points, n (2d + 2) with second order; "
-            f"points x posterior_samples may be at most {budget}." + per_output
+            + budget
+            + per_output
         ),
         tags=tags,
         operation_id="sensitivity",
@@ -713,7 +719,8 @@ def _document_analyses(
             "when the inputs follow the given distributions (uniform over the bounds for features not listed). "
             "Every number has a 95% interval holding the GP's uncertainty (from `posterior_samples` functions "
             "drawn from the posterior) and the sampling error (bootstrap over the `n` input samples). "
-            f"n x posterior_samples may be at most {budget}." + per_output
+            + budget
+            + per_output
         ),
         tags=tags,
         operation_id="propagate",

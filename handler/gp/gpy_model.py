@@ -109,6 +109,7 @@ class GPRegressionModel(SurrogateModel):
             return self.posterior.predict(X, latent=latent)
         prediction = self.predict_with_gpy(X, latent=latent)
         require_finite("GPy's predictions", *prediction)  # a 503 "model broken", as the numpy path's
+        np.maximum(prediction.variance, 0.0, out=prediction.variance)  # rounding below zero far inside the data
         return prediction
 
     def predict_with_gpy(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
@@ -121,6 +122,9 @@ class GPRegressionModel(SurrogateModel):
             chunk_mean, chunk_variance = gpy_predict(X[start : start + rows])
             mean[start : start + rows] = chunk_mean
             variance[start : start + rows] = chunk_variance  # (rows, 1) without a normalizer: one for all outputs
+        if not latent and isinstance(self.gp.likelihood, GPy.likelihoods.Bernoulli):
+            # GPy answers NaN for a Bernoulli observation's variance; it is p (1 - p) for p = P(y = 1), the mean
+            variance = mean * (1.0 - mean)
         return Prediction(mean, variance)
 
     def gradients(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

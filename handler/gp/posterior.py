@@ -280,17 +280,21 @@ class GPPosterior:
         product adds as much again, and k(U, U) here and GPy's differ by `cross_covariance_rounding`. Given the
         training `outputs` (standardised, (m, p)), the woodbury vector w must solve A w = outputs to the backward
         error of a factorisation and two solves, |A w - y| <= 4 (m + 1) eps r (r . |w|), plus what dk and the
-        estimate of g move.
+        estimate of g move. A file written before L was stored (L^-1 only) is checked the same way, its columns of
+        L L^T got by two triangular solves, to a tolerance widened by the factor's conditioning.
         """
-        L = self.cholesky
-        if L is None:
+        L, inverse = self.cholesky, self.cholesky_inverse
+        if L is None and inverse is None:
             return None
         eps, m = float(np.finfo(float).eps), self.n_inputs
         chosen = np.sort(rng.choice(m, size=min(columns, m), replace=False))
+        if L is None:
+            assert inverse is not None
+            return self._inverse_mismatch(inverse, columns, rng)
         rows = np.sqrt(np.vecdot(L, L))  # |L_i|; their squares are diag(L L^T)
         product = L @ L[chosen].T  # (L L^T)[:, chosen]
-        kernel = self.cross_covariance(self.inputs[chosen]).T
         tolerance = 2 * (m + 1) * eps * np.multiply.outer(rows, rows[chosen])
+        kernel = self.cross_covariance(self.inputs[chosen]).T
         tolerance += self.cross_covariance_rounding(self.inputs[chosen]).T
         difference = product - kernel
         diagonal = difference[chosen, np.arange(len(chosen))] - self.noise_variance  # g, one per column
@@ -316,6 +320,32 @@ class GPPosterior:
         bound += (np.ptp(diagonal) + allowed.max()) * np.abs(self.woodbury_vector[chosen])  # g, as estimated
         if (np.abs(residual) > bound).any():
             return "the woodbury vector does not solve (K + noise I) w = the training outputs"
+        return None
+
+    def _inverse_mismatch(self, inverse: np.ndarray, columns: int, rng: np.random.Generator) -> str | None:
+        """`factor_mismatch` for a file written before L was stored: it holds L^-1, whose rows a corruption may
+        touch one at a time, so unit columns miss it; random directions Z do not. (L L^T) Z = L^-1 \\ (L^-T \\ Z)
+        (two triangular solves) must be K Z + (noise + g) Z; K Z is computed by blocks of kernel rows (m^2 x d).
+        The solves' error grows with cond(K + noise I), bounded from the hyperparameters, not the untrusted factor:
+        its eigenvalues lie in [noise + 1e-8, m s2 + noise + 1e-2 s2] (K is semi-definite; Gershgorin, with GPy's
+        largest jitter)."""
+        eps, m, s2 = float(np.finfo(float).eps), self.n_inputs, self.kernel_variance
+        Z = np.asfortranarray(rng.standard_normal((m, columns)))
+        product = lower_solve(inverse, lower_transpose_solve(inverse, Z.copy(order="F")))
+        kernel_times = np.empty_like(product)
+        rows = max(1, CHUNK_BYTES // (8 * m))
+        for start in range(0, m, rows):
+            kernel_times[start : start + rows] = self.cross_covariance(self.inputs[start : start + rows]) @ Z
+        residual = product - kernel_times - self.noise_variance * Z
+        added = float(np.vdot(residual, Z) / np.vdot(Z, Z))  # g, least squares
+        residual -= added * Z
+        floor = self.noise_variance + 1e-8
+        condition = (m * s2 + 1e-2 * s2 + floor) / floor
+        tolerance = 4 * (m + 1) * eps * condition * (s2 + floor) * np.abs(Z).sum(axis=0)
+        if not np.isfinite(residual).all() or (np.abs(residual) > tolerance).any():
+            return "(L^-1)^-1 (L^-1)^-T differs from the kernel's covariance in random directions"
+        if not -tolerance.max() <= added <= 1e-8 + 1e-2 * (s2 + floor) + tolerance.max():
+            return f"(L^-1)^-1 (L^-1)^-T adds {added:.3g} to the kernel's diagonal, beyond the noise and GPy's jitter"
         return None
 
     def whitened(self, K: np.ndarray) -> np.ndarray:

@@ -248,10 +248,7 @@ def predict_chunk(backend: JobBackend, message: WorkMessage, surrogate: Surrogat
         logger.info("chunk skipped", extra={"job": message.job, "status": job and job.status})
         return
     points = backend.storage.read_input_rows(job, message.start, message.stop)
-    mean, variance = surrogate.predict(points, latent=job.options.latent)
-    if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
-        raise ArithmeticError("the model returned non-finite predictions")
-    np.maximum(variance, 0.0, out=variance)  # as /predict: rounding below zero far inside the data
+    mean, variance = surrogate.predict(points, latent=job.options.latent)  # finite, variance >= 0, or ModelBrokenError
     backend.storage.put_chunk(job.id, message.index, np.hstack([mean, variance]))
     counted, after = backend.store.complete_chunk(job.id, message.index, len(points))
     if counted:

@@ -1,0 +1,269 @@
+"""Every limit is a budget of the work on the model served, checked before the work (422) and during it (504).
+
+On synthetic posterior files (tests/large_models.py: genuine exact posteriors of m random points, no GPy fit) of
+a few hundred to 2,000 points and one or ten outputs, beside the Park model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from handler.api.deadline import slice_points
+from handler.gp.artifact import PackagedArtifact
+from handler.gp.model import LazyModel
+from tests.conftest import built_once
+from tests.events import api_event, lambda_context, response_json
+from tests.large_models import write_synthetic_model
+
+FEATURES = ("x1", "x2", "x3", "x4")
+POINT = {"x1": 0.3, "x2": 0.4, "x3": 0.5, "x4": 0.6}
+
+
+SIZES = {
+    "small": {"m": 300},
+    "ten outputs": {"m": 2_000, "p": 10},
+    "large": {"m": 2_000},
+    "sparse": {"m": 1_000, "sparse": True},
+    "noiseless": {"m": 300, "noise_variance": 0.0},
+}
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The models, built once per test run (by one pytest-xdist worker while the others wait)."""
+
+    def build(folder: Path) -> None:
+        for size in SIZES.values():
+            write_synthetic_model(folder, **size)  # type: ignore[arg-type]
+
+    folder = built_once(tmp_path_factory, "budget-models", build)
+    return {name: write_synthetic_model(folder, **size) for name, size in SIZES.items()}  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def serve(monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]):
+    """handler.app serving one of the models, cold."""
+    from handler import app
+
+    def serving(name: str):
+        monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(models[name])))
+        return app
+
+    return serving
+
+
+def call(app, path: str, body, context=None) -> tuple[int, dict]:
+    response = app.lambda_handler(api_event("POST", path, body), context or lambda_context())
+    return response["statusCode"], response_json(response)
+
+
+def running_out(*remaining_ms: int) -> Iterator[int]:
+    """Lambda's remaining time as the function sees it at each look: the values given, then 100 ms."""
+    yield from remaining_ms
+    while True:
+        yield 100
+
+
+def context_with(remaining: Iterator[int]):
+    context = lambda_context()
+    context.get_remaining_time_in_millis = lambda: next(remaining)
+    return context
+
+
+# --- checked before the work: 422 naming the budget ---------------------------------------------------------------
+
+
+def test_outputs_count_in_the_budget(serve):
+    # given the same /propagate request (the largest n, the posterior mean, the most quantiles)
+    body = {"n": 65_536, "posterior_samples": 0, "quantiles": list(np.linspace(0.01, 0.99, 99)), "seed": 1}
+    # when a one-output model of 300 points and a ten-output model of 2,000 points are asked
+    small_status, _ = call(serve("small"), "/propagate", body)
+    large_status, large = call(serve("ten outputs"), "/propagate", body)
+    # then the first answers and the second is refused, naming n, the product and the model's budget
+    assert small_status == 200
+    assert large_status == 422, large
+    detail = large["details"][0]
+    assert detail["field"] == "n"
+    assert "65536 x 1 x 10" in detail["message"]
+    assert "m = 2000 training points, 10 outputs" in detail["message"]
+
+
+def test_a_refusal_says_what_fits_and_that_fits(serve):
+    # given a request over the large model's budget
+    app = serve("large")
+    status, body = call(app, "/sensitivity", {"n": 16_384, "posterior_samples": 100, "seed": 1})
+    assert status == 422
+    message = body["details"][0]["message"]
+    # when the posterior_samples it names as fitting are asked at a smaller n (to keep the test short)
+    most = int(message.split("posterior_samples (at most ")[1].split(" ")[0])
+    assert 2 <= most < 100
+    status, answer = call(app, "/sensitivity", {"n": 1_024, "posterior_samples": most, "seed": 1})
+    # then they are answered
+    assert status == 200, answer
+    assert answer["posterior_samples"] == most
+
+
+def test_the_default_draws_are_lowered_to_fit_the_model_and_the_answer_says_so(serve, monkeypatch):
+    # given a sparse model whose draws' factorisation (~0.14 s at m = 1,000) exceeds a 1.2 s timeout's 0.1 s budget
+    from handler.analyses.function_draws import sparse_factors
+    from handler.api import analyses
+
+    app = serve("sparse")
+    services = analyses._context()
+    short = dataclasses.replace(services.settings, function_timeout_seconds=1.2)
+    monkeypatch.setattr(analyses, "_services", dataclasses.replace(services, settings=short))
+    # when /propagate is asked with its defaults (50 draws), then with draws named
+    status, body = call(app, "/propagate", {"n": 256, "seed": 1})
+    refused_status, refused = call(app, "/propagate", {"n": 256, "posterior_samples": 10, "seed": 1})
+    # then the defaults answer with the posterior mean alone and say why; the named draws are refused
+    assert status == 200, body
+    assert body["posterior_samples"] == 0
+    assert "lowered from the default 50 to 0" in body["note"]
+    assert refused_status == 422
+    assert refused["details"][0]["field"] == "posterior_samples"
+    assert "factorisation" in refused["details"][0]["message"]
+    assert sparse_factors(app.model.get().model.posterior, compute=False) is None
+
+
+def test_a_sparse_models_draw_factors_are_computed_once(serve):
+    from handler.analyses.function_draws import sparse_factors
+
+    app = serve("sparse")
+    status, first = call(app, "/propagate", {"n": 256, "posterior_samples": 4, "seed": 1})
+    assert status == 200, first
+    posterior = app.model.get().model.posterior
+    factors = sparse_factors(posterior, compute=False)
+    assert factors is not None
+    status, second = call(app, "/propagate", {"n": 256, "posterior_samples": 4, "seed": 1})
+    assert status == 200
+    assert sparse_factors(posterior, compute=False) is factors
+    assert second == first
+
+
+def test_the_posterior_mean_alone_does_not_compute_the_variance(serve, monkeypatch):
+    # given a model whose predict (mean and variance: m^2 a point) must not be called
+    from handler.gp.posterior import GPPosterior
+
+    app = serve("small")
+    app.model.get()  # loading probes predictions: that is not what is checked
+
+    def no_variance(*args, **kwargs):
+        raise AssertionError("predict (with its variance) was called")
+
+    monkeypatch.setattr(GPPosterior, "predict", no_variance)
+    # when /sensitivity and /propagate are asked without draws
+    sensitivity_status, _ = call(app, "/sensitivity", {"n": 64, "seed": 1})
+    propagate_status, _ = call(app, "/propagate", {"n": 64, "posterior_samples": 0, "seed": 1})
+    # then they answer
+    assert sensitivity_status == propagate_status == 200
+
+
+# --- checked during the work: 504 rather than a killed function ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/sensitivity", {"n": 4_096, "seed": 1}),
+        ("/propagate", {"n": 16_384, "posterior_samples": 4, "seed": 1}),
+        ("/suggest", {"q": 5, "acquisition": "integrated_variance", "seed": 1}),
+    ],
+)
+def test_an_analysis_stops_with_504_when_the_time_runs_out_mid_work(serve, path, body):
+    # given 15 s left at the first two looks, then 0.1 s
+    app = serve("large")
+    context = context_with(running_out(15_000, 15_000))
+    # when
+    status, answer = call(app, path, body, context)
+    # then the answer is a 504 saying how far the work got
+    assert status == 504, answer
+    assert answer["error"] == "time budget exceeded"
+    assert answer["details"][0]["field"] == "body"
+    assert "stopped before the function's deadline" in answer["details"][0]["message"]
+    json.dumps(answer)
+
+
+@pytest.mark.parametrize("include", [None, "gradient"])
+def test_predict_checks_the_deadline_between_slices_sized_by_the_model(serve, include):
+    # given a model of 2,000 points, 10,000 points to predict, and time for one slice only
+    app = serve("large")
+    rng = np.random.default_rng(1)
+    columns = {f: rng.random(10_000).tolist() for f in FEATURES}
+    event = api_event("POST", "/predict", columns)
+    if include:
+        event["queryStringParameters"] = {"include": include}
+    context = context_with(running_out(15_000))
+    # when
+    response = app.lambda_handler(event, context)
+    # then the batch stops mid-way with a 504 saying how many points were predicted
+    assert response["statusCode"] == 504, response["body"][:500]
+    message = response_json(response)["details"][0]["message"]
+    predicted = int(message.split("predicted ")[1].split(" of ")[0])
+    assert 0 < predicted < 10_000
+    assert predicted == slice_points(app.model.get().model, include == "gradient")
+
+
+def test_v2_infer_checks_the_deadline_between_the_same_slices(serve):
+    # given the model of 2,000 points, a V2 request of 10,000 points, and time for one slice only
+    app = serve("large")
+    manifest = app.model.manifest()
+    data = np.random.default_rng(2).random((10_000, len(manifest.features))).tolist()
+    body = {"inputs": [{"name": "input", "shape": [10_000, len(manifest.features)], "datatype": "FP64", "data": data}]}
+    event = api_event("POST", f"/v2/models/{manifest.name}/infer", body)
+    # when
+    response = app.lambda_handler(event, context_with(running_out(15_000)))
+    # then V2 answers 504 in its own error shape, saying how far it got, rather than running into Lambda's timeout
+    assert response["statusCode"] == 504, response["body"][:500]
+    error = response_json(response)["error"]
+    assert error.startswith("time budget exceeded")
+    assert f"predicted {slice_points(app.model.get().model, False)} of 10000 points" in error
+
+
+# --- a valid model answers: duplicates and zero noise -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("acquisition", ["variance", "integrated_variance", "expected_improvement"])
+def test_duplicate_pending_points_on_a_noiseless_model_are_conditioned_on_once(serve, acquisition):
+    # given a model of noise variance 0 and five copies of one pending point
+    app = serve("noiseless")
+    assert app.model.get().model.posterior.noise_variance == 0.0
+    body = {"q": 3, "acquisition": acquisition, "pending": [POINT] * 5, "seed": 1}
+    if acquisition == "expected_improvement":
+        body["goal"] = "maximize"
+    # when
+    status, answer = call(app, "/suggest", body)
+    # then it answers finite acquisition values at points other than the pending one
+    assert status == 200, answer
+    assert all(np.isfinite(p["acquisition"]) for p in answer["points"])
+    assert all(p["x"] != POINT for p in answer["points"])
+
+
+def test_the_conditioner_adds_no_row_for_an_observation_it_already_has(serve):
+    from handler.analyses.acquisition import Conditioner
+
+    posterior = serve("noiseless").model.get().model.posterior
+    conditioner = Conditioner(posterior)
+    X = np.array([[0.3, 0.4, 0.5, 0.6]] * 3 + [[0.7, 0.2, 0.1, 0.9]])
+    tracked = conditioner.track(X)
+    added = [conditioner.condition(tracked, i, [tracked]) for i in range(len(X))]
+    assert added == [True, False, False, True]
+    assert len(conditioner.picks) == 2
+    # the conditioned variance at an observed point of a noiseless model is zero, to the rank tolerance
+    assert tracked.conditioned_variance()[:3].max() <= conditioner.rank_tolerance
+
+
+def test_a_snapshot_holds_a_sparse_models_draw_factors(serve):
+    # given a sparse model whose draw factorisation fits the budget
+    from handler.analyses.function_draws import sparse_factors
+
+    app = serve("sparse")
+    # when SnapStart's init loads it
+    app.load_before_snapshot()
+    # then the factors are cached before any request
+    assert sparse_factors(app.model.get().model.posterior, compute=False) is not None
