@@ -278,6 +278,18 @@ def _interval(estimate: Any) -> dict[str, float]:
     return estimate.as_dict()
 
 
+def _mean_and_draws(
+    posterior: GPPosterior, k: int, rng: np.random.Generator, X: np.ndarray, deadline: Deadline
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The posterior mean at X and, with k >= 2, k whole functions drawn there; with k = 0 the mean alone (m a
+    point, not predict's m^2)."""
+    from handler.analyses.function_draws import PosteriorFunctionDraws, posterior_mean
+
+    if k:
+        return PosteriorFunctionDraws(posterior, k, rng).evaluate_with_mean(X, deadline)
+    return posterior_mean(posterior, X, deadline), None
+
+
 def _output(mean: np.ndarray, draws: np.ndarray | None, o: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Output o's posterior mean (n,) and draws (n, k), as contiguous arrays."""
     return np.ascontiguousarray(mean[:, o]), None if draws is None else np.ascontiguousarray(draws[:, :, o])
@@ -297,7 +309,6 @@ def _deadline(route: str) -> Iterator[Deadline]:
 
 @router.post("/sensitivity")
 def sensitivity() -> Any:
-    from handler.analyses.function_draws import PosteriorFunctionDraws, posterior_mean
     from handler.analyses.sensitivity import analyse, uniform_design
     from handler.api.analysis_schemas import SensitivityRequest, parse_request
 
@@ -332,10 +343,7 @@ def sensitivity() -> Any:
     X = _samples(distributions, uniform_design(request.n, len(distributions), request.second_order, rng), manifest)
     answers = []
     with _deadline("/sensitivity") as deadline:
-        if k:
-            mean, draws = PosteriorFunctionDraws(posterior, k, rng).evaluate_with_mean(X, deadline)
-        else:
-            mean, draws = posterior_mean(posterior, X, deadline), None
+        mean, draws = _mean_and_draws(posterior, k, rng, X, deadline)
         for o in range(p):
             deadline.check(f"indices of {o} of {p} outputs computed")
             # one output's values, contiguous: the statistics' resampling and sorting are ~1.5x slower on strided ones
@@ -364,7 +372,6 @@ def sensitivity() -> Any:
 
 @router.post("/propagate")
 def propagate() -> Any:
-    from handler.analyses.function_draws import PosteriorFunctionDraws, posterior_mean
     from handler.analyses.propagation import propagate as propagate_outputs
     from handler.analyses.sobol_sequence import sobol_points
     from handler.api.analysis_schemas import PropagateRequest, parse_request
@@ -411,10 +418,7 @@ def propagate() -> Any:
     outside = int(np.count_nonzero(((low > X) | (high < X)).any(axis=1)))
     answers = []
     with _deadline("/propagate") as deadline:
-        if k:
-            mean, draws = PosteriorFunctionDraws(posterior, k, rng).evaluate_with_mean(X, deadline)
-        else:
-            mean, draws = posterior_mean(posterior, X, deadline), None
+        mean, draws = _mean_and_draws(posterior, k, rng, X, deadline)
         for o in range(p):
             deadline.check(f"statistics of {o} of {p} outputs computed")
             of_mean, of_draws = _output(mean, draws, o)
