@@ -214,6 +214,21 @@ def test_an_old_format_factor_with_one_wrong_row_is_refused_at_load(fitted, seed
     assert GPPosterior.from_arrays(kernel, right).factor_mismatch(8, np.random.default_rng(seed)) is None
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_a_factor_with_one_wrong_diagonal_entry_is_refused_whichever_columns_are_sampled(fitted, seed: int):
+    # given L with its last diagonal entry 50 times too large: only its own column of L L^T shows it
+    kernel, arrays = fitted
+    cholesky = arrays["cholesky"].copy()
+    cholesky[-1, -1] *= 50.0
+    wrong = GPPosterior.from_arrays(kernel, {**arrays, "cholesky": cholesky})
+    # when it is checked on 8 sampled columns, whatever the draw
+    found = wrong.factor_mismatch(8, np.random.default_rng(seed))
+    # then the diagonal, checked on every row, names it; and the true factor passes
+    assert found is not None
+    assert "diagonal" in found
+    assert GPPosterior.from_arrays(kernel, arrays).factor_mismatch(8, np.random.default_rng(seed)) is None
+
+
 def test_a_woodbury_vector_that_does_not_fit_the_published_outputs_is_refused_at_load(fitted):
     # given the posterior of a model, its training outputs, and the same posterior with a woodbury vector 1e-6 off
     kernel, arrays = fitted

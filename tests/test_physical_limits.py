@@ -116,6 +116,22 @@ def test_the_analyses_refuse_inputs_below_a_physical_limit(limited_app, path: st
     assert "(0 is r's physical limit)" in answer["details"][0]["message"]
 
 
+@pytest.mark.parametrize("path", ["/sensitivity", "/propagate"])
+def test_an_unbounded_input_across_a_physical_limit_is_refused_though_it_mostly_lies_inside(limited_app, path: str):
+    # given a normal for r whose mass below r's physical limit 0 is far under the 1% the domain's margin allows
+    normal = {"r": {"distribution": "normal", "mean": 25_000, "std": 6_000}}
+    # when an analysis samples it
+    status, answer = call(limited_app, "POST", path, {"n": 16, "posterior_samples": 0, "inputs": normal})
+    # then no impossible sample is evaluated: a 422 naming the input and the way out
+    assert status == 422, answer
+    assert [detail["field"] for detail in answer["details"]] == ["inputs.r"]
+    assert "beyond r's physical limits [0, inf]; use a truncnormal" in answer["details"][0]["message"]
+    # and a lognormal, positive like r, is not refused for it
+    lognormal = {"r": {"distribution": "lognormal", "mu": 10, "sigma": 0.2}}
+    status, answer = call(limited_app, "POST", path, {"n": 16, "posterior_samples": 0, "inputs": lognormal})
+    assert status == 200, answer
+
+
 def test_the_analyses_answer_inside_the_limits(limited_app):
     inside = {"r": {"distribution": "uniform", "low": 0, "high": 1000}}
     status, answer = call(limited_app, "POST", "/propagate", {"n": 16, "posterior_samples": 0, "inputs": inside})
@@ -224,9 +240,14 @@ def test_wrong_limits_or_units_exit_2_with_one_line(source: Path, tmp_path: Path
      ({"limits": []}, "limits: expected an object"),
      ({"units": {"r": "m\n"}}, "units: r: expected a printable string"),
      ({"units": {"depth": "m"}}, "units: 'depth' is not a feature or output"),
-     ({"units": {"r": 5}}, "units: r: expected a printable string")],
+     ({"units": {"r": 5}}, "units: r: expected a printable string"),
+     ({"units": {"r": "$x_$"}}, "units: r: a unit may not hold $"),
+     ({"units": {"r": '<a href="//e.vil">m</a>'}}, "units: r: a unit may not hold \" < >"),
+     ({"limits": {"r": [-(10**400), None]}}, "is invalid"),
+     ({"bounds": {"r": [0, 10**400]}}, "is invalid")],
     ids=["not-containing-the-bounds", "unknown-feature", "no-end", "low-above-high", "string-end", "not-an-object",
-         "unprintable-unit", "unknown-name", "unit-not-a-string"],
+         "unprintable-unit", "unknown-name", "unit-not-a-string", "tex-unit", "html-unit", "limit-beyond-floats",
+         "bound-beyond-floats"],
 )  # fmt: skip
 def test_the_loader_refuses_a_manifest_with_wrong_limits_or_units(limited_model: Path, tmp_path: Path, change, message):
     # given the packaged model with its manifest's limits or units broken

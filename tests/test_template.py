@@ -425,8 +425,11 @@ EXPLORER_PATHS = {"/explore", "/explore/{asset}"}
          1, False),
         ({"AuthMode": "NONE", "ColdStartMode": "Lazy", "CorsAllowOrigin": "https://lab.example.org"}, None, None, 0,
          "None", None, True),
+        ({"CorsAllowOrigin": "https://lab.example.org"}, [{"api_key": []}], [], 3, "PublishedVersions", None, True),
+        ({"AuthMode": "IAM", "CorsAllowOrigin": "https://lab.example.org"}, [{"AWS_IAM": []}], [{"NONE": []}], 0,
+         "PublishedVersions", None, True),
     ],
-    ids=["defaults-api-key-snapstart", "iam-provisioned", "open-lazy-cors"],
+    ids=["defaults-api-key-snapstart", "iam-provisioned", "open-lazy-cors", "api-key-cors", "iam-cors"],
 )  # fmt: skip
 def test_the_parameters_choose_access_cold_start_and_cors(
     monkeypatch, parameters, security, explorer_security, key_resources: int, snap_start: str, provisioned, cors: bool
@@ -463,8 +466,9 @@ def test_the_parameters_choose_access_cold_start_and_cors(
     assert alias["Properties"]["Name"] == "live"
     config = alias["Properties"].get("ProvisionedConcurrencyConfig")
     assert (config or {}).get("ProvisionedConcurrentExecutions") == provisioned
-    # and CORS preflight only when an origin is given
+    # and CORS preflight only when an origin is given, answered without a key or signature: browsers send none
     assert all(("options" in path) == cors for path in paths.values())
+    assert all("security" not in path["options"] for path in paths.values() if "options" in path)
     # and the stage is traced and access-logged
     [stage] = of_type(resources, "AWS::ApiGateway::Stage")
     assert stage["Properties"]["TracingEnabled"] is True

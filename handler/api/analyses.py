@@ -111,6 +111,16 @@ def _distributions(inputs: dict[str, Any] | None, manifest: Manifest) -> list[In
                 domain = manifest.describe_domain(j, _context().settings.domain_margin)
                 message = f"[{support_low:g}, {support_high:g}] leaves the model's domain {domain}"
                 problems.append((f"inputs.{feature}", message))
+        elif manifest.limits is not None and (
+            support_low < manifest.limits[j, 0] or support_high > manifest.limits[j, 1]
+        ):
+            # the 1% below may extrapolate the model, but never past a physical limit: no sample may be impossible
+            limit_low, limit_high = (float(v) for v in manifest.limits[j])
+            message = (
+                f"the {type(distribution).__name__.lower()} puts probability beyond {feature}'s physical limits "
+                f"[{limit_low:g}, {limit_high:g}]; use a truncnormal (or a bounded distribution) inside them"
+            )
+            problems.append((f"inputs.{feature}", message))
         elif (outside := distribution.mass_outside(lo, hi)) > MAX_MASS_OUTSIDE_DOMAIN:
             message = (
                 f"{outside:.3g} of its probability is outside the model's domain "

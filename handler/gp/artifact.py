@@ -33,6 +33,7 @@ DOWNLOAD_CHUNK_BYTES = 8 * 2**20
 PUBLISHED_TRAINING_DATA = ("inputs", "inputs_and_outputs")
 # A unit labels an axis or a column: a short printable string ("m", "m3/yr", "1" for a fraction).
 MAX_UNIT_CHARACTERS = 32
+UNIT_MARKUP = frozenset("$<>&\"'\\`{}")
 
 
 class ModelUnavailableError(RuntimeError):
@@ -265,6 +266,9 @@ def check_units(value: Any, names: tuple[str, ...]) -> dict[str, str]:
             raise ValueError(f"{str(name)[:64]!r} is not a feature or output ({', '.join(names)})"[:300])
         if not (isinstance(unit, str) and 0 < len(unit) <= MAX_UNIT_CHARACTERS and unit.isprintable()):
             raise ValueError(f"{name}: expected a printable string of 1 to {MAX_UNIT_CHARACTERS} characters")
+        if markup := sorted(set(unit) & UNIT_MARKUP):
+            # a unit is drawn as text on axes: matplotlib reads $...$ as TeX and Plotly <...> and &...; as HTML
+            raise ValueError(f"{name}: a unit may not hold {' '.join(markup)} (they are markup where units are drawn)")
     return dict(value)
 
 
@@ -278,7 +282,9 @@ def _checked[T](kind: str, value: Any, check: Callable[[Any], T]) -> T:
 def read_manifest(text: bytes, where: str) -> Manifest:
     try:
         return Manifest.parse(text)
-    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+    # json.JSONDecodeError and UnicodeDecodeError are ValueErrors; an integer too large for a float (10**400 as a
+    # bound) raises OverflowError or TypeError where it is compared or converted: all mean the manifest is invalid
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise ModelUnavailableError(f"model manifest {where} is invalid: {exc}") from exc
 
 

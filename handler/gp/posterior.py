@@ -310,6 +310,14 @@ class GPPosterior:
                 "L L^T's diagonal is not the kernel's plus the noise and one jitter "
                 f"(added: {diagonal.min():.3g} to {diagonal.max():.3g})"
             )
+        # Every row's, not only the sampled columns': diag(L L^T) is the rows' squared norms, already at hand, and
+        # k(x, x) is the kernel's variance (stationary kernels), so one wrong row cannot hide among the unsampled.
+        everywhere = rows**2 - self.kernel_variance - self.noise_variance
+        off = np.abs(everywhere - float(np.mean(diagonal))) - (2 * (m + 1) * eps * rows**2 + spread + allowed.max())
+        if (off > 0).any():
+            row = int(np.argmax(off))
+            shown = f"{everywhere[row]:.3g}"
+            return f"L L^T's diagonal at row {row} is not the kernel's plus the noise and the jitter ({shown})"
         if outputs is None:
             return None
         added = self.noise_variance + float(np.mean(diagonal))
