@@ -267,3 +267,26 @@ def test_a_snapshot_holds_a_sparse_models_draw_factors(serve):
     app.load_before_snapshot()
     # then the factors are cached before any request
     assert sparse_factors(app.model.get().model.posterior, compute=False) is not None
+
+
+def test_a_refusal_never_suggests_a_value_the_route_would_refuse():
+    from handler.api.analyses import MIN_ANALYSIS_N, _what_fits
+
+    class Budget:  # what _what_fits asks of a budget: the largest value whose estimate fits it
+        def __init__(self, fits) -> None:
+            self.fits = fits
+
+        def largest(self, seconds, upper: int) -> int:
+            return max((v for v in range(upper + 1) if self.fits(seconds, v)), default=0)
+
+    # given a model on which draws cost so much that no n >= 16 fits at 100 posterior samples, but fewer draws do
+    per_draw = Budget(lambda seconds, value: seconds(value) <= 1.0)
+    field, hint = _what_fits(per_draw, lambda n, k: n * k / 1_000, 64, 100)
+    # then the refusal names posterior_samples and no n below the routes' least
+    assert field == "posterior_samples"
+    assert "at most 0" not in hint
+    assert "lower n" not in hint
+    assert "posterior_samples (at most 15 at n = 64)" in hint
+    # and where even the least n with no draws would not fit, it says so rather than suggesting 0
+    field, hint = _what_fits(per_draw, lambda n, k: 1e9, 64, 0)
+    assert (field, hint) == ("n", f"this model cannot answer even n = {MIN_ANALYSIS_N} within its budget")

@@ -11,7 +11,7 @@ The math is in handler.analyses; this module reads requests, checks them against
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ CONFIDENCE = 0.95
 # a bounded one must lie inside it.
 MAX_MASS_OUTSIDE_DOMAIN = 0.01
 FAR_RANGES = 10
+MIN_ANALYSIS_N = 16  # the schemas' least n (analysis_schemas.py)
 # Bodies: a few fields and one object per feature; /suggest also carries pending points.
 _SMALL_BODY = BodyLimits(max_bytes=65_536, max_containers=1_000, max_members=2_000)
 
@@ -279,9 +280,26 @@ def prepare(loaded: LoadedModel) -> None:
         sparse_factors(model.posterior)
 
 
-def _refuse_over_budget(budget: AnalysisBudget, field: str, work: str, seconds: float, hint: str) -> None:
+def _refuse_over_budget(budget: AnalysisBudget, work: str, seconds: float, field: str, hint: str) -> None:
     message = f"{work}: estimated {seconds:.1f} s exceeds {budget.describe()}; {hint}"
     raise RequestError(422, "analysis too large", [(field, message)])
+
+
+def _what_fits(budget: AnalysisBudget, seconds: Callable[[int, int], float], n: int, k: int) -> tuple[str, str]:
+    """The field to lower and how far, suggesting only values the route accepts (n >= 16, posterior_samples 0 or
+    at least 2)."""
+    most_n = budget.largest(lambda points: seconds(points, k), n)
+    most_k = budget.largest(lambda draws: seconds(n, draws), k) if k else 0
+    hints = []
+    if most_n >= MIN_ANALYSIS_N:
+        hints.append(f"lower n (at most {most_n} at posterior_samples {k})")
+    if most_k >= 2:
+        hints.append(f"posterior_samples (at most {most_k} at n = {n})")
+    if k and not hints:
+        hints.append("ask for posterior_samples 0 (the posterior mean alone)")
+    if not hints:
+        hints.append(f"this model cannot answer even n = {MIN_ANALYSIS_N} within its budget")
+    return ("posterior_samples" if most_k >= 2 or (k and most_n < MIN_ANALYSIS_N) else "n"), " or ".join(hints)
 
 
 def _interval(estimate: Any) -> dict[str, float]:
@@ -342,12 +360,7 @@ def sensitivity() -> Any:
     if (estimate := seconds(request.n, k)) > budget.seconds:
         total = points * max(k, 1) * p
         work = f"{what} x posterior_samples x outputs = {request.n} x {step} x {max(k, 1)} x {p} = {total:,}"
-        most_n = budget.largest(lambda n: seconds(n, k), request.n)
-        most_k = budget.largest(lambda draws: seconds(request.n, draws), k) if k else 0
-        hint = f"lower n (at most {most_n} at posterior_samples {k})"
-        if most_k >= 2:
-            hint += f" or posterior_samples (at most {most_k} at n = {request.n})"
-        _refuse_over_budget(budget, "posterior_samples" if most_k >= 2 else "n", work, estimate, hint)
+        _refuse_over_budget(budget, work, estimate, *_what_fits(budget, seconds, request.n, k))
     seed = _seed(request.seed)
     rng = np.random.default_rng(seed)
     X = _samples(distributions, uniform_design(request.n, len(distributions), request.second_order, rng), manifest)
@@ -413,14 +426,10 @@ def propagate() -> Any:
                 note = f"posterior_samples lowered from the default {request.posterior_samples} to 0: {unavailable}"
     if (estimate := seconds(n, k)) > budget.seconds:
         work = f"n x posterior_samples x outputs = {n} x {max(k, 1)} x {p} = {n * max(k, 1) * p:,}"
-        most_n = budget.largest(lambda points: seconds(points, k), n)
-        most_k = budget.largest(lambda draws: seconds(n, draws), k) if k else 0
-        hint = f"lower n (at most {most_n} at posterior_samples {k})"
-        if most_k >= 2:
-            hint += f" or posterior_samples (at most {most_k} at n = {n})"
+        field, hint = _what_fits(budget, seconds, n, k)
         if request.thresholds or len(request.quantiles) > 3:
             hint += ", or ask for fewer quantiles and thresholds"
-        _refuse_over_budget(budget, "posterior_samples" if most_k >= 2 else "n", work, estimate, hint)
+        _refuse_over_budget(budget, work, estimate, field, hint)
     seed = _seed(request.seed)
     rng = np.random.default_rng(seed)
     X = _samples(distributions, sobol_points(n, len(distributions), rng), manifest)
@@ -511,10 +520,10 @@ def suggest() -> Any:
         most_q = budget.largest(lambda q: seconds(q, len(pending)), request.q)
         most_pending = budget.largest(lambda count: seconds(request.q, count), len(pending))
         field = "pending" if len(pending) and most_q < 1 else "q"
-        hint = f"lower q (at most {most_q} with {len(pending)} pending points)"
+        hints = [f"lower q (at most {most_q} with {len(pending)} pending points)"] if most_q >= 1 else []
         if len(pending):
-            hint += f" or send fewer pending points (at most {most_pending} at q = {request.q})"
-        _refuse_over_budget(budget, field, work, estimate, hint)
+            hints.append(f"send fewer pending points (at most {most_pending} at q = {request.q})")
+        _refuse_over_budget(budget, work, estimate, field, " or ".join(hints) or "this model cannot answer it")
     seed = _seed(request.seed)
     problem = SuggestionProblem(
         request.acquisition, output, request.goal or "maximize", low, high, request.best, request.beta
