@@ -865,7 +865,10 @@ def _listen(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         reason = os.strerror(exc.errno or 0)
-        raise UsageError(f"cannot listen on {host}:{port}: {reason} (port 0: any free one)") from exc
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {reason}; is another server (make serve) running there? Stop it, or "
+            "choose another port: make serve PORT=3001 (--port 0: any free one)"
+        ) from exc
 
 
 def _run(service: LocalApigwService, listener: socket.socket) -> None:

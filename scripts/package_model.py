@@ -397,8 +397,12 @@ def refusal(problems: list[str], causes: list[str], bounds: dict[str, tuple[floa
     if max(widths) / min(widths) > 100:
         lines.append(f"  The features' ranges span {min(widths):.3g} to {max(widths):.3g}.")
     lines.append(
-        "  Scale each input to [0, 1] before fitting (and give --bounds in those units), or start each lengthscale "
-        "near its feature's range: GPy.kern.Matern32(d, ARD=True, lengthscale=X.max(0) - X.min(0))."
+        "  Start each lengthscale near its feature's range and fit again, keeping your units (callers, --limits and "
+        "--units stay in them): GPy.kern.Matern32(d, ARD=True, lengthscale=X.max(0) - X.min(0))."
+    )
+    lines.append(
+        "  (Fitting on inputs scaled to [0, 1] works too, but then callers must send scaled inputs and --bounds, "
+        "--limits and --units are in those units.)"
     )
     lines.append("  Nothing was written. --force packages it anyway (make package-model ... FORCE=1).")
     return "\n".join(lines)

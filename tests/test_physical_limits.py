@@ -80,7 +80,18 @@ def test_predict_refuses_an_input_below_its_physical_limit_naming_the_field_and_
     assert status == 422, answer
     assert [detail["field"] for detail in answer["details"]] == [field]
     assert "-1000 is outside the allowed range [0, " in answer["details"][0]["message"]
-    assert answer["details"][0]["message"].endswith("below the physical limit 0")
+    assert answer["details"][0]["message"].endswith("] m: below the physical limit 0")  # r's unit, m
+
+
+def test_a_value_just_past_an_end_is_shown_with_the_digits_that_tell_them_apart():
+    from handler.gp.artifact import DomainViolation
+
+    # given a value one float above a physical limit of 1, which six digits would show as 1
+    violation = DomainViolation(0, "frac", 1 + 2.2e-16, -0.1, 1.0, below=False, physical=True)
+    # then the message shows enough digits to see why it is refused
+    assert violation.describe() == (
+        "1.0000000000000002 is outside the allowed range [-0.10000000000000001, 1]: above the physical limit 1"
+    )
 
 
 def test_predict_answers_inside_the_limits_and_names_the_training_domain_beyond_it(limited_app):

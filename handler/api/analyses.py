@@ -324,14 +324,15 @@ def _output(mean: np.ndarray, draws: np.ndarray | None, o: int) -> tuple[np.ndar
 
 
 @contextmanager
-def _deadline(route: str) -> Iterator[Deadline]:
-    """Lambda's remaining time, checked during the work: a 504 saying how far it got, not a killed function."""
+def _deadline(route: str, less: str) -> Iterator[Deadline]:
+    """Lambda's remaining time, checked during the work: a 504 saying how far it got and what to ask less of (`less`),
+    not a killed function."""
     deadline = Deadline(router.lambda_context.get_remaining_time_in_millis)
     try:
         yield deadline
     except DeadlineExceeded as exc:
         logger.warning("time budget exceeded", extra={"route": route, "done": exc.done})
-        message = f"stopped before the function's deadline ({exc.done}): ask for less (lower n or posterior_samples)"
+        message = f"stopped before the function's deadline ({exc.done}): ask for less ({less})"
         raise RequestError(504, "time budget exceeded", [("body", message)]) from None
 
 
@@ -365,7 +366,7 @@ def sensitivity() -> Any:
     rng = np.random.default_rng(seed)
     X = _samples(distributions, uniform_design(request.n, len(distributions), request.second_order, rng), manifest)
     answers = []
-    with _deadline("/sensitivity") as deadline:
+    with _deadline("/sensitivity", "lower n or posterior_samples") as deadline:
         mean, draws = _mean_and_draws(posterior, k, rng, X, deadline)
         for o in range(p):
             deadline.check(f"indices of {o} of {p} outputs computed")
@@ -436,7 +437,7 @@ def propagate() -> Any:
     low, high = manifest.domain(_context().settings.domain_margin)
     outside = int(np.count_nonzero(((low > X) | (high < X)).any(axis=1)))
     answers = []
-    with _deadline("/propagate") as deadline:
+    with _deadline("/propagate", "lower n or posterior_samples") as deadline:
         mean, draws = _mean_and_draws(posterior, k, rng, X, deadline)
         for o in range(p):
             deadline.check(f"statistics of {o} of {p} outputs computed")
@@ -528,7 +529,7 @@ def suggest() -> Any:
     problem = SuggestionProblem(
         request.acquisition, output, request.goal or "maximize", low, high, request.best, request.beta
     )
-    with _deadline("/suggest") as deadline:
+    with _deadline("/suggest", "lower q or send fewer pending points") as deadline:
         picks = choose(posterior, problem, request.q, pending, np.random.default_rng(seed), deadline, sizes)
     P = np.array([pick.point for pick in picks])
     mean, variance = _context().loaded_model().model.predict(P)

@@ -328,7 +328,8 @@ def _check_count(count: int, max_batch_size: int) -> None:
     if count > max_batch_size:  # 422 like any schema violation (maxItems); 413 is for bodies over the byte limit
         message = (
             f"{count} points sent; at most {max_batch_size} per request: split them, or send them as an asynchronous "
-            "job (POST /jobs, any number of points), or use the Python client's predict(), which splits a batch"
+            "job (POST /jobs, up to its JobMaxPoints, 10^7 by default), or use the Python client's predict(), which "
+            "splits a batch"
         )
         raise RequestError(422, "batch too large", [("body", message)])
 

@@ -197,7 +197,16 @@ class Manifest:
             value, below = float(X[r, c]), bool(X[r, c] < low[c])
             physical = bool(physical_low[c] if below else physical_high[c])
             violations.append(
-                DomainViolation(int(r), self.features[c], value, float(low[c]), float(high[c]), below, physical)
+                DomainViolation(
+                    int(r),
+                    self.features[c],
+                    value,
+                    float(low[c]),
+                    float(high[c]),
+                    below,
+                    physical,
+                    self.units.get(self.features[c], ""),
+                )
             )
         return violations
 
@@ -211,15 +220,21 @@ class DomainViolation:
     high: float
     below: bool = True  # below the low end (else above the high end)
     physical: bool = False  # the end passed is a physical limit (else the widened training range's)
+    unit: str = ""  # the feature's unit, where the manifest gives one
 
     def describe(self) -> str:
-        """`-1000 is outside the allowed range [0, 55000]: below the physical limit 0` (or `...: above the training
+        """`-1000 is outside the allowed range [0, 55000] m: below the physical limit 0` (or `...: above the training
         domain`, the training bounds widened by DOMAIN_MARGIN)."""
+        end = self.low if self.below else self.high
+        # 6 digits, unless they would show the value equal to the end it passed (1 + 2e-16 against 1)
+        digits = ".17g" if f"{self.value:g}" == f"{end:g}" else "g"
         side = "below" if self.below else "above"
-        which = (
-            f"the physical limit {self.low if self.below else self.high:g}" if self.physical else "the training domain"
+        which = f"the physical limit {end:{digits}}" if self.physical else "the training domain"
+        unit = f" {self.unit}" if self.unit else ""
+        return (
+            f"{self.value:{digits}} is outside the allowed range [{self.low:{digits}}, {self.high:{digits}}]{unit}: "
+            f"{side} {which}"
         )
-        return f"{self.value:g} is outside the allowed range [{self.low:g}, {self.high:g}]: {side} {which}"
 
 
 def check_limits(value: Any, features: tuple[str, ...], bounds: np.ndarray) -> np.ndarray | None:
