@@ -32,7 +32,15 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.api import analyses, inference_protocol
-from handler.api.deadline import check_deadline, covariance_ms, predict_within_deadline
+from handler.api.deadline import (
+    BatchLimits,
+    batch_limits,
+    check_deadline,
+    covariance_ms,
+    covariance_points,
+    predict_within_deadline,
+    sample_points,
+)
 from handler.api.errors import RequestError, brief
 from handler.api.limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_SAMPLES, SAMPLE_MAX_VALUES, covariance_limit
 from handler.api.parsing import (
@@ -152,10 +160,18 @@ def predict() -> Any:
     body = decode_body(event.body, bool(event.is_base64_encoded))
     manifest = model.manifest()
     request = request_parser(manifest.features).parse(body)
+    _within_batch_limits(len(request.points), model_batch_limits(), options.include_gradient)
     if violations := manifest.domain_violations(request.points, settings.domain_margin):
         raise outside_domain(request, violations)
     if options.include_covariance and len(request.points) > (limit := covariance_limit(len(manifest.outputs))):
         message = f"{len(request.points)} points; a covariance matrix is answered for at most {limit}"
+        raise RequestError(422, "batch too large for include=covariance", [("include", message)])
+    if options.include_covariance and len(request.points) > (
+        limit := covariance_points(manifest, settings.function_timeout_seconds, limit)
+    ):
+        message = (
+            f"{len(request.points)} points; a covariance matrix on this model fits its time budget for at most {limit}"
+        )
         raise RequestError(422, "batch too large for include=covariance", [("include", message)])
     loaded = _loaded_model()
     with _subsegment("predict"):
@@ -183,6 +199,24 @@ def predict() -> Any:
         with _subsegment("covariance"):
             extras["covariance"] = loaded.model.covariance(request.points, latent=options.latent)
     return _extended_body(request, options, manifest, mean, variance, **extras)
+
+
+def model_batch_limits() -> BatchLimits:
+    """This model's batch limits (/predict, V2 infer, GET /model), from its manifest: no load needed."""
+    return batch_limits(model.manifest(), settings.max_batch_size, settings.function_timeout_seconds)
+
+
+def _within_batch_limits(points: int, limits: BatchLimits, gradient: bool) -> None:
+    """A 422 naming this model's limit, before any work, when the batch's estimated cost exceeds the budget."""
+    if points > limits.points:
+        message = f"{points} points; at most {limits.points} per request on {limits.describe()}: send smaller batches"
+        raise RequestError(422, "batch too large for this model", [("body", message)])
+    if gradient and points > limits.with_gradient:
+        message = (
+            f"{points} points; at most {limits.with_gradient} per request with include=gradient on "
+            f"{limits.describe()}: send smaller batches"
+        )
+        raise RequestError(422, "batch too large for include=gradient", [("include", message)])
 
 
 def _extended_body(
@@ -252,6 +286,14 @@ def sample() -> Any:
             f"{SAMPLE_MAX_POINTS} points and {SAMPLE_MAX_VALUES} values in all"
         )
         raise RequestError(422, "too many samples", [("samples", message)])
+    # before any work: the covariance, its factor (cubic in the points) and the draws, on this model
+    if len(points) > (fits := sample_points(manifest, settings.function_timeout_seconds, len(points), spec["samples"])):
+        batch = model_batch_limits()
+        message = (
+            f"{len(points)} points x {spec['samples']} samples do not fit {batch.describe()}: at most {fits} points "
+            f"with {spec['samples']} samples"
+        )
+        raise RequestError(422, "sample too large for this model", [("points", message)])
     if violations := manifest.domain_violations(points, settings.domain_margin):
         raise outside_domain(request, violations, "points")
     loaded = _loaded_model()
@@ -365,11 +407,14 @@ def health() -> dict[str, Any]:
 @app.get("/model")
 def model_info() -> dict[str, Any]:
     jobs = settings.jobs_enabled
-    limits = {
-        "max_batch_size": settings.max_batch_size,
+    batch = model_batch_limits()
+    limits: dict[str, Any] = {
+        "max_batch_size": batch.points,
         "max_job_points": settings.job_max_points if jobs else None,
         "job_chunk_points": settings.job_chunk_points if jobs else None,
     }
+    if batch.with_gradient != batch.points:
+        limits["max_batch_size_with_gradient"] = batch.with_gradient
     document = dict(model.manifest().document)
     # `limits` here is this deployment's (as before manifests had any); the manifest's are its features' physical ones
     if (physical_limits := document.pop("limits", None)) is not None:

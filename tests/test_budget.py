@@ -225,6 +225,190 @@ def test_v2_infer_checks_the_deadline_between_the_same_slices(serve):
     assert f"predicted {slice_points(app.model.get().model, False)} of 10000 points" in error
 
 
+def test_the_draws_setup_is_not_taken_as_the_first_chunks_time(serve):
+    # given posterior draws set up after the deadline began, the setup taking 4.5 s on a fake clock, and 5 s left
+    from handler.analyses.budget import Deadline
+    from handler.analyses.function_draws import PosteriorFunctionDraws
+
+    posterior = serve("small").model.get().model.posterior
+    now = [0.0]
+    deadline = Deadline(lambda: 5_000, clock=lambda: now[0])
+    draws = PosteriorFunctionDraws(posterior, 4, np.random.default_rng(1))
+    now[0] += 4.5
+    X = np.random.default_rng(2).random((50, len(FEATURES)))
+    # when the draws are evaluated (chunks taking no time on the fake clock)
+    mean, values = draws.evaluate_with_mean(X, deadline)
+    # then the evaluation runs: the 5 s left cover the reserve and chunks of no time, whatever the setup took
+    assert values.shape == (50, 4, 1)
+    assert mean.shape == (50, 1)
+
+
+def test_a_chunk_longer_than_the_time_left_still_stops_the_work():
+    # given a deadline with 5 s left whose previous chunk took 4.5 s on a fake clock
+    from handler.analyses.budget import Deadline, DeadlineExceeded
+
+    now = [0.0]
+    deadline = Deadline(lambda: 5_000, clock=lambda: now[0])
+    deadline.lap()
+    now[0] += 4.5
+    # when the next chunk is checked, then it is not started
+    with pytest.raises(DeadlineExceeded, match="1 chunk done"):
+        deadline.check("1 chunk done")
+
+
+# --- the batch limit is the model's: refused before the work (422), reported by GET /model -------------------------
+
+
+@pytest.fixture
+def short_timeout(monkeypatch: pytest.MonkeyPatch):
+    """A function timeout of `seconds` for the app and its routers (a smaller budget: the limits bind on m = 2,000)."""
+    from handler import app
+    from handler.api import analyses, inference_protocol
+
+    def shorten(seconds: float) -> None:
+        short = dataclasses.replace(app.settings, function_timeout_seconds=seconds)
+        monkeypatch.setattr(app, "settings", short)
+        for router in (analyses, inference_protocol):
+            monkeypatch.setattr(router, "_services", dataclasses.replace(router._context(), settings=short))
+
+    return shorten
+
+
+def limits_of(app) -> dict:
+    response = app.lambda_handler(api_event("GET", "/model"), lambda_context())
+    assert response["statusCode"] == 200, response["body"][:500]
+    return response_json(response)["limits"]
+
+
+def columns_of(points: int, seed: int = 3) -> dict[str, list[float]]:
+    values = np.random.default_rng(seed).random((points, len(FEATURES)))
+    return {f: values[:, i].tolist() for i, f in enumerate(FEATURES)}
+
+
+def v2_body(app, points: int) -> dict:
+    data = np.random.default_rng(4).random((points, len(FEATURES))).ravel().tolist()
+    return {"inputs": [{"name": "input", "shape": [points, len(FEATURES)], "datatype": "FP64", "data": data}]}
+
+
+def test_get_model_reports_the_models_batch_limits(serve, short_timeout):
+    # given the model of 2,000 points and a 2 s timeout (a budget of 0.33 s), beside the Park model
+    from handler import app as park_app
+
+    park = limits_of(park_app)
+    short_timeout(2.0)
+    app = serve("large")
+    # when GET /model is asked
+    limits = limits_of(app)
+    # then the large model's limits are under the deployment's, lower with gradients, and the Park model keeps it
+    assert limits["max_batch_size"] < app.settings.max_batch_size
+    assert limits["max_batch_size_with_gradient"] < limits["max_batch_size"]
+    assert park["max_batch_size"] == park_app.settings.max_batch_size
+    assert "max_batch_size_with_gradient" not in park
+    # and GET /model did not load the model (the limits come from its manifest)
+    assert not app.model.is_loaded
+
+
+@pytest.mark.parametrize("route", ["/predict", "v2"])
+def test_a_batch_over_the_models_limit_is_refused_before_any_work_naming_it(serve, short_timeout, route):
+    # given the model of 2,000 points under a 2 s timeout, and its limit as GET /model reports it
+    short_timeout(2.0)
+    app = serve("large")
+    limit = limits_of(app)["max_batch_size"]
+    path = "/predict" if route == "/predict" else f"/v2/models/{app.model.manifest().name}/infer"
+
+    def ask(points: int) -> dict:
+        body = columns_of(points) if route == "/predict" else v2_body(app, points)
+        return app.lambda_handler(api_event("POST", path, body), lambda_context())
+
+    # when one point more than the limit is sent
+    refused = ask(limit + 1)
+    # then it is refused with a 422 naming the limit, before the model is even loaded
+    assert refused["statusCode"] == 422, refused["body"][:500]
+    assert f"at most {limit} per request" in refused["body"]
+    assert "m = 2000 training points" in refused["body"]
+    assert not app.model.is_loaded
+    # and the limit itself is answered
+    answered = ask(limit)
+    assert answered["statusCode"] == 200, answered["body"][:500]
+
+
+def test_a_batch_over_the_models_gradient_limit_is_refused_with_include_gradient_only(serve, short_timeout):
+    # given the model of 2,000 points under a 2 s timeout, and its limit with gradients
+    short_timeout(2.0)
+    app = serve("large")
+    limits = limits_of(app)
+    over = limits["max_batch_size_with_gradient"] + 1
+    event = api_event("POST", "/predict", columns_of(over))
+    event["queryStringParameters"] = {"include": "gradient"}
+    # when one point more than that limit is sent with include=gradient
+    refused = app.lambda_handler(event, lambda_context())
+    # then it is refused, naming that limit, before any work; the same points without gradients are answered
+    assert refused["statusCode"] == 422, refused["body"][:500]
+    detail = response_json(refused)["details"][0]
+    assert detail["field"] == "include"
+    assert f"at most {limits['max_batch_size_with_gradient']} per request with include=gradient" in detail["message"]
+    assert not app.model.is_loaded
+    answered = app.lambda_handler(api_event("POST", "/predict", columns_of(over)), lambda_context())
+    assert answered["statusCode"] == 200, answered["body"][:500]
+
+
+def test_a_covariance_over_the_models_budget_is_refused_before_any_work(serve, short_timeout):
+    # given the model of 2,000 points under a 1.3 s timeout (a budget of 0.1 s), and 426 points (the answer's limit)
+    short_timeout(1.3)
+    app = serve("large")
+    assert limits_of(app)["max_batch_size"] >= 426
+
+    def ask(points: int) -> dict:
+        event = api_event("POST", "/predict", columns_of(points))
+        event["queryStringParameters"] = {"include": "covariance"}
+        return app.lambda_handler(event, lambda_context())
+
+    # when their covariance is asked
+    refused = ask(426)
+    # then it is refused, naming the points whose covariance fits, before the model is loaded; those are answered
+    assert refused["statusCode"] == 422, refused["body"][:500]
+    detail = response_json(refused)["details"][0]
+    assert detail["field"] == "include"
+    fits = int(detail["message"].split("for at most ")[1])
+    assert 0 < fits < 426
+    assert not app.model.is_loaded
+    answered = ask(fits)
+    assert answered["statusCode"] == 200, answered["body"][:500]
+
+
+def test_the_openapi_document_states_the_models_batch_limit(serve, short_timeout):
+    # given the model of 2,000 points under a 2 s timeout
+    short_timeout(2.0)
+    app = serve("large")
+    limit = limits_of(app)["max_batch_size"]
+    # when its OpenAPI document is asked
+    response = app.lambda_handler(api_event("GET", "/openapi.json"), lambda_context())
+    document = response_json(response)
+    # then the batch's maxItems is the model's limit
+    columns = document["components"]["schemas"]["PredictColumns"]["properties"]
+    assert {column["maxItems"] for column in columns.values()} == {limit}
+
+
+def test_sample_over_the_models_budget_is_refused_before_any_work_naming_what_fits(serve, short_timeout):
+    # given the sparse model of 1,000 inducing points under a 1.3 s timeout (a budget of 0.1 s)
+    short_timeout(1.3)
+    app = serve("sparse")
+    body = {"points": [dict(zip(FEATURES, row, strict=True)) for row in np.random.default_rng(5).random((1_000, 4))]}
+    # when /sample is asked for joint draws at 1,000 points (its format's limit)
+    status, refused = call(app, "/sample", {**body, "samples": 1, "seed": 1})
+    # then it is refused with a 422 naming the budget and the points that fit, before the model is loaded
+    assert status == 422, refused
+    detail = refused["details"][0]
+    assert detail["field"] == "points"
+    assert "time budget of 0.1 s" in detail["message"]
+    assert not app.model.is_loaded
+    fits = int(detail["message"].split("at most ")[1].split(" points")[0])
+    assert 0 < fits < 1_000
+    # and the points it names as fitting are answered
+    status, answer = call(app, "/sample", {"points": body["points"][:fits], "samples": 1, "seed": 1})
+    assert status == 200, answer
+
+
 # --- a valid model answers: duplicates and zero noise -------------------------------------------------------------
 
 

@@ -145,6 +145,61 @@ def test_retries_stop_after_max_attempts_with_the_last_error():
     assert len(calls) == 3
 
 
+def test_the_services_own_504_is_not_retried_but_api_gateways_is():
+    # given a service whose work did not fit its time (its own 504), and API Gateway timing out once
+    calls: list[str] = []
+    script = {
+        "/predict": httpx.Response(504, json={"error": "time budget exceeded", "details": []}),
+        "/health": httpx.Response(504, json={"message": "Endpoint request timed out"}),
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path == "/health" and calls.count("/health") > 1:
+            return httpx.Response(200, json={"status": "ok"})
+        return script[request.url.path]
+
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client:
+        # when each is asked
+        with pytest.raises(ApiError, match="time budget exceeded") as failed:
+            client._request("POST", "/predict")
+        health = client._request("GET", "/health").json()
+    # then the service's 504 is raised at once (the same work would not fit again); API Gateway's is retried
+    assert failed.value.status == 504
+    assert calls.count("/predict") == 1
+    assert calls.count("/health") == 2
+    assert health == {"status": "ok"}
+
+
+def test_predict_with_gradients_splits_by_the_models_gradient_limit():
+    # given a model whose limits are 3 points a request, 2 with gradients
+    manifest = {**PARK_MANIFEST, "limits": {"max_batch_size": 3, "max_batch_size_with_gradient": 2}}
+    sizes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/model":
+            return httpx.Response(200, json=manifest)
+        body = json.loads(request.content)
+        n = len(body["x1"])
+        sizes.append(n)
+        gradient = {f: [0.0] * n for f in FEATURES}
+        columns = {"mean": [0.0] * n, "variance": [1.0] * n}
+        return httpx.Response(200, json={**columns, "mean_gradient": gradient, "variance_gradient": gradient})
+
+    points = np.random.default_rng(0).random((5, len(FEATURES)))
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client:
+        # when 5 points are predicted without, then with, gradients
+        client.predict(points)
+        plain = sorted(sizes)
+        sizes.clear()
+        answer = client.predict(points, include=["gradient"])
+    # then batches follow each limit
+    assert plain == [2, 3]
+    assert sorted(sizes) == [1, 2, 2]
+    assert answer.mean_gradient is not None
+    assert answer.mean_gradient.shape == (5, len(FEATURES), 1)
+
+
 def test_a_client_error_is_not_retried():
     calls = []
 

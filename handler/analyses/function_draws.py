@@ -157,6 +157,7 @@ class PosteriorFunctionDraws:
         mean = np.empty((len(X), self.outputs))
         values = np.empty((len(X), self.draws, self.outputs))
         rows = max(1, CHUNK_BYTES // (8 * (len(self.phases) + self.posterior.n_inputs)))
+        deadline.lap()  # the draws' setup (in __init__) ran since the deadline began: not a chunk's time
         for start in range(0, len(X), rows):
             deadline.check(f"{start} of {len(X)} points evaluated for {self.draws} posterior draws")
             chunk = X[start : start + rows]

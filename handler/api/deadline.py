@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from aws_lambda_powertools import Logger
 
 from handler.api.errors import RequestError
+from handler.gp.artifact import Manifest
 from handler.gp.model import PosteriorModel, SurrogateModel
 from handler.gp.posterior import Prediction
 
@@ -78,3 +81,77 @@ def check_deadline(remaining_ms: float, next_ms: float, done: str) -> None:
         logger.warning("time budget exceeded", extra={"done": done})
         message = f"{done} before the function's deadline; send smaller batches"
         raise RequestError(504, "time budget exceeded", [("body", message)])
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Most points of one /predict (or V2 infer) request on this model: the deployment's MAX_BATCH_SIZE, lowered
+    where this model's estimated cost of a batch (handler.analyses.budget) would exceed the time budget."""
+
+    points: int
+    with_gradient: int
+    seconds: float  # the budget: analysis_budget_seconds of the function's timeout
+    m: int | None = None  # the model's training (or inducing) points; None: no cost model (a GPy pickle)
+    sparse: bool = False
+
+    def describe(self) -> str:
+        kind = "inducing" if self.sparse else "training"
+        return f"this model (m = {self.m} {kind} points) within its time budget of {self.seconds:.1f} s"
+
+
+def cost_model_of(manifest: Manifest) -> Any:
+    """The CostModel of a posterior file's model from its manifest (the shapes the file is checked against when
+    loaded), without loading it; None for a GPy pickle."""
+    from handler.analyses.budget import KERNEL_S, CostModel
+
+    posterior = manifest.document.get("posterior")
+    if manifest.format != "npz" or not isinstance(posterior, dict):
+        return None
+    try:
+        m, d = posterior["arrays"]["inputs"]["shape"]
+        p = posterior["arrays"]["woodbury_vector"]["shape"][1]
+    except (KeyError, TypeError, ValueError, IndexError):  # not a posterior file's description: its load says why
+        return None
+    kernel = str((manifest.document.get("kernel") or {}).get("name"))
+    if kernel not in KERNEL_S:
+        return None
+    return CostModel(int(m), int(d), int(p), posterior.get("inference") == "sparse", 0, kernel)
+
+
+def batch_limits(manifest: Manifest, max_batch_size: int, timeout_seconds: float) -> BatchLimits:
+    """This model's batch limits: the most points whose estimated prediction (and gradients) fit the budget."""
+    from handler.analyses.budget import analysis_budget_seconds
+
+    seconds = analysis_budget_seconds(timeout_seconds)
+    cost = cost_model_of(manifest)
+    if cost is None:
+        return BatchLimits(max_batch_size, max_batch_size, seconds)
+    # both costs are linear in the points: the limit is the budget over the cost of one
+    plain = min(max_batch_size, int(seconds / cost.predict(1)))
+    gradient = min(max_batch_size, int(seconds / (cost.predict(1) + cost.gradients(1))))
+    return BatchLimits(max(plain, 1), max(gradient, 1), seconds, cost.m, cost.sparse)
+
+
+def covariance_points(manifest: Manifest, timeout_seconds: float, high: int) -> int:
+    """The most points (up to `high`) whose predictions and joint covariance fit this model's time budget."""
+    return _largest(manifest, timeout_seconds, high, lambda cost, points: cost.covariance(points))
+
+
+def sample_points(manifest: Manifest, timeout_seconds: float, high: int, samples: int) -> int:
+    """The most points (up to `high`) of which /sample draws `samples` joint samples within this model's budget."""
+    return _largest(manifest, timeout_seconds, high, lambda cost, points: cost.sample(points, samples))
+
+
+def _largest(manifest: Manifest, timeout_seconds: float, high: int, seconds_of: Callable[[Any, int], float]) -> int:
+    """The most points in [0, high] whose work, seconds_of(cost model, points), fits the budget (it grows with them
+    faster than linearly: found by bisection); `high` for a model without a cost model."""
+    from handler.analyses.budget import analysis_budget_seconds
+
+    cost = cost_model_of(manifest)
+    if cost is None:
+        return high
+    seconds, low = analysis_budget_seconds(timeout_seconds), 0
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if seconds_of(cost, middle) <= seconds else (low, middle - 1)
+    return low

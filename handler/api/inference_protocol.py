@@ -23,7 +23,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from handler.api.deadline import predict_within_deadline
+from handler.api.deadline import BatchLimits, batch_limits, predict_within_deadline
 from handler.api.errors import RequestError, brief, encodable
 from handler.api.parsing import decode_body, load_body
 from handler.api.services import Services
@@ -180,7 +180,9 @@ def _infer(name: str, version: str | None) -> Response:
     body = decode_body(event.body, bool(event.is_base64_encoded))
     # /predict's limits: the same points, as flat or nested numbers
     request = load_body(body, services.parser(manifest.features).limits)
-    points, latent = _read_request(request, manifest, services.settings.max_batch_size)
+    settings = services.settings
+    limits = batch_limits(manifest, settings.max_batch_size, settings.function_timeout_seconds)
+    points, latent = _read_request(request, manifest, limits)
     wanted = _requested_outputs(request)
     if violations := manifest.domain_violations(points, services.settings.domain_margin, limit=5):
         described = "; ".join(
@@ -210,7 +212,7 @@ def _infer(name: str, version: str | None) -> Response:
     )
 
 
-def _read_request(request: Any, manifest: Manifest, max_batch_size: int) -> tuple[np.ndarray, bool]:
+def _read_request(request: Any, manifest: Manifest, limits: BatchLimits) -> tuple[np.ndarray, bool]:
     """The input tensor as an (N, n_features) float array, and whether the latent variance is wanted.
 
     Every field's type is checked before it is used (a datatype sent as an array cannot be looked up).
@@ -238,8 +240,9 @@ def _read_request(request: Any, manifest: Manifest, max_batch_size: int) -> tupl
         or shape[0] < 1
     ):
         raise InferenceError(400, f"input {name}: shape {brief(shape)}; expected [N, {d}] with N >= 1")
-    if shape[0] > max_batch_size:
-        raise InferenceError(422, f"input {name}: {shape[0]} points; at most {max_batch_size} per request")
+    if shape[0] > limits.points:  # before the data is read: the model's limit, what its time budget allows
+        where = "" if limits.m is None else f" on {limits.describe()}"
+        raise InferenceError(422, f"input {name}: {shape[0]} points; at most {limits.points} per request{where}")
     data = tensor.get("data")
     flat = _flatten(data, shape[0] * d)
     if flat is None:

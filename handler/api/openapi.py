@@ -37,6 +37,7 @@ from handler.api.schemas import (
 )
 
 if TYPE_CHECKING:
+    from handler.api.deadline import BatchLimits
     from handler.config import Settings
     from handler.gp.artifact import Manifest
 
@@ -149,7 +150,9 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
             else f"Outputs: {outputs}; each answer has one object per output, with `mean` and `variance`. "
         )
         + "POST one point, an array of points (rows) or an object of feature arrays (columns), "
-        f"up to {settings.max_batch_size} points per request. Every error has the body `ErrorResponse`."
+        f"up to {_model_batch(manifest, settings).points} points per request"
+        + _gradient_limit_text(manifest, settings)
+        + ". Every error has the body `ErrorResponse`."
     )
     docs = APIGatewayRestResolver(enable_validation=True)
     Answer = point_answer | list[point_answer] | columns_answer  # type: ignore[valid-type]
@@ -311,15 +314,28 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
     return document
 
 
+def _model_batch(manifest: "Manifest", settings: "Settings") -> "BatchLimits":
+    """This model's batch limits (MAX_BATCH_SIZE, lowered where a batch would not fit the model's time budget)."""
+    from handler.api.deadline import batch_limits
+
+    return batch_limits(manifest, settings.max_batch_size, settings.function_timeout_seconds)
+
+
+def _gradient_limit_text(manifest: "Manifest", settings: "Settings") -> str:
+    batch = _model_batch(manifest, settings)
+    return "" if batch.with_gradient == batch.points else f" ({batch.with_gradient} with include=gradient)"
+
+
 def _document_deployment_limits(document: dict[str, Any], manifest: "Manifest", settings: "Settings") -> None:
     """Write this deployment's batch limit and input domain into the schemas, as the app enforces them."""
     schemas = document["components"]["schemas"]
     body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     rows = next(option for option in body["anyOf"] if option.get("type") == "array")
-    rows["maxItems"] = settings.max_batch_size
+    batch = _model_batch(manifest, settings).points
+    rows["maxItems"] = batch
     schemas["DesignSpec"]["properties"]["n"]["maximum"] = settings.job_max_points  # JOB_MAX_POINTS
     for column in schemas["PredictColumns"]["properties"].values():
-        column["maxItems"] = settings.max_batch_size
+        column["maxItems"] = batch
     domain = zip(manifest.features, manifest.bounds.tolist(), *manifest.domain(settings.domain_margin), strict=True)
     for j, (name, (low, high), minimum, maximum) in enumerate(domain):
         limits = {"minimum": float(minimum), "maximum": float(maximum)}
@@ -584,8 +600,8 @@ def _document_inference_protocol(
     }
     description = (
         f"One input tensor, FP64 or FP32, shape [N, {len(manifest.features)}] with columns "
-        f"{', '.join(manifest.features)}, N up to {settings.max_batch_size}; `parameters.variance`: noisy "
-        "(default) or latent. JSON tensor data only (no binary extension)."
+        f"{', '.join(manifest.features)}, N up to {_model_batch(manifest, settings).points}; "
+        "`parameters.variance`: noisy (default) or latent. JSON tensor data only (no binary extension)."
     )
     body_doc = Body(openapi_examples={"one point": {"value": example}})  # type: ignore[dict-item]
 

@@ -22,9 +22,9 @@ from handler.gp.artifact import MAX_UNIT_CHARACTERS, NAME_PATTERN, check_limits,
 # Strict: booleans and numeric strings are refused rather than coerced; NaN and +-Infinity
 # (which Python's json module accepts, and 1e400 becomes) are refused as well.
 Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-# The batch limit (MAX_BATCH_SIZE) and the input domain (the manifest's bounds widened by DOMAIN_MARGIN, within
-# its physical limits: `Manifest.domain`) belong to a deployment: handler.api.openapi writes them into the
-# document it serves; the app enforces them.
+# The batch limit (MAX_BATCH_SIZE, lowered for a model whose batch would not fit its time budget) and the input
+# domain (the manifest's bounds widened by DOMAIN_MARGIN, within its physical limits: `Manifest.domain`) belong to
+# a deployment and its model: handler.api.openapi writes them into the document it serves; the app enforces them.
 FeatureColumn = Annotated[list[Feature], Field(min_length=1)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern)]
 
@@ -380,7 +380,13 @@ def describe_json(value: Any) -> str:
 
 
 class DeploymentLimits(BaseModel):
-    max_batch_size: int = Field(description="Most points per POST /predict.")
+    max_batch_size: int = Field(
+        description="Most points per POST /predict (and V2 infer) on this model: MAX_BATCH_SIZE, lowered where a "
+        "batch's estimated cost on this model exceeds the function's time budget."
+    )
+    max_batch_size_with_gradient: int | None = Field(
+        None, description="Most points per POST /predict with include=gradient, where lower than max_batch_size."
+    )
     max_job_points: int | None = Field(description="Most points per job; null where jobs are not deployed.")
     job_chunk_points: int | None = Field(description="Points a job worker predicts per message.")
 

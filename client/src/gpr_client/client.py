@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+TIME_BUDGET_EXCEEDED = "time budget exceeded"  # the service's 504: not retried (the same work would not fit again)
 URL_VARIABLE = "GPR_SURROGATE_URL"
 KEY_VARIABLE = "GPR_SURROGATE_API_KEY"
 MAX_RETRY_AFTER_S = 120.0
@@ -95,6 +96,18 @@ class _WaitRetryAfter(tenacity.wait.wait_base):
         return float(self.fallback(retry_state))
 
 
+def _out_of_time(response: httpx.Response) -> bool:
+    """The service's own 504 (its work did not fit the function's time): the same request would fail again.
+    API Gateway's 504 (a timed-out integration, a body of its own) is retried."""
+    if response.status_code != 504:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("error") == TIME_BUDGET_EXCEEDED
+
+
 def _retry_after_seconds(header: str) -> float | None:
     try:
         return max(0.0, float(header))
@@ -112,6 +125,7 @@ class ModelInfo:
     bounds: dict[str, tuple[float, float]]
     max_batch_size: int
     max_job_points: int | None
+    max_batch_size_with_gradient: int | None = None  # lower than max_batch_size on a large model, else None
     published_training_data: str | None = None  # "inputs", "inputs_and_outputs", or None: nothing published
     units: Mapping[str, str] = field(default_factory=dict)  # {feature or output: unit}, where the manifest says
 
@@ -279,7 +293,8 @@ class SurrogateClient:
     # --- HTTP with retries ---------------------------------------------------------------------------
 
     def _request(self, method: str, url: str, *, client: httpx.Client | None = None, **kwargs: Any) -> httpx.Response:
-        """One request, retried on 429/502/503/504 and transport errors; ApiError for any other 4xx/5xx."""
+        """One request, retried on 429/502/503/504 (not the service's own 504, "time budget exceeded") and transport
+        errors; ApiError for any other 4xx/5xx."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts),
             wait=_WaitRetryAfter(tenacity.wait_random_exponential(multiplier=0.5, max=30)),
@@ -290,7 +305,7 @@ class SurrogateClient:
             for attempt in retrying:
                 with attempt:
                     response = (client or self._http).request(method, url, **kwargs)
-                    if response.status_code in RETRYABLE_STATUSES:
+                    if response.status_code in RETRYABLE_STATUSES and not _out_of_time(response):
                         raise _RetryableError(response)
         except _RetryableError as exhausted:
             response = exhausted.response
@@ -317,6 +332,7 @@ class SurrogateClient:
                 bounds={k: (float(v[0]), float(v[1])) for k, v in doc["bounds"].items()},
                 max_batch_size=int(limits.get("max_batch_size", 10_000)),
                 max_job_points=limits.get("max_job_points"),
+                max_batch_size_with_gradient=limits.get("max_batch_size_with_gradient"),
                 published_training_data=doc.get("published_training_data"),
                 units={str(k): str(v) for k, v in (doc.get("units") or {}).items()},
             )
@@ -377,7 +393,10 @@ class SurrogateClient:
         """Predictions for every row of X, in order: batches within the limit, sent `concurrency` at a time."""
         info = self.model()
         points = self._points(X)
-        size = self._batch_size or info.max_batch_size
+        limit = info.max_batch_size
+        if "gradient" in include and info.max_batch_size_with_gradient is not None:
+            limit = min(limit, info.max_batch_size_with_gradient)
+        size = min(self._batch_size, limit) if self._batch_size else limit
         params = {"variance": "latent" if latent else "noisy"}
         if include:
             params["include"] = ",".join(include)
