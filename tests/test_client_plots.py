@@ -363,6 +363,18 @@ def test_contour_colour_bars_name_the_statistic_output_and_unit():
     bars = [ax for ax in figure.axes if not ax.get_title()]
     assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in panels] == [("Tu (m²/yr)", "r (m)")] * 2
     assert [ax.get_ylabel() for ax in bars] == ["mean of flow (m³/yr)", "std of flow (m³/yr)"]
+    # and its title holds the other features at plain numbers with their units, no e-notation
+    title = figure.get_suptitle()
+    assert "Kw = 10,950 m/yr" in title
+    assert "e+" not in title
+
+
+def test_the_slices_title_says_whose_band_it_is_in_words():
+    with borehole_client(std=5.0) as client:
+        latent, noisy = client.plot_slices(points=5, latent=True), client.plot_slices(points=5, latent=False)
+    assert "of the function" in latent.get_suptitle()
+    assert "of an observation" in noisy.get_suptitle()
+    assert "latent" not in latent.get_suptitle() + noisy.get_suptitle()
 
 
 def test_the_sensitivity_title_says_n_and_the_posterior_draws_used():

@@ -59,9 +59,24 @@ def chosen_outputs(info: ModelInfo, output: str | None) -> list[str]:
     return [output]
 
 
-def _describe(values: Mapping[str, float], leave_out: tuple[str, ...]) -> str:
-    held = [f"{f} = {v:.4g}" for f, v in values.items() if f not in leave_out]
+def _describe(info: ModelInfo, values: Mapping[str, float], leave_out: tuple[str, ...]) -> str:
+    """Where the other features are held, for a title: plain numbers (no e-notation) with their units."""
+    held = [f"{f} = {_plain(v)}{_unit(info, f)}" for f, v in values.items() if f not in leave_out]
     return ", ".join(held) if held else "no other feature"
+
+
+def _plain(value: float) -> str:
+    """Four significant digits without e-notation where that stays short (89,350 rather than 8.935e+04)."""
+    if value == 0 or 1e-4 <= abs(value) < 1e7:
+        digits = max(0, 3 - int(np.floor(np.log10(abs(value))))) if value else 0
+        text = f"{round(value, digits):,.{digits}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    return f"{value:.4g}"
+
+
+def _unit(info: ModelInfo, name: str) -> str:
+    unit = info.units.get(name)
+    return f" {unit}" if unit else ""
 
 
 def near_points(info: ModelInfo, inputs: np.ndarray, feature: str, values: Mapping[str, float], near: float):
@@ -174,9 +189,9 @@ def slices(
         entries.pop(BAND_LABEL, None)
     figure.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=len(entries),
                   fontsize="small", frameon=False)  # fmt: skip
-    variance = "latent" if latent else "noisy"
+    whose = "of the function" if latent else "of an observation"
     figure.suptitle(
-        rf"{info.name} {info.version}: mean $\pm 2\sigma$ ({variance}) along each feature; others at their dashed line"
+        rf"{info.name} {info.version}: mean $\pm 2\sigma$ {whose} along each feature; others at their dashed line"
     )
     return figure
 
@@ -221,7 +236,7 @@ def contour(
             ax.plot([values[a]], [values[b]], marker="x", color="white", markeredgecolor="black", markersize=8)
             ax.set(xlabel=info.label(a), ylabel=info.label(b), title=title)
             readable_ticks(ax)
-    figure.suptitle(f"{info.name} {info.version}: {a} and {b}; {_describe(values, (a, b))}")
+    figure.suptitle(f"{info.name} {info.version}: {a} and {b}; {_describe(info, values, (a, b))}")
     return figure
 
 
