@@ -94,6 +94,7 @@ def prototype_names_server(tmp_path_factory: pytest.TempPathFactory):
         sys.executable, str(PACKAGE_MODEL), str(folder / "model.pkl"), "--features", ",".join(PROTOTYPE_NAMES),
         "--outputs", PROTOTYPE_OUTPUT, "--bounds", ",".join(f"{name}=0:1" for name in PROTOTYPE_NAMES),
         "--name", "prototype-names", "--publish-training-data", "inputs_and_outputs", "--output", str(output),
+        "--limits", "constructor=0:",
     ]  # fmt: skip
     packaged = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert packaged.returncode == 0, packaged.stderr
@@ -351,8 +352,11 @@ def test_the_page_draws_the_deployed_model_and_follows_its_sliders(browser, depl
     card = browser.find_element(By.ID, "card").text
     for fact in (model["name"], model["version"], f"{model['n_train']} points"):
         assert fact in card
+    metrics_text = browser.find_element(By.ID, "metrics-table").text
     for output, metrics in (model.get("holdout") or {}).items():
-        assert output in browser.find_element(By.ID, "metrics-table").text, metrics
+        assert f"{output} hold-out" in metrics_text, metrics
+    for output, metrics in (model.get("leave_one_out") or {}).items():  # packaged since the quality gate
+        assert f"{output} leave-one-out" in metrics_text, metrics
     # and an output selector only where there is a choice (the Park example has one output)
     assert browser.find_element(By.ID, "output-choice").is_displayed() == (len(model["outputs"]) > 1)
     # and every slice and 2-D picture is /predict's answer at the middle of the bounds
@@ -588,6 +592,10 @@ def test_features_named_like_javascripts_own_members_are_drawn_with_their_units(
     assert_pictures_match_predict(browser, base_url, model, PROTOTYPE_OUTPUT)
     assert assert_training_points_near_each_slice(browser, base_url, model, PROTOTYPE_OUTPUT) > 0
     assert_sensitivity_matches(browser, base_url, model, PROTOTYPE_OUTPUT)
+    # and the card shows the one physical limit the manifest gives, on its feature's row
+    rows = browser.find_element(By.ID, "features-table").find_elements(By.CSS_SELECTOR, "tbody tr")
+    limits = {row.find_element(By.TAG_NAME, "th").text: row.find_elements(By.TAG_NAME, "td")[-1].text for row in rows}
+    assert limits == {"constructor (m)": "≥ 0", "__proto__ (kg/s)": "—", "toString": "—"}
     # and the axes carry the units the manifest gives, and only those
     assert axis_titles(browser, "slice-constructor") == ("constructor (m)", "valueOf (Pa)")
     assert axis_titles(browser, "slice-__proto__") == ("__proto__ (kg/s)", "valueOf (Pa)")

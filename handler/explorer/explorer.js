@@ -179,29 +179,40 @@
     }
     const body = $("features-table").tBodies[0];
     body.replaceChildren();
+    const limits = model.physical_limits || null;
     for (const feature of model.features) {
       const [low, high] = own(model.bounds, feature);
       const row = document.createElement("tr");
-      row.append(text("th", titled(feature), { scope: "row" }), text("td", short(low)), text("td", short(high)));
+      row.append(text("th", titled(feature), { scope: "row" }), text("td", short(low)), text("td", short(high)),
+        text("td", limits && Object.hasOwn(limits, feature) ? physical(own(limits, feature)) : "—"));
       body.append(row);
     }
-    const holdout = model.holdout || null;
-    $("metrics-table").hidden = !holdout;
-    $("metrics-none").hidden = Boolean(holdout);
-    if (holdout) {
-      const columns = [...new Set(Object.values(holdout).flatMap((metrics) => Object.keys(metrics)))];
+    // Accuracy on the hold-out set and, for models packaged since, on the training points left out one at a time
+    const sets = [["hold-out", model.holdout], ["leave-one-out", model.leave_one_out]].filter(([, metrics]) => metrics);
+    $("metrics-table").hidden = sets.length === 0;
+    $("metrics-none").hidden = sets.length > 0;
+    if (sets.length) {
+      const all = sets.flatMap(([, metrics]) => Object.values(metrics));
+      const columns = [...new Set(all.flatMap((metrics) => Object.keys(metrics)))];
       const head = document.createElement("tr");
-      head.append(text("th", "output", { scope: "col" }), ...columns.map((c) => text("th", c, { scope: "col" })));
+      head.append(text("th", "output", { scope: "col" }), text("th", "on", { scope: "col" }),
+        ...columns.map((c) => text("th", c, { scope: "col" })));
       $("metrics-table").tHead.replaceChildren(head);
-      const rows = Object.entries(holdout).map(([output, metrics]) => {
+      const rows = sets.flatMap(([name, metrics]) => Object.entries(metrics).map(([output, values]) => {
         const row = document.createElement("tr");
-        row.append(text("th", output, { scope: "row" }),
-          ...columns.map((c) => text("td", Object.hasOwn(metrics, c) ? short(metrics[c]) : "—")));
+        row.append(text("th", output, { scope: "row" }), text("td", name),
+          ...columns.map((c) => text("td", Object.hasOwn(values, c) ? short(values[c]) : "—")));
         return row;
-      });
+      }));
       $("metrics-table").tBodies[0].replaceChildren(...rows);
     }
     trainingNote(model);
+  }
+
+  // A physical limit for the card: "≥ 0", "≤ 1" or "[0, 1]" (either end may be open: null)
+  function physical([low, high]) {
+    if (low !== null && high !== null) return `[${short(low)}, ${short(high)}]`;
+    return low !== null ? `≥ ${short(low)}` : `≤ ${short(high)}`;
   }
 
   function trainingNote(model) {
