@@ -345,7 +345,7 @@ def measure_upload_memory(cases: tuple[str, ...] = UPLOAD_CASES) -> list[dict[st
                     tracemalloc.reset_peak()
                 began = time.perf_counter()
                 try:
-                    plan_job(backend, job.id, manifest, settings.domain_margin)
+                    plan_job(backend, job.id, manifest, settings.domain_margin, lambda: backend.chunk_points)
                     planned = backend.store.get(job.id)
                     row["outcome"] = f"planned: {planned.n_points:,} points" if planned else "planned"
                 except JobInputError as exc:

@@ -61,6 +61,7 @@ from handler.gp.broken import ModelBrokenError
 from handler.gp.model import LazyModel, LoadedModel
 from handler.gp.posterior import Z_95
 from handler.jobs import routes as job_routes
+from handler.jobs.sizing import model_chunk_points
 
 
 def _to_json(value: Any) -> str:
@@ -404,6 +405,15 @@ def health() -> dict[str, Any]:
     return {"status": "ok", "model_loaded": model.is_loaded}
 
 
+def _job_chunk_points() -> int | None:
+    """Points a job's chunk holds on the model served; None while the model cannot be loaded (said elsewhere)."""
+    try:
+        served = model.get().model
+    except ModelUnavailableError:
+        return None
+    return model_chunk_points(served, settings.job_chunk_points, settings.job_worker_timeout_seconds)
+
+
 @app.get("/model")
 def model_info() -> dict[str, Any]:
     jobs = settings.jobs_enabled
@@ -411,7 +421,7 @@ def model_info() -> dict[str, Any]:
     limits: dict[str, Any] = {
         "max_batch_size": batch.points,
         "max_job_points": settings.job_max_points if jobs else None,
-        "job_chunk_points": settings.job_chunk_points if jobs else None,
+        "job_chunk_points": _job_chunk_points() if jobs else None,
     }
     if batch.with_gradient != batch.points:
         limits["max_batch_size_with_gradient"] = batch.with_gradient

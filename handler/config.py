@@ -86,12 +86,16 @@ class Settings:
     job_dead_letter_queue_arn: str = ""
     """ARN of the work queue's dead-letter queue: the finisher fails the jobs of the messages that land there."""
     job_chunk_points: int = 200_000
-    """Points a worker predicts per SQS message (benchmarks/jobs.py measured the choice)."""
+    """Most points a worker predicts per SQS message (benchmarks/jobs.py measured the choice); fewer on a model whose
+    points cost more than the worker's timeout allows (handler.jobs.sizing)."""
     job_max_points: int = 10_000_000
     """Most points one job may have (a design's n, an upload's rows)."""
     function_timeout_seconds: float = 15.0
     """The function's timeout (template.yaml's Timeout): an analysis may cost a third of it less a second, as
     estimated on the model served (handler.analyses.budget)."""
+    job_worker_timeout_seconds: float = 300.0
+    """The job worker's timeout (template.yaml's JobWorkerFunction Timeout): a job's chunks are sized to fit it, on
+    the API function (inline points, GET /model) and on the worker (designs and uploads) alike."""
     job_retention_days: int = 7
     """Job records and objects expire this long after submission (DynamoDB TTL, S3 lifecycle)."""
 
@@ -129,6 +133,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "job_chunk_points": ("JOB_CHUNK_POINTS", _number(int, 100, 1_000_000)),
     "job_max_points": ("JOB_MAX_POINTS", _number(int, 1, 100_000_000)),
     "function_timeout_seconds": ("FUNCTION_TIMEOUT_SECONDS", _number(float, 3.0, 900.0)),
+    "job_worker_timeout_seconds": ("JOB_WORKER_TIMEOUT_SECONDS", _number(float, 3.0, 900.0)),
     "job_retention_days": ("JOB_RETENTION_DAYS", _number(int, 1, 365)),
 }
 assert set(_ENVIRONMENT) == {f.name for f in fields(Settings)}

@@ -288,8 +288,8 @@ def test_a_model_that_cannot_load_fails_the_job_without_quoting_the_artifact(
     def broken():
         raise ModelUnavailableError("model artifact could not be read: TOPSECRET-bytes")
 
-    monkeypatch.setattr(worker.model, "get", broken)
     _, _, submitted = jobs.call("POST", "/jobs", {"points": [{n: 0.5 for n in FEATURES}] * 3})
+    monkeypatch.setattr(worker.model, "get", broken)  # after the API sized the job's chunks by the model
     # When the queues run (the chunk is retried, then dead-lettered)
     jobs.run()
     # Then the job failed saying the model was unavailable, and nothing of the reason reached its caller
@@ -670,7 +670,7 @@ def test_an_npy_upload_is_checked_a_chunk_at_a_time(served_jobs: JobsHarness):
 
     def plan() -> None:
         with pytest.raises(worker.JobInputError, match="row 400000: x4 = 5 is outside"):
-            worker.plan_job(jobs.backend, job_id, manifest, worker.settings.domain_margin)
+            worker.plan_job(jobs.backend, job_id, manifest, worker.settings.domain_margin, lambda: 20_000)
 
     peak = traced_peak(plan)
     # Then it held about a chunk's rows (bytes, their float64 and the checks' masks), not the file's

@@ -59,6 +59,16 @@ def test_the_api_function_knows_its_own_timeout(template: dict):
     assert float(function["Environment"]["Variables"]["FUNCTION_TIMEOUT_SECONDS"]) == float(timeout)
 
 
+def test_the_job_worker_and_the_api_know_the_workers_timeout(template: dict):
+    # given the job worker's timeout, and the setting on it and on the API function that jobs' chunks are sized by
+    worker = template["Resources"]["JobWorkerFunction"]["Properties"]
+    timeout = worker.get("Timeout", template["Globals"]["Function"]["Timeout"])
+    api = template["Resources"]["PredictFunction"]["Properties"]
+    # then they agree: chunks sized for another timeout would be killed mid-chunk, or be smaller than they need be
+    for function in (worker, api):
+        assert float(function["Environment"]["Variables"]["JOB_WORKER_TIMEOUT_SECONDS"]) == float(timeout)
+
+
 def test_the_api_declares_exactly_the_handlers_paths_with_any_method(template: dict):
     from handler.app import app
 

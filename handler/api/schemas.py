@@ -388,7 +388,9 @@ class DeploymentLimits(BaseModel):
         None, description="Most points per POST /predict with include=gradient, where lower than max_batch_size."
     )
     max_job_points: int | None = Field(description="Most points per job; null where jobs are not deployed.")
-    job_chunk_points: int | None = Field(description="Points a job worker predicts per message.")
+    job_chunk_points: int | None = Field(
+        description="Points a job worker predicts per message on this model (at most JOB_CHUNK_POINTS)."
+    )
 
 
 class ModelDescription(ModelManifest):

@@ -638,11 +638,12 @@ def new_job(backend: JobBackend, owner: str, manifest: Any, source: str, options
     )
 
 
-def submit_points(backend: JobBackend, job: Job, points: np.ndarray) -> Job:
-    """Points sent inline: stored, counted, chunked and queued now (they are at most one request's worth)."""
+def submit_points(backend: JobBackend, job: Job, points: np.ndarray, chunk_points: int) -> Job:
+    """Points sent inline: stored, counted, chunked (`chunk_points` each: the model's) and queued now (they are at
+    most one request's worth)."""
     offset = backend.storage.put_input(job.id, points)
     backend.store.create(job)
-    running = backend.store.planned(job.id, len(points), backend.chunk_points, offset)
+    running = backend.store.planned(job.id, len(points), chunk_points, offset)
     assert running is not None
     backend.queue.chunks(running)
     return running

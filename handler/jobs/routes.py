@@ -41,6 +41,7 @@ from handler.jobs.backend import (
     submit_upload,
 )
 from handler.jobs.designs import design_points
+from handler.jobs.sizing import model_chunk_points
 
 router = Router()
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # fullmatch: `$` would let a trailing newline through
@@ -60,6 +61,13 @@ def _context() -> tuple[Settings, Manifest, RequestParser]:
     assert _services is not None, "handler.jobs.routes.configure() was not called"
     manifest = _services.manifest()
     return _services.settings, manifest, _services.parser(manifest.features)
+
+
+def chunk_points_of_served_model(settings: Settings) -> int:
+    """Points a chunk of a job holds on the model served (handler.jobs.sizing)."""
+    assert _services is not None, "handler.jobs.routes.configure() was not called"
+    model = _services.loaded_model().model
+    return model_chunk_points(model, settings.job_chunk_points, settings.job_worker_timeout_seconds)
 
 
 @cache
@@ -151,7 +159,8 @@ def _submit(
             request = type(request)(request.points, "rows")
         if violations := manifest.domain_violations(request.points, settings.domain_margin):
             raise outside_domain(request, violations, "points")
-        return submit_points(backend, new_job(backend, owner, manifest, "inline", options), request.points)
+        job = new_job(backend, owner, manifest, "inline", options)
+        return submit_points(backend, job, request.points, chunk_points_of_served_model(settings))
     if submission.design is not None:
         design = _resolved_design(submission.design, manifest, settings, backend.max_points)
         return submit_design(backend, new_job(backend, owner, manifest, "design", options, design=design))

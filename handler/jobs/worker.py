@@ -14,7 +14,7 @@ import contextlib
 import csv
 import io
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 import numpy as np
@@ -24,6 +24,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from handler.analyses.budget import Deadline, DeadlineExceeded, no_deadline
 from handler.api.errors import RequestError
 from handler.config import load_settings
 from handler.gp.artifact import Manifest, ModelUnavailableError
@@ -44,6 +45,7 @@ from handler.jobs.backend import (
     npy_layout,
 )
 from handler.jobs.designs import generate
+from handler.jobs.sizing import model_chunk_points
 
 # Visibility after the 1st and 2nd failed attempt; after the 3rd (the queue's maxReceiveCount) the next receive
 # moves the message to the dead-letter queue, so it should come back at once.
@@ -51,6 +53,9 @@ RETRY_DELAYS_S = (5, 30, 1)
 # CSV text read and parsed at once: ~800 rows of 4 features, ~0.3 MB of Python strings; a block of the
 # shortest rows (",,,") ~2.5 MB.
 CSV_BLOCK_CHARS = 64 * 1024
+# A chunk is predicted this many points at a time, the remaining time checked before each: ~14 s on an exact model of
+# m = 8,000 (a chunk there holds ~70,000 points), a slice's arrays ~2 x 10,000 x outputs floats
+CHUNK_SLICE_POINTS = 10_000
 MAX_BLANK_LINES = 1000  # skipped, as np.loadtxt did; a file of nothing else fails fast
 
 settings = load_settings()
@@ -61,8 +66,12 @@ backend: JobBackend = backend_from_settings(settings)
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
-def plan_job(backend: JobBackend, job_id: str, manifest: Manifest, margin: float) -> None:
-    """Check a job's points, store them where chunks read them, and queue its chunks (again, if a plan comes twice).
+def plan_job(
+    backend: JobBackend, job_id: str, manifest: Manifest, margin: float, chunk_points: Callable[[], int]
+) -> None:
+    """Check a job's points, store them where chunks read them, and queue its chunks of `chunk_points()` points each
+    (the model's, handler.jobs.sizing: asked once the points are checked, so a bad input fails before the model
+    loads); again, if a plan comes twice, with the size recorded.
 
     Uploads are read a chunk (.npy) or a 64 KiB block (CSV) at a time: a plan holds a few chunks' worth at most
     (a CSV's converted rows go to S3 in parts of a chunk), whatever the file holds.
@@ -84,10 +93,14 @@ def plan_job(backend: JobBackend, job_id: str, manifest: Manifest, margin: float
         n_points, offset, dtype = layout.rows, layout.offset, layout.dtype
     else:
         n_points, offset = convert_csv_upload(backend, job, manifest, margin)
-    running = backend.store.planned(job.id, n_points, backend.chunk_points, offset, dtype)
+    running = backend.store.planned(job.id, n_points, chunk_points(), offset, dtype)
     if running is not None:
         backend.queue.chunks(running)
         logger.info("job planned", extra={"job": job.id, "points": n_points, "chunks": running.n_chunks})
+
+
+def served_chunk_points() -> int:
+    return model_chunk_points(model.get().model, settings.job_chunk_points, settings.job_worker_timeout_seconds)
 
 
 def design_of(job: Job) -> np.ndarray:
@@ -242,14 +255,25 @@ def check_points(
         raise JobInputError(f"point(s) outside the model's domain: {described}")
 
 
-def predict_chunk(backend: JobBackend, message: WorkMessage, surrogate: SurrogateModel) -> None:
+def predict_chunk(
+    backend: JobBackend, message: WorkMessage, surrogate: SurrogateModel, deadline: Deadline | None = None
+) -> None:
+    """Predict a chunk in slices, checking the worker's remaining time between them: DeadlineExceeded rather than a
+    function killed mid-chunk (its chunk size was estimated to take a third of the timeout at most)."""
     job = backend.store.get(message.job)
     if job is None or job.status != "RUNNING":
         logger.info("chunk skipped", extra={"job": message.job, "status": job and job.status})
         return
+    deadline = deadline or no_deadline()
     points = backend.storage.read_input_rows(job, message.start, message.stop)
-    mean, variance = surrogate.predict(points, latent=job.options.latent)  # finite, variance >= 0, or ModelBrokenError
-    backend.storage.put_chunk(job.id, message.index, np.hstack([mean, variance]))
+    means, variances = [], []
+    for start in range(0, len(points), CHUNK_SLICE_POINTS):
+        deadline.check(f"{start} of its {len(points)} points")
+        # finite, variance >= 0, or ModelBrokenError
+        mean, variance = surrogate.predict(points[start : start + CHUNK_SLICE_POINTS], latent=job.options.latent)
+        means.append(mean)
+        variances.append(variance)
+    backend.storage.put_chunk(job.id, message.index, np.hstack([np.vstack(means), np.vstack(variances)]))
     counted, after = backend.store.complete_chunk(job.id, message.index, len(points))
     if counted:
         metrics.add_metric(name="JobPointsPredicted", unit=MetricUnit.Count, value=len(points))
@@ -258,15 +282,23 @@ def predict_chunk(backend: JobBackend, message: WorkMessage, surrogate: Surrogat
         backend.queue.assemble(job.id)
 
 
-def handle_message(record: SQSRecord) -> None:
+def handle_message(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
     message = WorkMessage.parse(record.body)
     try:
         if message.kind == "plan":
-            plan_job(backend, message.job, model.manifest(), settings.domain_margin)
+            plan_job(backend, message.job, model.manifest(), settings.domain_margin, served_chunk_points)
         elif message.kind == "chunk":
-            predict_chunk(backend, message, model.get().model)
+            deadline = None if lambda_context is None else Deadline(lambda_context.get_remaining_time_in_millis)
+            predict_chunk(backend, message, model.get().model, deadline)
         else:
             raise ValueError(f"the worker does not take {message.kind} messages")
+    except DeadlineExceeded as exc:  # the same chunk on the same model would run out of time again: not retried
+        reason = (
+            f"{message.describe()} would outrun the worker's timeout after {exc.done}: the model's points cost more "
+            "than estimated on this hardware; set JOB_CHUNK_POINTS lower and submit the job again"
+        )
+        logger.error("job failed: chunk out of time", extra={"job": message.job, "reason": reason})
+        backend.store.fail(message.job, reason)
     except JobInputError as exc:  # the input itself is wrong: retrying cannot help
         logger.warning("job failed", extra={"job": message.job, "reason": str(exc)})
         backend.store.fail(message.job, str(exc))
