@@ -221,6 +221,7 @@ class EmulatedEnvironment:
     def __init__(self, config: FunctionConfig, binary: Path, log: TextIO) -> None:
         self.config = config
         self.runtimes: list[int] = []  # the emulator's runtime processes, as `terminate` found them
+        self.stopping = threading.Event()  # set by `terminate`: what the runtime says while it is stopped is dropped
         self.port, self.process = start_on_free_port(lambda port: self._start(binary, port, log))
 
     def _start(self, binary: Path, port: int, log: TextIO) -> subprocess.Popen[bytes]:
@@ -242,7 +243,7 @@ class EmulatedEnvironment:
         )
         assert process.stdout is not None
         self.log_forwarder = threading.Thread(
-            target=_forward_log, args=(process.stdout, log, process.pid), name="log", daemon=True
+            target=_forward_log, args=(process.stdout, log, process.pid, self.stopping), name="log", daemon=True
         )
         self.log_forwarder.start()
         return process
@@ -264,6 +265,7 @@ class EmulatedEnvironment:
 
     def terminate(self) -> None:
         """Ask the emulator to stop (it stops its runtime); `wait` reaps it. Apart, so that a pool stops at once."""
+        self.stopping.set()
         self.runtimes = _descendants(self.process.pid)
         if self.process.poll() is None:
             self.process.terminate()
@@ -281,14 +283,17 @@ class EmulatedEnvironment:
         self.log_forwarder.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _forward_log(stream: IO[bytes], log: TextIO, emulator_pid: int) -> None:
-    """The emulator's output to the log, with the real peak memory in REPORT lines.
+def _forward_log(stream: IO[bytes], log: TextIO, emulator_pid: int, stopping: threading.Event) -> None:
+    """The emulator's output to the log, with the real peak memory in REPORT lines, until the environment is stopped
+    (then the runtime's complaints at losing its emulator mid-request, a traceback, are no news: dropped).
 
     The RIE writes the function's memory size as `Max Memory Used`; Lambda measures the environment's peak.
     Here that is the runtime's peak resident set, read when the line passes (the runtime is still warm);
     where it cannot be read the field is left out rather than made up.
     """
     for line in iter(stream.readline, b""):
+        if stopping.is_set():
+            continue  # read on, so the emulator never blocks on a full pipe while it stops
         if line.startswith(b"REPORT RequestId:"):
             peak_mb = runtime_peak_memory_mb(emulator_pid)
             field = f"Max Memory Used: {peak_mb} MB\t".encode() if peak_mb is not None else b""

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -449,6 +450,50 @@ def test_serve_stops_quietly_and_leaves_no_process_behind(tiny_posterior_path: P
     assert len(children) >= 1 + 3 + 1, children  # moto, one emulator per function, the API's warm runtime
     left = {pid for pid, start in children.items() if start is not None and process_start_time(pid) == start}
     assert left == set(), {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left}
+
+
+def test_a_request_in_flight_at_ctrl_c_gets_a_whole_answer_and_no_traceback_is_printed(
+    tiny_posterior_path: Path, tmp_path: Path
+):
+    # given a server busy with a long analysis (a terminal's Ctrl-C reaches its whole process group)
+    log = tmp_path / "serve.log"
+    process, base_url = local_lambda.spawn_serve(
+        log, "-w", "1", "--no-jobs", env_vars=env_vars_file(tmp_path, tiny_posterior_path), start_new_session=True
+    )
+    answers: list[httpx.Response | Exception] = []
+    try:
+        wait_until_healthy(base_url)
+        starts = log.read_text().count("START RequestId")
+        body = {"n": 16384, "posterior_samples": 50, "seed": 1}
+
+        def ask() -> None:
+            try:
+                answers.append(httpx.post(f"{base_url}/sensitivity", json=body, timeout=60))
+            except httpx.HTTPError as exc:
+                answers.append(exc)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        while log.read_text().count("START RequestId") == starts:  # the runtime has the request
+            time.sleep(0.05)
+        # when Ctrl-C stops it mid-request
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+        asking.join(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # then the caller got a whole answer: the analysis, or the server's 503 saying it is stopping
+    [answer] = answers
+    assert isinstance(answer, httpx.Response), answer
+    assert answer.status_code in (200, 503), answer.text
+    if answer.status_code == 503:
+        assert answer.json()["error"] == "the local server is stopping"
+    # and the server stopped cleanly, printing no runtime's traceback
+    output = log.read_text()
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
 
 
 def test_the_local_server_can_require_an_api_key_as_the_deployed_api_does(tiny_model_path: Path, tmp_path: Path):
