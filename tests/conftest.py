@@ -68,6 +68,19 @@ def wait_for_job(base_url: str, job_id: str, timeout_s: float = 120) -> dict:
     raise AssertionError(f"job {job_id} did not finish: {status}")
 
 
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch):
+    """moto's AWS, in-process, with fake credentials and no endpoint of a real server (the jobs' tests)."""
+    from moto import mock_aws
+
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(variable, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        yield
+
+
 def env_vars_file(folder: Path, model_path: Path) -> Path:
     """Overrides in `sam local --env-vars` format that point the functions (API and job worker) at another model.
 

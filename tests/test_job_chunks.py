@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from moto import mock_aws
 
 from handler.analyses.budget import CostModel, analysis_budget_seconds
 from handler.gp.artifact import PackagedArtifact
@@ -34,16 +33,6 @@ def large_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     folder = built_once(tmp_path_factory, "job-chunk-models", build)
     return {name: write_synthetic_model(folder, **size) for name, size in LARGE.items()}  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):
-    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(variable, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        yield
 
 
 def harness(monkeypatch: pytest.MonkeyPatch, path: Path) -> JobsHarness:

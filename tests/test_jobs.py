@@ -6,22 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from moto import mock_aws
 
 from handler.gp.artifact import PackagedArtifact
 from handler.gp.model import LazyModel
 from tests.conftest import FEATURES
 from tests.jobs_harness import JobsHarness, moto_server, start_harness
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):
-    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.setenv(variable, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        yield
 
 
 @pytest.fixture
