@@ -36,6 +36,7 @@ from handler.api.deadline import (
     BatchLimits,
     batch_limits,
     check_deadline,
+    cost_model_of,
     covariance_ms,
     covariance_points,
     predict_within_deadline,
@@ -61,7 +62,7 @@ from handler.gp.broken import ModelBrokenError
 from handler.gp.model import LazyModel, LoadedModel
 from handler.gp.posterior import Z_95
 from handler.jobs import routes as job_routes
-from handler.jobs.sizing import model_chunk_points
+from handler.jobs.sizing import fitting_chunk_points
 
 
 def _to_json(value: Any) -> str:
@@ -406,12 +407,15 @@ def health() -> dict[str, Any]:
 
 
 def _job_chunk_points() -> int | None:
-    """Points a job's chunk holds on the model served; None while the model cannot be loaded (said elsewhere)."""
+    """Points a job's chunk holds on the model served, from its manifest (GET /model loads no model; the worker
+    sizes chunks from the loaded model's same shapes); None while the manifest cannot be read (said elsewhere)."""
     try:
-        served = model.get().model
+        cost = cost_model_of(model.manifest())
     except ModelUnavailableError:
         return None
-    return model_chunk_points(served, settings.job_chunk_points, settings.job_worker_timeout_seconds)
+    if cost is None:  # a GPy pickle: no cost model
+        return settings.job_chunk_points
+    return fitting_chunk_points(cost, settings.job_chunk_points, settings.job_worker_timeout_seconds)
 
 
 @app.get("/model")
