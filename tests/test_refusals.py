@@ -15,7 +15,7 @@ from tests.conftest import FEATURES
 from tests.events import api_event, lambda_context, response_json
 from tests.jobs_harness import JobsHarness
 
-aws, jobs = test_jobs.aws, test_jobs.jobs  # fixtures: moto's AWS, and the jobs harness on the tiny model
+jobs = test_jobs.jobs  # fixture: the jobs harness on the tiny model (moto's AWS: conftest's aws)
 
 SURROGATE_KEY = '{"\\ud800": 1}'
 DEEP = "[" * 260 + "0.5" + "]" * 260
