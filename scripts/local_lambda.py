@@ -45,6 +45,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -501,7 +502,7 @@ def serve_command(args: argparse.Namespace) -> int:
                 "jobs: S3, DynamoDB and SQS on moto at %s; %d worker environment(s)", jobs.endpoint, args.job_workers
             )
         stopper.arm()
-        _run(service, listener)
+        _run(service, listener, stopper)
     except StoppedBySignalError:
         pass
     finally:
@@ -528,17 +529,24 @@ class StoppedBySignalError(Exception):
 
 
 class Stopper:
-    """The handler of SIGINT and SIGTERM: raises StoppedBySignalError, once armed; a signal during start-up stops the
-    server as soon as it has started, so that nothing is left half-started (a pool with one environment of two)."""
+    """The handler of SIGINT and SIGTERM: once armed, stops the HTTP server's loop (or, before it runs, raises
+    StoppedBySignalError); a signal during start-up stops the server as soon as it has started, so that nothing is
+    left half-started (a pool with one environment of two)."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
         self.armed = False
+        self.shutdown: Callable[[], None] | None = None  # the running HTTP server's, once it runs
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.requested = signal.Signals(signum).name
-        if self.armed:
+        if not self.armed:
+            return
+        if self.shutdown is None:
             raise StoppedBySignalError(self.requested)
+        # Not an exception: raised while this thread handles a request's connection, socketserver would catch it
+        # as that request's error and serve on. The loop is told to end, from a thread (shutdown waits for it).
+        threading.Thread(target=self.shutdown, name="stop", daemon=True).start()
 
     def arm(self) -> None:
         self.armed = True
@@ -876,13 +884,17 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from exc
 
 
-def _run(service: LocalApigwService, listener: socket.socket) -> None:
+def _run(service: LocalApigwService, listener: socket.socket, stopper: Stopper) -> None:
     """SAM's `service.run()` on a socket already bound: threaded and quiet, until a signal stops it."""
     from werkzeug.serving import make_server
 
     host, port = listener.getsockname()[:2]
     server = make_server(host, port, service._app, threaded=True, fd=listener.fileno())
-    server.serve_forever()
+    stopper.shutdown = server.shutdown
+    if stopper.requested is not None:  # signalled while the server was made (shutdown would wait for a loop)
+        server.server_close()
+        return
+    server.serve_forever()  # until a signal's `shutdown` (from another thread) ends it
 
 
 def _free_port() -> int:
