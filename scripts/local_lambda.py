@@ -396,14 +396,18 @@ class EnvironmentPool:
     ) -> None:
         environment = self.idle.get()
         try:
-            stdout.write_str(environment.invoke(event.encode()).decode())
+            response = environment.invoke(event.encode())
         except Exception:
             if not self.stopping:
                 raise
-            # A request in flight when the server stops: an answer that says so, not a traceback and a 502.
-            stdout.write_str(json.dumps(STOPPING_RESPONSE))
+            response = b""
         finally:
             self.idle.put(environment)
+        if self.stopping and not _is_proxy_response(response):
+            # A request in flight when the server stops: an answer that says so, not a traceback and a 502. The
+            # emulator either drops the connection or, having stopped its runtime, answers with its own error.
+            response = json.dumps(STOPPING_RESPONSE).encode()
+        stdout.write_str(response.decode())
 
     def call(self, event: dict[str, Any]) -> Any:
         """Invoke with an event (an SQS batch, say) and return the function's JSON answer."""
@@ -428,6 +432,15 @@ class EnvironmentPool:
     def stop(self) -> None:
         self.terminate()
         self.wait(time.monotonic() + STOP_TIMEOUT_S)
+
+
+def _is_proxy_response(response: bytes) -> bool:
+    """Whether the function answered API Gateway (a status code), rather than the emulator reporting its end."""
+    try:
+        answer = json.loads(response)
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and isinstance(answer.get("statusCode"), int)
 
 
 def invoke_command(args: argparse.Namespace) -> int:
@@ -459,6 +472,7 @@ def serve_command(args: argparse.Namespace) -> int:
     port = listener.getsockname()[1]
     LOG.info("Listening on http://%s:%s", args.host if ":" not in args.host else f"[{args.host}]", port)
     jobs, pools, watch = None, {}, None
+    in_flight = InFlight(lambda environ, start_response: [])
     try:
         configs, api, queue_events, keyless_paths = load_functions(args.template, args.env_vars)
         api_functions = sorted({route.function_name for route in api.routes})
@@ -502,7 +516,7 @@ def serve_command(args: argparse.Namespace) -> int:
                 "jobs: S3, DynamoDB and SQS on moto at %s; %d worker environment(s)", jobs.endpoint, args.job_workers
             )
         stopper.arm()
-        _run(service, listener, stopper)
+        _run(service, listener, stopper, in_flight)
     except StoppedBySignalError:
         pass
     finally:
@@ -520,6 +534,8 @@ def serve_command(args: argparse.Namespace) -> int:
             pool.terminate()
         for pool in pools.values():
             pool.wait(deadline)
+        # The answers of requests cut short ("stopping") are written before the process exits.
+        in_flight.wait_idle(max(deadline, time.monotonic() + 1.0))
     LOG.info("stopped")
     return 0
 
@@ -884,12 +900,58 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from exc
 
 
-def _run(service: LocalApigwService, listener: socket.socket, stopper: Stopper) -> None:
+class InFlight:
+    """WSGI middleware counting the requests whose answer is not yet written, so that stopping can let them finish:
+    the server's request threads are daemons, and the process's exit would cut an answer after its headers."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        with self.changed:
+            self.count += 1
+        try:
+            return _ClosingBody(self.app(environ, start_response), self._done)
+        except BaseException:
+            self._done()
+            raise
+
+    def _done(self) -> None:
+        with self.changed:
+            self.count -= 1
+            self.changed.notify_all()
+
+    def wait_idle(self, deadline: float) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.count == 0, timeout=max(0.0, deadline - time.monotonic()))
+
+
+class _ClosingBody:
+    """An answer's body whose `close` (called by the server once the body is written) reports it done."""
+
+    def __init__(self, body: Any, done: Callable[[], None]) -> None:
+        self.body, self.done = body, done
+
+    def __iter__(self) -> Any:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            if hasattr(self.body, "close"):
+                self.body.close()
+        finally:
+            self.done()
+
+
+def _run(service: LocalApigwService, listener: socket.socket, stopper: Stopper, in_flight: InFlight) -> None:
     """SAM's `service.run()` on a socket already bound: threaded and quiet, until a signal stops it."""
     from werkzeug.serving import make_server
 
     host, port = listener.getsockname()[:2]
-    server = make_server(host, port, service._app, threaded=True, fd=listener.fileno())
+    in_flight.app = service._app
+    server = make_server(host, port, in_flight, threaded=True, fd=listener.fileno())
     stopper.shutdown = server.shutdown
     if stopper.requested is not None:  # signalled while the server was made (shutdown would wait for a loop)
         server.server_close()
