@@ -98,10 +98,32 @@ class Settings:
     the API function (inline points, GET /model) and on the worker (designs and uploads) alike."""
     job_retention_days: int = 7
     """Job records and objects expire this long after submission (DynamoDB TTL, S3 lifecycle)."""
+    registry_bucket: str = ""
+    """S3 bucket of the model registry's artifacts; empty: no registry (the packaged model only)."""
+    registry_table: str = ""
+    """DynamoDB table of the registry's versions, aliases and alias history (handler.registry.store)."""
+    registry_cache_mb: int = 0
+    """Memory the registry's loaded versions may take in one environment; 0: 40% of the function's memory
+    (AWS_LAMBDA_FUNCTION_MEMORY_SIZE), the rest being the runtime, the packaged model and a request's work."""
+    registry_admin_key_id: str = ""
+    """AuthMode API_KEY: the id of the admin API key, the only one the registry's write routes accept."""
+    registry_writes: bool = False
+    """Whether the registry's write routes are on (AuthMode API_KEY or IAM, or RegistryWritesWithoutAuth)."""
+    function_memory_mb: int = 1769
+    """The function's memory (Lambda sets AWS_LAMBDA_FUNCTION_MEMORY_SIZE)."""
 
     @property
     def jobs_enabled(self) -> bool:
         return bool(self.jobs_bucket and self.jobs_table and self.job_queue_url and self.results_queue_url)
+
+    @property
+    def registry_enabled(self) -> bool:
+        return bool(self.registry_bucket and self.registry_table)
+
+    @property
+    def registry_cache_bytes(self) -> int:
+        megabytes = self.registry_cache_mb or int(0.4 * self.function_memory_mb)
+        return megabytes * 2**20
 
     @property
     def resolved_model_path(self) -> Path:
@@ -135,6 +157,12 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "function_timeout_seconds": ("FUNCTION_TIMEOUT_SECONDS", _number(float, 3.0, 900.0)),
     "job_worker_timeout_seconds": ("JOB_WORKER_TIMEOUT_SECONDS", _number(float, 3.0, 900.0)),
     "job_retention_days": ("JOB_RETENTION_DAYS", _number(int, 1, 365)),
+    "registry_bucket": ("REGISTRY_BUCKET", str),
+    "registry_table": ("REGISTRY_TABLE", str),
+    "registry_cache_mb": ("REGISTRY_CACHE_MB", _number(int, 0, 10_240)),
+    "registry_admin_key_id": ("REGISTRY_ADMIN_KEY_ID", str),
+    "registry_writes": ("REGISTRY_WRITES", _boolean),
+    "function_memory_mb": ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", _number(int, 128, 10_240)),
 }
 assert set(_ENVIRONMENT) == {f.name for f in fields(Settings)}
 

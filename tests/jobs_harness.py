@@ -96,7 +96,8 @@ def start_harness(
     )
     backend = backend_from_settings(settings)
     monkeypatch.setattr(app, "model", model)
-    monkeypatch.setattr(job_routes, "_services", dataclasses.replace(app.services, settings=settings))
+    for router in app.ROUTERS:  # GET /model's limits are the app's settings too: the harness's, with its resources
+        monkeypatch.setattr(router, "_services", dataclasses.replace(app.services, settings=settings))
     monkeypatch.setattr(job_routes, "_backend", lambda _: backend)
     for module in (worker, finisher):
         monkeypatch.setattr(module, "settings", settings)

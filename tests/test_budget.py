@@ -263,13 +263,12 @@ def test_a_chunk_longer_than_the_time_left_still_stops_the_work():
 def short_timeout(monkeypatch: pytest.MonkeyPatch):
     """A function timeout of `seconds` for the app and its routers (a smaller budget: the limits bind on m = 2,000)."""
     from handler import app
-    from handler.api import analyses, inference_protocol
 
     def shorten(seconds: float) -> None:
         short = dataclasses.replace(app.settings, function_timeout_seconds=seconds)
         monkeypatch.setattr(app, "settings", short)
-        for router in (analyses, inference_protocol):
-            monkeypatch.setattr(router, "_services", dataclasses.replace(router._context(), settings=short))
+        for router in app.ROUTERS:
+            monkeypatch.setattr(router, "_services", dataclasses.replace(app.services, settings=short))
 
     return shorten
 

@@ -43,6 +43,7 @@ def test_a_cold_function_hit_by_many_requests_at_once_loads_the_model_once(
     from handler import app
 
     monkeypatch.setattr(app, "model", LazyModel(PackagedArtifact(tiny_model_path)))
+    app.model.manifest()  # read at import, as the app does for a packaged model; the model itself is not loaded
     barrier = threading.Barrier(16)
 
     def request(i: int) -> dict:

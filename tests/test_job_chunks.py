@@ -38,8 +38,6 @@ def large_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def harness(monkeypatch: pytest.MonkeyPatch, path: Path) -> JobsHarness:
     jobs = start_harness(monkeypatch, LazyModel(PackagedArtifact(path)), chunk_points=CONFIGURED_CHUNK_POINTS)
     assert jobs.backend.chunk_points == CONFIGURED_CHUNK_POINTS
-    # GET /model's limits are the app's settings: the harness's, with its jobs resources
-    monkeypatch.setattr(jobs_harness.app, "settings", jobs_harness.job_routes._services.settings)
     return jobs
 
 

@@ -22,6 +22,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from handler.analyses.budget import CostModel, Deadline, DeadlineExceeded, analysis_budget_seconds
 from handler.api.errors import RequestError, brief
 from handler.api.limits import ANALYSIS_MAX_DRAW_VALUES, ANALYSIS_MAX_VALUES
+from handler.api.model_routes import model_route
 from handler.api.parsing import BodyLimits, body_limits, decode_body, load_body
 from handler.api.services import Services
 from handler.gp.artifact import Manifest
@@ -336,7 +337,7 @@ def _deadline(route: str, less: str) -> Iterator[Deadline]:
         raise RequestError(504, "time budget exceeded", [("body", message)]) from None
 
 
-@router.post("/sensitivity")
+@model_route(router, "POST", "/sensitivity")
 def sensitivity() -> Any:
     from handler.analyses.sensitivity import analyse, uniform_design
     from handler.api.analysis_schemas import SensitivityRequest, parse_request
@@ -394,7 +395,7 @@ def sensitivity() -> Any:
     return require_finite_answer(_per_output(manifest, answers))  # a broken model: a 503, never null
 
 
-@router.post("/propagate")
+@model_route(router, "POST", "/propagate")
 def propagate() -> Any:
     from handler.analyses.propagation import propagate as propagate_outputs
     from handler.analyses.sobol_sequence import sobol_points
@@ -477,7 +478,7 @@ def _suggest_limits(features: tuple[str, ...]) -> BodyLimits:
     )
 
 
-@router.post("/suggest")
+@model_route(router, "POST", "/suggest")
 def suggest() -> Any:
     from handler.analyses.acquisition import SuggestionProblem
     from handler.analyses.acquisition import suggest as choose

@@ -1,0 +1,115 @@
+"""The registry, read: GET /models, GET /models/{name}, and the Open Inference Protocol's repository index.
+
+Writes (publish, check, aliases, delete) are another function's: handler.registry_admin_app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+
+from handler.api.model_routes import parse_ref, resolver
+from handler.api.services import Services
+from handler.gp.artifact import ModelUnavailableError
+from handler.registry.names import DEFAULT_ALIAS
+
+router = Router()
+_services: Services | None = None
+VERSIONS_SHOWN = 100
+
+
+def configure(services: Services) -> None:
+    global _services
+    _services = services
+
+
+def _packaged_entry() -> dict[str, Any] | None:
+    """The packaged model as GET /models lists it; None when its manifest cannot be read (said in the log)."""
+    try:
+        manifest = resolver().packaged().manifest()
+    except ModelUnavailableError:
+        return None
+    return {
+        "name": manifest.name,
+        "source": "packaged",
+        "latest_version": manifest.version,
+        "aliases": {DEFAULT_ALIAS: {"version": manifest.version}},
+        "url": f"/models/{manifest.name}",
+    }
+
+
+@router.get("/models")
+def list_models() -> dict[str, Any]:
+    models = []
+    if (packaged := _packaged_entry()) is not None:
+        models.append(packaged)
+    if resolver().configured:
+        store = resolver().store
+        for name in store.model_names():
+            record = store.model(name) or {}
+            aliases = {a.alias: a.target.document() for a in store.aliases(name)}
+            models.append(
+                {
+                    "name": name,
+                    "source": "registry",
+                    "latest_version": int(record.get("latest", 0)),
+                    "aliases": aliases,
+                    "url": f"/models/{name}",
+                }
+            )
+    return {"models": models}
+
+
+@router.get("/models/<name>")
+def describe_model(name: str) -> dict[str, Any]:
+    ref = parse_ref(name)
+    store = resolver().store if resolver().configured else None
+    if store is None or store.model(ref.name) is None:
+        packaged = _packaged_entry()
+        if packaged is not None and packaged["name"] == ref.name:
+            return {**packaged, "versions": [], "history": []}
+        resolver().resolve(ref)  # raises the 404 that names the models there are
+    assert store is not None
+    return {
+        "name": ref.name,
+        "source": "registry",
+        "versions": [v.document() for v in store.versions(ref.name, VERSIONS_SHOWN)],
+        "aliases": {
+            a.alias: {**a.target.document(), "revision": a.revision, "updated_by": a.updated_by}
+            for a in store.aliases(ref.name)
+        },
+        "history": store.history(ref.name),
+    }
+
+
+@router.post("/v2/repository/index")
+def repository_index() -> list[dict[str, Any]]:
+    """MLServer's and Triton's model repository extension: every model version this API serves, with its state."""
+    index: list[dict[str, Any]] = []
+    try:
+        manifest = resolver().packaged().manifest()
+        packaged = resolver().packaged()
+        state = "READY" if packaged.is_loaded or _loadable(packaged) else "UNAVAILABLE"
+        index.append({"name": manifest.name, "version": manifest.version, "state": state, "reason": ""})
+    except ModelUnavailableError:
+        index.append({"name": "", "version": "", "state": "UNAVAILABLE", "reason": "the packaged model is unavailable"})
+    if resolver().configured:
+        store = resolver().store
+        for name in store.model_names():
+            for version in store.versions(name, VERSIONS_SHOWN):
+                if version.state == "DELETED":
+                    continue
+                state = {"READY": "READY", "PENDING": "LOADING"}.get(version.state, "UNAVAILABLE")
+                index.append(
+                    {"name": name, "version": str(version.version), "state": state, "reason": version.reason or ""}
+                )
+    return index
+
+
+def _loadable(model: Any) -> bool:
+    try:
+        model.get()
+    except ModelUnavailableError:
+        return False
+    return True
