@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from handler.gp.artifact import ModelUnavailableError
 from handler.registry.names import DEFAULT_ALIAS
 
 STATES = ("PENDING", "READY", "FAILED", "DELETED")
@@ -189,7 +190,7 @@ class RegistryStore:
 
         items: list[dict[str, Any]] = []
         arguments: dict[str, Any] = {
-            "KeyConditionExpression": Key("pk").eq(pk) & Key("sk").begins_with(prefix),
+            "KeyConditionExpression": Key("pk").eq(pk) & Key("sk").begins_with(prefix) if prefix else Key("pk").eq(pk),
             "ScanIndexForward": not newest_first,
         }
         while len(items) < limit:
@@ -287,15 +288,19 @@ class RegistryStore:
         from handler.registry.names import check_model_name
 
         check_model_name(name)
-        self._call(
-            lambda: self.s3.copy_object(
+        try:
+            self.s3.copy_object(
                 Bucket=self.bucket,
                 Key=artifact_key(name, version),
                 CopySource={"Bucket": self.bucket, "Key": upload_key(name, version)},
                 CopySourceIfMatch=etag,
-            ),
-            "registry artifact copy",
-        )
+            )
+        except _aws_errors() as exc:
+            if _code(exc) in ("PreconditionFailed", "NoSuchKey", "404", "412"):
+                raise ModelUnavailableError(
+                    "the upload does not exist any more, or changed, since it was measured"
+                ) from exc
+            raise RegistryUnavailableError(f"registry artifact copy: {_code(exc) or type(exc).__name__}") from exc
 
     def settle(self, name: str, version: int, state: str, reason: str | None = None) -> Version:
         """A PENDING version becomes READY or FAILED, once."""

@@ -1,0 +1,293 @@
+"""The registry's write function (RegistryAdminFunction): publish and check versions, move and roll back aliases,
+delete versions. Nothing else, and the only function allowed to write the registry.
+
+Apart from handler.app so that the prediction function's role can only read the registry, and so that writes
+need the admin permission: in AuthMode API_KEY the admin key (REGISTRY_ADMIN_KEY_ID), in IAM a policy granting these
+routes, in NONE nothing, unless RegistryWritesWithoutAuth turned writes on (REGISTRY_WRITES).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from handler.api.errors import RequestError, brief
+from handler.api.events import malformed_event
+from handler.api.parsing import decode_body
+from handler.config import load_settings
+from handler.registry.names import BadNameError, check_alias, check_model_name, check_version
+from handler.registry.publishing import PublishRefusedError, check_manifest
+from handler.registry.publishing import check_version as check_published
+from handler.registry.store import (
+    RegistryConflictError,
+    RegistryNotFoundError,
+    RegistryStore,
+    RegistryUnavailableError,
+    Target,
+    store_from_settings,
+)
+
+MAX_BODY_BYTES = 1_200_000  # a manifest (1 MB at most) and a few fields
+MAX_REASON_CHARS = 500
+
+settings = load_settings()
+logger = Logger()
+app = APIGatewayRestResolver(serializer=lambda value: orjson.dumps(value).decode())
+_store: RegistryStore | None = None
+
+
+def store() -> RegistryStore:
+    global _store
+    if not settings.registry_enabled:
+        raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "registry not configured", [("model", "no registry here")])
+    if _store is None:
+        _store = store_from_settings(settings)
+    return _store
+
+
+def caller() -> str:
+    identity = (app.current_event.request_context.get("identity") if app.current_event.request_context else None) or {}
+    for name in ("apiKeyId", "userArn", "caller"):
+        value = identity.get(name) if isinstance(identity, dict) else None
+        if isinstance(value, str) and value:
+            return value[:200]
+    return "anonymous"
+
+
+def require_admin() -> str:
+    """Who is writing, if they may: 403 naming the permission otherwise."""
+    if not settings.registry_writes:
+        message = (
+            "registry writes are off in this deployment (AuthMode NONE: deploy with RegistryWritesWithoutAuth=true)"
+        )
+        raise RequestError(HTTPStatus.FORBIDDEN, "admin permission required", [("permission", message)])
+    who = caller()
+    if settings.registry_admin_key_id and who != settings.registry_admin_key_id:
+        message = "this route needs the admin API key (the stack's AdminApiKey output), not a reader's key"
+        raise RequestError(HTTPStatus.FORBIDDEN, "admin permission required", [("permission", message)])
+    return who
+
+
+def body() -> dict[str, Any]:
+    event = app.current_event
+    raw = event.body or ""
+    if len(raw) > MAX_BODY_BYTES * 4 // 3 + 4:
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large", [("body", f"at most {MAX_BODY_BYTES} bytes")]
+        )
+    data = decode_body(raw, bool(event.is_base64_encoded)) if raw else b"{}"
+    if len(data) > MAX_BODY_BYTES:
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large", [("body", f"at most {MAX_BODY_BYTES} bytes")]
+        )
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "invalid JSON", [("body", "expected a JSON object")]) from None
+    if not isinstance(parsed, dict):
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid request", [("body", "expected a JSON object")])
+    return parsed
+
+
+def known_fields(data: dict[str, Any], known: tuple[str, ...]) -> None:
+    unknown = [name for name in list(data)[: len(known) + 5] if name not in known]
+    if unknown:
+        details = [(brief(name), f"unknown field ({', '.join(known)})") for name in unknown[:5]]
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid request", details)
+
+
+def reason_of(data: dict[str, Any]) -> str | None:
+    reason = data.get("reason")
+    if reason is not None and not (isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS):
+        raise RequestError(
+            HTTPStatus.UNPROCESSABLE_ENTITY, "invalid request", [("reason", f"a string of at most {MAX_REASON_CHARS}")]
+        )
+    return reason
+
+
+def model_name(name: str) -> str:
+    try:
+        return check_model_name(name)
+    except BadNameError as exc:
+        raise RequestError(HTTPStatus.NOT_FOUND, "model not found", [("model", str(exc))]) from None
+
+
+def version_number(value: Any, field: str) -> int:
+    try:
+        return check_version(value)
+    except BadNameError as exc:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid version", [(field, str(exc))]) from None
+
+
+def known_model(name: str) -> None:
+    if store().model(name) is None:
+        raise RegistryNotFoundError("model", f"no model named {name} in the registry (publish a version first)")
+
+
+@app.post("/models/<name>/versions")
+def publish(name: str) -> Response:
+    who = require_admin()
+    name = model_name(name)
+    data = body()
+    known_fields(data, ("manifest", "size"))
+    packaged = _packaged_name()
+    if name == packaged:
+        raise RegistryConflictError("model", f"{name} is the packaged model's name: publish under another name")
+    manifest, size = check_manifest(data.get("manifest"), name, data.get("size"))
+    record = store().new_version(name, manifest, size, who)
+    answer = {
+        "name": name,
+        "version": record.version,
+        "state": record.state,
+        "upload": {"model": {"url": store().upload_url(name, record.version), "method": "PUT"}},
+        "check": f"/models/{name}/versions/{record.version}/check",
+    }
+    return Response(HTTPStatus.CREATED, content_types.APPLICATION_JSON, orjson.dumps(answer).decode())
+
+
+@app.post("/models/<name>/versions/<version>/check")
+def check(name: str, version: str) -> Response:
+    require_admin()
+    name, number = model_name(name), version_number(version, "version")
+    record = store().version(name, number)
+    if record is None:
+        raise RegistryNotFoundError("version", f"{name} has no version {number}")
+    checked = check_published(store(), record, settings.model_cache_dir / "checks")
+    status = HTTPStatus.OK if checked.state == "READY" else HTTPStatus.UNPROCESSABLE_ENTITY
+    answer = {"name": name, **checked.document()}
+    return Response(status, content_types.APPLICATION_JSON, orjson.dumps(answer).decode())
+
+
+@app.put("/models/<name>/aliases/<alias>")
+def set_alias(name: str, alias: str) -> dict[str, Any]:
+    who = require_admin()
+    name, alias = model_name(name), _alias(alias)
+    data = body()
+    known_fields(data, ("version", "canary", "reason"))
+    target = Target(version_number(data.get("version"), "version"), *_canary(data.get("canary")))
+    if target.canary_version == target.version:
+        raise RequestError(
+            HTTPStatus.UNPROCESSABLE_ENTITY, "invalid canary", [("canary.version", "differs from version")]
+        )
+    known_model(name)
+    moved = store().move_alias(name, alias, target, who, reason_of(data))
+    return {"name": name, "alias": alias, **moved.target.document(), "revision": moved.revision}
+
+
+@app.post("/models/<name>/aliases/<alias>/rollback")
+def rollback(name: str, alias: str) -> dict[str, Any]:
+    who = require_admin()
+    name, alias = model_name(name), _alias(alias)
+    data = body()
+    known_fields(data, ("reason",))
+    known_model(name)
+    moved = store().move_alias(name, alias, None, who, reason_of(data))
+    return {"name": name, "alias": alias, **moved.target.document(), "revision": moved.revision}
+
+
+@app.delete("/models/<name>/versions/<version>")
+def delete(name: str, version: str) -> dict[str, Any]:
+    who = require_admin()
+    name, number = model_name(name), version_number(version, "version")
+    deleted = store().delete_version(name, number, who)
+    return {"name": name, **deleted.document()}
+
+
+def _alias(alias: str) -> str:
+    try:
+        return check_alias(alias)
+    except BadNameError as exc:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid alias", [("alias", str(exc))]) from None
+
+
+def _canary(value: Any) -> tuple[int | None, float]:
+    if value is None:
+        return None, 0.0
+    if not isinstance(value, dict) or set(value) != {"version", "weight"}:
+        message = 'expected {"version": V, "weight": W} with 0 < W < 1'
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid canary", [("canary", message)])
+    weight = value["weight"]
+    if type(weight) not in (int, float) or not 0 < weight < 1:
+        raise RequestError(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            "invalid canary",
+            [("canary.weight", "a number between 0 and 1, exclusive")],
+        )
+    return version_number(value["version"], "canary.version"), float(weight)
+
+
+def _packaged_name() -> str | None:
+    from handler.gp.artifact import ModelUnavailableError
+
+    try:
+        return settings.artifact_source().fetch_manifest().name
+    except ModelUnavailableError:
+        return None
+
+
+def _error(status: int, error: str, details: list[tuple[str, str]], headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps(RequestError(status, error, details).body()).decode()
+    if status == HTTPStatus.SERVICE_UNAVAILABLE:
+        headers = {"Retry-After": "5", **(headers or {})}
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers)
+
+
+@app.exception_handler(RequestError)
+def handle_request_error(exc: RequestError) -> Response:
+    logger.info("request refused", extra={"status": exc.status_code, "error": exc.error})
+    return _error(exc.status_code, exc.error, exc.details)
+
+
+@app.exception_handler(PublishRefusedError)
+def handle_publish_refused(exc: PublishRefusedError) -> Response:
+    return _error(HTTPStatus.UNPROCESSABLE_ENTITY, "publish refused", [(exc.field, str(exc))])
+
+
+@app.exception_handler(RegistryNotFoundError)
+def handle_not_found_in_registry(exc: RegistryNotFoundError) -> Response:
+    return _error(HTTPStatus.NOT_FOUND, f"{exc.field} not found", [(exc.field, str(exc))])
+
+
+@app.exception_handler(RegistryConflictError)
+def handle_conflict(exc: RegistryConflictError) -> Response:
+    return _error(HTTPStatus.CONFLICT, "conflict", [(exc.field, str(exc))])
+
+
+@app.exception_handler(RegistryUnavailableError)
+def handle_unavailable(exc: RegistryUnavailableError) -> Response:
+    logger.error("registry unavailable", extra={"reason": str(exc)})
+    detail = ("model", "the model registry could not be written; nothing was changed; try again")
+    return _error(HTTPStatus.SERVICE_UNAVAILABLE, "registry unavailable", [detail])
+
+
+@app.not_found
+def handle_route_not_found(exc: NotFoundError) -> Response:
+    path, method = app.current_event.path, app.current_event.http_method.upper()
+    allowed = sorted({route.method for route in (*app._static_routes, *app._dynamic_routes) if route.rule.match(path)})
+    if allowed:
+        message = f"{method} is not allowed on {brief(path, 200)}; use {', '.join(allowed)}"
+        return _error(
+            HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed", [("method", message)], {"Allow": ", ".join(allowed)}
+        )
+    return _error(HTTPStatus.NOT_FOUND, "not found", [("path", "this function serves the registry's write routes")])
+
+
+@app.exception_handler(Exception)
+def handle_unexpected(exc: Exception) -> Response:
+    logger.exception("unhandled error")
+    return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; it has been logged", [])
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if problem := malformed_event(event):
+        body = orjson.dumps(RequestError(HTTPStatus.BAD_REQUEST, "malformed event", [("event", problem)]).body())
+        return {"statusCode": 400, "headers": {"Content-Type": "application/json"}, "body": body.decode()}
+    return app.resolve(event, context)
