@@ -97,6 +97,7 @@ def check_version(store: RegistryStore, record: Version, cache_dir: Path) -> Ver
         if size != record.size:
             raise ModelUnavailableError(f"size differs: uploaded {size} bytes, declared {record.size}")
         store.seal_upload(record.name, record.version, etag)
+        store.put_manifest(record)
         folder = Path(tempfile.mkdtemp(prefix="check-", dir=_existing(cache_dir)))
         try:
             source = S3Artifact(f"s3://{store.bucket}/{artifact_key(record.name, record.version)}", folder, store.s3)

@@ -246,15 +246,9 @@ class RegistryStore:
             ),
             "registry write",
         )
+        # Numbers are unique and increasing; a publish that fails after this leaves a gap, never a reused number.
         number = int(counter["Attributes"]["latest"])
         version = Version(name, number, "PENDING", manifest["sha256"], size, manifest, by, now)
-        text = json.dumps(manifest, indent=2).encode()
-        self._call(
-            lambda: self.s3.put_object(
-                Bucket=self.bucket, Key=manifest_key(name, number), Body=text, ContentType="application/json"
-            ),
-            "registry artifact write",
-        )
         self._call(
             lambda: self.table.put_item(Item=_version_item(version), ConditionExpression="attribute_not_exists(pk)"),
             "registry write",
@@ -301,6 +295,19 @@ class RegistryStore:
                     "the upload does not exist any more, or changed, since it was measured"
                 ) from exc
             raise RegistryUnavailableError(f"registry artifact copy: {_code(exc) or type(exc).__name__}") from exc
+
+    def put_manifest(self, record: Version) -> None:
+        """The manifest beside the sealed artifact, where the loader reads it (written by the check, once)."""
+        text = json.dumps(record.manifest, indent=2).encode()
+        self._call(
+            lambda: self.s3.put_object(
+                Bucket=self.bucket,
+                Key=manifest_key(record.name, record.version),
+                Body=text,
+                ContentType="application/json",
+            ),
+            "registry artifact write",
+        )
 
     def settle(self, name: str, version: int, state: str, reason: str | None = None) -> Version:
         """A PENDING version becomes READY or FAILED, once."""
