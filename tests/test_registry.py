@@ -232,7 +232,7 @@ def test_a_pickle_a_misnamed_manifest_or_the_packaged_models_name_is_refused_bef
 def test_an_upload_that_vanishes_before_the_check_fails_the_version(registry: Registry, tiny_posterior_path: Path):
     manifest = json.loads(manifest_path_for(tiny_posterior_path).read_text())
     size = tiny_posterior_path.stat().st_size
-    status, _, created = registry.call(
+    status, _, _created = registry.call(
         "POST", "/models/tiny/versions", {"manifest": manifest, "size": size}, ADMIN_KEY_ID
     )
     assert status == 201
@@ -241,7 +241,7 @@ def test_an_upload_that_vanishes_before_the_check_fails_the_version(registry: Re
     assert checked["state"] == "FAILED"
     assert checked["reason"].startswith("the artifact was not uploaded")
     # and a version is checked once: it stays FAILED
-    status, _, again = registry.call("POST", "/models/tiny/versions/1/check", None, ADMIN_KEY_ID)
+    status, _, _again = registry.call("POST", "/models/tiny/versions/1/check", None, ADMIN_KEY_ID)
     assert status == 409
 
 
@@ -290,7 +290,7 @@ def test_an_aws_error_is_a_503_with_retry_after_and_nothing_half_written(
     registry.call("PUT", "/models/tiny/aliases/live", {"version": 1}, ADMIN_KEY_ID)
     manifest = json.loads(manifest_path_for(tiny_posterior_path).read_text())
     size = tiny_posterior_path.stat().st_size
-    status, _, created = registry.call(
+    status, _, _created = registry.call(
         "POST", "/models/tiny/versions", {"manifest": manifest, "size": size}, ADMIN_KEY_ID
     )
     registry.store.s3.put_object(

@@ -76,6 +76,9 @@ class Target:
     canary_version: int | None = None
     canary_weight: float = 0.0
 
+    def versions(self) -> list[int]:
+        return [self.version] if self.canary_version is None else [self.version, self.canary_version]
+
     def document(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version": self.version}
         if self.canary_version is not None:
@@ -194,8 +197,8 @@ class RegistryStore:
             "ScanIndexForward": not newest_first,
         }
         while len(items) < limit:
-            wanted = limit - len(items)
-            page = self._call(lambda n=wanted: self.table.query(Limit=n, **arguments), "registry query")
+            arguments["Limit"] = limit - len(items)
+            page = self._call(lambda: self.table.query(**arguments), "registry query")
             items += page.get("Items", [])
             if "LastEvaluatedKey" not in page:
                 break
@@ -345,8 +348,8 @@ class RegistryStore:
                 new, action = Target.from_item(before), "rollback"
             else:
                 new = target
-            for number in {new.version, new.canary_version} - {None}:
-                self._servable(name, int(number))  # type: ignore[arg-type]
+            for number in new.versions():
+                self._servable(name, number)
             revision = (current.revision if current else 0) + 1
             try:
                 self._transact(name, alias, new, revision, current, by, reason, action)
@@ -403,7 +406,7 @@ class RegistryStore:
                     "ExpressionAttributeValues": {":ready": SERVABLE},
                 }
             }
-            for number in sorted({new.version, new.canary_version} - {None})  # type: ignore[type-var]
+            for number in new.versions()
         ]
         try:
             self.table.meta.client.transact_write_items(
