@@ -19,8 +19,8 @@ import numpy as np
 from handler.gp import posterior as posterior_module
 from handler.gp.artifact import Manifest, atomic_write
 from handler.gp.broken import require_finite
-from handler.gp.model import SurrogateModel, TrainingData
 from handler.gp.posterior import GPPosterior, Prediction
+from handler.gp.surrogate import SurrogateModel, TrainingData
 from handler.gp.unpickling import load_pickle
 
 logger = logging.getLogger(__name__)

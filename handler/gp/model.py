@@ -12,11 +12,10 @@ import logging
 import platform
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Self
 
 import numpy as np
 
@@ -24,66 +23,13 @@ from handler.gp import posterior_file
 from handler.gp.artifact import ArtifactSource, Manifest, ModelUnavailableError
 from handler.gp.broken import ModelBrokenError
 from handler.gp.posterior import GPPosterior, Prediction
+from handler.gp.surrogate import SurrogateModel, TrainingData
 
 logger = logging.getLogger(__name__)
 
 # Columns of L L^T compared with the kernel at load (`GPPosterior.factor_mismatch`): m^2 x 8 flops, ~0.15 s at the
 # largest m. A factor that is not the kernel's differs in nearly every column, so a few suffice.
 FACTOR_CHECK_COLUMNS = 8
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """Points the model was fitted on, in original units: (n, d) inputs and, when published, (n, p) outputs."""
-
-    inputs: np.ndarray
-    outputs: np.ndarray | None
-
-
-class SurrogateModel(ABC):
-    """What the service needs of a model: `PosteriorModel` (numpy) or, for the GPy route, handler.gp.gpy_model's."""
-
-    model_type: ClassVar[str]
-
-    @classmethod
-    @abstractmethod
-    def load(cls, path: Path, manifest: Manifest | None = None) -> Self:
-        """Read a model saved by `save`, as its manifest (if given) says."""
-
-    @abstractmethod
-    def predict(self, X: np.ndarray, *, latent: bool = False) -> Prediction:
-        """Predict for an (n, input_dim) array: the variance of an observation, or of the latent function."""
-
-    @property
-    @abstractmethod
-    def input_dim(self) -> int: ...
-
-    @property
-    @abstractmethod
-    def output_dim(self) -> int: ...
-
-    def save(self, path: Path) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
-
-    def describe(self) -> dict[str, Any]:
-        """Kernel and hyperparameters (or their equivalent), for the manifest."""
-        return {}
-
-    def training_inputs(self) -> np.ndarray | None:
-        """The inputs the model was fitted on, if it keeps them (for default bounds)."""
-        return None
-
-    def training_data(self) -> TrainingData | None:
-        """The training points its artifact holds for publishing, if any (GET /model/training-data)."""
-        return None
-
-    def gradients(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """d mean / dx and d variance / dx, (n, input_dim, output_dim) each; models that can say, say."""
-        raise NotImplementedError(f"{type(self).__name__} gives no gradients")
-
-    def covariance(self, X: np.ndarray, *, latent: bool = False) -> np.ndarray:
-        """The joint predictive covariance of the points, (output_dim, n, n)."""
-        raise NotImplementedError(f"{type(self).__name__} gives no joint covariance")
 
 
 class PosteriorModel(SurrogateModel):
