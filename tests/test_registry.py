@@ -157,16 +157,27 @@ def test_hostile_or_unknown_model_addresses_are_404_naming_what_exists(registry:
 
 
 def test_two_concurrent_publishes_get_two_versions_and_two_concurrent_moves_are_both_recorded(
-    registry: Registry, tiny_posterior_path: Path
+    registry: Registry, tiny_posterior_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from concurrent.futures import ThreadPoolExecutor
-
     from handler.registry.store import Target
 
-    # given two publishers at once
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        checked = list(pool.map(lambda _: registry.publish("tiny", tiny_posterior_path)[1], range(2)))
-    assert sorted(c["version"] for c in checked) == [1, 2]
+    # given two publishers at once: the second's whole publish lands between the first's number and its record
+    manifest = json.loads(manifest_path_for(tiny_posterior_path).read_text())
+    numbered = registry.store.table.update_item
+    second: list = []
+
+    def first_numbered_then_second_publishes(**kwargs):
+        answer = numbered(**kwargs)
+        monkeypatch.setattr(registry.store.table, "update_item", numbered)  # the second publish is not interrupted
+        second.append(registry.store.new_version("tiny", manifest, 100, "b"))
+        return answer
+
+    monkeypatch.setattr(registry.store.table, "update_item", first_numbered_then_second_publishes)
+    first = registry.store.new_version("tiny", manifest, 100, "a")
+    assert (first.version, second[0].version) == (1, 2)
+    assert sorted((v.version, v.published_by) for v in registry.store.versions("tiny")) == [(1, "a"), (2, "b")]
+    for version in (1, 2):  # (ready to serve: the check is another test's)
+        registry.store.settle("tiny", version, "READY")
     # when two admins move live at once (one read the alias before the other's move landed)
     registry.store.move_alias("tiny", "live", Target(1), "a", None)
     stale = registry.store.alias("tiny", "live")
@@ -322,3 +333,13 @@ def test_an_aws_error_is_a_503_with_retry_after_and_nothing_half_written(
     assert registry.store.alias("tiny", "live").target.version == 1
     assert len(registry.store.history("tiny")) == 1
     assert registry.call("POST", "/models/tiny/versions/2/check", None, ADMIN_KEY_ID)[0] == 200
+
+
+def test_a_loaded_versions_file_is_removed_so_tmp_holds_no_more_than_the_version_being_loaded(
+    registry: Registry, tiny_posterior_path: Path
+):
+    registry.publish("tiny", tiny_posterior_path)
+    registry.call("PUT", "/models/tiny/aliases/live", {"version": 1}, ADMIN_KEY_ID)
+    assert registry.call("POST", "/models/tiny/predict", TINY_POINT)[0] == 200
+    assert list(registry.resolver.cache_dir.rglob("*.npz")) == []
+    assert registry.call("POST", "/models/tiny/predict", TINY_POINT)[0] == 200  # served from memory

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.gp.artifact import Manifest, S3Artifact, read_manifest
-from handler.gp.model import LazyModel
+from handler.gp.model import LazyModel, LoadedModel
 from handler.registry.cache import VersionCache
 from handler.registry.names import DEFAULT_ALIAS, ModelRef
 from handler.registry.store import (
@@ -159,15 +159,28 @@ class ModelResolver:
         return ServedModel(name, str(version), lazy, "registry", chosen_by)
 
     def _lazy_version(self, name: str, version: int) -> LazyModel:
-        source = S3Artifact(
-            f"s3://{self.bucket}/{artifact_key(name, version)}",
-            self.cache_dir / name / str(version),
-            client=self.store.s3,
-        )
-        return LazyModel(source, retry_interval_s=self.retry_interval_s)
+        folder = self.cache_dir / name / str(version)
+        source = S3Artifact(f"s3://{self.bucket}/{artifact_key(name, version)}", folder, client=self.store.s3)
+        return _DownloadOnce(source, folder, retry_interval_s=self.retry_interval_s)
 
     def _discard(self, name: str, version: int) -> None:
         shutil.rmtree(self.cache_dir / name / str(version), ignore_errors=True)
+
+
+class _DownloadOnce(LazyModel):
+    """A registry version: its file is removed once loaded (the arrays are in memory), so that /tmp holds at most the
+    version being loaded, whatever the number of versions kept warm."""
+
+    def __init__(self, source: S3Artifact, folder: Path, retry_interval_s: float) -> None:
+        super().__init__(source, retry_interval_s=retry_interval_s)
+        self.folder = folder
+
+    def get(self) -> LoadedModel:
+        if self.is_loaded:
+            return super().get()
+        loaded = super().get()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return loaded
 
 
 def _manifest_of(record: Version) -> Manifest:
