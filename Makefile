@@ -16,7 +16,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction package-model scan bench bench-analyses bench-coverage bench-draws bench-explorer load openapi events docs docs-build clean
+.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction build-RegistryAdminFunction package-model scan bench bench-analyses bench-coverage bench-draws bench-explorer load openapi events docs docs-build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -79,8 +79,9 @@ format: setup  ## Apply ruff fixes and formatting
 typecheck: setup  ## mypy on the handler, scripts and the client
 	$(VENV)/bin/mypy handler scripts client/src
 
-serve: setup  ## Serve the API on http://127.0.0.1:$(PORT) like `sam local start-api`, without Docker (API_KEY= to require one)
-	$(PY) scripts/local_lambda.py serve --port $(PORT) --workers $(WORKERS) $(if $(API_KEY),--api-key "$(API_KEY)")
+serve: setup  ## Serve the API on http://127.0.0.1:$(PORT) like `sam local start-api`, without Docker (API_KEY= to require a key, ADMIN_API_KEY= to keep registry writes to one)
+	$(PY) scripts/local_lambda.py serve --port $(PORT) --workers $(WORKERS) $(if $(API_KEY),--api-key "$(API_KEY)") \
+		$(if $(ADMIN_API_KEY),--admin-api-key "$(ADMIN_API_KEY)")
 
 invoke: setup  ## Run one event through the Lambda runtime like `sam local invoke -e`, without Docker
 	$(PY) scripts/local_lambda.py invoke --event $(EVENT)
@@ -118,6 +119,10 @@ build: setup  ## sam build (arm64, python3.13) into .aws-sam/build
 # Called by `sam build` (the template's BuildMethod: makefile) with ARTIFACTS_DIR set: handler/, the model
 # and the runtime wheels for arm64, without tests, docs, scripts or caches (scripts/build_function.py).
 build-PredictFunction:
+	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package predict
+
+# The registry's admin function checks what is published with the API's own loader: the same package.
+build-RegistryAdminFunction:
 	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package predict
 
 build-JobWorkerFunction:

@@ -1,8 +1,9 @@
-"""Asynchronous jobs without AWS: their bucket, table and queues on moto, and Lambda's SQS event source.
+"""Asynchronous jobs and the model registry without AWS: their buckets, tables and queues on moto, and Lambda's SQS
+event source.
 
 `local_lambda.py serve` starts moto's server on loopback, creates the resources the template declares
-(`create_resources`) and polls each queue for its function (`SqsEventSource`), as Lambda's event source
-mapping does: receive a batch, invoke the function, delete the messages it did not report as failed.
+(`create_resources`, `create_registry`) and polls each queue for its function (`SqsEventSource`), as Lambda's event
+source mapping does: receive a batch, invoke the function, delete the messages it did not report as failed.
 Tests use the same pieces in-process, under moto's mock.
 
 moto's server itself runs from here (`python scripts/local_jobs.py --port N`, see `moto_app`), so that a
@@ -80,6 +81,35 @@ def create_resources(prefix: str = "gpr-local", visibility_timeout_s: int = 60, 
     work_url, work_arn = queue("work", attributes)
     results_url, results_arn = queue("results", attributes)
     return JobResources(bucket, table, work_url, work_arn, results_url, results_arn, dlq_url, dlq_arn)
+
+
+@dataclass(frozen=True)
+class RegistryResources:
+    bucket: str
+    table: str
+
+    def environment(self) -> dict[str, str]:
+        """The functions' variables, as the template sets them from these resources; writes on, as the local API has
+        no caller to keep out (the template's RegistryWritesWithoutAuth)."""
+        return {"REGISTRY_BUCKET": self.bucket, "REGISTRY_TABLE": self.table, "REGISTRY_WRITES": "true"}
+
+
+def create_registry(prefix: str = "gpr-local", **client_args: Any) -> RegistryResources:
+    """The model registry's bucket and table (key `pk` + `sk`, strings, as the template's RegistryTable; no TTL)."""
+    s3 = boto3.client("s3", **client_args)
+    dynamodb = boto3.client("dynamodb", **client_args)
+    bucket = table = f"{prefix}-registry"
+    s3.create_bucket(Bucket=bucket)
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return RegistryResources(bucket, table)
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:

@@ -11,10 +11,11 @@ and `serve` answers HTTP with SAM's own local API Gateway service (the code behi
     python scripts/local_lambda.py invoke --event events/predict.json
     python scripts/local_lambda.py serve --port 3000 --workers 2
 
-`serve` runs asynchronous jobs too: moto's server on loopback stands in for S3, DynamoDB and SQS (the
-bucket, table and queues the template declares), and each function with an SQS event (the job worker,
-the finisher) gets its own warm environments fed by a poller, as Lambda's event source mapping does.
-Presigned upload and result URLs point at that moto server, so curl and the client work unchanged.
+`serve` runs asynchronous jobs and the model registry too: moto's server on loopback stands in for S3, DynamoDB
+and SQS (the buckets, tables and queues the template declares), and each function with an SQS event (the job
+worker, the finisher) gets its own warm environments fed by a poller, as Lambda's event source mapping does.
+Presigned upload and result URLs point at that moto server, so curl and the client work unchanged. Every function
+with API routes (the API's, the registry admin's, the explorer's) gets its own warm environments.
 
 Where the emulator cannot run (not Linux, or no binary for this machine) the handler is called
 in-process instead, with a warning.
@@ -73,6 +74,11 @@ STOPPING_RESPONSE = {
     "headers": {"Content-Type": "application/json", "Retry-After": "5"},
     "body": json.dumps({"error": "the local server is stopping", "details": []}),
 }
+# The id API Gateway would give the registry's admin key (`--admin-api-key`): requests carrying it get it as
+# requestContext.identity.apiKeyId, and every function gets it as REGISTRY_ADMIN_KEY_ID, as the template sets it.
+LOCAL_ADMIN_KEY_ID = "local-admin"
+# The registry's variables: the template's values name resources that exist only once deployed.
+REGISTRY_RESOURCE_VARIABLES = ("REGISTRY_BUCKET", "REGISTRY_TABLE")
 
 
 class UsageError(Exception):
@@ -448,6 +454,7 @@ def invoke_command(args: argparse.Namespace) -> int:
         available = ", ".join(sorted(str(p) for p in Path("events").glob("*.json"))) or "none in events/"
         raise UsageError(f"event file {args.event} does not exist (available: {available})")
     config, _ = load_function(args.template, args.function, args.env_vars)
+    config = with_admin_key_id(without_registry(config), "")  # no moto here: no registry, as `serve --no-jobs`
     event = args.event.read_bytes() if args.event else b"{}"
     environment = start_environment(config, args.in_process)
     try:
@@ -463,6 +470,8 @@ def serve_command(args: argparse.Namespace) -> int:
     # Both signals stop the server the same way, set before anything starts. SIGINT is set even where it was
     # inherited ignored (a script's background job): ignored here, it would stop the emulators alone (they set
     # their own handlers) and leave /predict answering 502.
+    if args.admin_api_key and args.admin_api_key in (args.api_key or "").split(","):
+        raise UsageError("--admin-api-key must differ from each --api-key: that caller would be the registry's admin")
     stopper = Stopper()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stopper)
@@ -479,7 +488,7 @@ def serve_command(args: argparse.Namespace) -> int:
         watch = ModelWatch.start(configs[api_functions[0]]) if api_functions else None
         if any(queue_events.values()) and not args.no_jobs:
             jobs = LocalJobs.start()
-            configs = {name: jobs.configure(config) for name, config in configs.items()}
+        configs = local_configs(configs, jobs, args.admin_api_key)
         for name in api_functions:
             pools[name] = EnvironmentPool(configs[name], args.workers, args.in_process)
         if jobs is not None:
@@ -489,7 +498,9 @@ def serve_command(args: argparse.Namespace) -> int:
                     pools[name] = pool
                     for event in events:
                         jobs.feed(event, pool)
-        runner = FunctionRouter(pools, api_keys=args.api_key.split(",") if args.api_key else [])
+        runner = FunctionRouter(
+            pools, api_keys=args.api_key.split(",") if args.api_key else [], admin_api_key=args.admin_api_key
+        )
         service = LocalApigwService(
             api=api,
             lambda_runner=runner,
@@ -514,6 +525,12 @@ def serve_command(args: argparse.Namespace) -> int:
         if jobs is not None:
             LOG.info(
                 "jobs: S3, DynamoDB and SQS on moto at %s; %d worker environment(s)", jobs.endpoint, args.job_workers
+            )
+            LOG.info(
+                "model registry: bucket %s and table %s on moto, writes on%s",
+                jobs.registry.bucket,
+                jobs.registry.table,
+                " for the admin key only" if args.admin_api_key else "",
             )
         stopper.arm()
         _run(service, listener, stopper, in_flight)
@@ -730,12 +747,17 @@ def _names(names: tuple[str, ...], shown: int = 10) -> str:
 class FunctionRouter:
     """SAM's LocalLambdaRunner for several functions: each route's function has its own pool.
 
-    With API keys, it adds what API Gateway puts in the event for a keyed request: the key's id.
+    With API keys (the callers' and the registry admin's), it adds what API Gateway puts in the event for a keyed
+    request: the key's id.
     """
 
-    def __init__(self, pools: dict[str, EnvironmentPool], api_keys: list[str]) -> None:
+    def __init__(
+        self, pools: dict[str, EnvironmentPool], api_keys: list[str], admin_api_key: str | None = None
+    ) -> None:
         self.pools = pools
         self.api_keys = {key: "local-" + hashlib.sha256(key.encode()).hexdigest()[:12] for key in api_keys}
+        if admin_api_key:  # the registry admin's key, with the id the functions know it by
+            self.api_keys[admin_api_key] = LOCAL_ADMIN_KEY_ID
 
     def invoke(
         self, function_identifier: str, event: str, stdout: StreamWriter, stderr: StreamWriter, **_: Any
@@ -756,10 +778,11 @@ class FunctionRouter:
 
 
 class LocalJobs:
-    """moto's server on loopback with the jobs' bucket, table and queues, and pollers feeding the functions."""
+    """moto's server on loopback with the jobs' bucket, table and queues, the model registry's bucket and table, and
+    pollers feeding the functions."""
 
     def __init__(self, server: Any, endpoint: str) -> None:
-        from scripts.local_jobs import create_resources
+        from scripts.local_jobs import create_registry, create_resources
 
         self.server = server
         self.endpoint = endpoint
@@ -770,6 +793,7 @@ class LocalJobs:
             "aws_secret_access_key": "local",
         }
         self.resources = create_resources(**self.client_args)
+        self.registry = create_registry(**self.client_args)
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -800,7 +824,12 @@ class LocalJobs:
 
     def configure(self, config: FunctionConfig) -> FunctionConfig:
         """The function's environment pointed at the local resources, as the template's !Ref and !GetAtt would."""
-        environment = {**config.environment, **self.resources.environment(), "AWS_ENDPOINT_URL": self.endpoint}
+        environment = {
+            **config.environment,
+            **self.resources.environment(),
+            **self.registry.environment(),
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
         return dataclasses.replace(config, environment=environment)
 
     def feed(self, event: QueueEvent, pool: EnvironmentPool) -> None:
@@ -830,6 +859,31 @@ class LocalJobs:
         except subprocess.TimeoutExpired:
             self.server.kill()
             self.server.wait()
+
+
+def local_configs(
+    configs: dict[str, FunctionConfig], jobs: LocalJobs | None, admin_api_key: str | None
+) -> dict[str, FunctionConfig]:
+    """Every function's configuration as the local server runs it: pointed at the jobs' and the registry's resources
+    on moto (without them, no registry), and told the admin key's id."""
+    admin_key_id = LOCAL_ADMIN_KEY_ID if admin_api_key else ""
+    return {
+        name: with_admin_key_id(jobs.configure(config) if jobs is not None else without_registry(config), admin_key_id)
+        for name, config in configs.items()
+    }
+
+
+def without_registry(config: FunctionConfig) -> FunctionConfig:
+    """The function without the model registry (`--no-jobs`: no moto): its variables unset, as in a stack without a
+    registry, so that the packaged model serves as before and the registry's routes answer that it is not there."""
+    environment = {k: v for k, v in config.environment.items() if k not in REGISTRY_RESOURCE_VARIABLES}
+    return dataclasses.replace(config, environment=environment)
+
+
+def with_admin_key_id(config: FunctionConfig, admin_key_id: str) -> FunctionConfig:
+    """The function told the admin key's id (`--admin-api-key`), or "" without one (the template's value names a
+    key that exists only once deployed)."""
+    return dataclasses.replace(config, environment={**config.environment, "REGISTRY_ADMIN_KEY_ID": admin_key_id})
 
 
 def _region() -> str:
@@ -1027,8 +1081,16 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("LOCAL_API_KEY"),
         help="require this x-api-key (several: comma-separated, each its own caller), as the deployed API does",
     )
+    serve.add_argument(
+        "--admin-api-key",
+        default=os.environ.get("LOCAL_ADMIN_API_KEY"),
+        help="the model registry's admin key: requests with it as x-api-key may publish, move aliases and delete "
+        "(the deployed admin key); with --api-key it is accepted on every route too",
+    )
     serve.add_argument("--job-workers", type=int, default=2, help="warm environments per job function (default 2)")
-    serve.add_argument("--no-jobs", action="store_true", help="serve the API only: no moto, no job workers")
+    serve.add_argument(
+        "--no-jobs", action="store_true", help="serve the API only: no moto, no job workers, no model registry"
+    )
     serve.set_defaults(run=serve_command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -147,8 +147,9 @@ def test_concurrent_requests_are_all_answered_by_the_warm_pool(local_server):
     means = [r.json()["mean"] for r in responses]
     assert len(set(means)) == 24
     # and no environment started cold twice: at most one init each for the API's two, the two job functions' two
-    # each (which the job tests sharing this server warm) and the explorer function's two (the page's tests)
-    assert log.read_text().count("Init Duration") <= 2 + 2 * 2 + 2
+    # each (which the job tests sharing this server warm), the explorer function's two (the page's tests) and the
+    # registry admin function's two (the registry's tests)
+    assert log.read_text().count("Init Duration") <= 2 + 2 * 2 + 2 + 2
 
 
 def test_invoke_runs_an_event_file_like_sam_local_invoke():
@@ -371,6 +372,13 @@ def test_without_the_emulator_the_handler_runs_in_process_with_a_warning(
     assert response["statusCode"] == 200
 
 
+def test_an_admin_key_that_is_also_a_callers_key_is_refused_in_one_line():
+    result = run_script("serve", "--port", "0", "--api-key", "reader,shared", "--admin-api-key", "shared")
+    assert result.returncode == 2
+    assert result.stderr.startswith("local_lambda: error: --admin-api-key must differ from each --api-key")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_invoke_with_a_missing_event_file_says_so_in_one_line():
     result = run_script("invoke", "-e", "events/nope.json")
     assert result.returncode == 2
@@ -578,8 +586,11 @@ def test_the_start_log_names_the_served_model_once_and_the_routes_in_one_line(lo
     assert not any(line.startswith("Mounting") for line in lines)
     [routes_line] = [line for line in lines if line.startswith("routes: ")]
     per_function = dict(re.findall(r"(\w+Function): \d+ paths \(([^)]*)\)", routes_line))
-    assert set(per_function) == {"PredictFunction", "ExplorerFunction"}
+    assert set(per_function) == {"PredictFunction", "ExplorerFunction", "RegistryAdminFunction"}
     assert sorted(p for paths in per_function.values() for p in paths.split()) == template_paths()
+    # and one line says where the model registry is
+    [registry_line] = [line for line in lines if line.startswith("model registry: ")]
+    assert registry_line == "model registry: bucket gpr-local-registry and table gpr-local-registry on moto, writes on"
 
 
 def packaged_copy(folder: Path) -> Path:
@@ -653,3 +664,126 @@ def test_a_signal_while_the_server_runs_ends_its_loop_rather_than_raising_into_a
     # then nothing is raised into whatever the thread was doing, and the loop is told to end
     assert stopped.wait(5)
     assert stopper.requested == "SIGTERM"
+
+
+# The registry's routes (the shared design, issue 22): what each asks, and the function the template gives it to.
+ADMIN_REQUESTS = [
+    ("POST", "/models/plant/versions"),
+    ("POST", "/models/plant/versions/3/check"),
+    ("PUT", "/models/plant/aliases/live"),
+    ("POST", "/models/plant/aliases/live/rollback"),
+    ("DELETE", "/models/plant/versions/3"),
+]
+READ_REQUESTS = [
+    ("GET", "/models"),
+    ("GET", "/models/plant"),
+    ("POST", "/models/plant/predict"),
+    ("POST", "/models/plant@canary/sample"),
+    ("GET", "/models/plant%40live/manifest"),
+    ("POST", "/models/plant/versions/3/predict"),
+    ("GET", "/models/plant/versions/3/training-data"),
+    ("POST", "/models/plant/jobs"),
+    ("POST", "/v2/repository/index"),
+]
+
+
+class RecordingPool:
+    """A function's environment pool that answers with its function's name and keeps the events it was sent."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.events: list[dict] = []
+
+    def invoke(self, function_identifier: str, event: str, stdout, stderr, **_) -> None:
+        self.events.append(json.loads(event))
+        stdout.write_str(json.dumps({"statusCode": 200, "headers": {"X-Function": self.name}, "body": ""}))
+
+
+def test_the_registry_routes_reach_their_functions_pools_with_the_admin_keys_id():
+    from samcli.lib.utils.stream_writer import StreamWriter
+    from samcli.local.apigw.local_apigw_service import LocalApigwService
+
+    # given the local API as `serve --api-key reader --admin-api-key admin` builds it, each function's pool recording
+    _, api, _, keyless_paths = local_lambda.load_functions(ROOT / "template.yaml")
+    pools = {name: RecordingPool(name) for name in {route.function_name for route in api.routes}}
+    router = local_lambda.FunctionRouter(pools, ["reader"], admin_api_key="admin")
+    service = LocalApigwService(
+        api=api, lambda_runner=router, port=0, host="127.0.0.1", stderr=StreamWriter(io.StringIO())
+    )
+    service.create()
+    local_lambda._require_api_key(service, router.api_keys, keyless_paths)
+    client = service._app.test_client()
+    # when the admin calls the write routes, and a reader and the admin the read routes
+    for method, path in ADMIN_REQUESTS:
+        answer = client.open(path, method=method, headers={"x-api-key": "admin"}, json={})
+        # then the writes reach the admin function's own pool, told the admin key's id
+        assert (answer.status_code, answer.headers.get("X-Function")) == (200, "RegistryAdminFunction"), path
+        assert pools["RegistryAdminFunction"].events[-1]["requestContext"]["identity"]["apiKeyId"] == "local-admin"
+    for method, path in READ_REQUESTS:
+        for key in ("reader", "admin"):
+            answer = client.open(path, method=method, headers={"x-api-key": key}, json={})
+            # and the reads the API function's, with each caller's key id (the admin key is a key like any other)
+            assert (answer.status_code, answer.headers.get("X-Function")) == (200, "PredictFunction"), path
+            identity = pools["PredictFunction"].events[-1]["requestContext"]["identity"]
+            assert (identity["apiKeyId"] == "local-admin") is (key == "admin"), (path, key)
+    # and a write without a key is refused before any function, as API Gateway does
+    calls = sum(len(pool.events) for pool in pools.values())
+    assert client.post("/models/plant/versions", json={}).status_code == 403
+    assert sum(len(pool.events) for pool in pools.values()) == calls
+
+
+@pytest.fixture(scope="module")
+def template_resources() -> dict:
+    from samcli.yamlhelper import yaml_parse
+
+    return yaml_parse((ROOT / "template.yaml").read_text())["Resources"]
+
+
+def test_serve_creates_the_registry_on_moto_as_the_template_declares_it_and_tells_every_function(
+    template_resources: dict,
+):
+    # given the template's functions, and moto's server with the jobs' resources as `serve` starts it
+    configs, _, _, _ = local_lambda.load_functions(ROOT / "template.yaml")
+    jobs = local_lambda.LocalJobs.start()
+    try:
+        # when the server configures the functions it runs
+        served = local_lambda.local_configs(configs, jobs, admin_api_key=None)
+        # then the registry's table is on moto, keyed as the template's RegistryTable, without expiry
+        dynamodb = boto3.client("dynamodb", **jobs.client_args)
+        table = dynamodb.describe_table(TableName="gpr-local-registry")["Table"]
+        declared = template_resources["RegistryTable"]["Properties"]
+        assert table["KeySchema"] == declared["KeySchema"]
+        assert sorted(table["AttributeDefinitions"], key=str) == sorted(declared["AttributeDefinitions"], key=str)
+        assert table["BillingModeSummary"]["BillingMode"] == declared["BillingMode"]
+        ttl = dynamodb.describe_time_to_live(TableName="gpr-local-registry")["TimeToLiveDescription"]
+        assert ttl["TimeToLiveStatus"] == "DISABLED"
+        # and its bucket, beside the jobs' one
+        buckets = {b["Name"] for b in boto3.client("s3", **jobs.client_args).list_buckets()["Buckets"]}
+        assert {"gpr-local-registry", "gpr-local-jobs"} <= buckets
+        # and every function is told them (as the template's Globals do), with writes on and no admin key
+        assert set(served) == set(configs)
+        for name, config in served.items():
+            variables = config.environment
+            assert variables["REGISTRY_BUCKET"] == variables["REGISTRY_TABLE"] == "gpr-local-registry", name
+            assert variables["REGISTRY_WRITES"] == "true", name
+            assert variables["REGISTRY_ADMIN_KEY_ID"] == "", name
+            assert variables["AWS_ENDPOINT_URL"] == jobs.endpoint, name
+    finally:
+        jobs.stop(time.monotonic() + 5)
+
+
+def test_without_jobs_there_is_no_registry_and_no_made_up_resource_or_key(template_resources: dict):
+    # given the template's functions, whose registry variables name resources that exist only once deployed
+    configs, _, _, _ = local_lambda.load_functions(ROOT / "template.yaml")
+    assert configs["PredictFunction"].environment["REGISTRY_BUCKET"] == "RegistryBucket"
+    # when `serve --no-jobs` configures them, with and without an admin key
+    for admin_api_key, admin_key_id in ((None, ""), ("admin", "local-admin")):
+        served = local_lambda.local_configs(configs, None, admin_api_key)
+        # then no function is given a registry (the packaged model serves as before), nor a name that is a template
+        # resource's logical id, and each knows the admin key's id, if any
+        for name, config in served.items():
+            variables = config.environment
+            assert not {"REGISTRY_BUCKET", "REGISTRY_TABLE"} & set(variables), name
+            registry_values = {v for k, v in variables.items() if k.startswith("REGISTRY_")}
+            assert not registry_values & set(template_resources), name
+            assert variables["REGISTRY_ADMIN_KEY_ID"] == admin_key_id, name

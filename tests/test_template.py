@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,7 +93,8 @@ def test_the_explorer_function_declares_exactly_its_routes_with_get_and_head(tem
 
 
 def model_statements(parameters: dict[str, str]) -> dict[str, list[dict]]:
-    """Per function role, the statements on S3 objects other than the jobs bucket's, as CloudFormation gets them."""
+    """Per function role, the statements on S3 objects other than the jobs' and the registry's buckets, as
+    CloudFormation gets them."""
     found = {}
     for name, role in translated(parameters)["Resources"].items():
         if role["Type"] != "AWS::IAM::Role":
@@ -100,7 +102,12 @@ def model_statements(parameters: dict[str, str]) -> dict[str, list[dict]]:
         statements = [
             s for policy in role["Properties"].get("Policies", []) for s in policy["PolicyDocument"]["Statement"]
         ]
-        found[name] = [s for s in statements if "s3:" in str(s["Action"]) and "JobsBucket" not in json.dumps(s)]
+        found[name] = [
+            s
+            for s in statements
+            if "s3:" in str(s["Action"])
+            and not {"JobsBucket", "RegistryBucket"} & set(re.findall(r"\w+", json.dumps(s)))
+        ]
     return found
 
 
@@ -210,8 +217,10 @@ def test_sam_build_packages_only_what_the_function_loads_under_the_size_limit(tm
     assert_lean(explorer_package, with_model=False, modules=EXPLORER_MODULES)
     for absent in ("numpy", "boto3", "botocore", "orjson", "pydantic"):
         assert not list(explorer_package.glob(absent)), absent
-    for name in ("PredictFunction", "JobWorkerFunction", "JobFinisherFunction"):
+    for name in ("PredictFunction", "JobWorkerFunction", "JobFinisherFunction", "RegistryAdminFunction"):
         assert not (build_dir / name / "handler" / "explorer").exists(), name
+    # the registry's admin function checks what is published with the API's loader: the API's package
+    assert_lean(build_dir / "RegistryAdminFunction")
     manifest = json.loads((ROOT / "model_artifacts" / "pretrained-model.manifest.json").read_text())
     gpy_route = manifest.get("format", "pickle") != "npz"
     # a posterior file is served with numpy alone: no GPy, paramz or scipy (the GPy route adds them)
@@ -423,19 +432,65 @@ def of_type(resources: dict, kind: str) -> list[dict]:
     return [r for r in resources["Resources"].values() if r["Type"] == kind]
 
 
+def deployed(translation: dict) -> dict:
+    """The translation's resources that CloudFormation creates: those whose `Condition` holds.
+
+    AWS::LanguageExtensions has put the parameters' values into the conditions; what is left is Fn::Equals, Fn::Not,
+    Fn::And, Fn::Or and references to other conditions."""
+    conditions = translation.get("Conditions", {})
+
+    def holds(expression: Any) -> bool:
+        [(function, arguments)] = expression.items()
+        if function == "Condition":
+            return holds(conditions[arguments])
+        if function == "Fn::Equals":
+            return bool(arguments[0] == arguments[1])
+        if function == "Fn::Not":
+            return not holds(arguments[0])
+        if function == "Fn::And":
+            return all(holds(argument) for argument in arguments)
+        if function == "Fn::Or":
+            return any(holds(argument) for argument in arguments)
+        raise AssertionError(f"a condition this helper cannot evaluate: {expression}")
+
+    resources = {
+        name: resource
+        for name, resource in translation["Resources"].items()
+        if "Condition" not in resource or holds({"Condition": resource["Condition"]})
+    }
+    return {**translation, "Resources": resources}
+
+
 # The model explorer's page and assets hold no data: open whatever the mode (SAM writes IAM's exception as "NONE").
 EXPLORER_PATHS = {"/explore", "/explore/{asset}"}
+# The model registry's routes (the shared design, issue 22): its writes, RegistryAdminFunction's alone, and its reads,
+# with each model's routes by name (or name@alias) and by version, PredictFunction's.
+ADMIN_PATHS = {
+    "/models/{name}/versions",
+    "/models/{name}/versions/{version}/check",
+    "/models/{name}/versions/{version}",
+    "/models/{name}/aliases/{alias}",
+    "/models/{name}/aliases/{alias}/rollback",
+}
+MODEL_ROUTES = ("predict", "sample", "sensitivity", "propagate", "suggest", "training-data", "manifest", "jobs")
+REGISTRY_READ_PATHS = {
+    "/models",
+    "/models/{name}",
+    "/v2/repository/index",
+    *(f"/models/{{name}}/{route}" for route in MODEL_ROUTES),
+    *(f"/models/{{name}}/versions/{{version}}/{route}" for route in MODEL_ROUTES),
+}
 
 
 @pytest.mark.parametrize(
     ("parameters", "security", "explorer_security", "key_resources", "snap_start", "provisioned", "cors"),
     [
-        ({}, [{"api_key": []}], [], 3, "PublishedVersions", None, False),
+        ({}, [{"api_key": []}], [], 6, "PublishedVersions", None, False),
         ({"AuthMode": "IAM", "ColdStartMode": "ProvisionedConcurrency"}, [{"AWS_IAM": []}], [{"NONE": []}], 0, "None",
          1, False),
         ({"AuthMode": "NONE", "ColdStartMode": "Lazy", "CorsAllowOrigin": "https://lab.example.org"}, None, None, 0,
          "None", None, True),
-        ({"CorsAllowOrigin": "https://lab.example.org"}, [{"api_key": []}], [], 3, "PublishedVersions", None, True),
+        ({"CorsAllowOrigin": "https://lab.example.org"}, [{"api_key": []}], [], 6, "PublishedVersions", None, True),
         ({"AuthMode": "IAM", "CorsAllowOrigin": "https://lab.example.org"}, [{"AWS_IAM": []}], [{"NONE": []}], 0,
          "PublishedVersions", None, True),
     ],
@@ -461,18 +516,19 @@ def test_the_parameters_choose_access_cold_start_and_cors(
         assert operation.get("security") == (explorer_security if path in EXPLORER_PATHS else security), path
         if path in EXPLORER_PATHS:  # and IAM's caller credentials are not asked of its callers either
             assert "credentials" not in operation["x-amazon-apigateway-integration"]
-    keys = [*of_type(resources, "AWS::ApiGateway::ApiKey"), *of_type(resources, "AWS::ApiGateway::UsagePlan"),
-            *of_type(resources, "AWS::ApiGateway::UsagePlanKey")]  # fmt: skip
+    active = deployed(resources)
+    keys = [*of_type(active, "AWS::ApiGateway::ApiKey"), *of_type(active, "AWS::ApiGateway::UsagePlan"),
+            *of_type(active, "AWS::ApiGateway::UsagePlanKey")]  # fmt: skip
     assert len(keys) == key_resources
-    if key_resources:
-        [plan] = of_type(resources, "AWS::ApiGateway::UsagePlan")
+    if key_resources:  # the callers' key and plan (SAM's), and the registry admin's (the template's own)
+        plan = active["Resources"]["PredictionApiUsagePlan"]
         assert plan["Properties"]["Quota"] == {"Limit": 1000000, "Period": "DAY"}
         assert plan["Properties"]["Throttle"] == {"RateLimit": 100, "BurstLimit": 200}
     # and the cold-start mode, on a published version behind the `live` alias
     function = resources["Resources"]["PredictFunction"]
     assert function["Properties"]["SnapStart"] == {"ApplyOn": snap_start}
     assert function["Properties"]["ReservedConcurrentExecutions"] == 20
-    [alias] = of_type(resources, "AWS::Lambda::Alias")
+    alias = resources["Resources"]["PredictFunctionAliaslive"]
     assert alias["Properties"]["Name"] == "live"
     config = alias["Properties"].get("ProvisionedConcurrencyConfig")
     assert (config or {}).get("ProvisionedConcurrentExecutions") == provisioned
@@ -506,6 +562,8 @@ def assert_the_open_routes_reach_only_the_explorer_function(resources: dict, pat
     for (path, method), function in invoked.items():
         if path in EXPLORER_PATHS:
             assert function == "ExplorerFunction", (path, method)
+        elif path in ADMIN_PATHS:
+            assert function == "RegistryAdminFunctionAliaslive", (path, method)
         else:
             assert function == "PredictFunctionAliaslive", (path, method)
     for path in EXPLORER_PATHS:  # other methods: API Gateway's 403 "Missing Authentication Token", no function
@@ -607,6 +665,10 @@ def test_the_jobs_resources_are_private_expiring_and_retried_into_a_dead_letter_
     assert resources["JobWorkerFunction"]["Properties"]["ReservedConcurrentExecutions"] == 20
 
 
+JOBS_RESOURCES = ("JobsBucket", "JobsTable", "JobQueue", "ResultsQueue")
+REGISTRY_RESOURCES = ("RegistryBucket", "RegistryTable")
+
+
 def _granted(resources: dict, role: str) -> dict[str, set[str]]:
     """Each action the role's inline policies allow -> the resources (logical ids) it is allowed on."""
     granted: dict[str, set[str]] = {}
@@ -618,7 +680,7 @@ def _granted(resources: dict, role: str) -> dict[str, set[str]]:
             for target in targets:
                 assert target != "*", f"{role} grants {actions} on every resource"
                 text = json.dumps(target)
-                names |= {n for n in ("JobsBucket", "JobsTable", "JobQueue", "ResultsQueue") if n in text}
+                names |= {n for n in (*JOBS_RESOURCES, *REGISTRY_RESOURCES) if n in re.findall(r"\w+", text)}
             for action in actions:
                 granted.setdefault(action, set()).update(names)
     return granted
@@ -662,3 +724,276 @@ def test_the_build_adds_the_gpy_route_only_for_a_pickle(tmp_path: Path, document
     files, gpy = model_files(manifest)
     assert gpy is needs_gpy
     assert files == [manifest, tmp_path / document["artifact"]]
+
+
+def test_the_registry_admin_function_declares_exactly_its_handlers_paths_with_any_method(template: dict):
+    from handler.registry_admin_app import app
+
+    function = template["Resources"]["RegistryAdminFunction"]["Properties"]
+    assert function["Handler"] == "handler.registry_admin_app.lambda_handler"
+    declared = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in function["Events"].values()}
+    routes = (*app._static_routes, *app._dynamic_routes)
+    assert declared == {("any", route.path.replace("<", "{").replace(">", "}")) for route in routes}
+    assert {path for _, path in declared} == ADMIN_PATHS
+
+
+def test_every_registry_read_route_is_an_event_of_the_api_function(template: dict):
+    events = template["Resources"]["PredictFunction"]["Properties"]["Events"].values()
+    declared = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events if e["Type"] == "Api"}
+    assert {("any", path) for path in REGISTRY_READ_PATHS} <= declared
+    assert not {path for _, path in declared} & ADMIN_PATHS
+
+
+@pytest.mark.parametrize("auth_mode", ["API_KEY", "IAM", "NONE"])
+def test_every_admin_route_is_served_by_the_admin_function_alone(monkeypatch, auth_mode: str):
+    # given the API CloudFormation gets
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    resources = translated({"AuthMode": auth_mode})
+    [api] = of_type(resources, "AWS::ApiGateway::RestApi")
+    invoked = {
+        (path, method): integrated_function(operation)
+        for path, operations in api["Properties"]["Body"]["paths"].items()
+        for method, operation in operations.items()
+        if method != "options"
+    }
+    # then each admin path invokes the admin function's `live` alias, whatever the method (it answers 405 itself),
+    admin = {key for key, function in invoked.items() if function == "RegistryAdminFunctionAliaslive"}
+    assert {path for path, _ in admin} == ADMIN_PATHS
+    assert admin == {key for key in invoked if key[0] in ADMIN_PATHS}
+    # and no other: the reads reach the API function, which may not write (below)
+    for path in REGISTRY_READ_PATHS:
+        assert {function for (p, _), function in invoked.items() if p == path} == {"PredictFunctionAliaslive"}, path
+
+
+# What reading the registry takes: its objects, a missing one as S3's 404 (ListBucket), and its records.
+REGISTRY_READS = {"s3:GetObject", "s3:ListBucket", "dynamodb:GetItem", "dynamodb:Query"}
+
+
+def registry_grants(resources: dict) -> dict[str, dict[str, set[str]]]:
+    """Per function role, the actions it is allowed on the registry's bucket or table -> which of the two."""
+    grants = {}
+    for name, resource in resources.items():
+        if resource["Type"] == "AWS::IAM::Role":
+            granted = _granted(resources, name)
+            grants[name] = {
+                action: targets & set(REGISTRY_RESOURCES)
+                for action, targets in granted.items()
+                if targets & set(REGISTRY_RESOURCES)
+            }
+    return grants
+
+
+def test_only_the_admin_function_may_write_the_registry(monkeypatch):
+    # given every function role's permissions on the registry
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    resources = translated({})["Resources"]
+    grants = registry_grants(resources)
+    # then the API function (and the job worker, for jobs on a registry model) only read it
+    assert set(grants["PredictFunctionRole"]) == REGISTRY_READS
+    assert set(grants["JobWorkerFunctionRole"]) == REGISTRY_READS
+    writers = {role for role, actions in grants.items() if set(actions) - REGISTRY_READS}
+    assert writers == {"RegistryAdminFunctionRole"}
+    # and the admin function writes objects and records, with conditions and transactions, but deletes nothing
+    assert grants["RegistryAdminFunctionRole"] == {
+        "s3:PutObject": {"RegistryBucket"},
+        "s3:GetObject": {"RegistryBucket"},
+        "s3:ListBucket": {"RegistryBucket"},
+        "dynamodb:GetItem": {"RegistryTable"},
+        "dynamodb:PutItem": {"RegistryTable"},
+        "dynamodb:UpdateItem": {"RegistryTable"},
+        "dynamodb:Query": {"RegistryTable"},
+        "dynamodb:ConditionCheckItem": {"RegistryTable"},
+    }
+    # and the readers read the versions' files (models/) alone; the admin function also the publishers' uploads
+    for role, prefixes in (
+        ("PredictFunctionRole", {"models/"}),
+        ("JobWorkerFunctionRole", {"models/"}),
+        ("RegistryAdminFunctionRole", {"models/", "uploads/"}),
+    ):
+        granted_prefixes = set()
+        for policy in resources[role]["Properties"]["Policies"]:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                if "RegistryBucket" in json.dumps(statement) and statement["Action"] != "s3:ListBucket":
+                    actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                    assert all(action.startswith("s3:") and "Object" in action for action in actions), statement
+                    targets = (
+                        statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                    )
+                    for target in targets:  # (the local translation leaves Fn::Sub's string)
+                        pattern = target["Fn::Sub"] if isinstance(target, dict) else target
+                        [prefix] = re.fullmatch(r"\$\{RegistryBucket\.Arn\}/(\w+/)\*", pattern).groups()
+                        granted_prefixes.add(prefix)
+        assert granted_prefixes == prefixes, role
+    # and no other function touches the registry at all
+    assert {role for role, actions in grants.items() if actions} == {
+        "PredictFunctionRole",
+        "JobWorkerFunctionRole",
+        "RegistryAdminFunctionRole",
+    }
+
+
+def test_the_registry_is_private_and_keyed_as_the_registry_reads_it(monkeypatch, template: dict):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    resources = translated({})["Resources"]
+    bucket = resources["RegistryBucket"]["Properties"]
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    rules = {rule["Prefix"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
+    assert set(rules) == {"uploads/", "models/"}
+    assert all(rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1} for rule in rules.values())
+    assert rules["uploads/"]["ExpirationInDays"] == 1  # a publisher's upload, copied under models/ by the check
+    assert "ExpirationInDays" not in rules["models/"], "published versions never expire"
+    (tls,) = resources["RegistryBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert (tls["Effect"], tls["Condition"]) == ("Deny", {"Bool": {"aws:SecureTransport": False}})
+    table = resources["RegistryTable"]["Properties"]
+    assert table["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    assert {(a["AttributeName"], a["AttributeType"]) for a in table["AttributeDefinitions"]} == {
+        ("pk", "S"),
+        ("sk", "S"),
+    }
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["SSESpecification"] == {"SSEEnabled": True}
+    assert "TimeToLiveSpecification" not in table, "the history is kept"
+    for name in ("RegistryBucket", "RegistryTable"):  # published models outlive the stack
+        assert (resources[name]["DeletionPolicy"], resources[name]["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["REGISTRY_BUCKET"] == {"Ref": "RegistryBucket"}
+    assert variables["REGISTRY_TABLE"] == {"Ref": "RegistryTable"}
+
+
+@pytest.mark.parametrize("auth_mode", ["API_KEY", "IAM", "NONE"])
+def test_the_admin_key_and_its_usage_plan_exist_only_with_api_keys(monkeypatch, auth_mode: str):
+    # when
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    translation = translated({"AuthMode": auth_mode})
+    active = deployed(translation)["Resources"]
+    admin_variables = active["RegistryAdminFunction"]["Properties"]["Environment"]["Variables"]
+    outputs = {
+        name for name, output in translation["Outputs"].items() if "Condition" not in output or auth_mode == "API_KEY"
+    }
+    admin = {"AdminApiKey", "AdminUsagePlan", "AdminUsagePlanKey"}
+    if auth_mode != "API_KEY":
+        # then no admin key: IAM grants the admin routes by policy, NONE turns writes off (or on) by parameter
+        assert not admin & set(active)
+        assert admin_variables["REGISTRY_ADMIN_KEY_ID"] == ""
+        assert "AdminApiKeyId" not in outputs
+        return
+    # then a key of its own, in a usage plan of its own on the API's stage, with a throttle below the callers'
+    assert admin <= set(active)
+    plan = active["AdminUsagePlan"]["Properties"]
+    [stage] = [name for name, resource in active.items() if resource["Type"] == "AWS::ApiGateway::Stage"]
+    assert plan["ApiStages"] == [{"ApiId": {"Ref": "PredictionApi"}, "Stage": {"Ref": stage}}]
+    callers = active["PredictionApiUsagePlan"]["Properties"]["Throttle"]
+    assert plan["Throttle"]["RateLimit"] < callers["RateLimit"]
+    assert plan["Throttle"]["BurstLimit"] < callers["BurstLimit"]
+    assert active["AdminUsagePlanKey"]["Properties"] == {
+        "KeyId": {"Ref": "AdminApiKey"},
+        "KeyType": "API_KEY",
+        "UsagePlanId": {"Ref": "AdminUsagePlan"},
+    }
+    # and the admin function knows its id (API Gateway puts the caller's key id in the event), no other function does
+    assert admin_variables["REGISTRY_ADMIN_KEY_ID"] == {"Ref": "AdminApiKey"}
+    others = [r for n, r in active.items() if r["Type"] == "AWS::Lambda::Function" and n != "RegistryAdminFunction"]
+    assert all("REGISTRY_ADMIN_KEY_ID" not in r["Properties"]["Environment"]["Variables"] for r in others)
+    # and the stack's outputs give the id and the command that reads the key's value
+    output = translation["Outputs"]["AdminApiKeyId"]
+    assert output["Value"] == {"Ref": "AdminApiKey"}
+    assert "aws apigateway get-api-key --api-key <id> --include-value" in " ".join(output["Description"].split())
+
+
+@pytest.mark.parametrize(
+    ("parameters", "writes"),
+    [
+        ({}, "true"),
+        ({"AuthMode": "IAM"}, "true"),
+        ({"AuthMode": "NONE"}, "false"),
+        ({"AuthMode": "NONE", "RegistryWritesWithoutAuth": "true"}, "true"),
+        ({"AuthMode": "API_KEY", "RegistryWritesWithoutAuth": "true"}, "true"),
+    ],
+    ids=["api-key", "iam", "open", "open-writes-asked", "api-key-writes-asked"],
+)
+def test_registry_writes_are_on_where_the_api_checks_its_callers_or_where_asked(
+    monkeypatch, parameters: dict, writes: str
+):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    resources = translated(parameters)["Resources"]
+    assert resources["RegistryAdminFunction"]["Properties"]["Environment"]["Variables"]["REGISTRY_WRITES"] == writes
+
+
+@pytest.mark.parametrize("deployment_type", ["AllAtOnce", "Canary10Percent5Minutes", "Linear10PercentEvery1Minute"])
+def test_code_deploys_move_the_live_aliases_as_chosen_rolled_back_by_the_alarms(
+    monkeypatch, template: dict, deployment_type: str
+):
+    # when
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    resources = translated({"DeploymentType": deployment_type})["Resources"]
+    alarms = {
+        name: (r["Properties"]["Namespace"], r["Properties"]["MetricName"])
+        for name, r in template["Resources"].items()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    error_alarm = next(name for name, metric in alarms.items() if metric == ("AWS/ApiGateway", "5XXError"))
+    latency_alarm = next(name for name, metric in alarms.items() if metric == ("AWS/Lambda", "Duration"))
+    # then each function's `live` alias moves through CodeDeploy with the chosen configuration
+    for function, rolled_back_by in (
+        ("PredictFunction", {error_alarm, latency_alarm}),
+        ("RegistryAdminFunction", {error_alarm}),
+    ):
+        update = resources[f"{function}Aliaslive"]["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]
+        assert update["DeploymentGroupName"] == {"Ref": f"{function}DeploymentGroup"}
+        group = resources[f"{function}DeploymentGroup"]["Properties"]
+        assert group["DeploymentConfigName"] == {
+            "Fn::Sub": ["CodeDeployDefault.Lambda${ConfigName}", {"ConfigName": deployment_type}]
+        }
+        # and the alarms stop and roll it back
+        assert group["AlarmConfiguration"]["Enabled"] is True
+        assert {alarm["Name"]["Ref"] for alarm in group["AlarmConfiguration"]["Alarms"]} == rolled_back_by
+        assert "DEPLOYMENT_STOP_ON_ALARM" in group["AutoRollbackConfiguration"]["Events"]
+    # and the latency alarm watches the API function
+    assert template["Resources"][latency_alarm]["Properties"]["Dimensions"] == [
+        {"Name": "FunctionName", "Value": {"Ref": "PredictFunction"}}
+    ]
+    # and a first deploy is quick unless the user chooses otherwise
+    assert template["Parameters"]["DeploymentType"]["Default"] == "AllAtOnce"
+
+
+LAMBDA_POLICY_LIMIT_BYTES = 20 * 1024  # a function's (or alias's) resource-based policy, a hard Lambda quota
+
+
+def test_each_aliass_resource_policy_fits_lambdas_limit_for_any_stack_name(monkeypatch):
+    """SAM adds one statement per API event to the policy of the function (alias) it invokes; past 20 KB the deploy
+    fails ("The final policy size ... is bigger than the limit"). Each statement is sized here as Lambda stores it,
+    for the longest names CloudFormation makes (statement ids of 100 characters, function names of 64)."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    resources = translated({})["Resources"]
+    sizes: dict[str, int] = {}
+    for resource in resources.values():
+        if resource["Type"] != "AWS::Lambda::Permission":
+            continue
+        target = resource["Properties"]["FunctionName"]
+        function = target.get("Ref") or target["Fn::GetAtt"][0]
+        source = resource["Properties"]["SourceArn"]["Fn::Sub"]
+        pattern, names = source if isinstance(source, list) else (source, {})
+        source_arn = pattern.replace("${__ApiId__}", "a" * 10).replace("${__Stage__}", names.get("__Stage__", "*"))
+        for variable, value in (("AWS::Partition", "aws-us-gov"), ("AWS::Region", "ap-southeast-5"),
+                                ("AWS::AccountId", "1" * 12)):  # fmt: skip
+            source_arn = source_arn.replace(f"${{{variable}}}", value)
+        statement = {
+            "Sid": "s" * 100,
+            "Effect": "Allow",
+            "Principal": {"Service": "apigateway.amazonaws.com"},
+            "Action": "lambda:InvokeFunction",
+            "Resource": f"arn:aws-us-gov:lambda:ap-southeast-5:{'1' * 12}:function:{'f' * 64}:live",
+            "Condition": {"ArnLike": {"AWS:SourceArn": source_arn}},
+        }
+        sizes[function] = sizes.get(function, 0) + len(json.dumps(statement, separators=(",", ":"))) + 1
+    assert sizes["PredictFunctionAliaslive"] > sizes["RegistryAdminFunctionAliaslive"]
+    for function, size in sizes.items():
+        assert size + len('{"Version":"2012-10-17","Id":"default","Statement":[]}') < LAMBDA_POLICY_LIMIT_BYTES, (
+            function,
+            size,
+        )
