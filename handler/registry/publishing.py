@@ -21,6 +21,10 @@ from handler.registry.store import RegistryConflictError, RegistryStore, Version
 
 logger = logging.getLogger(__name__)
 
+# The prediction function downloads a version into /tmp before loading it (then removes it): 512 MiB there, which
+# SnapStart does not let grow. A version is at most this, leaving room for the download's own temporary file.
+MAX_ARTIFACT_BYTES = 448 * 2**20
+
 
 class PublishRefusedError(ValueError):
     """A publish request that cannot become a version (the manifest is invalid, a pickle, too large)."""
@@ -66,10 +70,13 @@ def check_manifest(document: Any, name: str, size: Any) -> tuple[dict[str, Any],
             "only posterior files (.npz) are published; a pickle is served only as the packaged model "
             "(package it again with scripts/package_model.py, which writes a posterior file)",
         )
-    largest = _largest_bytes(manifest)
+    largest = min(_largest_bytes(manifest), MAX_ARTIFACT_BYTES)
     if type(size) is not int or not 0 < size <= largest:
         raise PublishRefusedError(
-            "size", f"expected the artifact's size in bytes, from 1 to {largest} for this manifest's arrays"
+            "size",
+            f"expected the artifact's size in bytes, from 1 to {largest} for this manifest's arrays (a registry "
+            f"version is at most {MAX_ARTIFACT_BYTES // 2**20} MiB: the prediction function's /tmp holds it while "
+            "it loads; a larger model is served as the packaged one)",
         )
     stored = {**document, "name": name, "packaged_as": {"name": manifest.name, "version": manifest.version}}
     return stored, size
