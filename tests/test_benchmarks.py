@@ -5,6 +5,7 @@ It asserts that every measure was taken, never how fast: speed targets live in t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,22 @@ def test_the_s3_cold_start_benchmark_downloads_through_the_functions_code():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(b) from S3: download to /tmp + sha256" in result.stdout
     assert "S3 adds" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_registry_benchmark_measures_cold_loads_many_models_and_resident_memory(tmp_path: Path):
+    # Small models against moto's server on loopback; the full run uses the Park model and m = 2,000 to 8,000.
+    report_path = tmp_path / "report.md"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/registry.py", "--quick", "--output", str(report_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=os.environ | {"REGISTRY_BENCH_MODELS": str(tmp_path / "models")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = report_path.read_text()
+    for section in ("First request to a model", "20 models from one environment", "`resident_bytes` against"):
+        assert section in report, section
+    rows = report.splitlines()
+    assert any("registry, `/models/park/predict`" in row for row in rows)
+    assert any(row.startswith("| round-robin over 20") for row in rows)
+    assert any(row.startswith("| Zipf-like") for row in rows)

@@ -48,6 +48,9 @@ MAX_INPUTS = 8_000
 MAX_DATA_BYTES = 8 * MAX_INPUTS**2 + 128 * 2**20
 _NPY_HEADER_BYTES = 4096  # numpy writes headers of 64-byte multiples; ours are ~128 bytes
 _ZIP_OVERHEAD_BYTES = 512  # per member: its local header and central directory entry (names are short)
+# A member is read into its array in pieces of this size: zipfile's readinto reads the whole request as one bytes
+# object and copies it, so one readinto of the whole member took 3x its size at the peak (benchmarks/registry.py).
+READ_CHUNK_BYTES = 4 * 2**20
 
 
 class PosteriorFileError(ValueError):
@@ -184,7 +187,11 @@ def _read_npy(member: Any, name: str, shape: tuple[int, ...], data_bytes: int, m
     if member_bytes - member.tell() != data_bytes:
         raise PosteriorFileError(f"{name}: holds more or fewer bytes than its shape {shape} needs")
     data = bytearray(data_bytes)
-    if member.readinto(data) != data_bytes or member.read(1):
+    view, filled = memoryview(data), 0
+    while filled < data_bytes and (got := member.readinto(view[filled : filled + READ_CHUNK_BYTES])):
+        filled += got
+    view.release()
+    if filled != data_bytes or member.read(1):
         raise PosteriorFileError(f"{name}: holds more or fewer bytes than its shape {shape} needs")
     return np.frombuffer(data, dtype="<f8").reshape(shape)  # writable: the bytearray is the array's memory
 

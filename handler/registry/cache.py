@@ -13,8 +13,13 @@ from handler.gp.model import LazyModel
 
 logger = logging.getLogger(__name__)
 
-# A loaded posterior holds its arrays (what the file holds) plus what loading makes beside them for a while; the
-# factor covers the prediction's working arrays, which are sliced to 64 MiB whatever the model (handler.api.deadline).
+# A loaded version holds its file's arrays (read in place: the file's size, to its headers) and little else: the
+# inputs scaled for the kernel (m x (d + 2)) and its manifest's objects (tens of KB). Measured (benchmarks/results.md,
+# "resident_bytes against the memory a loaded version takes", m = 500 to 8,000, p = 1 and 3): each further version
+# held grows the RSS by its arrays' nbytes, so this estimate is 1.25x that; a process's first load grows it 4-9 MiB
+# more (the read's pieces, which the allocator keeps once per process, not per version), and a load peaks at ~1.1x
+# its version. The quarter is that slack. A request's working arrays (sliced to 64 MiB, handler.api.deadline) are
+# not per version: the memory left outside the budget (Settings.registry_cache_bytes) holds them.
 RESIDENT_FACTOR = 1.25
 WORKING_BYTES = 64 * 2**20
 
@@ -65,7 +70,7 @@ class VersionCache:
             self.misses += 1
             size = resident_bytes(manifest)
             while self.entries and self.used_bytes + size > self.budget_bytes:
-                (evicted, _), _ = self.entries.popitem(last=False)
+                evicted, _ = self.entries.popitem(last=False)
                 self.evictions += 1
                 self.discard(*evicted)
                 logger.info("model version evicted", extra={"model": f"{evicted[0]}/{evicted[1]}"})
