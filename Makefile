@@ -16,7 +16,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction build-RegistryAdminFunction package-model scan bench bench-analyses bench-coverage bench-draws bench-explorer bench-registry load openapi events docs docs-build clean
+.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction build-RegistryAdminFunction package-model publish-model scan bench bench-analyses bench-coverage bench-draws bench-explorer bench-registry load openapi events docs docs-build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -150,6 +150,15 @@ package-model: setup  ## Package your GPy model: make package-model MODEL=my.pkl
 		$(if $(PUBLISH),--publish-training-data "$(PUBLISH)") $(if $(FORCE),--force)
 	PATH="$(SAM_PATH)" $(PY) scripts/generate_events.py
 	$(PY) scripts/export_openapi.py
+
+# The admin key reaches the script through the environment, so that make does not echo it; REASON too, so that
+# quotes in it cannot break the shell line.
+publish-model: export GPR_SURROGATE_ADMIN_KEY := $(or $(ADMIN_KEY),$(GPR_SURROGATE_ADMIN_KEY))
+publish-model: export REASON := $(REASON)
+publish-model: setup  ## Publish a packaged model to the registry: make publish-model MODEL=m.npz NAME=name [URL=(make serve's) ADMIN_KEY= PROMOTE=1 ALIAS=live REASON=]
+	@test -n "$(MODEL)" -a -n "$(NAME)" || { echo "usage: make publish-model MODEL=path/to/model.npz NAME=name [URL=http://127.0.0.1:$(PORT)] [ADMIN_KEY=key] [PROMOTE=1 [ALIAS=live] [REASON='why']] (the manifest beside the model; PROMOTE=1 points ALIAS at the new version)" >&2; exit 2; }
+	$(PY) scripts/publish_model.py "$(MODEL)" --name "$(NAME)" --url "$(or $(URL),http://127.0.0.1:$(PORT))" \
+		$(if $(PROMOTE),--promote) $(if $(ALIAS),--alias "$(ALIAS)") $(if $(REASON),--reason "$$REASON")
 
 clean:  ## Remove the virtualenv and build output
 	rm -rf $(VENV) $(SCAN_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -649,4 +649,100 @@ def test_the_local_server_serves_the_page_from_the_explorer_function_with_get_an
     assert page.headers["x-content-type-options"] == "nosniff"
     # any other method: API Gateway's refusal, before any function runs
     assert (refused.status_code, refused.json()) == (403, {"message": "Missing Authentication Token"})
-    assert "ExplorerFunction: 2 paths (/explore /explore/{asset})" in log.read_text()
+    assert "ExplorerFunction: 3 paths (/explore /explore/{asset} /models/{name}/explore)" in log.read_text()
+
+
+def requested_paths(browser: webdriver.Chrome) -> list[str]:
+    """The paths the page fetched since it loaded (the browser's resource timing), in order."""
+    return browser.execute_script(
+        "return performance.getEntriesByType('resource').filter(e => e.initiatorType === 'fetch')"
+        ".map(e => new URL(e.name).pathname)"
+    )
+
+
+def test_the_model_picker_lists_the_models_and_opens_a_models_page_drawn_from_its_routes(
+    browser, deployed_server, tmp_path: Path
+):
+    # given the API's models, and the version its packaged model answers as
+    base_url, _ = deployed_server
+    listed = httpx.get(f"{base_url}/models", timeout=30).json()["models"]
+    answered = httpx.get(f"{base_url}/model", timeout=30)
+    model, version = answered.json(), answered.headers["X-Model-Version"]
+    # when the page opens at /explore
+    open_page(browser, base_url)
+    # then the picker lists every model, the packaged one chosen, and the page says which version it drew
+    picker = Select(browser.find_element(By.ID, "model-select"))
+    assert browser.find_element(By.ID, "model-choice").is_displayed()
+    assert [o.text.split(" ")[0] for o in picker.options if o.get_attribute("value") == ""] == [model["name"]]
+    assert len(picker.options) >= len(listed)
+    assert picker.first_selected_option.get_attribute("value") == ""
+    body = browser.find_element(By.TAG_NAME, "body")
+    assert body.get_attribute("data-model-version") == version
+    assert browser.find_element(By.ID, "model-version").text == f"Drawn by {version}."
+    assert "/model" in requested_paths(browser)
+    # when a model is chosen (here the packaged model by name@alias, which every API serves)
+    browser.execute_script(
+        "const s = document.getElementById('model-select'); s.add(new Option('by alias', arguments[0]));"
+        "s.value = arguments[0]; s.dispatchEvent(new Event('change'));",
+        f"{model['name']}@live",
+    )
+    WebDriverWait(browser, WAIT_S).until(lambda b: b.current_url.endswith(f"/models/{model['name']}@live/explore"))
+    settled(browser)
+    # then its page draws from the model's own routes, the pictures being what its /predict answers
+    paths = requested_paths(browser)
+    prefix = f"/models/{model['name']}@live"
+    assert {f"{prefix}/manifest", f"{prefix}/predict", f"{prefix}/sensitivity"} <= set(paths), paths
+    assert not {"/model", "/predict", "/sensitivity"} & set(paths), paths
+    assert browser.execute_script("return window.explorer.model") == f"{model['name']}@live"
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-model-version") == version
+    assert_pictures_match_predict(
+        browser, base_url, model, model["outputs"][0], variance_rounding(DEPLOYED_MODEL, model["outputs"][0])
+    )
+    # and its picker shows the packaged model chosen (it is the one served by that name)
+    picker = Select(browser.find_element(By.ID, "model-select"))
+    assert picker.first_selected_option.get_attribute("value") == ""
+    assert console_errors(browser) == []
+    print(screenshot(browser, tmp_path / "explorer-model-page.png"))
+
+
+@pytest.fixture(scope="module")
+def registry_server(tiny_posterior_path: Path, plant_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The local server on the tiny Park model, its registry holding the plant model (live on version 1)."""
+    from gpr_client import SurrogateClient
+
+    folder = tmp_path_factory.mktemp("serve-registry")
+    with serving(tiny_posterior_path, folder) as server:  # with the jobs' moto server, which holds the registry
+        with SurrogateClient(server[0]) as admin:  # the local server's writes are open (no admin key asked for)
+            admin.publish(plant_model_path, "plant")
+            admin.promote("plant", 1)
+        yield server
+
+
+def test_choosing_a_registry_model_in_the_picker_draws_it_and_says_which_version(
+    browser, registry_server, plant_model_path: Path, tmp_path: Path
+):
+    # given the page on the packaged model, and the plant model in the registry
+    base_url, _ = registry_server
+    plant = httpx.get(f"{base_url}/models/plant/manifest", timeout=30).json()
+    open_page(browser, base_url)
+    picker = Select(browser.find_element(By.ID, "model-select"))
+    labels = {o.get_attribute("value"): o.text for o in picker.options}
+    assert labels["plant@live"] == "plant@live (version 1)"
+    assert picker.first_selected_option.get_attribute("value") == ""
+    # when the plant model is chosen
+    picker.select_by_value("plant@live")
+    WebDriverWait(browser, WAIT_S).until(lambda b: b.current_url.endswith("/models/plant@live/explore"))
+    settled(browser)
+    # then the page is the plant model's, drawn from its routes, and says version 1 drew it
+    assert browser.find_element(By.ID, "title").text.startswith("plant")
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-model-version") == "plant/1"
+    assert browser.find_element(By.ID, "model-version").text == "Drawn by plant/1."
+    for output in plant["outputs"]:
+        Select(browser.find_element(By.ID, "output-select")).select_by_value(output)
+        settled(browser)
+        assert_pictures_match_predict(browser, f"{base_url}/models/plant", plant, output)
+    assert Select(browser.find_element(By.ID, "model-select")).first_selected_option.get_attribute("value") == (
+        "plant@live"
+    )
+    assert console_errors(browser) == []
+    print(screenshot(browser, tmp_path / "explorer-registry-model.png"))

@@ -236,3 +236,54 @@ def test_a_404_never_echoes_a_name_raw(explorer_app, name: str):
     assert not set('<>"') & set(detail["message"]), detail["message"]
     if detail["field"] == "asset":  # a name the route takes (a quote is not one: the route does not match)
         assert "explorer.js" in detail["message"], "it names the assets there are"
+
+
+# --- a model's page: /models/{name}/explore -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["plant", "plant@live", "_my-model_2@canary-1"])
+def test_a_models_page_is_the_page_with_its_files_named_from_two_levels_up(explorer_app, name: str):
+    # when a model's page is asked for, by name or name@alias
+    response = get(explorer_app, f"/models/{name}/explore")
+    plain = get(explorer_app, "/explore")
+    # then it is the packaged model's page, its relative URLs climbing to /explore's files (/v1/models/N/explore
+    # -> /v1/explore/FILE), with the same policy; the script reads the model's name from the page's path
+    assert response["statusCode"] == 200
+    assert header(response, "Content-Security-Policy") == explorer.CONTENT_SECURITY_POLICY
+    assert response["body"] == plain["body"].replace('="explore/', '="../../explore/')
+    page = _Tags()
+    page.feed(response["body"])
+    urls = [attrs.get(n) for _, attrs in page.tags for n in ("src", "href") if attrs.get(n)]
+    climbing = [url for url in urls if not url.startswith("data:")]
+    assert climbing
+    assert all(
+        url.startswith("../../explore/") and url.removeprefix("../../explore/") in explorer.ASSETS for url in climbing
+    )
+    # and its ETag is its own: a cache never takes one page for the other
+    assert header(response, "ETag") != header(plain, "ETag")
+    head = get(explorer_app, f"/models/{name}/explore", method="HEAD")
+    assert (head["statusCode"], head["body"], header(head, "ETag")) == (200, None, header(response, "ETag"))
+
+
+@pytest.mark.parametrize(
+    "name", ["9lives", "plant@Live", "a" * 65, "plant@", "pl%20ant", "%3Cscript%3E", "plant@live@beta", "..%2F.."]
+)
+def test_a_name_outside_the_registrys_rules_has_no_page(explorer_app, name: str):
+    response = get(explorer_app, f"/models/{name}/explore")
+    assert response["statusCode"] == 404
+    [detail] = json.loads(response["body"])["details"]
+    assert detail["field"] == "model"
+    assert not set('<>"') & set(detail["message"]), detail["message"]
+
+
+def test_the_model_pages_name_rule_is_the_registrys():
+    from handler.gp.artifact import NAME_PATTERN
+    from handler.registry.names import ALIAS_PATTERN
+
+    name = NAME_PATTERN.pattern.removeprefix("^").removesuffix("$")
+    assert explorer.MODEL_NAME.pattern == f"{name}(@{ALIAS_PATTERN.pattern})?"
+
+
+def test_a_models_page_with_a_trailing_slash_goes_up_too(explorer_app):
+    response = get(explorer_app, "/models/plant/explore/")
+    assert (response["statusCode"], header(response, "Location")) == (301, "../explore")

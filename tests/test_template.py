@@ -462,7 +462,7 @@ def deployed(translation: dict) -> dict:
 
 
 # The model explorer's page and assets hold no data: open whatever the mode (SAM writes IAM's exception as "NONE").
-EXPLORER_PATHS = {"/explore", "/explore/{asset}"}
+EXPLORER_PATHS = {"/explore", "/explore/{asset}", "/models/{name}/explore"}
 # The model registry's routes (the shared design, issue 22): its writes, RegistryAdminFunction's alone, and its reads,
 # with each model's routes by name (or name@alias) and by version, PredictFunction's.
 ADMIN_PATHS = {
@@ -582,6 +582,8 @@ def assert_the_open_routes_reach_only_the_explorer_function(resources: dict, pat
         ("/~1explore", "HEAD"),
         ("/~1explore~1{asset}", "GET"),
         ("/~1explore~1{asset}", "HEAD"),
+        ("/~1models~1{name}~1explore", "GET"),
+        ("/~1models~1{name}~1explore", "HEAD"),
     }
     assert set(settings) == {("/*", "*"), *own}
     for key in own:

@@ -1,7 +1,8 @@
 """The model explorer: one HTML page and its assets, served by a function of its own (handler.explorer_app).
 
-    GET /explore            the page (handler/explorer/index.html); HEAD as well, for both routes
+    GET /explore            the page (handler/explorer/index.html); HEAD as well, for every route
     GET /explore/{asset}    its script, its stylesheet, the vendored chart library and that library's licence
+    GET /models/{name}/explore  the same page on one model of the registry (`name` or `name@alias`)
 
 The page holds no data: it draws what the API answers (GET /model, POST /predict, POST /sensitivity), calling
 it from the browser with the caller's key. So the template serves these two routes without the API key or IAM
@@ -56,6 +57,14 @@ class Asset:
     path: Path
     content_type: str
     cache_control: str
+    levels_up: int = 0  # served this many path segments below /explore's folder: its `explore/` URLs climb as many
+
+
+# A model's page is /models/NAME/explore: the page's files are /explore/FILE, two segments up. Its script reads the
+# model's name from the page's path. The rules of handler.registry.names (not imported: this function's package
+# holds no registry code); a name outside them has no page.
+MODEL_PAGE_LEVELS = 2
+MODEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}(@[a-z][a-z0-9_\-]{0,31})?")
 
 
 ASSETS: dict[str, Asset] = {
@@ -67,6 +76,7 @@ ASSETS: dict[str, Asset] = {
     "plotly-LICENSE.txt": Asset(PLOTLY_FOLDER / "LICENSE", "text/plain; charset=utf-8", REVALIDATE),
 }
 PAGE = Asset(FOLDER / "index.html", "text/html; charset=utf-8", REVALIDATE)
+MODEL_PAGE = Asset(FOLDER / "index.html", "text/html; charset=utf-8", REVALIDATE, MODEL_PAGE_LEVELS)
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class Loaded:
 @cache
 def _load(asset: Asset) -> Loaded:
     raw = asset.path.read_bytes()
+    if asset.levels_up:
+        raw = raw.replace(b'="explore/', b'="' + b"../" * asset.levels_up + b"explore/")
     digest = hashlib.sha256(raw).hexdigest()[:32]
     return Loaded(raw, gzip.compress(raw, compresslevel=9, mtime=0), f'"{digest}"', f'"{digest}-gzip"')
 
@@ -167,3 +179,14 @@ def asset(asset: str) -> Response:
         message = f"no asset {quoted(asset)}; the page is GET /explore, its assets {', '.join(ASSETS)}"
         return error_response(404, "not found", [("asset", message)])
     return _serve(found)
+
+
+@router.route("/models/<name>/explore", method=["GET", "HEAD"])
+def model_page(name: str) -> Response:
+    if not MODEL_NAME.fullmatch(name):
+        message = f"no model page for {quoted(name)}: a model's name (64 at most), or name@alias"
+        return error_response(404, "not found", [("model", message)])
+    if router.current_event.path.endswith("/"):  # as /explore/: its relative URLs would miss
+        headers = {**SECURITY_HEADERS, "Location": "../explore", "Cache-Control": REVALIDATE}
+        return Response(301, None, None, headers)
+    return _serve(MODEL_PAGE)

@@ -8,6 +8,15 @@
 (() => {
   // This script is /STAGE/explore/explorer.js: the API is one level up, whatever the stage prefix.
   const API_ROOT = new URL("..", document.currentScript.src);
+  // The page is /STAGE/explore (the packaged model, the root routes) or /STAGE/models/NAME/explore (a model of the
+  // registry, "name" or "name@alias", and its routes under /models/NAME/): MODEL is NAME, or null.
+  const MODEL = (() => {
+    const match = /\/models\/([^/]+)\/explore\/?$/.exec(window.location.pathname);
+    return match ? decodeURIComponent(match[1]) : null;
+  })();
+  const modelSegment = (name) => encodeURIComponent(name).replace(/%40/g, "@");
+  // A model route's path, relative to the API: `root` on the packaged model, `underModel` under /models/NAME/.
+  const modelPath = (root, underModel = root) => (MODEL === null ? root : `models/${modelSegment(MODEL)}/${underModel}`);
   const KEY_STORAGE = "gpr-surrogate-api-key";
   const SLICE_POINTS = 60; // per feature
   const GRID_POINTS = 25; // per side of the 2-D view
@@ -64,9 +73,10 @@
     near: 0.15, // a training point is drawn on a slice within this distance of the sliders (see nearSlice)
     timings: [], // ms from a redraw's request to its pictures drawn
     requestTimings: [], // of which the request (POST /predict) took
+    modelVersion: null, // X-Model-Version of the last answer drawn ("name/3"): which version computed it
   };
   // Read by the browser tests and by anyone measuring redraws in the console.
-  window.explorer = { state, resolution };
+  window.explorer = { state, resolution, model: MODEL };
 
   // Points per slice and per side of the grid for a model of `features` features: as fine as one request allows
   // (at most `maxBatch` points, MAX_BATCH_VALUES numbers), or null if even the coarsest is too much.
@@ -90,6 +100,7 @@
     }
   }
 
+  // The answer's JSON, and the version that computed it (X-Model-Version) in `state.modelVersion` and on the page.
   async function call(method, path, body) {
     const headers = {};
     const key = sessionStorage.getItem(KEY_STORAGE);
@@ -105,6 +116,12 @@
       answer = null;
     }
     if (!response.ok) throw new ApiError(response.status, answer);
+    const version = response.headers.get("X-Model-Version");
+    if (version) {
+      state.modelVersion = version;
+      document.body.dataset.modelVersion = version;
+      $("model-version").textContent = `Drawn by ${version}.`;
+    }
     return answer;
   }
 
@@ -359,7 +376,7 @@
     const started = performance.now();
     try {
       const { columns, parts, size } = batch();
-      const answer = await call("POST", `predict?variance=${state.variance}`, columns);
+      const answer = await call("POST", `${modelPath("predict")}?variance=${state.variance}`, columns);
       const requested = performance.now() - started;
       state.last = { parts, size, answer: perOutput(answer), values: byName(Object.entries(state.values)) };
       await draw();
@@ -518,7 +535,7 @@
   async function loadSensitivity() {
     const note = $("sensitivity-note");
     try {
-      const answer = await call("POST", "sensitivity", SENSITIVITY_REQUEST);
+      const answer = await call("POST", modelPath("sensitivity"), SENSITIVITY_REQUEST);
       state.sensitivity = perOutput(answer);
       await drawSensitivity();
       document.body.dataset.sensitivity = "drawn";
@@ -565,19 +582,72 @@
     }, PLOT_CONFIG);
   }
 
+  // --- the model picker: GET /models ------------------------------------------------------------------
+
+  // Every model GET /models lists, one entry per alias ("name@alias"; the packaged model is the root page). Choosing
+  // one opens its page, which loads its manifest, training data and predictions from its own routes.
+  async function loadModels() {
+    let listing;
+    try {
+      listing = await call("GET", "models");
+    } catch (_) {
+      return; // an API without the registry's routes (older, or refusing): the page draws the packaged model alone
+    }
+    const select = $("model-select");
+    const models = Array.isArray(listing && listing.models) ? listing.models : [];
+    const packaged = models.find((model) => model.source === "packaged");
+    // The packaged model by name (/models/NAME/explore, NAME@live) is the root page's model: its entry is chosen.
+    const named = MODEL === null ? null : (MODEL.includes("@") ? MODEL : `${MODEL}@live`);
+    const chosen = named === null || (packaged && named === `${packaged.name}@live`) ? "" : named;
+    const entries = [];
+    for (const model of models) {
+      if (typeof model.name !== "string") continue;
+      if (model.source === "packaged") {
+        entries.push({ value: "", label: `${model.name} (packaged, version ${model.latest_version})` });
+        continue;
+      }
+      const aliases = Object.entries(model.aliases || {});
+      if (!aliases.length) {
+        entries.push({ value: null, label: `${model.name} (no alias yet: nothing served by name)` });
+      }
+      for (const [alias, target] of aliases) {
+        if (!target) continue;
+        const share = target.canary ? Math.round(target.canary.weight * 1000) / 10 : 0;
+        const canary = target.canary ? `, canary ${target.canary.version} at ${share}%` : "";
+        entries.push({ value: `${model.name}@${alias}`, label: `${model.name}@${alias} (version ${target.version}${canary})` });
+      }
+    }
+    if (!entries.some((entry) => entry.value === chosen)) {
+      entries.unshift({ value: chosen, label: MODEL === null ? "the packaged model" : MODEL });
+    }
+    select.replaceChildren(...entries.map((entry) => {
+      const option = text("option", entry.label, { value: entry.value ?? "" });
+      option.disabled = entry.value === null;
+      option.selected = entry.value === chosen;
+      return option;
+    }));
+    select.onchange = () => { // a property, not a listener: start() runs again once a key is given
+      const value = select.value;
+      window.location.assign(new URL(value ? `models/${modelSegment(value)}/explore` : "explore", API_ROOT));
+    };
+    $("model-choice").hidden = false;
+    document.body.dataset.models = String(entries.length);
+  }
+
   // --- start --------------------------------------------------------------------------------------
 
   async function start() {
     document.body.dataset.state = "loading";
     say("Loading the model…");
     try {
-      state.model = await call("GET", "model");
+      state.model = await call("GET", modelPath("model", "manifest"));
     } catch (error) {
       return failed(error);
     }
+    loadModels(); // once the model answered: the key, if one is needed, is known
     if (state.model.published_training_data) {
       try {
-        state.training = await call("GET", "model/training-data");
+        state.training = await call("GET", modelPath("model/training-data", "training-data"));
       } catch (error) {
         if (needsKey(error)) return failed(error);
         state.training = null; // the pictures go on without the points; the note says why

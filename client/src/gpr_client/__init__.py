@@ -1,4 +1,4 @@
-"""Client of the GPR surrogate API: `SurrogateClient(base_url, api_key)`."""
+"""Client of the GPR surrogate API: `SurrogateClient(base_url, api_key, model="name@live")`."""
 
 from gpr_client.client import (
     ApiError,
@@ -6,6 +6,7 @@ from gpr_client.client import (
     JobFailedError,
     JobResults,
     Predictions,
+    PublishFailedError,
     Suggestions,
     SurrogateClient,
     TrainingData,
@@ -17,6 +18,7 @@ __all__ = [
     "JobFailedError",
     "JobResults",
     "Predictions",
+    "PublishFailedError",
     "Suggestions",
     "SurrogateClient",
     "TrainingData",

@@ -1,9 +1,8 @@
-"""The client: synchronous predictions of any size, and asynchronous jobs."""
+"""The client: synchronous predictions of any size, asynchronous jobs, and the model registry."""
 
 from __future__ import annotations
 
 import email.utils
-import importlib
 import io
 import json
 import operator
@@ -12,23 +11,33 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from types import ModuleType
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
 import tenacity
 from tqdm.auto import tqdm
 
+from gpr_client.answers import (
+    JobResults,
+    ModelInfo,
+    Predictions,
+    Suggestions,
+    TrainingData,
+    optional_module,
+)
+
 if TYPE_CHECKING:
-    import pandas as pd
     from matplotlib.figure import Figure
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 TIME_BUDGET_EXCEEDED = "time budget exceeded"  # the service's 504: not retried (the same work would not fit again)
 URL_VARIABLE = "GPR_SURROGATE_URL"
 KEY_VARIABLE = "GPR_SURROGATE_API_KEY"
+ADMIN_KEY_VARIABLE = "GPR_SURROGATE_ADMIN_KEY"
+MODEL_VERSION_HEADER = "x-model-version"
 MAX_RETRY_AFTER_S = 120.0
 ACCEPTED_POINTS = (
     "an (N, n_features) array or list of lists in the model's feature order, a DataFrame with a column per feature, "
@@ -36,29 +45,12 @@ ACCEPTED_POINTS = (
 )
 
 
-def _optional_module(module: str, extra: str, why: str) -> ModuleType:
-    """`module`, from one of the client's extras; a ModuleNotFoundError naming the extra to install if it is not.
-    `why` says who needs it ("to_frame() needs pandas")."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as missing:
-        top = module.partition(".")[0]
-        raise ModuleNotFoundError(
-            f"{why}, which the client's `{extra}` extra installs: pip install './client[{extra}]' from the "
-            f"repository's root (or pip install {top})",
-            name=missing.name,
-        ) from missing
-
-
-def _pandas() -> ModuleType:
-    return _optional_module("pandas", "pandas", "to_frame() needs pandas")
-
-
 class ApiError(Exception):
     """The service refused a request: `status`, `error` and `details` ([{field, message}]) as it sent them."""
 
     def __init__(self, status: int, body: Any) -> None:
         self.status = status
+        self.body = body
         self.error = body.get("error", "") if isinstance(body, dict) else str(body)[:200]
         self.details: list[dict[str, str]] = body.get("details", []) if isinstance(body, dict) else []
         said = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in self.details[:5])
@@ -72,6 +64,17 @@ class JobFailedError(Exception):
         self.job_id = job_id
         self.reason = reason
         super().__init__(f"job {job_id} failed: {reason}")
+
+
+class PublishFailedError(Exception):
+    """A published version failed the service's checks (it is FAILED and nothing serves it); `reason` is the
+    service's."""
+
+    def __init__(self, name: str, version: int, reason: str) -> None:
+        self.name = name
+        self.version = version
+        self.reason = reason
+        super().__init__(f"{name} version {version} failed its checks: {reason}")
 
 
 class _RetryableError(Exception):
@@ -116,140 +119,14 @@ def _retry_after_seconds(header: str) -> float | None:
         return None if moment is None else max(0.0, moment.timestamp() - time.time())
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str
-    features: tuple[str, ...]
-    outputs: tuple[str, ...]
-    bounds: dict[str, tuple[float, float]]
-    max_batch_size: int
-    max_job_points: int | None
-    max_batch_size_with_gradient: int | None = None  # lower than max_batch_size on a large model, else None
-    published_training_data: str | None = None  # "inputs", "inputs_and_outputs", or None: nothing published
-    units: Mapping[str, str] = field(default_factory=dict)  # {feature or output: unit}, where the manifest says
-
-    def label(self, name: str) -> str:
-        """A feature's or output's name with its unit, as the pictures' axes read: "r (m)", or "r" without one."""
-        unit = self.units.get(name)
-        return f"{name} ({unit})" if unit else name
-
-
-@dataclass
-class TrainingData:
-    """The training points a model publishes (GET /model/training-data), in the model's feature and output order."""
-
-    published: str  # "inputs" or "inputs_and_outputs"
-    inputs: np.ndarray  # (n, n_features)
-    outputs: np.ndarray | None  # (n, n_outputs), where published
-
-
-@dataclass
-class Predictions:
-    """Answers in input order: `mean` and `variance` are (N, n_outputs); `extras` holds std/lower_95/upper_95.
-
-    With include=["gradient"], `mean_gradient` and `variance_gradient` are (N, n_features, n_outputs).
-    """
-
-    outputs: tuple[str, ...]
-    mean: np.ndarray
-    variance: np.ndarray
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
-    mean_gradient: np.ndarray | None = None
-    variance_gradient: np.ndarray | None = None
-
-    def to_frame(self) -> pd.DataFrame:
-        pd = _pandas()
-        columns: dict[str, np.ndarray] = {}
-        for j, output in enumerate(self.outputs):
-            columns[f"{output}_mean"] = self.mean[:, j]
-            columns[f"{output}_variance"] = self.variance[:, j]
-            for name, values in self.extras.items():
-                columns[f"{output}_{name}"] = values[:, j]
-        return pd.DataFrame(columns)
-
-
-@dataclass
-class JobResults:
-    """A finished job's rows, in input order: the features, then each output's statistics."""
-
-    table: np.ndarray  # structured: one named float64 field per column
-    features: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-    @property
-    def inputs(self) -> np.ndarray:
-        return np.column_stack([self.table[name] for name in self.features])
-
-    def statistic(self, name: str) -> np.ndarray:
-        """(N, n_outputs) of one statistic: mean, variance, std, lower_95 or upper_95."""
-        fields = self.table.dtype.names or ()
-        columns = []
-        for output in self.outputs:
-            column = next((f for f in fields if f in (f"{output}_{name}", f"predicted_{output}_{name}")), None)
-            if column is None:
-                raise KeyError(f"the results have no {name} (ask for it with include=)")
-            columns.append(self.table[column])
-        return np.column_stack(columns)
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.statistic("mean")
-
-    @property
-    def variance(self) -> np.ndarray:
-        return self.statistic("variance")
-
-    def to_frame(self) -> pd.DataFrame:
-        pd = _pandas()
-        return pd.DataFrame(self.table)
-
-
-# --- analyses' results (/suggest) ------------------------------------------------------------------------
-
-
-@dataclass
-class Suggestions:
-    """POST /suggest's answer: the q points to simulate next, in the order they were picked.
-
-    `points` is (q, n_features) in the model's feature order (what `predict` takes back); `acquisition` is (q,):
-    the criterion when each point was picked (after the earlier picks); `mean` and `variance` are (q, n_outputs),
-    the service's prediction at each point. `answer` is the JSON as the service sent it.
-    """
-
-    features: tuple[str, ...]
-    outputs: tuple[str, ...]
-    points: np.ndarray
-    acquisition: np.ndarray
-    mean: np.ndarray
-    variance: np.ndarray
-    answer: dict[str, Any]
-
-    @property
-    def seed(self) -> int:
-        return int(self.answer["seed"])
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def pending(self) -> list[dict[str, float]]:
-        """The points as rows ({feature: value}), as `suggest(pending=...)` and /predict take them."""
-        return [dict(zip(self.features, map(float, row), strict=True)) for row in self.points]
-
-    def to_frame(self) -> pd.DataFrame:
-        pd = _pandas()
-        columns: dict[str, np.ndarray] = {f: self.points[:, j] for j, f in enumerate(self.features)}
-        columns["acquisition"] = self.acquisition
-        for j, output in enumerate(self.outputs):
-            columns[f"{output}_mean"] = self.mean[:, j]
-            columns[f"{output}_variance"] = self.variance[:, j]
-        return pd.DataFrame(columns)
-
-
 class SurrogateClient:
     """The API at `base_url` (or $GPR_SURROGATE_URL), with `api_key` (or $GPR_SURROGATE_API_KEY) if it needs one.
 
-    Thread-safe; use as a context manager or call `close()`.
+    `model` picks a model of the registry: "name" (its `live` alias), "name@alias", or "name" with `version=3`;
+    every model call then goes to /models/{model}/...; without one, to the root routes (the packaged model).
+    `last_model_version` is the version that answered the last call ("name/3", the X-Model-Version header).
+    `admin_key` (or $GPR_SURROGATE_ADMIN_KEY) is sent instead of `api_key` on the registry's writes (publish,
+    promote, rollback, delete_version). Thread-safe; use as a context manager or call `close()`.
     """
 
     def __init__(
@@ -257,6 +134,9 @@ class SurrogateClient:
         base_url: str | None = None,
         api_key: str | None = None,
         *,
+        model: str | None = None,
+        version: int | None = None,
+        admin_key: str | None = None,
         concurrency: int = 4,
         max_attempts: int = 8,
         timeout_s: float = 60.0,
@@ -279,6 +159,9 @@ class SurrogateClient:
         self._batch_size = batch_size
         self._model: ModelInfo | None = None
         self._training: TrainingData | None = None
+        self._prefix = _model_prefix(model, version)
+        self._admin_key = admin_key if admin_key is not None else os.environ.get(ADMIN_KEY_VARIABLE)
+        self.last_model_version: str | None = None
 
     def __enter__(self) -> SurrogateClient:
         return self
@@ -309,6 +192,8 @@ class SurrogateClient:
                         raise _RetryableError(response)
         except _RetryableError as exhausted:
             response = exhausted.response
+        if answered_by := response.headers.get(MODEL_VERSION_HEADER):
+            self.last_model_version = answered_by
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -319,10 +204,14 @@ class SurrogateClient:
 
     # --- the model ----------------------------------------------------------------------------------
 
+    def _model_path(self, root: str, under_model: str | None = None) -> str:
+        """A model route's path: `root` for the packaged model, else under /models/{model} (at `under_model`)."""
+        return f"{self._prefix}{under_model or root}" if self._prefix else root
+
     def model(self) -> ModelInfo:
-        """GET /model, once: names, bounds and the deployment's limits."""
+        """GET /model (or /models/{model}/manifest), once: names, bounds and the deployment's limits."""
         if self._model is None:
-            doc = self._request("GET", "/model").json()
+            doc = self._request("GET", self._model_path("/model", "/manifest")).json()
             limits = doc.get("limits", {})
             self._model = ModelInfo(
                 name=doc["name"],
@@ -339,13 +228,13 @@ class SurrogateClient:
         return self._model
 
     def training_data(self) -> TrainingData | None:
-        """GET /model/training-data, once: the points the model was fitted on, where its manifest publishes them;
-        None where it publishes none."""
+        """GET /model/training-data (or /models/{model}/training-data), once: the points the model was fitted on,
+        where its manifest publishes them; None where it publishes none."""
         info = self.model()
         if info.published_training_data is None:
             return None
         if self._training is None:
-            doc = self._request("GET", "/model/training-data").json()
+            doc = self._request("GET", self._model_path("/model/training-data", "/training-data")).json()
             outputs = doc.get("outputs")
             self._training = TrainingData(
                 published=doc["published"],
@@ -402,22 +291,29 @@ class SurrogateClient:
             params["include"] = ",".join(include)
         starts = range(0, len(points), size)
 
-        def send(start: int) -> dict[str, Any]:
+        path = self._model_path("/predict")
+
+        def send(start: int) -> tuple[dict[str, Any], str | None]:
             batch = points[start : start + size]
             body = {name: batch[:, i].tolist() for i, name in enumerate(info.features)}
             content = json.dumps(body, allow_nan=False)
             headers = {"content-type": "application/json"}
-            return self._request("POST", "/predict", params=params, content=content, headers=headers).json()
+            response = self._request("POST", path, params=params, content=content, headers=headers)
+            return response.json(), response.headers.get(MODEL_VERSION_HEADER)
 
-        answers = []
+        answers, versions = [], []
         with (
             ThreadPoolExecutor(max_workers=self.concurrency) as pool,
             tqdm(total=len(starts), unit="batch", disable=not progress) as bar,
         ):
-            for answer in pool.map(send, starts):
+            for answer, answered_by in pool.map(send, starts):
                 answers.append(answer)
+                if answered_by is not None and answered_by not in versions:
+                    versions.append(answered_by)
                 _advance(bar, len(answers))
-        return _gather(answers, info.outputs, info.features, tuple(include))
+        predictions = _gather(answers, info.outputs, info.features, tuple(include))
+        predictions.model_versions = tuple(versions)
+        return predictions
 
     def covariance(self, X: Any, *, latent: bool = False) -> np.ndarray:
         """The joint predictive covariance of the rows of X, (n_outputs, N, N); N within the service's limit."""
@@ -425,7 +321,7 @@ class SurrogateClient:
         points = self._points(X)
         body = {name: points[:, i].tolist() for i, name in enumerate(info.features)}
         params = {"variance": "latent" if latent else "noisy", "include": "covariance"}
-        answer = self._request("POST", "/predict", params=params, json=body).json()
+        answer = self._request("POST", self._model_path("/predict"), params=params, json=body).json()
         per_output = [answer] if len(info.outputs) == 1 else [answer[o] for o in info.outputs]
         return np.array([np.asarray(o["covariance"], dtype=float) for o in per_output])
 
@@ -442,7 +338,7 @@ class SurrogateClient:
         }
         if seed is not None:
             body["seed"] = seed
-        answer = self._request("POST", "/sample", json=body).json()
+        answer = self._request("POST", self._model_path("/sample"), json=body).json()
         draws = answer.pop("samples")
         per_output = [draws] if len(info.outputs) == 1 else [draws[o] for o in info.outputs]
         return np.array(per_output, dtype=float), answer
@@ -545,7 +441,8 @@ class SurrogateClient:
 
     def _post_analysis(self, path: str, body: dict[str, Any]) -> Any:
         content = json.dumps({k: v for k, v in body.items() if v is not None}, allow_nan=False)
-        return self._request("POST", path, content=content, headers={"content-type": "application/json"}).json()
+        headers = {"content-type": "application/json"}
+        return self._request("POST", self._model_path(path), content=content, headers=headers).json()
 
     def _pending_rows(self, pending: Any) -> list[dict[str, float]] | None:
         """Pending points as rows: a list of {feature: value} kept as given (values as floats), else an array."""
@@ -582,9 +479,9 @@ class SurrogateClient:
         Where the model publishes its training points, those `near` the held values are drawn too (the root mean
         square, over the other features, of each difference over its range; None: none): dots at their outputs, or
         ticks along the foot where only inputs are published."""
-        from gpr_client import plots
+        from gpr_client.plots import slices  # the `plot` extra's matplotlib: imported when a picture is asked for
 
-        return plots.slices(self, at, output, points, latent, near, ncols, figsize)
+        return slices(self, at, output, points, latent, near, ncols, figsize)
 
     def plot_contour(
         self,
@@ -600,9 +497,9 @@ class SurrogateClient:
         """Mean and standard deviation over features `a` (across) and `b` (up) side by side, the others held at
         `at` (default: the middle of the bounds); one row per output unless `output` names one. Colour bars name
         the statistic, the output and its unit."""
-        from gpr_client import plots
+        from gpr_client.plots import contour
 
-        return plots.contour(self, a, b, at, output, points, latent, figsize)
+        return contour(self, a, b, at, output, points, latent, figsize)
 
     def plot_sensitivity(
         self,
@@ -617,11 +514,11 @@ class SurrogateClient:
         """First-order and total Sobol' indices with their intervals, as bars: of `result` (what `sensitivity()`
         returns) or, without one, of `sensitivity(n=n, posterior_samples=posterior_samples, seed=seed)`. Each
         title says n, the posterior draws k (0: the posterior mean's indices) and the seed."""
-        from gpr_client import plots
+        from gpr_client.plots import sensitivity as sensitivity_bars
 
         if result is None:
             result = self.sensitivity(n=n, posterior_samples=posterior_samples, seed=seed)
-        return plots.sensitivity(self, result, output, figsize)
+        return sensitivity_bars(self, result, output, figsize)
 
     # --- asynchronous jobs --------------------------------------------------------------------------
 
@@ -651,7 +548,7 @@ class SurrogateClient:
                 body = {"points": {n: points[:, i].tolist() for i, n in enumerate(self.model().features)}}
             else:
                 body = {"upload": {"format": "npy"}}
-        doc = self._request("POST", "/jobs", params=params, json=body, headers=headers).json()
+        doc = self._request("POST", self._model_path("/jobs"), params=params, json=body, headers=headers).json()
         if doc["status"] == "AWAITING_UPLOAD" and points is not None:
             buffer = io.BytesIO()
             np.save(buffer, points)
@@ -684,6 +581,85 @@ class SurrogateClient:
             design["bounds"] = {k: list(v) for k, v in bounds.items()}
         job = self.submit(design=design, latent=latent, include=include)
         return job.wait(progress=progress, poll_interval_s=poll_interval_s, timeout_s=timeout_s)
+
+    # --- the model registry -------------------------------------------------------------------------
+    # Reads take the client's key; writes (publish, promote, rollback, delete_version) the admin key where one was
+    # given (`admin_key=` here or to the client, or $GPR_SURROGATE_ADMIN_KEY), else the client's own.
+
+    def models(self) -> list[dict[str, Any]]:
+        """GET /models: every model served (the packaged one and the registry's), with its aliases and latest
+        version: [{name, source, latest_version, aliases, url}]."""
+        return list(self._request("GET", "/models").json()["models"])
+
+    def model_versions(self, name: str) -> dict[str, Any]:
+        """GET /models/{name}: the model's versions (newest first: version, state, sha256, size, published_by,
+        published_at, source, holdout, reason), its aliases, and their history (every move, newest first)."""
+        return dict(self._request("GET", f"/models/{_segment(name)}").json())
+
+    def publish(self, model_path: str | os.PathLike[str], name: str, *, admin_key: str | None = None) -> dict[str, Any]:
+        """Publish a posterior file (and the manifest beside it, `X.manifest.json` as package_model.py writes them) as
+        the next version of `name`: the version asked for, the file uploaded to its presigned URL, then checked by
+        the service. The version's record (state READY) once it passed; PublishFailedError with the service's reason
+        when it failed (the version is then FAILED, and nothing serves it)."""
+        path = Path(model_path)
+        manifest_path = path.with_name(f"{path.stem}.manifest.json")
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{path} has no manifest beside it ({manifest_path.name}): package it first")
+        manifest = json.loads(manifest_path.read_text())
+        data = path.read_bytes()
+        headers = self._admin_headers(admin_key)
+        asked = {"manifest": manifest, "size": len(data)}
+        created = self._request("POST", f"/models/{_segment(name)}/versions", json=asked, headers=headers).json()
+        upload = created["upload"]["model"]
+        self._request(upload.get("method", "PUT"), upload["url"], client=self._files, content=data)
+        try:
+            return dict(self._request("POST", created["check"], headers=headers).json())
+        except ApiError as refused:
+            body = refused.body if isinstance(refused.body, dict) else {}
+            if refused.status != 422 or body.get("state") != "FAILED":
+                raise
+            reason = str(body.get("reason") or "no reason given")
+            raise PublishFailedError(name, int(created["version"]), reason) from None
+
+    def promote(
+        self,
+        name: str,
+        version: int,
+        alias: str = "live",
+        *,
+        canary: tuple[int, float] | Mapping[str, Any] | None = None,
+        reason: str | None = None,
+        admin_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Point `alias` of `name` at `version` (PUT /models/{name}/aliases/{alias}); with `canary` (version,
+        weight), that share of requests goes to the canary's version instead. The alias record."""
+        body: dict[str, Any] = {"version": operator.index(version)}
+        if canary is not None:
+            pair = (canary["version"], canary["weight"]) if isinstance(canary, Mapping) else canary
+            canary_version, weight = pair
+            body["canary"] = {"version": operator.index(canary_version), "weight": float(weight)}
+        if reason is not None:
+            body["reason"] = reason
+        path = f"/models/{_segment(name)}/aliases/{_segment(alias)}"
+        return dict(self._request("PUT", path, json=body, headers=self._admin_headers(admin_key)).json())
+
+    def rollback(
+        self, name: str, alias: str = "live", *, reason: str | None = None, admin_key: str | None = None
+    ) -> dict[str, Any]:
+        """Move `alias` back to what it served before its last move (whatever that version's number), recorded as a
+        rollback in the history. The alias record."""
+        body = {} if reason is None else {"reason": reason}
+        path = f"/models/{_segment(name)}/aliases/{_segment(alias)}/rollback"
+        return dict(self._request("POST", path, json=body, headers=self._admin_headers(admin_key)).json())
+
+    def delete_version(self, name: str, version: int, *, admin_key: str | None = None) -> dict[str, Any]:
+        """Mark a version DELETED (nothing serves it again); refused (409) while an alias points at it."""
+        path = f"/models/{_segment(name)}/versions/{operator.index(version)}"
+        return dict(self._request("DELETE", path, headers=self._admin_headers(admin_key)).json())
+
+    def _admin_headers(self, admin_key: str | None) -> dict[str, str]:
+        key = admin_key if admin_key is not None else self._admin_key
+        return {"x-api-key": key} if key else {}
 
 
 class Job:
@@ -738,6 +714,26 @@ class Job:
         return JobResults(_read_table(data, doc["results"]["format"]), info.features, info.outputs)
 
 
+def _segment(name: str) -> str:
+    """A name as one path segment: `/`, `?`, `#` and the like percent-encoded (the service refuses them anyway)."""
+    return quote(str(name), safe="@")
+
+
+def _model_prefix(model: str | None, version: int | None) -> str:
+    """The path prefix of the model asked for: "" (the root routes), /models/{model} or /models/{name}/versions/{v}."""
+    if model is None:
+        if version is not None:
+            raise ValueError("version= needs model= (the model's name)")
+        return ""
+    if not isinstance(model, str) or not model:
+        raise ValueError('model= is a model\'s name: "name", "name@alias", or "name" with version=')
+    if version is None:
+        return f"/models/{_segment(model)}"
+    if "@" in model:
+        raise ValueError(f"give an alias or a version, not both: model={model!r}, version={version}")
+    return f"/models/{_segment(model)}/versions/{operator.index(version)}"
+
+
 def _advance(bar: tqdm, done: int) -> None:
     """Move the bar to `done`. Reaching its total is left to the bar's close(), which shows the last line (with the
     overall rate) once: update() would show it too, with the recent rate, and a log would read two 100% lines."""
@@ -752,7 +748,7 @@ def _read_table(data: bytes, fmt: str) -> np.ndarray:
         return np.load(io.BytesIO(data), allow_pickle=False)
     if fmt == "csv":
         return np.genfromtxt(io.BytesIO(data), delimiter=",", names=True, dtype=float, deletechars="")
-    pq = _optional_module("pyarrow.parquet", "parquet", "results in parquet need pyarrow")
+    pq = optional_module("pyarrow.parquet", "parquet", "results in parquet need pyarrow")
     table = pq.read_table(io.BytesIO(data))
     array = np.empty(table.num_rows, dtype=[(name, "<f8") for name in table.column_names])
     for name in table.column_names:

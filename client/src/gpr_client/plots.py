@@ -9,9 +9,11 @@ service's batch limit if needed).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from gpr_client.answers import ModelInfo, Predictions, TrainingData
 
 try:
     from matplotlib.axes import Axes
@@ -24,8 +26,16 @@ except ModuleNotFoundError as missing:  # the extra is not installed
         name=missing.name,
     ) from missing
 
-if TYPE_CHECKING:
-    from gpr_client.client import ModelInfo, SurrogateClient
+
+class DrawnModel(Protocol):
+    """What the pictures ask of the client (SurrogateClient is one): its model, training points and predictions."""
+
+    def model(self) -> ModelInfo: ...
+
+    def training_data(self) -> TrainingData | None: ...
+
+    def predict(self, X: Any, *, latent: bool = ...) -> Predictions: ...
+
 
 BAND_ALPHA = 0.25
 # The band (mean +- 2 sd) is drawn and named in the legend where 2 sd exceeds this fraction of the y-axis span
@@ -112,7 +122,7 @@ def readable_ticks(ax: Axes) -> None:
 
 
 def slices(
-    client: SurrogateClient,
+    client: DrawnModel,
     at: Mapping[str, float] | None,
     output: str | None,
     points: int,
@@ -197,7 +207,7 @@ def slices(
 
 
 def contour(
-    client: SurrogateClient,
+    client: DrawnModel,
     a: str,
     b: str,
     at: Mapping[str, float] | None,
@@ -241,7 +251,7 @@ def contour(
 
 
 def sensitivity(
-    client: SurrogateClient, result: Mapping[str, Any], output: str | None, figsize: tuple[float, float] | None = None
+    client: DrawnModel, result: Mapping[str, Any], output: str | None, figsize: tuple[float, float] | None = None
 ) -> Figure:
     """First-order and total Sobol' indices per feature, bars with their intervals (POST /sensitivity's answer)."""
     info = client.model()
