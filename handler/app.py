@@ -98,7 +98,10 @@ def load_before_snapshot() -> None:
     A failure is logged and left to the first request (a 503 and a retry), as without SnapStart.
     """
     if resolver.configured:  # boto3's import and the registry's clients: ~0.5 s of a registry model's first request
-        resolver.store  # noqa: B018 - made now, for the snapshot
+        try:
+            resolver.store  # noqa: B018 - made now, for the snapshot
+        except Exception as exc:  # made again on first use, where a failure is that request's 503
+            logger.warning("registry clients not made before the snapshot", extra={"reason": str(exc)[:300]})
     try:
         analyses.prepare(_loaded_model())  # and what the analyses cache of it (a sparse model's draw factors)
     except ModelUnavailableError as exc:
