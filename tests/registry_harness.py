@@ -13,6 +13,7 @@ import boto3
 
 from handler import app, registry_admin_app
 from handler.gp.artifact import manifest_path_for
+from handler.jobs import worker
 from handler.registry.resolver import ModelResolver
 from handler.registry.store import RegistryStore, store_from_settings, upload_key
 from tests.events import api_event, lambda_context, response_json
@@ -77,7 +78,7 @@ def _is_write(path: str) -> bool:
 def start_registry(
     monkeypatch: Any, folder: Path, cache_budget_bytes: int = 2**30, admin_key_id: str = ADMIN_KEY_ID
 ) -> Registry:
-    """Inside mock_aws: the registry's resources, both functions configured for them."""
+    """Inside mock_aws: the registry's resources, the API, admin and job worker functions configured for them."""
     bucket, table = create_registry()
     settings = dataclasses.replace(
         app.settings, registry_bucket=bucket, registry_table=table, registry_writes=True,
@@ -93,6 +94,16 @@ def start_registry(
         retry_interval_s=0,
     )
     monkeypatch.setattr(app, "resolver", resolver)
+    # The job worker is a function of its own: its own resolver, alias reads and loaded versions.
+    worker_resolver = ModelResolver(
+        packaged=lambda: worker.model,
+        store=lambda: store,
+        bucket=bucket,
+        cache_budget_bytes=cache_budget_bytes,
+        cache_dir=folder / "worker-registry",
+        retry_interval_s=0,
+    )
+    monkeypatch.setattr(worker, "resolver", worker_resolver)
     monkeypatch.setattr(app.model_routes, "_resolver", resolver)
     monkeypatch.setattr(registry_admin_app, "settings", settings)
     monkeypatch.setattr(registry_admin_app, "_store", store)

@@ -6,10 +6,12 @@
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer
 
-The model's name and version are the manifest's. One input tensor, FP64 (FP32 accepted), shape
-[N, n_features] in the manifest's feature order, data flat (row-major) or nested; outputs `mean` and
-`variance`, FP64 [N, n_outputs]. Parameter `variance` ("noisy" or "latent") as on /predict. Errors are
-`{"error": "..."}` as the protocol says, with the same statuses as the rest of the API.
+A name is the packaged model's (its manifest's name, and its manifest's version) or a registry model's (its `live`
+alias, `name@alias`, or a version by number), chosen by the one resolver as on every model route (`X-Model-Version`
+says which version answered). One input tensor, FP64 (FP32 accepted), shape [N, n_features] in the manifest's
+feature order, data flat (row-major) or nested; outputs `mean` and `variance`, FP64 [N, n_outputs]. Parameter
+`variance` ("noisy" or "latent") as on /predict. Errors are `{"error": "..."}` as the protocol says, with the same
+statuses as the rest of the API.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from handler.api.deadline import BatchLimits, batch_limits, predict_within_deadline
 from handler.api.errors import RequestError, brief, encodable
+from handler.api.model_routes import resolver, serve, served
 from handler.api.parsing import decode_body, load_body
 from handler.api.services import Services
 from handler.gp.artifact import Manifest, ModelUnavailableError
+from handler.registry.names import BadNameError, ModelRef
+from handler.registry.store import RegistryNotFoundError, RegistryUnavailableError
 
 router = Router()
 logger = Logger(child=True)
@@ -67,12 +72,30 @@ def _error(status: int, message: str) -> Response:
     return response
 
 
-def _model(name: str, version: str | None) -> Manifest:
-    manifest = _context().manifest()  # ModelUnavailableError: a 503 from _guard
-    if name != manifest.name or (version is not None and version != manifest.version):
-        wanted = brief(name) + (f" version {brief(version)}" if version is not None else "")
-        raise InferenceError(404, f"no model {wanted}; this server has {manifest.name} version {manifest.version}")
-    return manifest
+def _addressed(name: str, version: str | None) -> ModelRef | None:
+    """The model a V2 path names: a registry model by name (its `live` alias), `name@alias` or version number, else
+    the packaged model by its manifest's name and version (None: the resolver's packaged model)."""
+    wanted = brief(name) + (f" version {brief(version)}" if version is not None else "")
+    try:
+        ref = ModelRef.parse(name)
+        if resolver().registered(ref.name):
+            return ref if version is None else ModelRef.parse(name, version)
+    except BadNameError as exc:
+        raise InferenceError(404, f"no model {wanted}: {exc}") from None
+    packaged = resolver().packaged_model()  # ModelUnavailableError: a 503 from _guard
+    if name != packaged.name or (version is not None and version != packaged.version):
+        raise InferenceError(404, f"no model {wanted}; this server has {packaged.name} version {packaged.version}")
+    return None
+
+
+def _model() -> Manifest:
+    """The manifest of the model this request addressed (`_serving` chose it)."""
+    return _context().manifest()
+
+
+def _serving(name: str, version: str | None, route: Any) -> Response:
+    answer: Response = serve(_addressed(name, version), route)
+    return answer
 
 
 def _guard(handler: Any) -> Any:
@@ -87,6 +110,11 @@ def _guard(handler: Any) -> Any:
             # The reason may quote the artifact: the log gets it, callers a fixed message (as on every route).
             logger.error("model unavailable", extra={"reason": str(exc)})
             return _error(503, "model unavailable")
+        except RegistryNotFoundError as exc:  # a registry model's unknown or unservable version: says what exists
+            return _error(404, str(exc))
+        except RegistryUnavailableError as exc:
+            logger.error("registry unavailable", extra={"reason": str(exc)})
+            return _error(503, "model registry unavailable")
         except RequestError as exc:
             said = "; ".join(f"{field}: {message}" for field, message in exc.details[:5])
             return _error(exc.status_code, f"{exc.error}" + (f" ({said})" if said else ""))
@@ -109,17 +137,17 @@ def live() -> Response:
 @router.get("/v2/health/ready")
 @_guard
 def ready() -> Response:
-    _model(_context().manifest().name, None)
+    _model()  # the packaged model's manifest reads
     return _answer(None)
 
 
-def _metadata(name: str, version: str | None) -> Response:
-    manifest = _model(name, version)
+def _metadata() -> Response:
+    manifest, model = _model(), served()
     outputs = len(manifest.outputs)
     return _answer(
         {
-            "name": manifest.name,
-            "versions": [manifest.version],
+            "name": model.name,
+            "versions": [model.version],
             "platform": "numpy" if manifest.format == "npz" else "gpy",
             "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, len(manifest.features)]}],
             "outputs": [
@@ -134,17 +162,16 @@ def _metadata(name: str, version: str | None) -> Response:
 @router.get("/v2/models/<name>")
 @_guard
 def model_metadata(name: str) -> Response:
-    return _metadata(name, None)
+    return _serving(name, None, _metadata)
 
 
 @router.get("/v2/models/<name>/versions/<version>")
 @_guard
 def model_version_metadata(name: str, version: str) -> Response:
-    return _metadata(name, version)
+    return _serving(name, version, _metadata)
 
 
-def _ready(name: str, version: str | None) -> Response:
-    _model(name, version)
+def _ready() -> Response:
     _context().loaded_model()  # ModelUnavailableError: a 503 from _guard
     return _answer(None)
 
@@ -152,30 +179,30 @@ def _ready(name: str, version: str | None) -> Response:
 @router.get("/v2/models/<name>/ready")
 @_guard
 def model_ready(name: str) -> Response:
-    return _ready(name, None)
+    return _serving(name, None, _ready)
 
 
 @router.get("/v2/models/<name>/versions/<version>/ready")
 @_guard
 def model_version_ready(name: str, version: str) -> Response:
-    return _ready(name, version)
+    return _serving(name, version, _ready)
 
 
 @router.post("/v2/models/<name>/infer")
 @_guard
 def infer(name: str) -> Response:
-    return _infer(name, None)
+    return _serving(name, None, _infer)
 
 
 @router.post("/v2/models/<name>/versions/<version>/infer")
 @_guard
 def infer_version(name: str, version: str) -> Response:
-    return _infer(name, version)
+    return _serving(name, version, _infer)
 
 
-def _infer(name: str, version: str | None) -> Response:
+def _infer() -> Response:
     services = _context()
-    manifest = _model(name, version)
+    manifest, model = _model(), served()
     event = router.current_event
     body = decode_body(event.body, bool(event.is_base64_encoded))
     # /predict's limits: the same points, as flat or nested numbers
@@ -195,8 +222,8 @@ def _infer(name: str, version: str | None) -> Response:
     )
     tensors = {"mean": mean, "variance": variance}
     answer: dict[str, Any] = {
-        "model_name": manifest.name,
-        "model_version": manifest.version,
+        "model_name": model.name,
+        "model_version": model.version,
         "outputs": [
             {"name": key, "datatype": "FP64", "shape": list(values.shape), "data": values.ravel()}
             for key, values in tensors.items()

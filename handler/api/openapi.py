@@ -36,6 +36,8 @@ from handler.api.schemas import (
     training_data_schema,
 )
 
+NAME_PATTERN_TEXT = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"  # handler.gp.artifact.NAME_PATTERN
+
 if TYPE_CHECKING:
     from handler.api.deadline import BatchLimits
     from handler.config import Settings
@@ -43,6 +45,31 @@ if TYPE_CHECKING:
 
 VERSION = "2.0.0"
 EMPTY_ANSWER = "Yes (the status is the answer; no body)."
+# The routes every model answers (handler.api.model_routes): (method, root path, path under a model's prefix). The
+# root serves the packaged model; tests hold this list to the routes the app registers.
+MODEL_ROUTES = (
+    ("post", "/predict", "/predict"),
+    ("post", "/sample", "/sample"),
+    ("post", "/sensitivity", "/sensitivity"),
+    ("post", "/propagate", "/propagate"),
+    ("post", "/suggest", "/suggest"),
+    ("post", "/jobs", "/jobs"),
+    ("get", "/model", "/manifest"),
+    ("get", "/model/training-data", "/training-data"),
+)
+MODEL_PREFIXES = (
+    ("/models/{name}", "ForModel", "a model (`name` or `name@alias`)"),
+    ("/models/{name}/versions/{version}", "ForModelVersion", "a model's version"),
+)
+MODEL_VERSION_HEADER = "X-Model-Version"
+# A model as a path addresses it: a name (the manifest's rule) and optionally @alias (handler.registry.names).
+MODEL_REF_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}(@[a-z][a-z0-9_\-]{0,31})?$"
+REGISTRY_WRITE_PERMISSION = (
+    "Needs the registry's admin permission: in AuthMode API_KEY the admin API key (the stack's AdminApiKey, a usage "
+    "plan of its own), in IAM a policy granting this route's resource path, in NONE nothing unless the stack was "
+    "deployed with RegistryWritesWithoutAuth=true. Served by the RegistryAdminFunction, the only function that may "
+    "write the registry; anyone else gets 403 naming the permission."
+)
 
 
 def _error(description: str, example: dict[str, Any]) -> OpenAPIResponse:
@@ -291,6 +318,8 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
     _document_inference_protocol(docs, manifest, settings, first)
     _document_analyses(docs, manifest, settings, errors)
     _document_explorer(docs, errors)
+    _document_registry(docs, manifest, errors)
+    _document_registry_writes(docs, errors)
 
     title = f"{manifest.name} surrogate API"
     document = json.loads(docs.get_openapi_json_schema(title=title, version=VERSION, description=description))
@@ -306,6 +335,8 @@ def _build(manifest: "Manifest", settings: "Settings") -> dict[str, Any]:
         document["components"]["schemas"].pop(name)
     _document_deployment_limits(document, manifest, settings)
     _document_analysis_features(document, manifest, settings)
+    _document_model_routes(document, manifest)
+    _optional_bodies(document, ("/v2/repository/index", "post"), ("/models/{name}/aliases/{alias}/rollback", "post"))
     # V2 health and readiness answer with the status alone: an empty text/plain body, not JSON null
     for operation in (op for path in document["paths"].values() for op in path.values()):
         answer = operation["responses"].get("200", {})
@@ -582,8 +613,12 @@ def _document_inference_protocol(
 
     error = answer('Refused: {"error": "..."}, as the protocol has it.', InferenceErrorBody)
     empty: OpenAPIResponse = {"description": EMPTY_ANSWER}
-    name_doc = Path(description=f"The model's name: {manifest.name}.")
-    version_doc = Path(description=f"The model's version: {manifest.version}.")
+    name_doc = Path(
+        description=f"The packaged model's name ({manifest.name}), or a registry model's (its `live` alias serves)."
+    )
+    version_doc = Path(
+        description=f"The packaged model's version ({manifest.version}), or a registry model's version number."
+    )
     tags = ["open inference protocol"]
     point = [first[f] for f in manifest.features]
     example = {"inputs": [{"name": "input", "shape": [1, len(point)], "datatype": "FP64", "data": point}]}
@@ -822,6 +857,42 @@ def _document_explorer(docs: APIGatewayRestResolver, errors: dict[int, OpenAPIRe
     def explore_asset(asset: Annotated[names, Path(description="A file the page loads.")]) -> str:  # type: ignore[valid-type]
         raise NotImplementedError
 
+    model_page_name = Path(
+        description="A model: `name` or `name@alias` (the page draws it through its routes under /models/{name}/).",
+        pattern=MODEL_REF_PATTERN,
+    )
+    no_model_page = _error(
+        "Not a model's name (the page exists for any well-formed name; the API says whether the model does).",
+        {"error": "not found", "details": [{"field": "model", "message": "no model page for 'a b'"}]},
+    )
+
+    @docs.get(
+        "/models/<name>/explore",
+        summary="The model explorer on one model of the registry",
+        description=(
+            "GET /explore's page, drawing the named model (its `live` alias, or `name@alias`) through its routes "
+            "under /models/{name}/ and showing the version that computed each picture (X-Model-Version). Served, "
+            "as /explore is, without the API key or IAM auth."
+        ),
+        tags=tags,
+        operation_id="exploreModel",
+        responses={
+            200: {"description": "The page.", "content": {"text/html": text}},
+            404: no_model_page,
+            500: errors[500],
+        },
+    )
+    def explore_model(name: Annotated[str, model_page_name]) -> str:
+        raise NotImplementedError
+
+    @docs.head("/models/<name>/explore", summary="The model page's headers, without the body", tags=tags,
+               operation_id="exploreModelHead",
+               responses={200: {"description": "GET /models/{name}/explore's headers.",
+                                "content": {"text/html": text}},
+                          404: no_model_page, 500: errors[500]})  # fmt: skip
+    def explore_model_head(name: Annotated[str, model_page_name]) -> None:
+        raise NotImplementedError
+
     # HEAD: GET's status and headers (Content-Type, ETag, Cache-Control, the policy), without the body
     @docs.head("/explore", summary="The page's headers, without the body", tags=tags, operation_id="exploreHead",
                responses={200: {"description": "GET /explore's headers.", "content": {"text/html": text}},
@@ -835,3 +906,353 @@ def _document_explorer(docs: APIGatewayRestResolver, errors: dict[int, OpenAPIRe
                           404: not_found, 500: errors[500]})  # fmt: skip
     def explore_asset_head(asset: Annotated[names, Path(description="A file the page loads.")]) -> None:  # type: ignore[valid-type]
         raise NotImplementedError
+
+
+def _model_not_found(field: str, message: str) -> OpenAPIResponse:
+    return _error(
+        "No such model, alias or servable version (unknown, PENDING, FAILED or DELETED); the message names what "
+        "exists.",
+        {"error": f"{field} not found", "details": [{"field": field, "message": message}]},
+    )
+
+
+def _registry_unavailable(description: str) -> OpenAPIResponse:
+    return _error(
+        description,
+        {
+            "error": "registry unavailable",
+            "details": [
+                {
+                    "field": "model",
+                    "message": "the model registry could not be read; the reason is logged, and a later request "
+                    "tries again",
+                }
+            ],
+        },
+    )
+
+
+def _document_registry(docs: APIGatewayRestResolver, manifest: "Manifest", errors: dict[int, OpenAPIResponse]) -> None:
+    """GET /models, GET /models/{name}, POST /v2/repository/index."""
+    from handler.api.registry_schemas import (
+        ModelDetail,
+        ModelListing,
+        RepositoryIndexEntry,
+        RepositoryIndexRequest,
+    )
+
+    tags = ["registry"]
+    unavailable = _registry_unavailable(
+        "The registry's table could not be read (the reason is logged); a later request tries again."
+    )
+    name_doc = Path(
+        description=f"A model's name: the packaged model's ({manifest.name}) or a registry model's.",
+        pattern=MODEL_REF_PATTERN,
+        examples=[manifest.name],
+    )
+
+    @docs.get(
+        "/models",
+        summary="Every model served: the packaged one and the registry's, with their aliases and latest version",
+        tags=tags,
+        operation_id="listModels",
+        responses={
+            200: {"description": "The models.", "content": {"application/json": {"model": ModelListing}}},
+            503: unavailable,
+            500: errors[500],
+        },
+    )
+    def list_models() -> ModelListing:
+        raise NotImplementedError
+
+    @docs.get(
+        "/models/<name>",
+        summary="A model's versions (state, sha256, who published it and when, hold-out metrics), aliases and history",
+        description=(
+            "Versions and alias moves newest first. Every move of an alias is recorded: who, when, from, to, why. "
+            "The packaged model has one version and no history."
+        ),
+        tags=tags,
+        operation_id="describeModel",
+        responses={
+            200: {"description": "The model.", "content": {"application/json": {"model": ModelDetail}}},
+            404: _model_not_found("model", "no model named nope (models: park, plant)"),
+            503: unavailable,
+            500: errors[500],
+        },
+    )
+    def describe_model(name: Annotated[str, name_doc]) -> ModelDetail:
+        raise NotImplementedError
+
+    @docs.post(
+        "/v2/repository/index",
+        summary="V2 model repository index: every model version served, with its state",
+        description=(
+            "The Open Inference Protocol's repository extension, as MLServer and Triton (and their clients' "
+            '`get_model_repository_index`) read it. An empty body lists every version; `{"ready": true}` the READY '
+            "ones only. Deleted versions are not listed."
+        ),
+        tags=["open inference protocol"],
+        operation_id="v2RepositoryIndex",
+        responses={
+            200: {
+                "description": "One entry per model version.",
+                "content": {"application/json": {"model": list[RepositoryIndexEntry]}},
+            },
+            400: _error(
+                'A body that is not empty and not {"ready": true|false}.',
+                {
+                    "error": "invalid repository index request",
+                    "details": [{"field": "body", "message": 'expected an empty body or {"ready": true|false}'}],
+                },
+            ),
+            413: errors[413],
+            422: errors[422],
+            503: unavailable,
+            500: errors[500],
+        },
+    )
+    def repository_index(body: Annotated[RepositoryIndexRequest | None, Body()] = None) -> list[RepositoryIndexEntry]:
+        raise NotImplementedError
+
+
+def _document_registry_writes(docs: APIGatewayRestResolver, errors: dict[int, OpenAPIResponse]) -> None:
+    """The admin function's routes: publish, check, move an alias, roll it back, delete a version."""
+    from handler.api.registry_schemas import (
+        AliasAnswer,
+        AliasRequest,
+        CheckedVersion,
+        PublishAnswer,
+        PublishRequest,
+        RollbackRequest,
+    )
+
+    tags = ["admin"]
+    name_doc = Path(description="The model's name.", pattern=NAME_PATTERN_TEXT)
+    version_doc = Path(description="A version number.", ge=1, le=10**9)
+    alias_doc = Path(description="An alias: a-z first, then a-z, 0-9, _ or - (32 at most); `live` serves by default.",
+                     pattern=r"^[a-z][a-z0-9_\-]{0,31}$")  # fmt: skip
+
+    def answer(description: str, model: Any) -> OpenAPIResponse:
+        return {"description": description, "content": {"application/json": {"model": model}}}
+
+    refusals: dict[int, OpenAPIResponse] = {
+        400: errors[400],
+        403: _error(
+            "The caller lacks the admin permission (or writes are off in this deployment).",
+            {
+                "error": "admin permission required",
+                "details": [
+                    {
+                        "field": "permission",
+                        "message": "this route needs the admin API key (the stack's AdminApiKey output), not a "
+                        "reader's key",
+                    }
+                ],
+            },
+        ),
+        404: _model_not_found("version", "park has no version 9"),
+        409: _error(
+            "The registry's state forbids the write: an alias on a version that is not READY, a delete of a version "
+            "an alias serves, an alias with nothing to roll back to, or the packaged model's name.",
+            {"error": "conflict", "details": [{"field": "version", "message": "park version 3 is FAILED"}]},
+        ),
+        413: _error(
+            "A body over 1,200,000 bytes (a manifest is at most 1 MB).",
+            {"error": "body too large", "details": [{"field": "body", "message": "at most 1200000 bytes"}]},
+        ),
+        422: _error(
+            "A field missing, unknown or of the wrong type; a manifest that is not a posterior file's.",
+            {"error": "invalid request", "details": [{"field": "version", "message": "a version is an integer"}]},
+        ),
+        503: _error(
+            "The registry is not configured here, or S3 or DynamoDB failed: nothing was written; try again.",
+            {
+                "error": "registry unavailable",
+                "details": [
+                    {"field": "model", "message": "the model registry could not be written; nothing was changed"}
+                ],
+            },
+        ),
+        500: errors[500],
+    }
+    description = REGISTRY_WRITE_PERMISSION
+
+    @docs.post(
+        "/models/<name>/versions",
+        summary="Publish a new version of a model: answers the URL to PUT its artifact to",
+        description=(
+            "The manifest is checked (a posterior file's, at most 1 MB; pickles stay packaged-only) and the version "
+            "numbered by the registry (integers, never reused). PUT the artifact to `upload.model.url`, then POST "
+            "`check`. " + description
+        ),
+        tags=tags,
+        operation_id="publishVersion",
+        responses={201: answer("The PENDING version and where to upload it.", PublishAnswer), **refusals},
+    )
+    def publish_version(name: Annotated[str, name_doc], body: Annotated[PublishRequest, Body()]) -> PublishAnswer:
+        raise NotImplementedError
+
+    @docs.post(
+        "/models/<name>/versions/<version>/check",
+        summary="Check an uploaded version with the loader (sizes, sha256, shapes, a probe prediction)",
+        description=(
+            "READY (200) when the upload is what its manifest describes, sealed under an immutable key; FAILED (422) "
+            "with a fixed reason otherwise (the detail is logged), and nothing serves it. " + description
+        ),
+        tags=tags,
+        operation_id="checkVersion",
+        responses={
+            200: answer("The READY version.", CheckedVersion),
+            **{
+                **refusals,
+                422: answer(
+                    "The version FAILED its check (the version record; `reason` says why), or the version in the path "
+                    "is not a version number (an error body).",
+                    CheckedVersion | ErrorResponse,
+                ),
+            },
+        },
+    )
+    def check_version(name: Annotated[str, name_doc], version: Annotated[int, version_doc]) -> CheckedVersion:
+        raise NotImplementedError
+
+    @docs.put(
+        "/models/<name>/aliases/<alias>",
+        summary="Point an alias at a READY version, optionally with a canary version taking a share of requests",
+        description=(
+            "The move is recorded in the alias history (who, when, from, to, reason) and reaches every warm "
+            "environment within the alias cache's few seconds. " + description
+        ),
+        tags=tags,
+        operation_id="setAlias",
+        responses={200: answer("The alias as it now is.", AliasAnswer), **refusals},
+    )
+    def set_alias(
+        name: Annotated[str, name_doc], alias: Annotated[str, alias_doc], body: Annotated[AliasRequest, Body()]
+    ) -> AliasAnswer:
+        raise NotImplementedError
+
+    @docs.post(
+        "/models/<name>/aliases/<alias>/rollback",
+        summary="Move an alias back to what it served before its last move (whatever the version number)",
+        description="Recorded in the history as a `rollback`. " + description,
+        tags=tags,
+        operation_id="rollbackAlias",
+        responses={200: answer("The alias as it now is.", AliasAnswer), **refusals},
+    )
+    def rollback_alias(
+        name: Annotated[str, name_doc],
+        alias: Annotated[str, alias_doc],
+        body: Annotated[RollbackRequest | None, Body()] = None,
+    ) -> AliasAnswer:
+        raise NotImplementedError
+
+    @docs.delete(
+        "/models/<name>/versions/<version>",
+        summary="Delete a version: DELETED, no longer served (refused while an alias serves it)",
+        description="The objects are kept until the bucket's lifecycle rule removes them. " + description,
+        tags=tags,
+        operation_id="deleteVersion",
+        responses={200: answer("The DELETED version.", CheckedVersion), **refusals},
+    )
+    def delete_version(name: Annotated[str, name_doc], version: Annotated[int, version_doc]) -> CheckedVersion:
+        raise NotImplementedError
+
+
+def _optional_bodies(document: dict[str, Any], *operations: tuple[str, str]) -> None:
+    """Bodies that may be left out (not sent as JSON null): `required: false` and the object's schema alone."""
+    for path, method in operations:
+        body = document["paths"][path][method]["requestBody"]
+        media = body["content"]["application/json"]
+        media["schema"] = next(option for option in media["schema"]["anyOf"] if option.get("type") != "null")
+        body["required"] = False
+
+
+def _model_version_header(required: bool) -> dict[str, Any]:
+    return {
+        MODEL_VERSION_HEADER: {
+            "description": "The version that answered: `name/3` (a registry version), or the packaged model's "
+            "`name/<manifest version>`.",
+            "required": required,
+            "schema": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}/.+$"},
+        }
+    }
+
+
+def _document_model_routes(document: dict[str, Any], manifest: "Manifest") -> None:
+    """Every model route also under /models/{name}/... and /models/{name}/versions/{version}/..., with the root's
+    request and answers; each answer from a model says which version gave it (X-Model-Version)."""
+    import copy
+
+    paths = document["paths"]
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "description": f"A model: `name` (its `live` alias serves) or `name@alias` (`@` may be sent as %40). The "
+        f"packaged model is `{manifest.name}`.",
+        "schema": {"type": "string", "pattern": MODEL_REF_PATTERN, "maxLength": 97},
+        "example": manifest.name,
+    }
+    version = {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "description": "A registry version's number (the packaged model has no numbered versions).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 10**9},
+    }
+    not_found, unavailable = (
+        _as_json(response)
+        for response in (
+            _model_not_found("model", "no model named nope (models: park, plant)"),
+            _registry_unavailable(
+                "The model cannot be loaded, or the registry cannot be read (the reason is logged); a later request "
+                "tries again."
+            ),
+        )
+    )
+    for method, root, inner in MODEL_ROUTES:
+        operation = paths[root][method]
+        for response in _answers(operation):
+            response["headers"] = _model_version_header(required=True)
+        for prefix, suffix, addressed in MODEL_PREFIXES:
+            copied = copy.deepcopy(operation)
+            copied["operationId"] = operation["operationId"] + suffix
+            copied["summary"] = f"{operation['summary']}, of {addressed}"
+            copied["description"] = (
+                f"As {method.upper()} {root}, answered by {addressed}: {operation.get('description', '')}".rstrip()
+                + f" The schemas drawn are the packaged model's ({manifest.name}); another model takes and answers "
+                "its own features and outputs (GET /models/{name}/manifest)."
+            )
+            parameters = [name] if "{version}" not in prefix else [name, version]
+            copied["parameters"] = [*parameters, *copied.get("parameters", [])]
+            copied["responses"]["404"] = not_found
+            copied["responses"]["503"] = unavailable
+            copied["responses"] = dict(sorted(copied["responses"].items()))
+            paths.setdefault(prefix + inner, {})[method] = copied
+    for path, operations in paths.items():
+        if path.startswith("/v2/models/"):
+            for operation in operations.values():
+                for response in _answers(operation):
+                    response["headers"] = _model_version_header(required=True)
+
+
+def _as_json(response: OpenAPIResponse) -> dict[str, Any]:
+    """An error response as the generated document has it (the body's schema by reference), for operations written
+    into the document after Powertools made it."""
+    media: dict[str, Any] = response["content"]["application/json"]  # type: ignore[assignment]
+    return {
+        "description": response["description"],
+        "content": {
+            "application/json": {
+                "schema": {"$ref": f"#/components/schemas/{media['model'].__name__}"},
+                "examples": media["examples"],
+            }
+        },
+    }
+
+
+def _answers(operation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The operation's successful responses."""
+    return [response for status, response in operation["responses"].items() if status.startswith("2")]

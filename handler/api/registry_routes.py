@@ -5,11 +5,14 @@ Writes (publish, check, aliases, delete) are another function's: handler.registr
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
+from handler.api.errors import RequestError
 from handler.api.model_routes import parse_ref, resolver
+from handler.api.parsing import BodyLimits, decode_body, load_body
 from handler.api.services import Services
 from handler.gp.artifact import ModelUnavailableError
 from handler.registry.names import DEFAULT_ALIAS
@@ -17,6 +20,8 @@ from handler.registry.names import DEFAULT_ALIAS
 router = Router()
 _services: Services | None = None
 VERSIONS_SHOWN = 100
+# {"ready": true}, generously: what the body may hold before it is refused as not that (400), rather than as too large
+INDEX_REQUEST_LIMITS = BodyLimits(max_bytes=64 * 1024, max_containers=1000, max_members=1000)
 
 
 def configure(services: Services) -> None:
@@ -85,13 +90,20 @@ def describe_model(name: str) -> dict[str, Any]:
 
 @router.post("/v2/repository/index")
 def repository_index() -> list[dict[str, Any]]:
-    """MLServer's and Triton's model repository extension: every model version this API serves, with its state."""
+    """MLServer's and Triton's model repository extension: every model version this API serves, with its state.
+
+    The body is empty (Triton's client sends none) or `{"ready": true}` for the READY versions only. Each entry is
+    `{"name", "version", "state", "reason"}`; states are the protocol's: READY, LOADING (published, not yet
+    checked), UNAVAILABLE (its check failed, or the packaged model cannot load).
+    """
+    ready_only = _ready_only()
     index: list[dict[str, Any]] = []
     try:
-        manifest = resolver().packaged().manifest()
         packaged = resolver().packaged()
+        manifest = packaged.manifest()
         state = "READY" if packaged.is_loaded or _loadable(packaged) else "UNAVAILABLE"
-        index.append({"name": manifest.name, "version": manifest.version, "state": state, "reason": ""})
+        reason = "" if state == "READY" else "the model could not be loaded; the reason is logged"
+        index.append({"name": manifest.name, "version": manifest.version, "state": state, "reason": reason})
     except ModelUnavailableError:
         index.append({"name": "", "version": "", "state": "UNAVAILABLE", "reason": "the packaged model is unavailable"})
     if resolver().configured:
@@ -104,7 +116,22 @@ def repository_index() -> list[dict[str, Any]]:
                 index.append(
                     {"name": name, "version": str(version.version), "state": state, "reason": version.reason or ""}
                 )
-    return index
+    return [entry for entry in index if entry["state"] == "READY"] if ready_only else index
+
+
+def _ready_only() -> bool:
+    """The request's `ready` (the protocol's RepositoryIndexRequest): false unless the body says true."""
+    event = router.current_event
+    if not event.body:
+        return False
+    body = decode_body(event.body, bool(event.is_base64_encoded))
+    if not body.strip():
+        return False
+    request = load_body(body, INDEX_REQUEST_LIMITS)
+    if not isinstance(request, dict) or not isinstance(request.get("ready", False), bool) or set(request) - {"ready"}:
+        message = 'expected an empty body or {"ready": true|false}'
+        raise RequestError(HTTPStatus.BAD_REQUEST, "invalid repository index request", [("body", message)])
+    return bool(request.get("ready", False))
 
 
 def _loadable(model: Any) -> bool:

@@ -393,6 +393,11 @@ class DeploymentLimits(BaseModel):
     )
 
 
+class PackagedAs(BaseModel):
+    name: str
+    version: str
+
+
 class ModelDescription(ModelManifest):
     """GET /model: the manifest, and the limits of this deployment (for clients that split their work).
 
@@ -406,6 +411,11 @@ class ModelDescription(ModelManifest):
         exclude_if=lambda limits: limits is None,
         description="The manifest's `limits`: physical limits [low, high] of some features (null: open on that "
         "side), never widened; absent where the manifest gives none.",
+    )
+    packaged_as: PackagedAs | None = Field(
+        default=None,
+        description="A registry version's: the name and version its manifest was packaged with (`name` is then the "
+        "registry model's); absent for the packaged model.",
     )
 
 
@@ -536,13 +546,25 @@ class JobResultsLink(BaseModel):
     expires_in_seconds: int
 
 
+class JobModel(BaseModel):
+    """The version that computes every chunk of the job: resolved when it was submitted, whatever its alias serves
+    afterwards."""
+
+    name: str
+    version: str = Field(description="A registry version's number, or the packaged model's manifest version.")
+    source: Literal["packaged", "registry"] = Field(
+        description="packaged: the function's own model (its manifest's name and version); registry: a published "
+        "version."
+    )
+
+
 class JobStatus(BaseModel):
     """An asynchronous job: its state, progress and timings; the upload or results URL when there is one."""
 
     id: str
     status: Literal["AWAITING_UPLOAD", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED"]
     source: Literal["inline", "design", "upload"]
-    model: dict[str, str]
+    model: JobModel
     options: dict[str, Any]
     progress: JobProgress
     created_at: str

@@ -100,7 +100,10 @@ class Job:
     expiration: int  # epoch seconds: DynamoDB's TTL attribute
     features: tuple[str, ...]
     outputs: tuple[str, ...]
-    model: dict[str, str]  # name, version
+    # The version that computes every chunk: name, version, source ("packaged": the function's own model, by its
+    # manifest's name and version; "registry": a registry version, by number). Records from before the registry
+    # have no source: they were the packaged model's.
+    model: dict[str, str]
     options: OutputOptions
     design: dict[str, Any] | None = None
     upload_format: str | None = None
@@ -622,7 +625,17 @@ def backend_from_settings(settings: Any) -> JobBackend:
 # --- submission ------------------------------------------------------------------------------------------
 
 
-def new_job(backend: JobBackend, owner: str, manifest: Any, source: str, options: OutputOptions, **extra: Any) -> Job:
+def new_job(
+    backend: JobBackend,
+    owner: str,
+    manifest: Any,
+    source: str,
+    options: OutputOptions,
+    model: dict[str, str] | None = None,
+    **extra: Any,
+) -> Job:
+    """A QUEUED job on `model` (the served version, as `routes.submitted_model` says it; default: the packaged model
+    whose manifest this is)."""
     return Job(
         id=new_job_id(),
         owner=owner,
@@ -632,7 +645,7 @@ def new_job(backend: JobBackend, owner: str, manifest: Any, source: str, options
         expiration=backend.expiration(),
         features=manifest.features,
         outputs=manifest.outputs,
-        model={"name": manifest.name, "version": manifest.version},
+        model=model or {"name": manifest.name, "version": manifest.version, "source": "packaged"},
         options=options,
         **extra,
     )
@@ -796,7 +809,7 @@ def status_document(backend: JobBackend, job: Job) -> dict[str, Any]:
         "id": job.id,
         "status": job.status,
         "source": job.source,
-        "model": job.model,
+        "model": {"source": "packaged", **job.model},  # records from before the registry were the packaged model's
         "options": job.options.document(),
         "progress": {
             "chunks_done": job.chunks_done,

@@ -1,11 +1,14 @@
 """HTTP routes of asynchronous jobs, included in the app's one resolver.
 
     POST /jobs                 submit: points inline, a design spec, or an upload to come -> 202 + Location
+                               (also POST /models/{name}/jobs and /models/{name}/versions/{v}/jobs: a registry model)
     GET  /jobs/{job_id}        status, progress, timings; the results' URL once SUCCEEDED
     POST /jobs/{job_id}/start  after uploading the file to the URL the submit answer gave
     POST /jobs/{job_id}/cancel FAILED ("cancelled by the caller"); workers skip its remaining chunks
 
-Jobs belong to the caller (their API key's id, or IAM identity): another caller's job is a 404.
+Jobs belong to the caller (their API key's id, or IAM identity): another caller's job is a 404. A job is computed
+by the version resolved when it was submitted (its record's `model`), whatever its alias serves by the time the worker
+runs it: the routes after the submission read the record, never the alias.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 
 from handler.api.errors import RequestError, brief
+from handler.api.model_routes import model_route, served
 from handler.api.parsing import RequestParser, decode_body, load_body, outside_domain, parse_options
 from handler.api.services import Services
 from handler.config import Settings
@@ -57,10 +61,22 @@ def configure(services: Services) -> None:
     _services = services
 
 
+def _settings() -> Settings:
+    assert _services is not None, "handler.jobs.routes.configure() was not called"
+    return _services.settings
+
+
 def _context() -> tuple[Settings, Manifest, RequestParser]:
+    """What a submission needs: the settings, and the manifest and parser of the model the request addressed."""
     assert _services is not None, "handler.jobs.routes.configure() was not called"
     manifest = _services.manifest()
     return _services.settings, manifest, _services.parser(manifest.features)
+
+
+def submitted_model() -> dict[str, str]:
+    """The job record's `model`: the version that answers this submission, which the worker loads again by it."""
+    model = served()
+    return {"name": model.name, "version": model.version, "source": model.source}
 
 
 def chunk_points_of_served_model(settings: Settings) -> int:
@@ -116,7 +132,7 @@ def job_options(query: dict[str, str] | None) -> OutputOptions:
     return OutputOptions(predict.latent, predict.include_std, predict.include_interval, fmt)
 
 
-@router.post("/jobs")
+@model_route(router, "POST", "/jobs")
 def submit_job() -> Response:
     settings, manifest, parser = _context()
     backend = _jobs(settings)
@@ -135,8 +151,15 @@ def submit_job() -> Response:
         job = _submit(backend, settings, manifest, parser, owner, data, options)
     else:
         job = _submit_once(backend, settings, manifest, parser, owner, key, body, data, options)
+    return _job_response(backend, job, 202, _jobs_path(event.path))
+
+
+def _jobs_path(route_path: str) -> str:
+    """Where the caller reads its jobs: /jobs behind the stage's prefix (the API's path with the stage), whichever
+    model route the job was submitted at (/models/{name}/jobs too)."""
     path = _request_context().get("path")
-    return _job_response(backend, job, 202, path if isinstance(path, str) and path else event.path)
+    prefix = path[: -len(route_path)] if isinstance(path, str) and path.endswith(route_path) else ""
+    return f"{prefix}/jobs"
 
 
 def _submit(
@@ -159,13 +182,15 @@ def _submit(
             request = type(request)(request.points, "rows")
         if violations := manifest.domain_violations(request.points, settings.domain_margin):
             raise outside_domain(request, violations, "points")
-        job = new_job(backend, owner, manifest, "inline", options)
+        job = new_job(backend, owner, manifest, "inline", options, model=submitted_model())
         return submit_points(backend, job, request.points, chunk_points_of_served_model(settings))
     if submission.design is not None:
         design = _resolved_design(submission.design, manifest, settings, backend.max_points)
-        return submit_design(backend, new_job(backend, owner, manifest, "design", options, design=design))
+        job = new_job(backend, owner, manifest, "design", options, model=submitted_model(), design=design)
+        return submit_design(backend, job)
     assert submission.upload is not None
-    job = new_job(backend, owner, manifest, "upload", options, upload_format=submission.upload.format)
+    upload_format = submission.upload.format
+    job = new_job(backend, owner, manifest, "upload", options, model=submitted_model(), upload_format=upload_format)
     return submit_upload(backend, job)
 
 
@@ -227,7 +252,13 @@ def _submit_once(
     )
 
     raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
-    fingerprint = hashlib.sha256(raw + b"\n" + orjson.dumps(options.document())).hexdigest()
+    signed = raw + b"\n" + orjson.dumps(options.document())
+    # The same body at another model's route is another request; the root's fingerprints stay as they were, so that
+    # keys in flight at a deploy still match.
+    addressed = router.current_event.path
+    if addressed != "/jobs":
+        signed += b"\n" + addressed.encode()
+    fingerprint = hashlib.sha256(signed).hexdigest()
 
     def create(request: dict[str, Any]) -> dict[str, Any]:
         return {"job": _submit(backend, settings, manifest, parser, owner, data, options).id}
@@ -270,22 +301,21 @@ def _owned_job(backend: JobBackend, job_id: str) -> Job:
 
 @router.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    settings, _, _ = _context()
-    backend = _jobs(settings)
+    backend = _jobs(_settings())
     return _job_response(backend, _owned_job(backend, job_id), 200)
 
 
 @router.post("/jobs/<job_id>/start")
 def start_job(job_id: str) -> Response:
-    settings, _, _ = _context()
-    backend = _jobs(settings)
+    # The upload is checked against the record's features, and its plan runs on the record's model version: no
+    # alias is read again (it may have moved since the submission).
+    backend = _jobs(_settings())
     return _job_response(backend, start_upload(backend, _owned_job(backend, job_id)), 202)
 
 
 @router.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
-    settings, _, _ = _context()
-    backend = _jobs(settings)
+    backend = _jobs(_settings())
     job = _owned_job(backend, job_id)
     cancelled = backend.store.fail(job.id, "cancelled by the caller")
     if cancelled is None:

@@ -6,6 +6,9 @@ with the same model code as /predict and its predictions written to S3, then cou
 are read a batch of rows at a time: a worker's memory is bounded by its chunk, not by the file.
 Failures are reported per message (partial batch response): SQS retries them after a short backoff,
 then moves them to the dead-letter queue, where `handler.jobs.finisher` fails the job with the reason.
+
+Every plan and chunk runs on the model version the job's record names (resolved when it was submitted): the packaged
+model, or a registry version loaded by its number, never through an alias that may have moved since.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ from handler.jobs.backend import (
 )
 from handler.jobs.designs import generate
 from handler.jobs.sizing import model_chunk_points
+from handler.registry.names import BadNameError, ModelRef
+from handler.registry.resolver import ModelResolver
+from handler.registry.store import RegistryNotFoundError, store_from_settings
 
 # Visibility after the 1st and 2nd failed attempt; after the 3rd (the queue's maxReceiveCount) the next receive
 # moves the message to the dead-letter queue, so it should come back at once.
@@ -62,6 +68,15 @@ settings = load_settings()
 logger = Logger()
 metrics = Metrics(namespace="GPRSurrogate")
 model = LazyModel(settings.artifact_source(), retry_interval_s=settings.model_retry_seconds)
+# Registry versions, as the API function reads them (the registry's variables are on every function); only by number.
+resolver = ModelResolver(
+    packaged=lambda: model,
+    store=(lambda: store_from_settings(settings)) if settings.registry_enabled else None,
+    bucket=settings.registry_bucket,
+    cache_budget_bytes=settings.registry_cache_bytes,
+    cache_dir=settings.model_cache_dir / "registry",
+    retry_interval_s=settings.model_retry_seconds,
+)
 backend: JobBackend = backend_from_settings(settings)
 processor = BatchProcessor(event_type=EventType.SQS)
 
@@ -99,8 +114,23 @@ def plan_job(
         logger.info("job planned", extra={"job": job.id, "points": n_points, "chunks": running.n_chunks})
 
 
-def served_chunk_points() -> int:
-    return model_chunk_points(model.get().model, settings.job_chunk_points, settings.job_worker_timeout_seconds)
+def chunk_points_of(job_model: LazyModel) -> int:
+    return model_chunk_points(job_model.get().model, settings.job_chunk_points, settings.job_worker_timeout_seconds)
+
+
+class JobModelGoneError(Exception):
+    """The registry version a job was submitted to can no longer serve (deleted since): the job fails, unretried."""
+
+
+def model_of(job: Job) -> LazyModel:
+    """The version the job was submitted to: the packaged model, or the registry version by its number."""
+    if job.model.get("source", "packaged") == "packaged":  # records from before the registry were the packaged model's
+        return model
+    name, version = job.model["name"], job.model["version"]
+    try:
+        return resolver.resolve(ModelRef.parse(name, version)).model
+    except (RegistryNotFoundError, BadNameError) as exc:
+        raise JobModelGoneError(f"the job's model {name} version {version} can no longer serve: {exc}") from exc
 
 
 def design_of(job: Job) -> np.ndarray:
@@ -285,13 +315,18 @@ def predict_chunk(
 def handle_message(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
     message = WorkMessage.parse(record.body)
     try:
-        if message.kind == "plan":
-            plan_job(backend, message.job, model.manifest(), settings.domain_margin, served_chunk_points)
-        elif message.kind == "chunk":
-            deadline = None if lambda_context is None else Deadline(lambda_context.get_remaining_time_in_millis)
-            predict_chunk(backend, message, model.get().model, deadline)
-        else:
+        if message.kind not in ("plan", "chunk"):
             raise ValueError(f"the worker does not take {message.kind} messages")
+        job = backend.store.get(message.job)
+        if job is None or job.status not in ("QUEUED", "RUNNING"):
+            logger.info("message skipped", extra={"job": message.job, "status": job and job.status})
+            return
+        job_model = model_of(job)
+        if message.kind == "plan":
+            plan_job(backend, job.id, job_model.manifest(), settings.domain_margin, lambda: chunk_points_of(job_model))
+        else:
+            deadline = None if lambda_context is None else Deadline(lambda_context.get_remaining_time_in_millis)
+            predict_chunk(backend, message, job_model.get().model, deadline)
     except DeadlineExceeded as exc:  # the same chunk on the same model would run out of time again: not retried
         reason = (
             f"{message.describe()} would outrun the worker's timeout after {exc.done}: the model's points cost more "
@@ -299,6 +334,9 @@ def handle_message(record: SQSRecord, lambda_context: LambdaContext | None = Non
         )
         logger.error("job failed: chunk out of time", extra={"job": message.job, "reason": reason})
         backend.store.fail(message.job, reason)
+    except JobModelGoneError as exc:  # the version was deleted while the job waited: no other version may stand in
+        logger.warning("job failed: model gone", extra={"job": message.job, "reason": str(exc)})
+        backend.store.fail(message.job, str(exc))
     except JobInputError as exc:  # the input itself is wrong: retrying cannot help
         logger.warning("job failed", extra={"job": message.job, "reason": str(exc)})
         backend.store.fail(message.job, str(exc))

@@ -112,10 +112,14 @@ class ModelResolver:
         manifest = lazy.manifest()
         return ServedModel(manifest.name, manifest.version, lazy, "packaged")
 
+    def registered(self, name: str) -> bool:
+        """Whether the registry holds a model of this name (read at most once per `ALIAS_TTL_S`)."""
+        return self.configured and self.reads.get(("model", name), lambda: self.store.model(name)) is not None
+
     def resolve(self, ref: ModelRef | None) -> ServedModel:
         if ref is None:
             return self.packaged_model()
-        if not self.configured or self.reads.get(("model", ref.name), lambda: self.store.model(ref.name)) is None:
+        if not self.registered(ref.name):
             return self._packaged_by_name(ref)
         if ref.version is not None:
             return self._version(ref.name, ref.version, "version")
