@@ -140,16 +140,15 @@ build-ExplorerFunction:
 
 # DESCRIPTION reaches the script through the environment, so quotes in it cannot break the shell line.
 package-model: export DESCRIPTION := $(DESCRIPTION)
-package-model: setup  ## Package your GPy model: make package-model MODEL=my.pkl FEATURES=a,b,c [OUTPUTS=y1,y2 BOUNDS=a=0:1 LIMITS=a=0: UNITS=a=m,y1=kg HOLDOUT=h.csv NAME= VERSION= DESCRIPTION= PUBLISH=inputs|inputs_and_outputs FORCE=1]
-	@test -n "$(MODEL)" || { echo "usage: make package-model MODEL=path/to/model.pkl FEATURES=a,b,c [OUTPUTS=y1,y2] [BOUNDS=a=LOW:HIGH,...] [LIMITS=a=LOW:,b=LOW:HIGH,...] [UNITS=a=m,y1=kg,...] [HOLDOUT=holdout.csv] [NAME=name] [VERSION=1] [DESCRIPTION='one line'] [PUBLISH=inputs|inputs_and_outputs] [FORCE=1] (FEATURES may be left out to convert a packaged pickle with its manifest beside it; FORCE=1 packages a model that fails the quality gate)" >&2; exit 2; }
+package-model: setup  ## Package your GPy model: make package-model MODEL=my.pkl FEATURES=a,b,c [OUTPUTS=y1,y2 BOUNDS=a=0:1 LIMITS=a=0: UNITS=a=m,y1=kg HOLDOUT=h.csv NAME= VERSION= DESCRIPTION= PUBLISH=inputs|inputs_and_outputs FORCE=1 OUTPUT=elsewhere.npz]
+	@test -n "$(MODEL)" || { echo "usage: make package-model MODEL=path/to/model.pkl FEATURES=a,b,c [OUTPUTS=y1,y2] [BOUNDS=a=LOW:HIGH,...] [LIMITS=a=LOW:,b=LOW:HIGH,...] [UNITS=a=m,y1=kg,...] [HOLDOUT=holdout.csv] [NAME=name] [VERSION=1] [DESCRIPTION='one line'] [PUBLISH=inputs|inputs_and_outputs] [FORCE=1] [OUTPUT=elsewhere.npz] (FEATURES may be left out to convert a packaged pickle with its manifest beside it; FORCE=1 packages a model that fails the quality gate)" >&2; exit 2; }
 	$(PY) scripts/package_model.py "$(MODEL)" $(if $(FEATURES),--features "$(FEATURES)") \
 		$(if $(OUTPUTS),--outputs "$(OUTPUTS)") $(if $(BOUNDS),--bounds "$(BOUNDS)") \
 		$(if $(LIMITS),--limits "$(LIMITS)") $(if $(UNITS),--units "$(UNITS)") \
 		$(if $(HOLDOUT),--holdout "$(HOLDOUT)") $(if $(NAME),--name "$(NAME)") $(if $(VERSION),--version "$(VERSION)") \
 		$(if $(DESCRIPTION),--description "$$DESCRIPTION") \
-		$(if $(PUBLISH),--publish-training-data "$(PUBLISH)") $(if $(FORCE),--force)
-	PATH="$(SAM_PATH)" $(PY) scripts/generate_events.py
-	$(PY) scripts/export_openapi.py
+		$(if $(PUBLISH),--publish-training-data "$(PUBLISH)") $(if $(FORCE),--force) $(if $(OUTPUT),--output "$(OUTPUT)")
+	$(if $(OUTPUT),@echo "package-model: written to $(OUTPUT) (model_artifacts/, events/ and the OpenAPI document unchanged); make publish-model MODEL=$(OUTPUT) NAME=... publishes it",PATH="$(SAM_PATH)" $(PY) scripts/generate_events.py && $(PY) scripts/export_openapi.py)
 
 # The admin key reaches the script through the environment, so that make does not echo it; REASON too, so that
 # quotes in it cannot break the shell line.

@@ -16,6 +16,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.api.errors import RequestError, brief
@@ -39,6 +40,8 @@ MAX_REASON_CHARS = 500
 
 settings = load_settings()
 logger = Logger()
+# handler.registry's own loggers (a failed check's reason) write through Powertools' JSON formatter, extras kept
+copy_config_to_registered_loggers(source_logger=logger, include={"handler"})
 app = APIGatewayRestResolver(serializer=lambda value: orjson.dumps(value).decode())
 _store: RegistryStore | None = None
 
@@ -70,7 +73,10 @@ def require_admin() -> str:
         raise RequestError(HTTPStatus.FORBIDDEN, "admin permission required", [("permission", message)])
     who = caller()
     if settings.registry_admin_key_id and who != settings.registry_admin_key_id:
-        message = "this route needs the admin API key (the stack's AdminApiKey output), not a reader's key"
+        message = (
+            "this route needs the admin API key (deployed: the stack's AdminApiKeyId output; locally: make serve "
+            "ADMIN_API_KEY=...)"
+        )
         raise RequestError(HTTPStatus.FORBIDDEN, "admin permission required", [("permission", message)])
     return who
 
@@ -119,7 +125,9 @@ def model_name(name: str) -> str:
         raise RequestError(HTTPStatus.NOT_FOUND, "model not found", [("model", str(exc))]) from None
 
 
-def version_number(value: Any, field: str) -> int:
+def version_number(value: Any, field: str, in_body: bool = False) -> int:
+    if in_body and type(value) is not int:  # a path's version is text; a body's is a JSON integer
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid version", [(field, "expected an integer")])
     try:
         return check_version(value)
     except BadNameError as exc:
@@ -128,6 +136,8 @@ def version_number(value: Any, field: str) -> int:
 
 def known_model(name: str) -> None:
     if store().model(name) is None:
+        if name == _packaged_name():
+            raise RegistryConflictError("model", f"{name} is the packaged model: it has one version and no aliases")
         raise RegistryNotFoundError("model", f"no model named {name} in the registry (publish a version first)")
 
 
@@ -171,7 +181,7 @@ def set_alias(name: str, alias: str) -> dict[str, Any]:
     name, alias = model_name(name), _alias(alias)
     data = body()
     known_fields(data, ("version", "canary", "reason"))
-    target = Target(version_number(data.get("version"), "version"), *_canary(data.get("canary")))
+    target = Target(version_number(data.get("version"), "version", in_body=True), *_canary(data.get("canary")))
     if target.canary_version == target.version:
         raise RequestError(
             HTTPStatus.UNPROCESSABLE_ENTITY, "invalid canary", [("canary.version", "differs from version")]
@@ -196,6 +206,7 @@ def rollback(name: str, alias: str) -> dict[str, Any]:
 def delete(name: str, version: str) -> dict[str, Any]:
     who = require_admin()
     name, number = model_name(name), version_number(version, "version")
+    known_model(name)
     deleted = store().delete_version(name, number, who)
     return {"name": name, **deleted.document()}
 
@@ -220,7 +231,7 @@ def _canary(value: Any) -> tuple[int | None, float]:
             "invalid canary",
             [("canary.weight", "a number between 0 and 1, exclusive")],
         )
-    return version_number(value["version"], "canary.version"), float(weight)
+    return version_number(value["version"], "canary.version", in_body=True), float(weight)
 
 
 def _packaged_name() -> str | None:

@@ -23,6 +23,9 @@ import httpx
 from gpr_client import ApiError, PublishFailedError, SurrogateClient
 from gpr_client.client import ADMIN_KEY_VARIABLE, URL_VARIABLE
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # handler, run as a script
+from handler.registry.names import BadNameError, check_alias, check_model_name
+
 LOCAL_URL = "http://127.0.0.1:3000"
 
 
@@ -63,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model.is_file():
         print(f"publish-model: no file {args.model}", file=sys.stderr)
         return 2
+    for check, value, option in ((check_model_name, args.name, "--name"), (check_alias, args.alias, "--alias")):
+        try:  # before anything is published: a version is never made for a promotion that cannot happen
+            check(value)
+        except BadNameError as wrong:
+            print(f"publish-model: {option} {value!r}: {wrong}", file=sys.stderr)
+            return 2
     try:
         with SurrogateClient(args.url, admin_key=args.admin_key, max_attempts=3) as client:
             return publish(args, client)

@@ -70,6 +70,15 @@ def test_a_missing_model_or_manifest_is_a_usage_error(tmp_path: Path, capsys):
     assert "model.manifest.json" in capsys.readouterr().err
 
 
+def test_a_wrong_name_or_alias_is_refused_before_anything_is_published(
+    registry: Registry, plant_model_path: Path, capsys
+):
+    assert publish_model.main([str(plant_model_path), "--name", "plant", "--promote", "--alias", "Beta"]) == 2
+    assert "--alias 'Beta'" in capsys.readouterr().err
+    assert publish_model.main([str(plant_model_path), "--name", "../plant"]) == 2
+    assert registry.store.model_names() == []
+
+
 def fake_venv(folder: Path) -> Path:
     """A virtualenv whose Python only echoes, already set up (so `setup` has nothing to do)."""
     python = folder / "venv" / "bin" / "python"

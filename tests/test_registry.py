@@ -240,20 +240,48 @@ def test_a_pickle_a_misnamed_manifest_or_the_packaged_models_name_is_refused_bef
     assert registry.store.model_names() == []
 
 
-def test_an_upload_that_vanishes_before_the_check_fails_the_version(registry: Registry, tiny_posterior_path: Path):
+def test_a_check_before_the_upload_leaves_the_version_pending_and_an_upload_that_vanishes_fails_it(
+    registry: Registry, tiny_posterior_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     manifest = json.loads(manifest_path_for(tiny_posterior_path).read_text())
     size = tiny_posterior_path.stat().st_size
-    status, _, _created = registry.call(
-        "POST", "/models/tiny/versions", {"manifest": manifest, "size": size}, ADMIN_KEY_ID
+    for _ in range(2):
+        status, _, _ = registry.call(
+            "POST", "/models/tiny/versions", {"manifest": manifest, "size": size}, ADMIN_KEY_ID
+        )
+        assert status == 201
+    # when version 1 is checked before anything was uploaded
+    status, _, refused = registry.call("POST", "/models/tiny/versions/1/check", None, ADMIN_KEY_ID)
+    # then it is refused and stays PENDING, to be checked once uploaded
+    assert status == 409
+    assert refused["details"][0]["field"] == "upload"
+    assert registry.store.version("tiny", 1).state == "PENDING"
+    registry.store.s3.put_object(
+        Bucket=registry.store.bucket, Key=upload_key("tiny", 1), Body=tiny_posterior_path.read_bytes()
     )
-    assert status == 201
-    status, _, checked = registry.call("POST", "/models/tiny/versions/1/check", None, ADMIN_KEY_ID)
+    assert registry.call("POST", "/models/tiny/versions/1/check", None, ADMIN_KEY_ID)[2]["state"] == "READY"
+    # and an upload measured, then gone before it was sealed, fails version 2 for good
+    monkeypatch.setattr(registry.store, "uploaded_size", lambda name, version: (size, '"gone"'))
+    status, _, checked = registry.call("POST", "/models/tiny/versions/2/check", None, ADMIN_KEY_ID)
     assert status == 422
     assert checked["state"] == "FAILED"
-    assert checked["reason"].startswith("the artifact was not uploaded")
-    # and a version is checked once: it stays FAILED
-    status, _, _again = registry.call("POST", "/models/tiny/versions/1/check", None, ADMIN_KEY_ID)
+    assert checked["reason"].startswith("the upload vanished")
+    assert registry.call("POST", "/models/tiny/versions/2/check", None, ADMIN_KEY_ID)[0] == 409
+
+
+def test_a_canary_must_take_the_features_of_the_version_it_shares_an_alias_with(
+    registry: Registry, tiny_posterior_path: Path, plant_model_path: Path
+):
+    registry.publish("mixed", tiny_posterior_path)
+    registry.publish("mixed", plant_model_path)
+    body = {"version": 1, "canary": {"version": 2, "weight": 0.5}}
+    status, _, refused = registry.call("PUT", "/models/mixed/aliases/live", body, ADMIN_KEY_ID)
     assert status == 409
+    assert refused["details"][0]["field"] == "canary.version"
+    assert registry.store.alias("mixed", "live") is None
+    # and each version is still served alone (a new generation of a model may change its features)
+    assert registry.call("PUT", "/models/mixed/aliases/live", {"version": 2}, ADMIN_KEY_ID)[0] == 200
+    assert registry.call("GET", "/models/mixed/manifest")[2]["version"] == "2"
 
 
 def test_a_version_under_an_alias_cannot_be_deleted_and_a_deleted_version_serves_no_more(

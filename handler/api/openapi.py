@@ -1045,8 +1045,8 @@ def _document_registry_writes(docs: APIGatewayRestResolver, errors: dict[int, Op
                 "details": [
                     {
                         "field": "permission",
-                        "message": "this route needs the admin API key (the stack's AdminApiKey output), not a "
-                        "reader's key",
+                        "message": "this route needs the admin API key (deployed: the stack's AdminApiKeyId output; "
+                        "locally: make serve ADMIN_API_KEY=...)",
                     }
                 ],
             },
@@ -1054,7 +1054,8 @@ def _document_registry_writes(docs: APIGatewayRestResolver, errors: dict[int, Op
         404: _model_not_found("version", "park has no version 9"),
         409: _error(
             "The registry's state forbids the write: an alias on a version that is not READY, a delete of a version "
-            "an alias serves, an alias with nothing to roll back to, or the packaged model's name.",
+            "an alias serves, an alias with nothing to roll back to, a check before the upload, a canary whose "
+            "features differ from its version's, or the packaged model's name.",
             {"error": "conflict", "details": [{"field": "version", "message": "park version 3 is FAILED"}]},
         ),
         413: _error(

@@ -36,7 +36,7 @@ class PublishRefusedError(ValueError):
 
 # A failed check's recorded reason: the first whose key words the loader's message holds.
 REASONS = (
-    (("does not exist", "no upload"), "the artifact was not uploaded (PUT it to the upload URL, then check again)"),
+    (("does not exist",), "the upload vanished or changed while it was checked: publish the model again"),
     (("larger than",), "the artifact is larger than its manifest's arrays need"),
     (("checksum", "sha256", "size differs"), "the artifact does not match its manifest's sha256 or size"),
     (("not finite", "overflow"), "the model's predictions across its bounds are not finite"),
@@ -78,6 +78,8 @@ def check_manifest(document: Any, name: str, size: Any) -> tuple[dict[str, Any],
             f"version is at most {MAX_ARTIFACT_BYTES // 2**20} MiB: the prediction function's /tmp holds it while "
             "it loads; a larger model is served as the packaged one)",
         )
+    # Named and numbered as the registry serves it (GET /models/{name}/manifest, V2 metadata, the explorer); what
+    # it was packaged as is kept beside.
     stored = {**document, "name": name, "packaged_as": {"name": manifest.name, "version": manifest.version}}
     return stored, size
 
@@ -97,9 +99,12 @@ def check_version(store: RegistryStore, record: Version, cache_dir: Path) -> Ver
     if record.state != "PENDING":
         raise RegistryConflictError("version", f"{record.name} version {record.version} is {record.state} already")
     uploaded = store.uploaded_size(record.name, record.version)
+    if uploaded is None:  # nothing to check yet: it stays PENDING, to be checked once uploaded
+        raise RegistryConflictError(
+            "upload",
+            f"{record.name} version {record.version} has no upload yet: PUT the artifact to its upload URL, then check",
+        )
     try:
-        if uploaded is None:
-            raise ModelUnavailableError("no upload")
         size, etag = uploaded
         if size != record.size:
             raise ModelUnavailableError(f"size differs: uploaded {size} bytes, declared {record.size}")
@@ -113,8 +118,12 @@ def check_version(store: RegistryStore, record: Version, cache_dir: Path) -> Ver
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     except ModelUnavailableError as exc:
+        # The reason in the message too: a runtime's plain log format drops `extra`.
         logger.error(
-            "published version failed its check",
+            "published version %s/%s failed its check: %s",
+            record.name,
+            record.version,
+            exc,
             extra={"model": f"{record.name}/{record.version}", "reason": str(exc)},
         )
         return store.settle(record.name, record.version, "FAILED", failure_reason(str(exc)))

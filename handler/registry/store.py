@@ -237,7 +237,7 @@ class RegistryStore:
     # --- publishing --------------------------------------------------------------------------------------------
 
     def new_version(self, name: str, manifest: dict[str, Any], size: int, by: str) -> Version:
-        """A PENDING version with the next number, its manifest stored at its immutable key."""
+        """A PENDING version with the next number (its manifest's `version`), recorded with its manifest."""
         now = self.clock()
         counter = self._call(
             lambda: self.table.update_item(
@@ -251,6 +251,7 @@ class RegistryStore:
         )
         # Numbers are unique and increasing; a publish that fails after this leaves a gap, never a reused number.
         number = int(counter["Attributes"]["latest"])
+        manifest = {**manifest, "version": str(number)}  # served as `name/number`: its manifest says so too
         version = Version(name, number, "PENDING", manifest["sha256"], size, manifest, by, now)
         self._call(
             lambda: self.table.put_item(Item=_version_item(version), ConditionExpression="attribute_not_exists(pk)"),
@@ -348,8 +349,16 @@ class RegistryStore:
                 new, action = Target.from_item(before), "rollback"
             else:
                 new = target
-            for number in new.versions():
-                self._servable(name, number)
+            records = [
+                self._servable(name, number, field)
+                for number, field in zip(new.versions(), ("version", "canary.version"), strict=False)
+            ]
+            if len(records) == 2 and _signature(records[0]) != _signature(records[1]):
+                raise RegistryConflictError(
+                    "canary.version",
+                    f"{name} versions {new.version} and {new.canary_version} take different features or give different "
+                    "outputs: one alias's requests must suit both",
+                )
             revision = (current.revision if current else 0) + 1
             try:
                 self._transact(name, alias, new, revision, current, by, reason, action)
@@ -358,12 +367,13 @@ class RegistryStore:
             return Alias(name, alias, new, revision, self.clock(), by)
         raise RegistryUnavailableError(f"{name}@{alias} kept moving under this request; try again")
 
-    def _servable(self, name: str, version: int) -> None:
+    def _servable(self, name: str, version: int, field: str = "version") -> Version:
         record = self.version(name, version)
         if record is None:
-            raise RegistryNotFoundError("version", f"{name} has no version {version}")
+            raise RegistryNotFoundError(field, f"{name} has no version {version}")
         if record.state != SERVABLE:
-            raise RegistryConflictError("version", f"{name} version {version} is {record.state}, not READY")
+            raise RegistryConflictError(field, f"{name} version {version} is {record.state}, not READY")
+        return record
 
     def _move(self, name: str, alias: str, revision: int) -> dict[str, Any]:
         key = {"pk": _model_pk(name), "sk": _history_sk(alias, revision)}
@@ -471,6 +481,10 @@ class RegistryStore:
                 raise RegistryConflictError("version", f"{name} changed while version {version} was deleted") from exc
             raise RegistryUnavailableError(f"registry write: {_code(exc) or type(exc).__name__}") from exc
         return Version(**{**record.__dict__, "state": "DELETED"})
+
+
+def _signature(record: Version) -> tuple[Any, Any]:
+    return record.manifest.get("features"), record.manifest.get("outputs")
 
 
 def _version_item(version: Version) -> dict[str, Any]:

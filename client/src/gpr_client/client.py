@@ -51,7 +51,8 @@ class ApiError(Exception):
     def __init__(self, status: int, body: Any) -> None:
         self.status = status
         self.body = body
-        self.error = body.get("error", "") if isinstance(body, dict) else str(body)[:200]
+        # API Gateway's own refusals (403 without a key, 429) say {"message": ...}; the service's say {"error": ...}
+        self.error = (body.get("error") or body.get("message") or "") if isinstance(body, dict) else str(body)[:200]
         self.details: list[dict[str, str]] = body.get("details", []) if isinstance(body, dict) else []
         said = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in self.details[:5])
         super().__init__(f"HTTP {status}: {self.error}" + (f" ({said})" if said else ""))
@@ -147,7 +148,11 @@ class SurrogateClient:
         if not base_url:
             raise ValueError(f"give base_url or set {URL_VARIABLE}")
         api_key = api_key if api_key is not None else os.environ.get(KEY_VARIABLE)
-        headers = {"x-api-key": api_key} if api_key else {}
+        self._admin_key = admin_key if admin_key is not None else os.environ.get(ADMIN_KEY_VARIABLE)
+        # The admin key is an API key too (deployed, in a usage plan of its own): an admin's client with no reader's
+        # key reads with it as well.
+        key = api_key if api_key else self._admin_key
+        headers = {"x-api-key": key} if key else {}
         limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, limits=limits, transport=transport
@@ -160,7 +165,6 @@ class SurrogateClient:
         self._model: ModelInfo | None = None
         self._training: TrainingData | None = None
         self._prefix = _model_prefix(model, version)
-        self._admin_key = admin_key if admin_key is not None else os.environ.get(ADMIN_KEY_VARIABLE)
         self.last_model_version: str | None = None
 
     def __enter__(self) -> SurrogateClient:
