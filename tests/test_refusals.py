@@ -182,9 +182,11 @@ def test_sample_reads_only_what_its_largest_request_needs(app_with_model):
 
     largest = {"points": [dict.fromkeys(FEATURES, 0.12345678901234567)] * SAMPLE_MAX_POINTS, "samples": 200}
     text = json.dumps(largest, indent=8)
-    limit = app_with_model.sample_limits(FEATURES).max_bytes
+    from handler.api import predictions
+
+    limit = predictions.sample_limits(FEATURES).max_bytes
     # then it fits /sample's limit, which is a fraction of /predict's
-    assert len(text) <= limit < app_with_model.request_parser(FEATURES).max_body_bytes / 5
+    assert len(text) <= limit < predictions.request_parser(FEATURES).max_body_bytes / 5
     response = app_with_model.lambda_handler(api_event(path="/sample", raw_body=text), lambda_context())
     assert response["statusCode"] == 200, response["body"][:300]
     # and a body beyond it is a 413
