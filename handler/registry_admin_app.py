@@ -37,6 +37,7 @@ from handler.registry.store import (
 
 MAX_BODY_BYTES = 1_200_000  # a manifest (1 MB at most) and a few fields
 MAX_REASON_CHARS = 500
+MIN_CANARY_WEIGHT = 1e-6
 
 settings = load_settings()
 logger = Logger()
@@ -148,7 +149,7 @@ def publish(name: str) -> Response:
     data = body()
     known_fields(data, ("manifest", "size"))
     packaged = _packaged_name()
-    if name == packaged:
+    if packaged is not None and name.casefold() == packaged.casefold():
         raise RegistryConflictError("model", f"{name} is the packaged model's name: publish under another name")
     manifest, size = check_manifest(data.get("manifest"), name, data.get("size"))
     record = store().new_version(name, manifest, size, who)
@@ -225,12 +226,10 @@ def _canary(value: Any) -> tuple[int | None, float]:
         message = 'expected {"version": V, "weight": W} with 0 < W < 1'
         raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid canary", [("canary", message)])
     weight = value["weight"]
-    if type(weight) not in (int, float) or not 0 < weight < 1:
-        raise RequestError(
-            HTTPStatus.UNPROCESSABLE_ENTITY,
-            "invalid canary",
-            [("canary.weight", "a number between 0 and 1, exclusive")],
-        )
+    # from one request in a million to all but one: a weight DynamoDB's numbers and a reader both can hold
+    if type(weight) not in (int, float) or not MIN_CANARY_WEIGHT <= weight <= 1 - MIN_CANARY_WEIGHT:
+        message = f"a number from {MIN_CANARY_WEIGHT:g} to {1 - MIN_CANARY_WEIGHT}"
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid canary", [("canary.weight", message)])
     return version_number(value["version"], "canary.version", in_body=True), float(weight)
 
 

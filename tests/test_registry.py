@@ -177,6 +177,7 @@ def test_two_concurrent_publishes_get_two_versions_and_two_concurrent_moves_are_
     assert (first.version, second[0].version) == (1, 2)
     assert sorted((v.version, v.published_by) for v in registry.store.versions("tiny")) == [(1, "a"), (2, "b")]
     for version in (1, 2):  # (ready to serve: the check is another test's)
+        registry.store.claim("tiny", version)
         registry.store.settle("tiny", version, "READY")
     # when two admins move live at once (one read the alias before the other's move landed)
     registry.store.move_alias("tiny", "live", Target(1), "a", None)

@@ -53,7 +53,16 @@ def parse_ref(name: str, version: str | None = None) -> ModelRef:
     try:
         return ModelRef.parse(name, version)
     except BadNameError as exc:
-        raise RequestError(HTTPStatus.NOT_FOUND, "model not found", [("model", str(exc))]) from None
+        field = "version" if version is not None and _valid_name(name) else "model"
+        raise RequestError(HTTPStatus.NOT_FOUND, f"{field} not found", [(field, str(exc))]) from None
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        ModelRef.parse(name)
+    except BadNameError:
+        return False
+    return True
 
 
 def serve(ref: ModelRef | None, route: Callable[[], Any]) -> Any:

@@ -16,10 +16,18 @@ from handler.api.parsing import BodyLimits, decode_body, load_body
 from handler.api.services import Services
 from handler.gp.artifact import ModelUnavailableError
 from handler.registry.names import DEFAULT_ALIAS
+from handler.registry.store import Target
 
 router = Router()
 _services: Services | None = None
-VERSIONS_SHOWN = 100
+VERSIONS_SHOWN = 50
+# The registry's states as the protocol's (READY, UNAVAILABLE, LOADING), with why
+INDEX_STATES = {
+    "READY": ("READY", ""),
+    "PENDING": ("UNAVAILABLE", "published; waiting for its upload and check"),
+    "CHECKING": ("LOADING", "being checked"),
+    "FAILED": ("UNAVAILABLE", "its check failed"),
+}
 # {"ready": true}, generously: what the body may hold before it is refused as not that (400), rather than as too large
 INDEX_REQUEST_LIMITS = BodyLimits(max_bytes=64 * 1024, max_containers=1000, max_members=1000)
 
@@ -50,15 +58,16 @@ def list_models() -> dict[str, Any]:
     if (packaged := _packaged_entry()) is not None:
         models.append(packaged)
     if resolver().configured:
-        store = resolver().store
-        for name in store.model_names():
-            record = store.model(name) or {}
-            aliases = {a.alias: a.target.document() for a in store.aliases(name)}
+        for item in resolver().store.models():  # one query: each model's item holds its aliases' targets
+            name = str(item["sk"])
+            aliases = {
+                alias: Target.from_item(target).document() for alias, target in (item.get("aliases") or {}).items()
+            }
             models.append(
                 {
                     "name": name,
                     "source": "registry",
-                    "latest_version": int(record.get("latest", 0)),
+                    "latest_version": int(item.get("latest", 0)),
                     "aliases": aliases,
                     "url": f"/models/{name}",
                 }
@@ -69,6 +78,12 @@ def list_models() -> dict[str, Any]:
 @router.get("/models/<name>")
 def describe_model(name: str) -> dict[str, Any]:
     ref = parse_ref(name)
+    if ref.alias is not None:
+        raise RequestError(
+            HTTPStatus.NOT_FOUND,
+            "model not found",
+            [("model", f"describe the model by its name alone: /models/{ref.name}")],
+        )
     store = resolver().store if resolver().configured else None
     if store is None or store.model(ref.name) is None:
         packaged = _packaged_entry()
@@ -76,13 +91,19 @@ def describe_model(name: str) -> dict[str, Any]:
             return {**packaged, "versions": [], "history": []}
         resolver().resolve(ref)  # raises the 404 that names the models there are
     assert store is not None
+    aliases = store.aliases(ref.name)
+    versions = store.versions(ref.name, VERSIONS_SHOWN)
+    # the versions the aliases serve are shown even when newer ones (say, never uploaded) outnumber them
+    shown = {v.version for v in versions}
+    for number in sorted({n for a in aliases for n in a.target.versions()} - shown, reverse=True):
+        if (record := store.version(ref.name, number)) is not None:
+            versions.append(record)
     return {
         "name": ref.name,
         "source": "registry",
-        "versions": [v.document() for v in store.versions(ref.name, VERSIONS_SHOWN)],
+        "versions": [v.document() for v in sorted(versions, key=lambda v: v.version, reverse=True)],
         "aliases": {
-            a.alias: {**a.target.document(), "revision": a.revision, "updated_by": a.updated_by}
-            for a in store.aliases(ref.name)
+            a.alias: {**a.target.document(), "revision": a.revision, "updated_by": a.updated_by} for a in aliases
         },
         "history": store.history(ref.name),
     }
@@ -108,14 +129,13 @@ def repository_index() -> list[dict[str, Any]]:
         index.append({"name": "", "version": "", "state": "UNAVAILABLE", "reason": "the packaged model is unavailable"})
     if resolver().configured:
         store = resolver().store
-        for name in store.model_names():
-            for version in store.versions(name, VERSIONS_SHOWN):
-                if version.state == "DELETED":
+        for name in store.model_names():  # at most MAX_MODELS, one small query each
+            for number, stored, failure in store.version_states(name):
+                if stored == "DELETED" or (ready_only and stored != "READY"):
                     continue
-                state = {"READY": "READY", "PENDING": "LOADING"}.get(version.state, "UNAVAILABLE")
-                index.append(
-                    {"name": name, "version": str(version.version), "state": state, "reason": version.reason or ""}
-                )
+                state, reason = INDEX_STATES[stored]
+                reason = failure or reason
+                index.append({"name": name, "version": str(number), "state": state, "reason": reason})
     return [entry for entry in index if entry["state"] == "READY"] if ready_only else index
 
 

@@ -52,14 +52,14 @@ class ModelRef:
         """`name` or `name@alias` (a path segment, `@` possibly sent as %40), and a path's version if any."""
         if not isinstance(text, str) or len(text) > MAX_REF_CHARS:
             raise BadNameError(f"a model is addressed as name or name@alias ({MAX_REF_CHARS} characters at most)")
-        text = text.replace("%40", "@")
-        name, _, alias = text.partition("@")
+        # API Gateway has decoded the path once (%40 is @ here); nothing is decoded twice
+        name, at, alias = text.partition("@")
         check_model_name(name)
         if version is not None:
-            if alias:
+            if at:
                 raise BadNameError("address a model by name@alias or by a version, not both")
             return cls(name, version=check_version(version))
-        return cls(name, alias=check_alias(alias) if alias else None)
+        return cls(name, alias=check_alias(alias) if at else None)
 
     def describe(self) -> str:
         if self.version is not None:

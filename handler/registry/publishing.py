@@ -15,15 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from handler.gp import posterior_file
-from handler.gp.artifact import MAX_MANIFEST_BYTES, Manifest, ModelUnavailableError, S3Artifact, read_manifest
+from handler.gp.artifact import MAX_MANIFEST_BYTES, Manifest, ModelUnavailableError, PackagedArtifact, read_manifest
 from handler.gp.model import load_model
-from handler.registry.store import RegistryConflictError, RegistryStore, Version, artifact_key
+from handler.registry.store import RegistryConflictError, RegistryStore, Version
 
 logger = logging.getLogger(__name__)
 
 # The prediction function downloads a version into /tmp before loading it (then removes it): 512 MiB there, which
 # SnapStart does not let grow. A version is at most this, leaving room for the download's own temporary file.
 MAX_ARTIFACT_BYTES = 448 * 2**20
+# A version's record is one DynamoDB item (400 KB at most) holding its manifest; GET /models/{name} answers 50 of them
+# within Lambda's 6 MB, so what each shows of its manifest is bounded too.
+MAX_STORED_MANIFEST_BYTES = 300_000
+MAX_DESCRIPTION_CHARS = 2_000
+MAX_METRICS_BYTES = 16_384
 
 
 class PublishRefusedError(ValueError):
@@ -64,6 +69,17 @@ def check_manifest(document: Any, name: str, size: Any) -> tuple[dict[str, Any],
         manifest = read_manifest(text, "sent")
     except ModelUnavailableError as exc:
         raise PublishRefusedError("manifest", str(exc)[:300]) from None
+    for field, limit in (("description", MAX_DESCRIPTION_CHARS), ("source", MAX_DESCRIPTION_CHARS)):
+        value = document.get(field)
+        if value is not None and len(json.dumps(value)) > limit:
+            raise PublishRefusedError(f"manifest.{field}", f"at most {limit} characters in the registry")
+    for field in ("holdout", "leave_one_out"):
+        if len(json.dumps(document.get(field))) > MAX_METRICS_BYTES:
+            raise PublishRefusedError(f"manifest.{field}", f"at most {MAX_METRICS_BYTES} bytes of metrics")
+    if len(text) > MAX_STORED_MANIFEST_BYTES:
+        raise PublishRefusedError(
+            "manifest", f"the registry keeps manifests of at most {MAX_STORED_MANIFEST_BYTES} bytes (a DynamoDB item)"
+        )
     if manifest.format != posterior_file.FORMAT:
         raise PublishRefusedError(
             "manifest",
@@ -95,8 +111,12 @@ def _largest_bytes(manifest: Manifest) -> int:
 
 
 def check_version(store: RegistryStore, record: Version, cache_dir: Path) -> Version:
-    """The loader's checks on the uploaded artifact: READY, or FAILED with a fixed reason (the detail is logged)."""
-    if record.state != "PENDING":
+    """The loader's checks on the uploaded artifact: READY, or FAILED with a fixed reason (the detail is logged).
+
+    One check at a time holds the version (CHECKING); S3 or DynamoDB failing on the way is no verdict on the model:
+    the version goes back to PENDING and the caller is told to try again (RegistryUnavailableError, a 503).
+    """
+    if record.state not in ("PENDING", "CHECKING"):
         raise RegistryConflictError("version", f"{record.name} version {record.version} is {record.state} already")
     uploaded = store.uploaded_size(record.name, record.version)
     if uploaded is None:  # nothing to check yet: it stays PENDING, to be checked once uploaded
@@ -104,30 +124,47 @@ def check_version(store: RegistryStore, record: Version, cache_dir: Path) -> Ver
             "upload",
             f"{record.name} version {record.version} has no upload yet: PUT the artifact to its upload URL, then check",
         )
+    store.claim(record.name, record.version)
     try:
-        size, etag = uploaded
-        if size != record.size:
-            raise ModelUnavailableError(f"size differs: uploaded {size} bytes, declared {record.size}")
-        store.seal_upload(record.name, record.version, etag)
-        store.put_manifest(record)
-        folder = Path(tempfile.mkdtemp(prefix="check-", dir=_existing(cache_dir)))
-        try:
-            source = S3Artifact(f"s3://{store.bucket}/{artifact_key(record.name, record.version)}", folder, store.s3)
-            manifest = read_manifest(json.dumps(record.manifest).encode(), "stored")
-            load_model(source, manifest)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    except ModelUnavailableError as exc:
+        verdict = _verdict(store, record, uploaded, cache_dir)
+    except BaseException:
+        store.release(record.name, record.version)
+        raise
+    if verdict is not None:
         # The reason in the message too: a runtime's plain log format drops `extra`.
         logger.error(
             "published version %s/%s failed its check: %s",
             record.name,
             record.version,
-            exc,
-            extra={"model": f"{record.name}/{record.version}", "reason": str(exc)},
+            verdict,
+            extra={"model": f"{record.name}/{record.version}", "reason": verdict},
         )
-        return store.settle(record.name, record.version, "FAILED", failure_reason(str(exc)))
+        return store.settle(record.name, record.version, "FAILED", failure_reason(verdict))
     return store.settle(record.name, record.version, "READY")
+
+
+def _verdict(store: RegistryStore, record: Version, uploaded: tuple[int, str], cache_dir: Path) -> str | None:
+    """Why the upload is not the model its manifest describes, or None when it is; AWS failures raise."""
+    size, etag = uploaded
+    if size != record.size:
+        return f"size differs: uploaded {size} bytes, declared {record.size}"
+    try:
+        store.seal_upload(record.name, record.version, etag)
+    except ModelUnavailableError as exc:  # the upload vanished or changed since it was measured
+        return str(exc)
+    store.put_manifest(record)
+    folder = Path(tempfile.mkdtemp(prefix="check-", dir=_existing(cache_dir)))
+    try:
+        path = folder / "model.npz"
+        store.download_artifact(record.name, record.version, path)  # S3's faults and a full disk: raised
+        manifest = read_manifest(json.dumps(record.manifest).encode(), "stored")
+        try:
+            load_model(PackagedArtifact(path), manifest)
+        except ModelUnavailableError as exc:
+            return str(exc)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _existing(folder: Path) -> Path:

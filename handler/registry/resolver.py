@@ -147,17 +147,20 @@ class ModelResolver:
         shown = ", ".join(names[:NAMES_SHOWN]) + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > 20 else "")
         raise RegistryNotFoundError("model", f"no model named {ref.name} (models: {shown})")
 
+    def ready_versions(self, name: str) -> list[int]:
+        """The READY versions, newest first (one small query, read again at most every ALIAS_TTL_S)."""
+        states = self.reads.get(("states", name), lambda: self.store.version_states(name))
+        return [version for version, state, _ in states if state == SERVABLE]
+
     def model_names(self) -> list[str]:
         return list(self.reads.get(("names",), self.store.model_names))
 
     def _version(self, name: str, version: int, chosen_by: str) -> ServedModel:
         record: Version | None = self.reads.get(("version", name, version), lambda: self.store.version(name, version))
         if record is None or record.state != SERVABLE:
-            ready = [v.version for v in self.store.versions(name, limit=50) if v.state == SERVABLE]
+            ready = self.ready_versions(name)
             state = "does not exist" if record is None else f"is {record.state}"
-            raise RegistryNotFoundError(
-                "version", f"{name} version {version} {state} (READY: {', '.join(map(str, ready)) or 'none'})"
-            )
+            raise RegistryNotFoundError("version", f"{name} version {version} {state} (READY: {_listed(ready)})")
         manifest = _manifest_of(record)
         lazy = self.versions.get(name, version, manifest)
         return ServedModel(name, str(version), lazy, "registry", chosen_by)
@@ -169,6 +172,13 @@ class ModelResolver:
 
     def _discard(self, name: str, version: int) -> None:
         shutil.rmtree(self.cache_dir / name / str(version), ignore_errors=True)
+
+
+def _listed(versions: list[int], shown: int = 20) -> str:
+    if not versions:
+        return "none"
+    more = f" and {len(versions) - shown} older" if len(versions) > shown else ""
+    return ", ".join(map(str, versions[:shown])) + more
 
 
 class _DownloadOnce(LazyModel):

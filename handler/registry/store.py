@@ -18,17 +18,23 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from handler.gp.artifact import ModelUnavailableError
 from handler.registry.names import DEFAULT_ALIAS
 
-STATES = ("PENDING", "READY", "FAILED", "DELETED")
+STATES = ("PENDING", "CHECKING", "READY", "FAILED", "DELETED")
 SERVABLE = "READY"
 URL_EXPIRY_S = 3600
 HISTORY_LIMIT = 200  # moves shown per model (newest first)
-MAX_MODELS_LISTED = 1000
 MOVE_ATTEMPTS = 5  # an alias move read at a stale revision is read again and retried
+# Bounds that keep every read of the registry within one request's budget: GET /models and the repository index
+# read one item per model and one query per model; a model's versions and aliases are each one query.
+MAX_MODELS = 200
+MAX_VERSIONS = 1000  # version numbers per model, whatever their state
+MAX_ALIASES = 20
+CHECK_LEASE_S = 120  # a check claims its version this long (the admin function's timeout is 60 s)
 
 
 class RegistryUnavailableError(RuntimeError):
@@ -108,6 +114,7 @@ class Alias:
     revision: int
     updated_at: float
     updated_by: str
+    previous: Target | None = None  # what it served before its last move: where a rollback goes
 
 
 @dataclass(frozen=True)
@@ -156,8 +163,9 @@ def _alias_sk(alias: str) -> str:
     return f"ALIAS#{alias}"
 
 
-def _history_sk(alias: str, revision: int) -> str:
-    return f"HISTORY#{alias}#{revision:010d}"
+def _history_sk(at: float, alias: str, revision: int) -> str:
+    """Time first, so that a model's newest moves are the first read, whichever alias moved."""
+    return f"HISTORY#{int(at * 1000):015d}#{alias}#{revision:010d}"
 
 
 def _aws_errors() -> tuple[type[BaseException], ...]:
@@ -188,13 +196,16 @@ class RegistryStore:
         except _aws_errors() as exc:
             raise RegistryUnavailableError(f"{what}: {_code(exc) or type(exc).__name__}") from exc
 
-    def _query(self, pk: str, prefix: str, limit: int, newest_first: bool = False) -> list[dict[str, Any]]:
+    def _query(
+        self, pk: str, prefix: str, limit: int, newest_first: bool = False, **extra: Any
+    ) -> list[dict[str, Any]]:
         from boto3.dynamodb.conditions import Key
 
         items: list[dict[str, Any]] = []
         arguments: dict[str, Any] = {
             "KeyConditionExpression": Key("pk").eq(pk) & Key("sk").begins_with(prefix) if prefix else Key("pk").eq(pk),
             "ScanIndexForward": not newest_first,
+            **extra,
         }
         while len(items) < limit:
             arguments["Limit"] = limit - len(items)
@@ -206,7 +217,20 @@ class RegistryStore:
         return items
 
     def model_names(self) -> list[str]:
-        return [str(item["sk"]) for item in self._query("MODELS", "", MAX_MODELS_LISTED)]
+        return [str(item["sk"]) for item in self._query("MODELS", "", MAX_MODELS)]
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model's item: its last version number and its aliases' targets (kept there by each move)."""
+        return self._query("MODELS", "", MAX_MODELS)
+
+    def version_states(self, name: str) -> list[tuple[int, str, str | None]]:
+        """(version, state, reason) of every version, newest first: one query of small items, whatever the manifests."""
+        names = {"#version": "version", "#state": "state", "#reason": "reason"}
+        items = self._query(
+            _model_pk(name), "VERSION#", MAX_VERSIONS, newest_first=True,
+            ProjectionExpression="#version, #state, #reason", ExpressionAttributeNames=names,
+        )  # fmt: skip
+        return [(int(item["version"]), str(item["state"]), item.get("reason")) for item in items]
 
     def model(self, name: str) -> dict[str, Any] | None:
         key = {"pk": "MODELS", "sk": name}
@@ -227,28 +251,34 @@ class RegistryStore:
         return None if item is None else _alias_from_item(name, item)
 
     def aliases(self, name: str) -> list[Alias]:
-        return [_alias_from_item(name, item) for item in self._query(_model_pk(name), "ALIAS#", 100)]
+        return [_alias_from_item(name, item) for item in self._query(_model_pk(name), "ALIAS#", MAX_ALIASES + 1)]
 
     def history(self, name: str, limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
-        items = self._query(_model_pk(name), "HISTORY#", 10 * limit)
-        moves = sorted((_move_document(item) for item in items), key=lambda m: (m["at"], m["revision"]), reverse=True)
-        return moves[:limit]
+        """The newest moves of every alias of the model, newest first."""
+        return [_move_document(item) for item in self._query(_model_pk(name), "HISTORY#", limit, newest_first=True)]
 
     # --- publishing --------------------------------------------------------------------------------------------
 
     def new_version(self, name: str, manifest: dict[str, Any], size: int, by: str) -> Version:
         """A PENDING version with the next number (its manifest's `version`), recorded with its manifest."""
         now = self.clock()
-        counter = self._call(
-            lambda: self.table.update_item(
+        if self.model(name) is None and len(self.model_names()) >= MAX_MODELS:
+            raise RegistryConflictError("model", f"the registry holds {MAX_MODELS} models, its most: reuse a name")
+        try:
+            counter = self.table.update_item(
                 Key={"pk": "MODELS", "sk": name},
                 UpdateExpression="ADD latest :one SET created_at = if_not_exists(created_at, :now), "
-                "created_by = if_not_exists(created_by, :by)",
-                ExpressionAttributeValues={":one": 1, ":now": int(now), ":by": by},
+                "created_by = if_not_exists(created_by, :by), aliases = if_not_exists(aliases, :none)",
+                ConditionExpression="attribute_not_exists(latest) OR latest < :most",
+                ExpressionAttributeValues={":one": 1, ":now": int(now), ":by": by, ":most": MAX_VERSIONS, ":none": {}},
                 ReturnValues="UPDATED_NEW",
-            ),
-            "registry write",
-        )
+            )
+        except _aws_errors() as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                raise RegistryConflictError(
+                    "model", f"{name} has had {MAX_VERSIONS} versions, its most: publish under a new name"
+                ) from exc
+            raise RegistryUnavailableError(f"registry write: {_code(exc) or type(exc).__name__}") from exc
         # Numbers are unique and increasing; a publish that fails after this leaves a gap, never a reused number.
         number = int(counter["Attributes"]["latest"])
         manifest = {**manifest, "version": str(number)}  # served as `name/number`: its manifest says so too
@@ -300,6 +330,14 @@ class RegistryStore:
                 ) from exc
             raise RegistryUnavailableError(f"registry artifact copy: {_code(exc) or type(exc).__name__}") from exc
 
+    def download_artifact(self, name: str, version: int, path: Path) -> None:
+        """The sealed artifact to `path` (the check's copy); S3 failing and a full disk: RegistryUnavailableError."""
+        transient: tuple[type[BaseException], ...] = (*_aws_errors(), OSError)
+        try:
+            self.s3.download_file(self.bucket, artifact_key(name, version), str(path))
+        except transient as exc:
+            raise RegistryUnavailableError(f"registry artifact download: {_code(exc) or type(exc).__name__}") from exc
+
     def put_manifest(self, record: Version) -> None:
         """The manifest beside the sealed artifact, where the loader reads it (written by the check, once)."""
         text = json.dumps(record.manifest, indent=2).encode()
@@ -313,9 +351,47 @@ class RegistryStore:
             "registry artifact write",
         )
 
+    def claim(self, name: str, version: int) -> None:
+        """PENDING -> CHECKING, by one check at a time (a check that died leaves a lease that expires)."""
+        now = self.clock()
+        try:
+            self.table.update_item(
+                Key={"pk": _model_pk(name), "sk": _version_sk(version)},
+                UpdateExpression="SET #state = :checking, claimed_at = :now",
+                ConditionExpression="#state = :pending OR (#state = :checking AND claimed_at < :stale)",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={
+                    ":checking": "CHECKING",
+                    ":pending": "PENDING",
+                    ":now": int(now),
+                    ":stale": int(now - CHECK_LEASE_S),
+                },
+            )
+        except _aws_errors() as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                record = self.version(name, version)
+                state = record.state if record else "gone"
+                raise RegistryConflictError(
+                    "version", f"{name} version {version} is {state}: not checked again"
+                ) from exc
+            raise RegistryUnavailableError(f"registry write: {_code(exc) or type(exc).__name__}") from exc
+
+    def release(self, name: str, version: int) -> None:
+        """CHECKING -> PENDING: the check could not finish (S3 or DynamoDB failed); it may be checked again."""
+        try:
+            self.table.update_item(
+                Key={"pk": _model_pk(name), "sk": _version_sk(version)},
+                UpdateExpression="SET #state = :pending",
+                ConditionExpression="#state = :checking",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={":pending": "PENDING", ":checking": "CHECKING"},
+            )
+        except _aws_errors():
+            pass  # the lease expires: a later check claims it
+
     def settle(self, name: str, version: int, state: str, reason: str | None = None) -> Version:
-        """A PENDING version becomes READY or FAILED, once."""
-        values: dict[str, Any] = {":state": state, ":pending": "PENDING", ":reason": reason}
+        """A CHECKING version becomes READY or FAILED, once."""
+        values: dict[str, Any] = {":state": state, ":pending": "CHECKING", ":reason": reason}
         try:
             answer = self.table.update_item(
                 Key={"pk": _model_pk(name), "sk": _version_sk(version)},
@@ -341,14 +417,15 @@ class RegistryStore:
             if target is None:
                 if current is None:
                     raise RegistryNotFoundError("alias", f"{name} has no alias {alias!r} to roll back")
-                before = self._move(name, alias, current.revision).get("from")
-                if before is None:
+                if current.previous is None:
                     raise RegistryConflictError(
                         "alias", f"{name}@{alias} has served only {current.target.version}: nothing to roll back to"
                     )
-                new, action = Target.from_item(before), "rollback"
+                new, action = current.previous, "rollback"
             else:
                 new = target
+                if current is None and len(self.aliases(name)) >= MAX_ALIASES:
+                    raise RegistryConflictError("alias", f"{name} has {MAX_ALIASES} aliases, its most: move one")
             records = [
                 self._servable(name, number, field)
                 for number, field in zip(new.versions(), ("version", "canary.version"), strict=False)
@@ -375,11 +452,6 @@ class RegistryStore:
             raise RegistryConflictError(field, f"{name} version {version} is {record.state}, not READY")
         return record
 
-    def _move(self, name: str, alias: str, revision: int) -> dict[str, Any]:
-        key = {"pk": _model_pk(name), "sk": _history_sk(alias, revision)}
-        item = self._call(lambda: self.table.get_item(Key=key, ConsistentRead=True), "registry read").get("Item")
-        return item or {}
-
     def _transact(
         self,
         name: str,
@@ -395,9 +467,11 @@ class RegistryStore:
         alias_item = {
             "pk": _model_pk(name), "sk": _alias_sk(alias), **new.item(), "revision": revision,
             "updated_at": int(now), "updated_by": by,
+            # what it served before this move: where a rollback goes
+            "previous": current.target.item() if current else None,
         }  # fmt: skip
         history_item = {
-            "pk": _model_pk(name), "sk": _history_sk(alias, revision), "alias": alias, "revision": revision,
+            "pk": _model_pk(name), "sk": _history_sk(now, alias, revision), "alias": alias, "revision": revision,
             "action": action, "from": current.target.item() if current else None, "to": new.item(), "by": by,
             "at": int(now), "reason": reason,
         }  # fmt: skip
@@ -427,6 +501,16 @@ class RegistryStore:
                             "TableName": self.table.name,
                             "Item": history_item,
                             "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    {  # GET /models reads every model's aliases from its one item
+                        "Update": {
+                            "TableName": self.table.name,
+                            "Key": {"pk": "MODELS", "sk": name},
+                            "UpdateExpression": "SET aliases.#alias = :target",
+                            "ConditionExpression": "attribute_exists(aliases)",
+                            "ExpressionAttributeNames": {"#alias": alias},
+                            "ExpressionAttributeValues": {":target": new.item()},
                         }
                     },
                     *ready,
@@ -475,7 +559,7 @@ class RegistryStore:
             }
         }
         try:
-            self.table.meta.client.transact_write_items(TransactItems=[update, *unchanged][:100])
+            self.table.meta.client.transact_write_items(TransactItems=[update, *unchanged])  # MAX_ALIASES + 1 <= 100
         except _aws_errors() as exc:
             if _code(exc) == "TransactionCanceledException":
                 raise RegistryConflictError("version", f"{name} changed while version {version} was deleted") from exc
@@ -517,6 +601,7 @@ def _version_from_item(item: dict[str, Any]) -> Version:
 
 
 def _alias_from_item(name: str, item: dict[str, Any]) -> Alias:
+    previous = item.get("previous")
     return Alias(
         name,
         str(item["sk"]).removeprefix("ALIAS#"),
@@ -524,6 +609,7 @@ def _alias_from_item(name: str, item: dict[str, Any]) -> Alias:
         int(item["revision"]),
         float(item.get("updated_at", 0)),
         str(item.get("updated_by", "")),
+        None if previous is None else Target.from_item(previous),
     )
 
 

@@ -620,10 +620,34 @@ class SurrogateClient:
             return dict(self._request("POST", created["check"], headers=headers).json())
         except ApiError as refused:
             body = refused.body if isinstance(refused.body, dict) else {}
+            if refused.status == 409 and not any(d.get("field") == "upload" for d in refused.details):
+                # This client's own retry (API Gateway's 504 after 29 s) found the first check done, or running
+                return self._checked(name, int(created["version"]))
             if refused.status != 422 or body.get("state") != "FAILED":
                 raise
             reason = str(body.get("reason") or "no reason given")
             raise PublishFailedError(name, int(created["version"]), reason) from None
+
+    def _checked(self, name: str, version: int, timeout_s: float = 120.0) -> dict[str, Any]:
+        """The version's record once its check has ended (READY), as GET /models/{name} lists it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            listed = self.model_versions(name).get("versions", [])
+            record = next((v for v in listed if v.get("version") == version), None)
+            state = record.get("state") if record else None
+            if state == "READY":
+                return dict(record)  # type: ignore[arg-type]
+            if state == "FAILED":
+                raise PublishFailedError(name, version, str(record.get("reason") or "no reason given"))  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                raise ApiError(
+                    409,
+                    {
+                        "error": "check not finished",
+                        "details": [{"field": "version", "message": f"{name} version {version} is {state}"}],
+                    },
+                )
+            time.sleep(1.0)
 
     def promote(
         self,
