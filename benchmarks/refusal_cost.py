@@ -43,11 +43,13 @@ os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ.pop("AWS_ENDPOINT_URL", None)
 from tests.events import api_event, lambda_context
 from handler import app
+from handler.api import predictions
+from handler.api.limits import SAMPLE_MAX_POINTS, SAMPLE_MAX_VALUES
 
 manifest = app.model.manifest()
-parser = app.request_parser(manifest.features)
+parser = predictions.request_parser(manifest.features)
 if route == "limits":
-    limits = {"/predict": parser.limits, "/sample": app.sample_limits(manifest.features), "v2": parser.limits}
+    limits = {"/predict": parser.limits, "/sample": predictions.sample_limits(manifest.features), "v2": parser.limits}
     from handler.jobs.routes import DESIGN_BODY_BYTES
     jobs = parser.limits.max_bytes + DESIGN_BODY_BYTES
     from handler.api import analyses
@@ -86,7 +88,7 @@ if route == "limits":
                       "analyses": largest, "m": budget.cost.m,
                       **{r: [l.max_bytes, l.max_containers] for r, l in limits.items()},
                       "/jobs": [jobs, parser.limits.max_containers],
-                      "sample_max": [app.SAMPLE_MAX_POINTS, app.SAMPLE_MAX_VALUES]}))
+                      "sample_max": [SAMPLE_MAX_POINTS, SAMPLE_MAX_VALUES]}))
     sys.exit()
 if route == "/jobs":
     from moto import mock_aws
