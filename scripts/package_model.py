@@ -33,7 +33,6 @@ import os
 import platform
 import sys
 import tempfile
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
@@ -59,8 +58,16 @@ from handler.gp.artifact import (
 from handler.gp.from_gpy import posterior_arrays
 from handler.gp.gpy_model import GPRegressionModel, wrap_gpy_model
 from handler.gp.model import PosteriorModel, SurrogateModel, load_model
-from handler.gp.posterior import Z_95
 from handler.gp.unpickling import UnsafePickleError, load_pickle
+from handler.training.validation import (
+    MIN_COVERAGE_95,
+    MIN_COVERAGE_POINTS,
+    MIN_R2,
+    LeaveOneOut,
+    leave_one_out,
+    output_metrics,
+    quality_problems,
+)
 
 DEFAULT_OUTPUT = Path("model_artifacts/pretrained-model.npz")
 SUFFIXES = {"npz": ".npz", "pickle": ".pkl"}
@@ -201,143 +208,20 @@ def holdout_metrics(
 
 def accuracy(Y: np.ndarray, mean: np.ndarray, variance: np.ndarray, outputs: list[str]) -> dict[str, HoldoutMetrics]:
     """RMSE, R^2 and 95% coverage of predictions (mean and predictive variance, (n, outputs)) of the values Y."""
-    metrics = {}
-    for j, name in enumerate(outputs):
-        y, residual = Y[:, j], Y[:, j] - mean[:, j]
-        spread = np.sum((y - y.mean()) ** 2)
-        metrics[name] = HoldoutMetrics(
-            n_points=len(y),
-            rmse=float(np.sqrt(np.mean(residual**2))),
-            r2=float(1 - np.sum(residual**2) / spread) if spread > 0 else float("nan"),
-            coverage_95=float(np.mean(np.abs(residual) <= Z_95 * np.sqrt(variance[:, j]))),
-        )
-    return metrics
+    return {
+        name: HoldoutMetrics(n_points=m.n_points, rmse=m.rmse, r2=m.r2, coverage_95=m.coverage_95)
+        for name, m in output_metrics(Y, mean, variance, outputs).items()
+    }
 
 
-GPY_EXACT_JITTER = 1e-8  # GPy's ExactGaussianInference adds it to the noise when it factorises the covariance
-
-
-@dataclass(frozen=True)
-class LeaveOneOut:
-    """Each training point predicted from the others: mean and predictive variance (n, outputs), in output units."""
-
-    Y: np.ndarray
-    mean: np.ndarray
-    variance: np.ndarray
-
-
-def leave_one_out(model: GPRegressionModel) -> LeaveOneOut | str:
-    """Leave-one-out predictions of the training points in closed form, or why there is none.
-
-    For a Gaussian process whose training outputs are jointly Gaussian with covariance A (K + noise I for an exact
-    GP), predicting y_i from the others is conditioning that Gaussian: mean y_i - [A^-1 y]_i / [A^-1]_ii and
-    variance 1 / [A^-1]_ii (Rasmussen & Williams 2006, eq. 5.12), the hyperparameters as fitted on all points.
-    A sparse (VarDTC) model predicts as DTC: A = Q + noise I with Q = Kfu Kuu^-1 Kuf, and its predictive
-    variance adds K_ii - Q_ii. Computed on the normalised outputs GPy fitted, then mapped back to their units.
-    """
-    import GPy
-    import scipy.linalg
-    from GPy.inference.latent_function_inference import ExactGaussianInference, VarDTC
-
-    gp = model.gp
-    if type(gp.likelihood) is not GPy.likelihoods.Gaussian:
-        return f"likelihood {type(gp.likelihood).__name__} is not Gaussian: no closed form"
-    Y = np.asarray(gp.Y_normalized, dtype=float)
-    if isinstance(gp.inference_method, ExactGaussianInference):
-        factor = np.asarray(gp.posterior.woodbury_chol, dtype=float)  # L L^T = K + (noise + jitter) I
-        if factor.ndim != 2:
-            return "the model has missing data (one posterior per output)"
-        # diag(A^-1) = the squared column norms of L^-1: one triangular inverse, a third of forming A^-1
-        inverse, info = scipy.linalg.lapack.dtrtri(factor, lower=1)
-        if info != 0:
-            return "the covariance's Cholesky factor is singular"
-        diagonal = np.einsum("ij,ij->j", inverse, inverse)
-        del inverse
-        weights = np.asarray(gp.posterior.woodbury_vector, dtype=float)  # A^-1 (y - mean function)
-        # GPy factorises K + (noise + 1e-8) I but adds only the noise to a prediction: take its jitter back out
-        extra = np.full_like(diagonal, -GPY_EXACT_JITTER)
-    elif (
-        isinstance(gp.inference_method, VarDTC) and isinstance(gp, GPy.core.SparseGP) and not gp.has_uncertain_inputs()
-    ):
-        diagonal, weights, extra = _sparse_leave_one_out(gp, Y)
-    else:
-        return f"inference {type(gp.inference_method).__name__}: no closed form"
-    mean = Y - weights / diagonal[:, None]
-    variance = np.repeat((1 / diagonal + extra)[:, None], Y.shape[1], axis=1)
-    if gp.normalizer is not None:
-        mean, variance = gp.normalizer.inverse_mean(mean), gp.normalizer.inverse_variance(variance)
-    if not (np.isfinite(mean).all() and np.isfinite(variance).all() and (variance > 0).all()):
-        return "the closed form is not finite (the covariance is too ill-conditioned)"
-    return LeaveOneOut(np.asarray(gp.Y, dtype=float), mean, variance)
-
-
-def _sparse_leave_one_out(gp: Any, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """diag(A^-1), A^-1 Y and K_ii - Q_ii for A = Q + s2 I, Q = Kfu Kuu^-1 Kuf, in O(n m^2) and columns of m x n.
-
-    With V = Luu^-1 Kuf (Q = V^T V) and M = s2 I + V V^T: A^-1 = (I - V^T M^-1 V) / s2 (Woodbury). M's eigenvalues
-    are at least s2, so its factor is as well conditioned as the noise allows.
-    """
-    from GPy.util.linalg import jitchol
-    from scipy.linalg import solve_triangular
-
-    X, Z, kern = np.asarray(gp.X, dtype=float), np.asarray(gp.Z, dtype=float), gp.kern
-    # As GPy's VarDTC: its jitter on Kuu's diagonal, and the noise at least that jitter
-    jitter = float(gp.inference_method.const_jitter)
-    noise = max(float(gp.likelihood.variance.values[0]), jitter)
-    L_uu = jitchol(kern.K(Z) + jitter * np.eye(len(Z)))
-    columns = max(1, 2**24 // (8 * len(Z)))  # V in slices of ~16 MB
-
-    def slices() -> Any:
-        for start in range(0, len(X), columns):
-            part = slice(start, start + columns)
-            yield part, solve_triangular(L_uu, kern.K(Z, X[part]), lower=True)
-
-    M, VY = noise * np.eye(len(Z)), np.zeros((len(Z), Y.shape[1]))
-    for part, V in slices():
-        M += V @ V.T
-        VY += V @ Y[part]
-    L_m = jitchol(M)
-    MVY = solve_triangular(L_m.T, solve_triangular(L_m, VY, lower=True), lower=False)  # M^-1 V Y
-    diagonal, weights, extra = np.empty(len(X)), np.empty_like(Y), np.empty(len(X))
-    for part, V in slices():
-        W = solve_triangular(L_m, V, lower=True)
-        diagonal[part] = (1 - np.sum(W**2, axis=0)) / noise
-        weights[part] = (Y[part] - V.T @ MVY) / noise
-        extra[part] = kern.Kdiag(X[part]) - np.sum(V**2, axis=0)
-    return diagonal, weights, np.maximum(extra, 0.0)
-
-
-# The gate: a model whose predictions explain less than half of its outputs' variance, on points it was not fitted
-# to, is refused. R^2 = 0 is the constant mean; GPy stuck at its initial lengthscales gives R^2 ~ 0 (issue 21).
-# 0.5 leaves room for honest, rough surrogates of hard functions and is far above what an unfitted model reaches.
-MIN_R2 = 0.5
-# Coverage refuses only intervals that are plainly wrong. A calibrated 95% interval covers 95% +- 2 sd (sd =
-# sqrt(0.95 x 0.05 / n): 1.3% at n = 300, 4.9% at n = 20); under 50% means intervals ~3x too narrow (+-1.96 s/3
-# holds half of a normal's mass). Fitted interpolating GPs of deterministic simulators sit lower than 95% (the
-# suite's: 83-100% leave-one-out), so a tighter rule would refuse honest models. Wide intervals are not refused.
-MIN_COVERAGE_95 = 0.5
-MIN_COVERAGE_POINTS = 20
+# The quality gate's rule (MIN_R2, MIN_COVERAGE_95, MIN_COVERAGE_POINTS, quality_problems) and leave-one-out in
+# closed form live in handler/training/validation.py: training applies the same rule to the versions it fits.
 GPY_INITIAL_LENGTHSCALE = 1.0
 FAR_BELOW_RANGE = 0.01  # a lengthscale under 1% of its feature's training range
 
 
 class QualityGateError(PackagingError):
     """The model is not better than its mean (or its intervals are plainly wrong): refused unless --force."""
-
-
-def quality_problems(checks: dict[str, dict[str, HoldoutMetrics] | None]) -> list[str]:
-    """What fails the gate, one line each: {"hold-out": metrics or None, "leave-one-out": ...}."""
-    problems = []
-    for where, metrics in checks.items():
-        for output, m in (metrics or {}).items():
-            if m.r2 < MIN_R2:  # NaN (constant outputs) compares False: it says nothing, and fails nothing
-                problems.append(f"{where} {output}: R2 {m.r2:.6f} < {MIN_R2} (RMSE {m.rmse:.4g}, {m.n_points} points)")
-            if m.n_points >= MIN_COVERAGE_POINTS and m.coverage_95 < MIN_COVERAGE_95:
-                problems.append(
-                    f"{where} {output}: the 95% interval covers {m.coverage_95:.1%} of {m.n_points} points "
-                    f"(< {MIN_COVERAGE_95:.0%}: over-confident)"
-                )
-    return problems
 
 
 def lengthscale_causes(

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from handler.api.schemas import ModelManifest
 
-VersionState = Literal["PENDING", "READY", "FAILED", "DELETED"]
+VersionState = Literal["PENDING", "CHECKING", "READY", "FAILED", "REJECTED", "DELETED"]
 
 
 class CanaryTarget(BaseModel):
@@ -57,7 +57,15 @@ class VersionRecord(BaseModel):
     description: str | None = None
     holdout: Any = Field(None, description="The manifest's hold-out metrics, if it has them.")
     leave_one_out: Any = None
-    reason: str | None = Field(None, description="Why the version is FAILED (fixed text; the detail is logged).")
+    reason: str | None = Field(
+        None, description="Why the version is FAILED (fixed text; the detail is logged) or REJECTED (the quality gate)."
+    )
+    dataset: Any = Field(None, description="The data it was fitted on: {id, rows, sha256} (trained and conditioned).")
+    origin: Any = Field(
+        None, description="How it was made: {how: published | trained | conditioned, kernel, inference, ...}."
+    )
+    validation: Any = Field(None, description="Per output: cross-validated rmse, r2, coverage_95, msll.")
+    surprise: Any = Field(None, description="A conditioned version: its parent's scores on the rows it added.")
 
 
 class AliasMove(BaseModel):

@@ -110,7 +110,28 @@ def _largest_bytes(manifest: Manifest) -> int:
     return posterior_file.largest_file_bytes(shapes)
 
 
-def check_version(store: RegistryStore, record: Version, cache_dir: Path) -> Version:
+def publish_artifact(
+    store: RegistryStore,
+    name: str,
+    artifact: bytes,
+    manifest: dict[str, Any],
+    by: str,
+    cache_dir: Path,
+    details: dict[str, Any] | None = None,
+    rejected_reason: str | None = None,
+) -> Version:
+    """A version made on the service (trained, conditioned): the manifest checked as a publish's, the file put
+    where an upload goes, then the same check. `rejected_reason`: it failed the quality gate, so once its check
+    passes it is REJECTED with that reason rather than READY (kept, inspectable, never served)."""
+    stored, size = check_manifest(manifest, name, len(artifact))
+    record = store.new_version(name, stored, size, by, details)
+    store.put_upload(name, record.version, artifact)
+    return check_version(store, record, cache_dir, rejected_reason=rejected_reason)
+
+
+def check_version(
+    store: RegistryStore, record: Version, cache_dir: Path, rejected_reason: str | None = None
+) -> Version:
     """The loader's checks on the uploaded artifact: READY, or FAILED with a fixed reason (the detail is logged).
 
     One check at a time holds the version (CHECKING); S3 or DynamoDB failing on the way is no verdict on the model:
@@ -140,6 +161,8 @@ def check_version(store: RegistryStore, record: Version, cache_dir: Path) -> Ver
             extra={"model": f"{record.name}/{record.version}", "reason": verdict},
         )
         return store.settle(record.name, record.version, "FAILED", failure_reason(verdict))
+    if rejected_reason is not None:
+        return store.settle(record.name, record.version, "REJECTED", rejected_reason[:MAX_DESCRIPTION_CHARS])
     return store.settle(record.name, record.version, "READY")
 
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from handler.gp.artifact import ModelUnavailableError
 from handler.registry.names import DEFAULT_ALIAS
 
-STATES = ("PENDING", "CHECKING", "READY", "FAILED", "DELETED")
+# REJECTED: it loads and answers, but its validation failed the quality gate (handler/training): never served.
+STATES = ("PENDING", "CHECKING", "READY", "FAILED", "REJECTED", "DELETED")
 SERVABLE = "READY"
 URL_EXPIRY_S = 3600
 HISTORY_LIMIT = 200  # moves shown per model (newest first)
@@ -128,6 +129,9 @@ class Version:
     published_by: str
     published_at: float
     reason: str | None = None
+    # Where it came from (DETAIL_FIELDS): the data it was fitted on, how (published, trained, conditioned), its
+    # validation and, for a conditioned version, its parent's surprise at the new rows. Stored as one JSON attribute.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
         manifest = self.manifest
@@ -144,7 +148,11 @@ class Version:
             "holdout": manifest.get("holdout"),
             "leave_one_out": manifest.get("leave_one_out"),
             "reason": self.reason,
+            **{key: self.details.get(key) for key in DETAIL_FIELDS},
         }
+
+
+DETAIL_FIELDS = ("dataset", "origin", "validation", "surprise")
 
 
 def _iso(moment: float) -> str:
@@ -259,7 +267,9 @@ class RegistryStore:
 
     # --- publishing --------------------------------------------------------------------------------------------
 
-    def new_version(self, name: str, manifest: dict[str, Any], size: int, by: str) -> Version:
+    def new_version(
+        self, name: str, manifest: dict[str, Any], size: int, by: str, details: dict[str, Any] | None = None
+    ) -> Version:
         """A PENDING version with the next number (its manifest's `version`), recorded with its manifest."""
         now = self.clock()
         if self.model(name) is None and len(self.model_names()) >= MAX_MODELS:
@@ -282,7 +292,8 @@ class RegistryStore:
         # Numbers are unique and increasing; a publish that fails after this leaves a gap, never a reused number.
         number = int(counter["Attributes"]["latest"])
         manifest = {**manifest, "version": str(number)}  # served as `name/number`: its manifest says so too
-        version = Version(name, number, "PENDING", manifest["sha256"], size, manifest, by, now)
+        extra = {key: value for key, value in (details or {}).items() if key in DETAIL_FIELDS}
+        version = Version(name, number, "PENDING", manifest["sha256"], size, manifest, by, now, details=extra)
         self._call(
             lambda: self.table.put_item(Item=_version_item(version), ConditionExpression="attribute_not_exists(pk)"),
             "registry write",
@@ -299,6 +310,13 @@ class RegistryStore:
                 ),
                 "presigning",
             )
+        )
+
+    def put_upload(self, name: str, version: int, data: bytes) -> None:
+        """The artifact of a version made on the service, where a publisher's upload would be."""
+        self._call(
+            lambda: self.s3.put_object(Bucket=self.bucket, Key=upload_key(name, version), Body=data),
+            "registry upload write",
         )
 
     def uploaded_size(self, name: str, version: int) -> tuple[int, str] | None:
@@ -390,7 +408,7 @@ class RegistryStore:
             pass  # the lease expires: a later check claims it
 
     def settle(self, name: str, version: int, state: str, reason: str | None = None) -> Version:
-        """A CHECKING version becomes READY or FAILED, once."""
+        """A CHECKING version becomes READY, FAILED or REJECTED, once."""
         values: dict[str, Any] = {":state": state, ":pending": "CHECKING", ":reason": reason}
         try:
             answer = self.table.update_item(
@@ -583,6 +601,7 @@ def _version_item(version: Version) -> dict[str, Any]:
         "published_by": version.published_by,
         "published_at": int(version.published_at),
         "reason": version.reason,
+        "details": json.dumps(version.details),
     }
 
 
@@ -597,6 +616,7 @@ def _version_from_item(item: dict[str, Any]) -> Version:
         published_by=str(item.get("published_by", "")),
         published_at=float(item.get("published_at", 0)),
         reason=item.get("reason"),
+        details=json.loads(item.get("details") or "{}"),
     )
 
 
