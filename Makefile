@@ -16,7 +16,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction build-RegistryAdminFunction package-model publish-model scan bench bench-analyses bench-fit bench-coverage bench-draws bench-explorer bench-registry load openapi events docs docs-build clean
+.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction build-RegistryAdminFunction package-model publish-model scan bench bench-analyses bench-fit bench-loop bench-coverage bench-draws bench-explorer bench-registry load openapi events docs docs-build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -106,6 +106,9 @@ bench-analyses: setup  ## Seconds per /sensitivity, /propagate, /suggest request
 
 bench-fit: setup  ## Fit quality: our training's defaults against GPy's and scikit-learn's, hold-out R2 and CPU time (QUICK=1: 1 seed)
 	$(PY) benchmarks/fit_quality.py $(if $(QUICK),--quick,--output benchmarks/results.md)
+
+bench-loop: setup  ## Active learning over HTTP vs Emukit's OuterLoop vs a space-filling design: RMSE and s per round (QUICK=1: Branin)
+	$(PY) benchmarks/loop.py $(if $(QUICK),--quick,--output benchmarks/results.md)
 
 bench-coverage: setup  ## Sobol' intervals against Ishigami's analytic indices: coverage, width, error (QUICK=1: 4 seeds)
 	$(PY) benchmarks/sensitivity_coverage.py $(if $(QUICK),--quick)

@@ -1,49 +1,47 @@
-"""Active learning with the served surrogate: a sensitivity study, then rounds of POST /suggest against random runs.
+"""Active learning on the service: it trains and refits the surrogate; the simulator stays here.
 
-The Branin function (two inputs, x1 in [-5, 10], x2 in [0, 15]) stands in for an expensive simulator. The
-example simulates an initial Latin-hypercube design, fits a GPy model, packages it as a posterior file
-(scripts/package_model.py) into a temporary folder and serves it with the project's Docker-free local server
-(scripts/local_lambda.py, the model given by MODEL_PATH). It asks the served model for Sobol' indices
-(`client.sensitivity`, intervals widened by posterior draws), beside the function's own (a large Monte-Carlo
-estimate on Branin itself). Then, each round, it asks `client.suggest(q=...)` for the next q runs, simulates
-them, refits, repackages and serves the new model; beside it, GPs fitted on as many uniformly random runs (the
-mean over --repeats random designs). Each round prints both RMSEs on a fixed test set of 2,000 random points;
-at the end, the indices again from the last model. The server and the temporary files are removed on exit
-(Ctrl-C included). About a minute on 2 cores.
+The Branin function (two inputs, x1 in [-5, 10], x2 in [0, 15]) stands in for an expensive simulator. The example
+simulates an initial Latin-hypercube design and trains a model of it on the service (`client.train`: a training
+job, its progress shown), asks it for Sobol' indices (`sensitivity`, intervals widened by posterior draws) beside
+the function's own, then runs the loop (`client.loop`): each round the service suggests q runs (POST /suggest,
+integrated variance by default), this script simulates them, and the service absorbs them (POST /observations: how
+surprised the served version was by them, and a version conditioned on all the data, in the request), with a full
+refit every --refit-every rounds. Beside it, our fit on as many uniformly random runs (the mean over --repeats
+random designs). Each round prints both RMSEs on 2,000 random test points and the surprise; at the end, the
+indices again from the last version.
 
-    .venv/bin/python examples/active_learning.py [--rounds 4] [--q 5] [--initial 10] [--acquisition variance]
+Without --url it starts the project's local server (scripts/local_lambda.py serve, its registry and training queue
+on moto) with an admin key of its own, and stops it on exit (Ctrl-C included). With --url, the admin key comes from
+--admin-key or $GPR_SURROGATE_ADMIN_KEY. About a minute on 2 cores.
+
+    .venv/bin/python examples/active_learning.py [--rounds 4] [--q 5] [--initial 10] [--refit-every 2]
+    .venv/bin/python examples/active_learning.py --url http://127.0.0.1:3000 --admin-key KEY
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import pickle
+import secrets
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gpr_client import SurrogateClient  # pip install ./client (make setup installs it)
+from gpr_client import LoopRound, SurrogateClient  # pip install ./client (make setup installs it)
 from scipy.stats import qmc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from handler.gp.gpy_model import GPRegressionModel  # noqa: E402
-from scripts.package_model import package  # noqa: E402
-
 FEATURES = ["x1", "x2"]
 LOW, HIGH = np.array([-5.0, 0.0]), np.array([10.0, 15.0])
+BOUNDS = {f: (float(LOW[j]), float(HIGH[j])) for j, f in enumerate(FEATURES)}
 
 
 def branin(X: np.ndarray) -> np.ndarray:
@@ -68,91 +66,59 @@ def true_indices(n: int = 2**16, seed: int = 1) -> tuple[np.ndarray, np.ndarray]
     return np.array(first), np.array(total)
 
 
-def fit(X: np.ndarray, y: np.ndarray) -> GPRegressionModel:
-    """A GPy GPRegression, Matern-5/2 ARD, started at lengthscales a third of each range (deterministic)."""
-    import GPy
-
-    kernel = GPy.kern.Matern52(2, lengthscale=(HIGH - LOW) / 3, ARD=True)
-    gp = GPy.models.GPRegression(X, y[:, None], kernel, normalizer=True)
-    gp.likelihood.variance = 1e-6  # a deterministic simulator: little noise
-    gp.likelihood.variance.constrain_bounded(1e-8, 1e-2, warning=False)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):  # the optimiser tries overflowing lengthscales
-        warnings.simplefilter("ignore", RuntimeWarning)
-        gp.optimize(max_iters=150)
-    return GPRegressionModel(gp)
-
-
 def rmse(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sqrt(np.mean((predicted - truth) ** 2)))
 
 
-# --- packaging and serving -------------------------------------------------------------------------------------
+def random_rmse(designs: list[np.ndarray], runs: int, X_test: np.ndarray, y_test: np.ndarray) -> float:
+    """Our fit (the service's, run here) on the first `runs` of each random design: the mean test RMSE."""
+    import warnings
+
+    from handler.training.fit import fit
+
+    scores = []
+    for design in designs:
+        X = design[:runs]
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            model = fit(X, branin(X)[:, None], np.array([LOW, HIGH]).T, restarts=1).model
+        scores.append(rmse(model.predict(X_test)[0][:, 0], y_test))
+    return float(np.mean(scores))
 
 
-def package_into(model: GPRegressionModel, folder: Path, round_: int) -> Path:
-    """The model packaged as the packaging command does (a posterior file and its manifest) into `folder`."""
-    bounds = {f: (float(LOW[j]), float(HIGH[j])) for j, f in enumerate(FEATURES)}
-    pickle_bytes = pickle.dumps(model.gp, protocol=pickle.HIGHEST_PROTOCOL)
-    manifest, artifact = package(
-        model, pickle_bytes, folder / f"round-{round_}" / "branin.npz",
-        features=FEATURES, bounds=bounds, name="branin", version_label=str(round_),
-        description=f"Branin, active-learning round {round_}",
-        force=True,  # a start of 10 runs is rough by design (leave-one-out R2 < 0.5 for some seeds): rounds improve it
-    )  # fmt: skip
-    if manifest.format != "npz":
-        print(f"note: round {round_}'s model is served through GPy ({manifest.predict_through_gpy}); "
-              "the analyses routes need a posterior file", file=sys.stderr)  # fmt: skip
-    return artifact
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# --- the service -------------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def serving(artifact: Path, folder: Path) -> Iterator[str]:
-    """scripts/local_lambda.py serve (API only, one warm environment) on the artifact; yields its base URL."""
-    env_file = folder / f"{artifact.parent.name}-env.json"
-    env_file.write_text(json.dumps({"Parameters": {"MODEL_PATH": str(artifact)}}))
-    log = folder / f"{artifact.parent.name}-server.log"
-    for _ in range(3):  # a free port may be taken before the server binds it: try another
-        port = free_port()
-        command = [sys.executable, str(ROOT / "scripts" / "local_lambda.py"), "--env-vars", str(env_file),
-                   "serve", "--port", str(port), "--workers", "1", "--no-jobs"]  # fmt: skip
-        with log.open("w") as output:
-            process = subprocess.Popen(
-                command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "SAM_CLI_TELEMETRY": "0"}
-            )
-        try:
-            base_url = f"http://127.0.0.1:{port}"
-            if started(process, base_url):
-                yield base_url
-                return
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-    raise RuntimeError(f"the local server did not start:\n{log.read_text()}")
-
-
-def started(process: subprocess.Popen[bytes], base_url: str) -> bool:
+def local_service(folder: Path) -> Iterator[tuple[str, str]]:
+    """scripts/local_lambda.py serve with an admin key of its own: yields its base URL and the key."""
     import httpx
 
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base_url}/health", timeout=10).status_code == 200:
-                return True
-        time.sleep(0.1)
-    return False
+    from scripts.local_lambda import spawn_serve
+
+    key = secrets.token_hex(8)
+    log = folder / "server.log"
+    process, base_url = spawn_serve(log, "--admin-api-key", key, "-w", "1")
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base_url}/health", timeout=30).status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"the local server did not start:\n{log.read_text()[-3000:]}")
+        yield base_url, key
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except Exception:
+            process.kill()
+            process.wait(timeout=30)
 
 
-# --- the study -------------------------------------------------------------------------------------------------
+# --- the study ---------------------------------------------------------------------------------------------------
 
 
 def print_indices(answer: dict[str, Any], title: str) -> None:
@@ -165,50 +131,62 @@ def print_indices(answer: dict[str, Any], title: str) -> None:
               f"{t['estimate']:6.3f} [{t['ci_low']:6.3f}, {t['ci_high']:6.3f}] {total[j]:6.3f}")  # fmt: skip
 
 
-def study(args: argparse.Namespace, folder: Path) -> None:
+def study(args: argparse.Namespace, base_url: str, admin_key: str | None) -> None:
     rng = np.random.default_rng(args.seed)
     X_test = rng.uniform(LOW, HIGH, (2_000, 2))
     y_test = branin(X_test)
     X = qmc.scale(qmc.LatinHypercube(d=2, seed=args.seed).random(args.initial), LOW, HIGH)
-    y = branin(X)
-    random_X = [rng.uniform(LOW, HIGH, (args.initial + args.rounds * args.q, 2)) for _ in range(args.repeats)]
+    budget = args.initial + args.rounds * args.q
+    random_designs = [rng.uniform(LOW, HIGH, (budget, 2)) for _ in range(args.repeats)]
+    name = args.name or f"branin-active-{secrets.token_hex(3)}"
     started_at = time.monotonic()
 
-    def random_rmse(runs: int) -> float:
-        # The same initial design as active learning in round 0; then as many runs, uniformly at random.
-        scores = []
-        for points in random_X:
-            design = X[: args.initial] if runs == args.initial else points[:runs]
-            scores.append(rmse(fit(design, branin(design)).predict(X_test)[0][:, 0], y_test))
-        return float(np.mean(scores))
+    def version_of(number: int) -> SurrogateClient:
+        # A version by its number rather than the live alias, which warm environments read again only every few
+        # seconds: the version the loop has just moved live to (the admin key reads too)
+        return SurrogateClient(base_url, model=name, version=number, api_key=admin_key)
 
-    print(f"Branin; {args.initial} initial runs, {args.rounds} rounds of {args.q} ({args.acquisition}); "
-          f"RMSE on {len(X_test)} test points (Branin's std there: {y_test.std():.1f})")  # fmt: skip
-    rows = []
-    model = fit(X, y)
-    for round_ in range(args.rounds + 1):
-        artifact = package_into(model, folder, round_)
-        with serving(artifact, folder) as base_url, SurrogateClient(base_url) as client:
-            if round_ == 0:
-                print_indices(
-                    client.sensitivity(n=args.sobol_n, posterior_samples=args.draws, seed=args.seed),
-                    f"Sobol' indices of the initial surrogate ({len(X)} runs)",
-                )
-                print(f"{'round':>5} {'runs':>5} {'RMSE active':>12} {'RMSE random':>12}")
-            active = rmse(client.predict(X_test, latent=True).mean[:, 0], y_test)
-            rows.append((round_, len(X), active, random_rmse(len(X))))
-            print(f"{round_:5d} {len(X):5d} {active:12.4f} {rows[-1][3]:12.4f}", flush=True)
-            if round_ == args.rounds:
-                print_indices(
-                    client.sensitivity(n=args.sobol_n, posterior_samples=args.draws, seed=args.seed),
-                    f"Sobol' indices of the last surrogate ({len(X)} runs)",
-                )
-                break
-            suggestions = client.suggest(q=args.q, acquisition=args.acquisition, seed=args.seed + round_)
-        X = np.vstack([X, suggestions.points])  # simulate the suggested runs, then refit
-        y = np.concatenate([y, branin(suggestions.points)])
-        model = fit(X, y)
+    with SurrogateClient(base_url, admin_key=admin_key) as admin:
+        # 1. Train on the initial runs (a training job; the bar shows its stage and restarts)
+        job = admin.train(name, (X, branin(X)), features=FEATURES, outputs=["y"], bounds=BOUNDS,
+                          promote="always", seed=args.seed, progress=not args.quiet)  # fmt: skip
+        print(f"trained {name} version {job['version']} on {args.initial} runs ({job['version_state']}, "
+              f"leave-one-out R2 {job['validation']['y']['r2']:.3f})")  # fmt: skip
+        serving = {"version": job["version"]}
+        with version_of(job["version"]) as served:
+            print_indices(
+                served.sensitivity(n=args.sobol_n, posterior_samples=args.draws, seed=args.seed),
+                f"Sobol' indices of the initial surrogate ({args.initial} runs)",
+            )
+            first = rmse(served.predict(X_test, latent=True).mean[:, 0], y_test)
+        print(f"Branin; {args.rounds} rounds of {args.q} ({args.acquisition}), a full refit every {args.refit_every}; "
+              f"RMSE on {len(X_test)} test points (Branin's std there: {y_test.std():.1f})")  # fmt: skip
+        print(f"{'round':>5} {'runs':>5} {'version':>7} {'RMSE active':>12} {'RMSE random':>12} {'surprise |z|':>12}")
+        rows = [(0, args.initial, first, random_rmse(random_designs, args.initial, X_test, y_test))]
+        print(f"{0:5d} {args.initial:5d} {job['version']:7d} {rows[0][2]:12.4f} {rows[0][3]:12.4f}", flush=True)
+
+        def after(entry: LoopRound) -> None:
+            runs = args.initial + (entry.round + 1) * args.q
+            serving["version"] = entry.served or serving["version"]
+            with version_of(serving["version"]) as served:
+                active = rmse(served.predict(X_test, latent=True).mean[:, 0], y_test)
+            rows.append((entry.round + 1, runs, active, random_rmse(random_designs, runs, X_test, y_test)))
+            surprise = (entry.surprise or {}).get("y", {}).get("mean_abs_z", float("nan"))
+            refit = f"  refit: version {entry.training_job['version']}" if entry.training_job else ""
+            print(f"{entry.round + 1:5d} {runs:5d} {entry.version or 0:7d} {active:12.4f} "
+                  f"{rows[-1][3]:12.4f} {surprise:12.2f}{refit}", flush=True)  # fmt: skip
+
+        # 2. The loop: suggest, simulate (here), observe (a conditioned version), and a full refit every k rounds
+        history = admin.loop(name, branin, rounds=args.rounds, batch=args.q, acquisition=args.acquisition,
+                             refit_every=args.refit_every, progress=after, seed=args.seed)  # fmt: skip
+        with version_of(serving["version"]) as served:
+            print_indices(
+                served.sensitivity(n=args.sobol_n, posterior_samples=args.draws, seed=args.seed),
+                f"Sobol' indices of the last surrogate ({budget} runs, version {serving['version']})",
+            )
+    seconds = [r.seconds["total"] for r in history.rounds]
     wins = sum(active < random for _, _, active, random in rows[1:])
+    print(f"a round took {np.median(seconds):.2f} s (median; {max(seconds):.2f} s with a full refit)")
     print(f"active learning's RMSE is below random sampling's in {wins} of {len(rows) - 1} rounds "
           f"({time.monotonic() - started_at:.0f} s)")  # fmt: skip
 
@@ -219,9 +197,14 @@ def interrupted(*_: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=4, help="suggest-simulate-refit rounds (default 4)")
+    parser.add_argument("--url", help="a running service (default: start the local server here)")
+    parser.add_argument("--admin-key", default=os.environ.get("GPR_SURROGATE_ADMIN_KEY"),
+                        help="the service's admin key, with --url (default $GPR_SURROGATE_ADMIN_KEY)")  # fmt: skip
+    parser.add_argument("--name", help="the model's name in the registry (default: branin-active-<random>)")
+    parser.add_argument("--rounds", type=int, default=4, help="suggest-simulate-observe rounds (default 4)")
     parser.add_argument("--q", type=int, default=5, help="runs per round, chosen jointly (default 5)")
     parser.add_argument("--initial", type=int, default=10, help="initial Latin-hypercube runs (default 10)")
+    parser.add_argument("--refit-every", type=int, default=2, help="a full refit every k rounds (default 2)")
     parser.add_argument(
         "--acquisition", default="integrated_variance", choices=["variance", "integrated_variance"],
         help="what /suggest reduces (default integrated_variance)",
@@ -230,12 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sobol-n", type=int, default=1024, help="/sensitivity's base sample (default 1024)")
     parser.add_argument("--draws", type=int, default=20, help="/sensitivity's posterior draws (default 20)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar while the model trains")
     args = parser.parse_args(argv)
     # SIGTERM as Ctrl-C: the server is stopped and the temporary folder removed on the way out.
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        with tempfile.TemporaryDirectory(prefix="active-learning-") as folder:
-            study(args, Path(folder))
+        if args.url:
+            study(args, args.url, args.admin_key)
+        else:
+            with (
+                tempfile.TemporaryDirectory(prefix="active-learning-") as folder,
+                local_service(Path(folder)) as (base_url, key),
+            ):
+                study(args, base_url, key)
     except KeyboardInterrupt:
         print("interrupted: the server is stopped and the temporary files removed", file=sys.stderr)
         return 130

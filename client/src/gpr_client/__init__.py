@@ -11,12 +11,15 @@ from gpr_client.client import (
     SurrogateClient,
     TrainingData,
 )
+from gpr_client.training import LoopHistory, LoopRound
 
 __all__ = [
     "ApiError",
     "Job",
     "JobFailedError",
     "JobResults",
+    "LoopHistory",
+    "LoopRound",
     "Predictions",
     "PublishFailedError",
     "Suggestions",

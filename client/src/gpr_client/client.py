@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import io
 import json
@@ -28,11 +29,26 @@ from gpr_client.answers import (
     TrainingData,
     optional_module,
 )
+from gpr_client.training import (
+    PROMOTE_RULES,
+    REFITS,
+    LoopHistory,
+    LoopRound,
+    Observed,
+    Upload,
+    check_loop_arguments,
+    promoted,
+    simulated,
+    table_of,
+    training_body,
+    version_number,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+REFUSED_BEFORE_WORK = frozenset({429, 503})  # throttled, or the service's own 503 (nothing written)
 TIME_BUDGET_EXCEEDED = "time budget exceeded"  # the service's 504: not retried (the same work would not fit again)
 URL_VARIABLE = "GPR_SURROGATE_URL"
 KEY_VARIABLE = "GPR_SURROGATE_API_KEY"
@@ -179,20 +195,28 @@ class SurrogateClient:
 
     # --- HTTP with retries ---------------------------------------------------------------------------
 
-    def _request(self, method: str, url: str, *, client: httpx.Client | None = None, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, url: str, *, client: httpx.Client | None = None, once: bool = False, **kwargs: Any
+    ) -> httpx.Response:
         """One request, retried on 429/502/503/504 (not the service's own 504, "time budget exceeded") and transport
-        errors; ApiError for any other 4xx/5xx."""
+        errors; ApiError for any other 4xx/5xx. `once`: a write that must not happen twice (it appends data) is
+        retried only where the service cannot have done it: 429 and 503 (refused before any work), and connections
+        that never opened."""
+        failures: tuple[type[Exception], ...] = (_RetryableError, httpx.TransportError)
+        statuses = RETRYABLE_STATUSES
+        if once:
+            statuses, failures = REFUSED_BEFORE_WORK, (_RetryableError, httpx.ConnectError, httpx.ConnectTimeout)
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts),
             wait=_WaitRetryAfter(tenacity.wait_random_exponential(multiplier=0.5, max=30)),
-            retry=tenacity.retry_if_exception_type((_RetryableError, httpx.TransportError)),
+            retry=tenacity.retry_if_exception_type(failures),
             reraise=True,
         )
         try:
             for attempt in retrying:
                 with attempt:
                     response = (client or self._http).request(method, url, **kwargs)
-                    if response.status_code in RETRYABLE_STATUSES and not _out_of_time(response):
+                    if response.status_code in statuses and not _out_of_time(response):
                         raise _RetryableError(response)
         except _RetryableError as exhausted:
             response = exhausted.response
@@ -689,6 +713,216 @@ class SurrogateClient:
         key = admin_key if admin_key is not None else self._admin_key
         return {"x-api-key": key} if key else {}
 
+    # --- training and the loop (admin writes: the admin key, as publish) ------------------------------------------
+
+    def train(
+        self,
+        name: str,
+        data: Any = None,
+        *,
+        features: Sequence[str] | None = None,
+        outputs: Sequence[str] | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+        units: Mapping[str, str] | None = None,
+        limits: Mapping[str, tuple[float, float]] | None = None,
+        kernel: str | None = None,
+        restarts: int | None = None,
+        inference: str | None = None,
+        promote: str | None = None,
+        alias: str | None = None,
+        force: bool | None = None,
+        description: str | None = None,
+        seed: int | None = None,
+        wait: bool = True,
+        progress: bool | Callable[[dict[str, Any]], None] = True,
+        poll_interval_s: float = 2.0,
+        timeout_s: float | None = None,
+        admin_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Fit a version of `name` on the service (POST /models/{name}/train): on `data` (rows, columns, a DataFrame,
+        a pair (X, Y) or an array with features= and outputs=, or a .csv/.npy file, uploaded), or, without data, on
+        the model's own data. A new model needs `bounds` (and may give `units`, `limits`). Options left as None take
+        the service's defaults (kernel auto, 3 restarts, promote if_better).
+
+        With `wait`, polls the training job until it ends, with a progress bar (or `progress(document)` at each
+        poll): its final document (`version`, `version_state` READY or REJECTED, `promoted`, `validation`); a FAILED
+        job raises JobFailedError with the service's reason. Without, the job's first document."""
+        table = None if data is None else table_of(data, features, outputs)
+        options = {"bounds": bounds, "units": units, "limits": limits, "kernel": kernel, "restarts": restarts,
+                   "inference": inference, "promote": promote, "alias": alias, "force": force,
+                   "description": description, "seed": _seed(seed)}  # fmt: skip
+        body = training_body(table, features=features, outputs=outputs, options=options)
+        headers = self._admin_headers(admin_key)
+        path = f"/models/{_segment(name)}/train"
+        doc = self._request("POST", path, json=body, headers=headers, once=table is not None).json()
+        if isinstance(table, Upload):
+            upload = doc.get("upload_url") or doc.get("upload")
+            url, method = (upload, "PUT") if isinstance(upload, str) else (upload["url"], upload.get("method", "PUT"))
+            self._request(method, url, client=self._files, content=table.content)
+            start = f"/models/{_segment(name)}/training-jobs/{_segment(doc['job_id'])}/start"
+            doc = self._request("POST", start, headers=headers).json()
+        if not wait:
+            return dict(doc)
+        return self.wait_training(
+            name, doc["job_id"], progress=progress, poll_interval_s=poll_interval_s, timeout_s=timeout_s,
+            admin_key=admin_key, first=doc,
+        )  # fmt: skip
+
+    def training_job(self, name: str, job_id: str, *, admin_key: str | None = None) -> dict[str, Any]:
+        """GET /models/{name}/training-jobs/{job_id}: the job's status document."""
+        path = f"/models/{_segment(name)}/training-jobs/{_segment(job_id)}"
+        return dict(self._request("GET", path, headers=self._admin_headers(admin_key)).json())
+
+    def cancel_training(self, name: str, job_id: str, *, admin_key: str | None = None) -> dict[str, Any]:
+        """Cancel a training job (a running fit stops between restarts): its document, CANCELLED."""
+        path = f"/models/{_segment(name)}/training-jobs/{_segment(job_id)}/cancel"
+        return dict(self._request("POST", path, headers=self._admin_headers(admin_key)).json())
+
+    def wait_training(
+        self,
+        name: str,
+        job_id: str,
+        *,
+        progress: bool | Callable[[dict[str, Any]], None] = True,
+        poll_interval_s: float = 2.0,
+        timeout_s: float | None = None,
+        admin_key: str | None = None,
+        first: Mapping[str, Any] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> dict[str, Any]:
+        """Poll a training job until SUCCEEDED or CANCELLED (its document) or FAILED (JobFailedError)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        doc = dict(first) if first is not None else self.training_job(name, job_id, admin_key=admin_key)
+        report = progress if callable(progress) else None
+        with tqdm(total=None, unit="fit", disable=report is not None or not progress, desc=job_id[:8]) as bar:
+            while True:
+                if report is not None:
+                    report(doc)
+                else:
+                    _show_training(bar, doc)
+                if doc["status"] in ("SUCCEEDED", "CANCELLED"):
+                    return doc
+                if doc["status"] == "FAILED":
+                    raise JobFailedError(job_id, doc.get("error") or "no reason given")
+                if doc["status"] == "AWAITING_UPLOAD":
+                    raise RuntimeError(
+                        f"training job {job_id} waits for its upload: PUT the file, then POST its /start"
+                    )
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"training job {job_id} is still {doc['status']} after {timeout_s} s")
+                sleep(poll_interval_s)
+                doc = self.training_job(name, job_id, admin_key=admin_key)
+
+    def observe(
+        self,
+        name: str,
+        data: Any,
+        *,
+        refit: str = "condition",
+        promote: str | None = None,
+        alias: str | None = None,
+        reason: str | None = None,
+        admin_key: str | None = None,
+    ) -> dict[str, Any]:
+        """New simulations for `name` (POST /models/{name}/observations): rows, columns, a DataFrame or a pair
+        (X, Y) of arrays in the model's feature and output order. The answer: the `surprise` of the version that
+        served before it saw them, and with refit "condition" (default) the conditioned `version` and its
+        `promotion`; with "full", the `training_job` started (wait for it with wait_training)."""
+        if refit not in REFITS:
+            raise ValueError(f"refit must be one of {', '.join(REFITS)}; got {refit!r}")
+        if promote is not None and promote not in PROMOTE_RULES:
+            raise ValueError(f"promote must be one of {', '.join(PROMOTE_RULES)}; got {promote!r}")
+        features = outputs = None
+        if isinstance(data, tuple | np.ndarray):
+            info = self._on(name).model()
+            features, outputs = info.features, info.outputs
+        table = table_of(data, features, outputs)
+        if isinstance(table, Upload):
+            raise ValueError("observations go inline (at most the service's limit of rows a request): send fewer")
+        body: dict[str, Any] = {"data": table, "refit": refit}
+        body |= {k: v for k, v in (("promote", promote), ("alias", alias), ("reason", reason)) if v is not None}
+        path = f"/models/{_segment(name)}/observations"
+        headers = self._admin_headers(admin_key)
+        return dict(self._request("POST", path, json=body, headers=headers, once=True).json())
+
+    def loop(
+        self,
+        name: str,
+        simulator: Callable[[np.ndarray], Any],
+        rounds: int,
+        batch: int = 1,
+        acquisition: str = "integrated_variance",
+        refit_every: int | None = None,
+        progress: bool | Callable[[LoopRound], None] = True,
+        *,
+        promote: str = "always",
+        seed: int | None = None,
+        admin_key: str | None = None,
+    ) -> LoopHistory:
+        """Active learning on the service, the simulator on this side: each round, suggest `batch` points (POST
+        /models/{name}/suggest, points observed but not yet in the served version sent as pending), simulate them
+        (`simulator(points)`: an (batch, n_features) array in, (batch,) or (batch, n_outputs) values out), observe
+        them (a version conditioned on all the data, promoted by `promote`), and every `refit_every` rounds a full
+        refit on the model's data (a training job, waited for, promoted if better). The history of the rounds;
+        `progress(round)` after each round if a callable, else a progress bar."""
+        check_loop_arguments(rounds, batch, acquisition, refit_every)
+        if promote not in PROMOTE_RULES:
+            raise ValueError(f"promote must be one of {', '.join(PROMOTE_RULES)}; got {promote!r}")
+        model = self._on(name)
+        info = model.model()
+        history = LoopHistory(name, info.features, info.outputs)
+        observed = Observed()
+        served: int | None = None  # the newest version known to serve the alias (None: the one before the loop)
+        report = progress if callable(progress) else None
+        with tqdm(total=rounds, unit="round", disable=report is not None or not progress, desc=name) as bar:
+            for number in range(rounds):
+                started = time.perf_counter()
+                round_seed = None if seed is None else seed + number
+                unseen = observed.unseen_by(served)
+                model.last_model_version = None
+                picks = model.suggest(q=batch, acquisition=acquisition, pending=unseen, seed=round_seed)
+                answered = version_number(model.last_model_version)
+                missed = None if answered is None else observed.unseen_by(answered)
+                if missed is not None and len(missed) > (0 if unseen is None else len(unseen)):
+                    # An older version answered (each environment reads the alias again only every few seconds):
+                    # ask again with the points that version has not seen as pending.
+                    unseen = missed
+                    picks = model.suggest(q=batch, acquisition=acquisition, pending=unseen, seed=round_seed)
+                suggested = time.perf_counter()
+                values = simulated(simulator(picks.points.copy()), batch, info.outputs)
+                simulated_at = time.perf_counter()
+                observed.add(picks.points)
+                answer = self.observe(name, (picks.points, values), promote=promote, admin_key=admin_key)
+                observed_at = time.perf_counter()
+                version = (answer.get("version") or {}).get("version")
+                observed.made(version)
+                is_served = promoted(answer.get("promotion"), version)
+                served = version if is_served else served
+                job = None
+                if refit_every is not None and (number + 1) % refit_every == 0:
+                    job = self.train(name, promote="if_better", progress=False, admin_key=admin_key)
+                    observed.made(job.get("version"))
+                    served = job["version"] if job.get("promoted") else served
+                finished = time.perf_counter()
+                seconds = {"suggest": suggested - started, "simulate": simulated_at - suggested,
+                           "observe": observed_at - simulated_at, "refit": finished - observed_at,
+                           "total": finished - started}  # fmt: skip
+                entry = LoopRound(number, picks.points, values, version, is_served, answer.get("surprise"), job,
+                                  seconds, 0 if unseen is None else len(unseen), served)  # fmt: skip
+                history.rounds.append(entry)
+                if report is not None:
+                    report(entry)
+                else:
+                    bar.set_postfix(version=version, refresh=False)
+                    bar.update(1)
+        return history
+
+    def _on(self, name: str) -> SurrogateClient:
+        """This client on model `name` (its live alias): the same connections, another prefix."""
+        other = copy.copy(self)
+        other._prefix, other._model, other._training = _model_prefix(name, None), None, None
+        return other
+
 
 class Job:
     """A submitted job: `status()`, `wait()`, `results()`."""
@@ -769,6 +1003,19 @@ def _advance(bar: tqdm, done: int) -> None:
         bar.n = done
     else:
         bar.update(done - bar.n)
+
+
+def _show_training(bar: tqdm, doc: Mapping[str, Any]) -> None:
+    """A training job's stage and fits done on its bar."""
+    stage = (doc.get("progress") or {}).get("stage") or doc.get("status", "")
+    done, total = (doc.get("progress") or {}).get("fits_done"), (doc.get("progress") or {}).get("fits_total")
+    if total and bar.total != total:
+        bar.total = total
+    bar.set_description_str(f"{str(doc.get('job_id', ''))[:8]} {stage}", refresh=False)
+    if done is not None:
+        _advance(bar, int(done))
+    else:
+        bar.refresh()
 
 
 def _read_table(data: bytes, fmt: str) -> np.ndarray:
