@@ -383,3 +383,81 @@ def test_the_quick_fit_quality_benchmark_runs_every_method(tmp_path: Path):
     rows = [line for line in output.read_text().splitlines() if line.startswith("| Branin")]
     assert len(rows) == 1
     assert rows[0].count(" / ") == 4  # an R2 and a time for each of the four methods
+
+
+@pytest.mark.parametrize("kernel", training.KERNELS)
+def test_the_numpy_likelihood_and_its_gradient_are_gpys(kernel: str):
+    import GPy
+
+    # given a GP on 50 points of the unit cube with two outputs, at parameters away from any optimum
+    rng = np.random.default_rng(3)
+    X = rng.uniform(size=(50, 3))
+    Y = np.column_stack([np.sin(4 * X[:, 0]) + X[:, 1], np.cos(3 * X[:, 2])])
+    Y = (Y - Y.mean(axis=0)) / Y.std(axis=0)
+    lengthscale, variance, noise = np.array([0.3, 0.7, 1.5]), 1.4, 1e-2
+    gp = GPy.models.GPRegression(X, Y, getattr(GPy.kern, kernel)(3, ARD=True, lengthscale=lengthscale,
+                                 variance=variance), noise_var=noise)  # fmt: skip
+    # when our likelihood is evaluated at the same parameters (log lengthscales, log variance, log noise)
+    theta = np.concatenate([np.log(lengthscale), [np.log(variance), np.log(noise)]])
+    nll, gradient = training._ExactLikelihood(kernel, X, Y)(theta)
+    # then it is GPy's, and so is its gradient (GPy's d log L / d value, times the value for d / d log value),
+    # to the rounding of a factorisation of the covariance: n eps cond(A) of the terms
+    A = gp.kern.K(X) + (noise + training.GPY_EXACT_JITTER) * np.eye(len(X))
+    rounding = len(X) * np.finfo(float).eps * np.linalg.cond(A)
+    assert abs(nll + gp.log_likelihood()) <= rounding * (abs(nll) + len(X))
+    expected = -np.concatenate([gp.kern.lengthscale.gradient * lengthscale, gp.kern.variance.gradient * variance,
+                                gp.likelihood.variance.gradient * noise])  # fmt: skip
+    assert np.allclose(gradient, expected, rtol=rounding, atol=rounding * np.max(np.abs(expected)))
+
+
+def test_a_start_far_from_the_optimum_does_not_end_in_a_corner_of_the_box():
+    # given Branin's 40 points, whose first gradient at the ranges' lengthscales is in the thousands: a full step
+    # along it (L-BFGS-B's first step when every parameter is boxed) puts every lengthscale at its lower bound
+    branin = SIMULATORS["Branin"]
+    X = branin.design(40, seed=0)
+    # when one kernel is fitted from one start
+    result = fit(X, branin.function(X), branin.bounds_array, kernel="RBF", restarts=1)
+    # then the fit is the smooth interpolant, not the all-noise corner (R2 ~ 0 there)
+    X_holdout = branin.design(2000, seed=1000)
+    y_holdout = branin.function(X_holdout)
+    mean = result.model.predict(X_holdout).mean[:, 0]
+    assert 1 - np.sum((y_holdout - mean) ** 2) / np.sum((y_holdout - y_holdout.mean()) ** 2) >= 0.999
+    assert np.all(result.model.gp.kern.lengthscale.values > 10 * training.LENGTHSCALE_BOUNDS[0] * np.ptp(X, axis=0))
+
+
+def test_auto_screens_every_kernel_briefly_and_finishes_only_the_winner(monkeypatch):
+    # given a record of each optimisation's kernel and iteration budget
+    budgets: list[tuple[str, int]] = []
+    minimise = training._minimise
+
+    def recording(objective, x0, box, max_iters, deadline):
+        budgets.append((objective.kernel, max_iters))
+        return minimise(objective, x0, box, max_iters, deadline)
+
+    monkeypatch.setattr(training, "_minimise", recording)
+    X, Y = gp_sample("Matern32", 60, seed=2)
+    # when the kernel is left to auto, with one restart
+    result = fit(X, Y, [[0, 1], [0, 1]], restarts=1)
+    # then each kernel had one short optimisation, and only the chosen one went on to convergence
+    screened = [(name, training.SCREENING_ITERS) for name in training.KERNELS]
+    assert budgets == [*screened, (result.kernel, training.MAX_ITERS)]
+    assert set(result.candidates) == set(training.KERNELS)
+
+
+def test_progress_counts_the_optimisations_and_should_stop_cancels_between_them():
+    X, Y = good_data()
+    # given a fit of one kernel with 3 restarts, reporting its progress
+    reports: list[tuple[int, int]] = []
+    result = fit(X, Y, BOUNDS, kernel="RBF", restarts=3, progress=lambda done, total: reports.append((done, total)))
+    # then it reports 0 done first, one more after each optimisation, and ends with all done
+    assert reports[0] == (0, 3)
+    optimisations = len(result.restarts)
+    assert [done for done, _ in reports[: optimisations + 1]] == list(range(optimisations + 1))
+    # restarts stop early once two agree: then one more report shrinks the total to what was done
+    assert reports[-1] == (optimisations, optimisations)
+    # and when asked to stop after the first optimisation, it stops before the second and keeps nothing
+    reports.clear()
+    with pytest.raises(training.FitCancelledError):
+        fit(X, Y, BOUNDS, kernel="RBF", restarts=3, progress=lambda done, total: reports.append((done, total)),
+            should_stop=lambda: len(reports) > 1)  # fmt: skip
+    assert reports == [(0, 3), (1, 3)]

@@ -10,16 +10,19 @@ the posterior file the service serves.
 
 from __future__ import annotations
 
+import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import GPy
 import numpy as np
+import scipy.linalg
 import scipy.optimize
 
 from handler.gp.gpy_model import GPRegressionModel, SparseGPRegressionModel
-from handler.training.validation import OutputMetrics, cross_validation, quality_problems
+from handler.training.validation import GPY_EXACT_JITTER, OutputMetrics, cross_validation, quality_problems
 
 KERNELS = ("RBF", "Matern32", "Matern52", "Exponential")
 KernelChoice = Literal["auto", "RBF", "Matern32", "Matern52", "Exponential"]
@@ -30,12 +33,12 @@ KernelChoice = Literal["auto", "RBF", "Matern32", "Matern52", "Exponential"]
 # leave a local optimum, at a cost linear in their number (each ~100 evaluations of the likelihood and gradient).
 DEFAULT_RESTARTS = 3
 # Exact GP up to EXACT_MAX_N points, sparse (DEFAULT_INDUCING inducing points, a random subset of the data, fixed)
-# beyond it up to MAX_TRAINING_ROWS. Measured on Borehole, one core, Matern52, one start: at 2,000 points (exact) an
-# optimisation took 84 evaluations of the likelihood and its gradient, 68 s of CPU (each evaluation factorises and
-# inverts the 2,000 x 2,000 covariance); at 10,000 (sparse, 200 inducing points) 185 evaluations, 79 s, hold-out
-# R^2 0.999997 (both with scipy's default tolerance: RELATIVE_TOLERANCE takes ~20% fewer). Kernel auto with 3
-# restarts runs at most 6 optimisations: ~7-8 min of CPU at either size, inside Lambda's 15 minutes on one vCPU;
-# 20,000 points would not be. Peak RSS: 0.9 GB exact at 2,000, 0.5 GB sparse at 10,000.
+# beyond it up to MAX_TRAINING_ROWS. Measured on Borehole, one core: at 2,000 points (exact, numpy likelihood) the
+# whole default fit (kernel auto: 4 screenings, the winner finished, 2 restarts) took 67 s of CPU, peak RSS 0.95 GB,
+# hold-out R^2 1.000000 (with GPy's likelihood, before, one Matern52 optimisation alone took 68 s); at 10,000
+# (sparse, 200 inducing points, GPy's likelihood) one optimisation took 185 evaluations, 79 s, R^2 0.999997, peak
+# RSS 0.5 GB: the default fit there is ~4 such optimisations plus 4 short screenings, ~6 min of CPU, inside Lambda's
+# 15 minutes on one vCPU; 20,000 points would not be.
 EXACT_MAX_N = 2_000
 MAX_TRAINING_ROWS = 10_000
 DEFAULT_INDUCING = 200
@@ -61,6 +64,15 @@ INITIAL_NOISE = 1e-4
 # nothing to choose between): a third rarely finds better, and each costs as much as the first.
 SAME_OPTIMUM = 0.5
 AGREEING_RESTARTS = 2
+# Kernel auto: each candidate is optimised at most this many L-BFGS-B iterations from the first start and scored by
+# leave-one-out; only the winner is optimised on (and restarted). On the benchmark functions (benchmarks/
+# fit_quality.py, 15 fits) the screened ranking picks the kernel that full optimisations of all four picked, and
+# 20 iterations bring the winner within a few nats of its optimum (Borehole: 0.1 of 1,237 at 300 points, 7 of
+# 10,899 at 2,000): all four screenings cost about one full optimisation.
+SCREENING_ITERS = 20
+# From this many points a discarded candidate's GPy models (~5 n x n arrays each, 40 MB at 1,000) are collected at
+# once: at 2,000 points that halves the peak RSS (1.9 to 0.95 GB).
+COLLECT_ABOVE_N = 1_000
 
 
 class TrainingDataError(ValueError):
@@ -215,6 +227,10 @@ class _OutOfTimeError(Exception):
     pass
 
 
+class FitCancelledError(Exception):
+    """`should_stop` returned True: the fit stopped between two optimisations, and nothing was kept."""
+
+
 def fit(
     X: Any,
     Y: Any,
@@ -229,13 +245,19 @@ def fit(
     outputs: list[str] | None = None,
     features: list[str] | None = None,
     max_iters: int = MAX_ITERS,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Fit a GP (exact up to `sparse_above` points, else sparse with `inducing` points) by maximum likelihood.
 
     `bounds`: (features, 2), the declared range of each input; `kernel`: one of KERNELS (all ARD), or "auto": each
-    is fitted and the lowest mean leave-one-out MSLL wins. `restarts`: optimisations per kernel, the first from
-    the data's ranges. `deadline`: a `time.monotonic()` instant after which no optimisation goes on (the best so
-    far is kept; TimeoutError if none has finished a step). Deterministic for a seed and the library versions.
+    is optimised briefly (SCREENING_ITERS) from the data's ranges and scored by leave-one-out MSLL; the lowest is
+    finished and gets the restarts. `restarts`: optimisations of the chosen kernel, the first from the data's ranges;
+    they stop early once two agree. `deadline`: a `time.monotonic()` instant after which no optimisation goes on
+    (the best so far is kept; TimeoutError if none has finished a step). `progress(fits_done, fits_total)`: called
+    at the start and after each optimisation (a screening counts as one); when restarts stop early the last call
+    has fits_done == fits_total. `should_stop()`: asked before each optimisation; True raises FitCancelledError.
+    Deterministic for a seed and the library versions.
     """
     started = time.monotonic()
     if kernel != "auto" and kernel not in KERNELS:
@@ -259,18 +281,17 @@ def fit(
     starts = [first_start] + [
         first_start * np.exp(rng.uniform(*np.log(RESTART_SPREAD), size=d)) for _ in range(restarts - 1)
     ]
-    # "auto": each kernel from the first start, the lowest leave-one-out MSLL wins and gets the other restarts
-    # (on the benchmark functions the restarts rarely change the optimum: screening every kernel with all of them
-    # would cost 4x for nothing). One kernel: all restarts on it.
-    searches = {
-        name: _Search(name, X_unit, data.Y, Z, deadline, max_iters)
-        for name in (KERNELS if kernel == "auto" else (kernel,))
-    }
+    names = KERNELS if kernel == "auto" else (kernel,)
+    screening = len(names) > 1
+    # "auto": screen, then finish the winner (one more optimisation), then its other restarts
+    tracker = _Tracker(len(names) + restarts if screening else restarts, progress, should_stop)
+    searches = {name: _Search(name, X_unit, data.Y, Z, deadline, max_iters, tracker) for name in names}
     candidates: dict[str, float] = {}
     fitted: dict[str, tuple[GPRegressionModel, dict[str, OutputMetrics]]] = {}
 
     def score(name: str) -> None:
         model = _in_original_units(searches[name].best_model(), data.X, data.Y, low, width)
+        searches[name].release()  # the unit-cube model is rebuilt for the winner only
         validation = cross_validation(model, outputs)
         if isinstance(validation, str):  # a Gaussian likelihood and GPy's inference: never, but say so
             raise RuntimeError(f"no leave-one-out for the fitted model: {validation}")
@@ -278,19 +299,31 @@ def fit(
         candidates[name] = float(np.mean(msll)) if np.all(np.isfinite(msll)) else float("inf")
         fitted[name] = (model, validation)
 
+    def rank(name: str) -> tuple[float, int]:
+        return candidates[name], KERNELS.index(name)
+
     for name, search in searches.items():
         try:
-            search.run(starts[:1] if len(searches) > 1 else starts)
+            search.run(starts[:1], SCREENING_ITERS) if screening else search.run(starts)
         except TimeoutError:
             if not candidates:
                 raise
             notes.append(f"{name} was not tried: the deadline passed")
             continue
         score(name)
-    best = min(candidates, key=lambda k: (candidates[k], KERNELS.index(k)))
-    if len(searches) > 1 and restarts > 1:
+        # only the best so far is kept: at n = 2,000 a GPy model holds ~150 MB of n x n arrays, and its
+        # observers make reference cycles that only the cycle collector frees (a full collection costs tens of ms
+        # in a busy process: only where the memory matters)
+        for other in [k for k in fitted if k != min(candidates, key=rank)]:
+            del fitted[other]
+        if n >= COLLECT_ABOVE_N:
+            gc.collect()
+    best = min(candidates, key=rank)
+    if screening:
+        searches[best].finish()
         searches[best].run(starts[1:])
         score(best)
+    tracker.close()
     model, validation = fitted[best]
     log = [r for search in searches.values() for r in search.log]
     if any(r.stopped == "deadline" for r in log):
@@ -311,6 +344,34 @@ def fit(
     )
 
 
+class _Tracker:
+    """Counts optimisations for `progress` and asks `should_stop` before each one."""
+
+    def __init__(
+        self, total: int, progress: Callable[[int, int], None] | None, should_stop: Callable[[], bool] | None
+    ) -> None:
+        self.done, self.total, self.progress, self.should_stop = 0, total, progress, should_stop
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def before(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise FitCancelledError(f"cancelled after {self.done} of {self.total} optimisations")
+
+    def after(self) -> None:
+        self.done += 1
+        self._report()
+
+    def close(self) -> None:
+        """Restarts that stopped early (or a deadline) leave fewer fits than planned: the last report says done."""
+        if self.done != self.total:
+            self.total = self.done
+            self._report()
+
+
 def _unit_cube_model(kernel: str, X: np.ndarray, Y: np.ndarray, Z: np.ndarray | None) -> Any:
     """A GPy model on unit-cube inputs, outputs standardised by GPy's normaliser, its parameters bounded."""
     d = X.shape[1]
@@ -329,29 +390,64 @@ def _unit_cube_model(kernel: str, X: np.ndarray, Y: np.ndarray, Z: np.ndarray | 
 
 
 class _Search:
-    """Restarts of one kernel, each by L-BFGS-B from its start, remembering the best likelihood reached."""
+    """Restarts of one kernel, each by L-BFGS-B from its start, remembering the best likelihood reached.
+
+    Exact GPs are optimised on `_ExactLikelihood` (numpy, log parameters inside box bounds), sparse ones on GPy's
+    objective (paramz's transformed parameters); either way the GPy model is set to the best point at the end.
+    """
 
     def __init__(
-        self, kernel: str, X: np.ndarray, Y: np.ndarray, Z: np.ndarray | None, deadline: float | None, max_iters: int
+        self,
+        kernel: str,
+        X: np.ndarray,
+        Y: np.ndarray,
+        Z: np.ndarray | None,
+        deadline: float | None,
+        max_iters: int,
+        tracker: _Tracker,
     ) -> None:
-        self.kernel, self.Z, self.deadline, self.max_iters = kernel, Z, deadline, max_iters
-        self.gp = _unit_cube_model(kernel, X, Y, Z)
+        self.kernel, self.Z, self.deadline, self.max_iters, self.tracker = kernel, Z, deadline, max_iters, tracker
+        self.X, self.Y = X, Y
+        self.exact = Z is None
+        self.d = X.shape[1]
+        self.objective: Callable[[np.ndarray], tuple[float, np.ndarray]]
+        self.box: list[tuple[float, float]] | None = None
+        self.gp: Any = None  # exact: built once at the best point (each GPy parameter set costs a factorisation)
+        self._gp_at: np.ndarray | None = None
+        if self.exact:
+            standardised = (Y - Y.mean(axis=0)) / Y.std(axis=0)  # as GPy's normaliser (Standardize)
+            self.objective = _ExactLikelihood(kernel, X, standardised)
+            self.box = [_log(LENGTHSCALE_BOUNDS)] * self.d + [_log(VARIANCE_BOUNDS), _log(NOISE_BOUNDS)]
+        else:
+            self.gp = _unit_cube_model(kernel, X, Y, Z)
+            self.objective = self.gp._objective_grads
         self.best_x: np.ndarray | None = None
         self.best_f = np.inf
         self.agreeing = 0  # restarts that reached the best likelihood (to SAME_OPTIMUM)
         self.log: list[Restart] = []
 
-    def run(self, starts: list[np.ndarray]) -> None:
+    def _initial(self, start: np.ndarray) -> np.ndarray:
+        lengthscale = np.clip(start, *LENGTHSCALE_BOUNDS)
+        if self.exact:
+            return np.concatenate([np.log(lengthscale), [0.0, np.log(INITIAL_NOISE)]])
+        self.gp.kern.lengthscale[:] = lengthscale
+        self.gp.kern.variance[:] = 1.0
+        self.gp.likelihood.variance[:] = INITIAL_NOISE
+        return np.asarray(self.gp.optimizer_array, dtype=float).copy()
+
+    def _optimise(self, x0: np.ndarray, start: tuple[float, ...], max_iters: int) -> tuple[np.ndarray | None, float]:
+        self.tracker.before()
+        clock = time.monotonic()
+        x, f, stopped = _minimise(self.objective, x0, self.box, max_iters, self.deadline)
+        self.log.append(Restart(self.kernel, start, -float(f), time.monotonic() - clock, stopped))
+        self.tracker.after()
+        return x, f
+
+    def run(self, starts: list[np.ndarray], max_iters: int | None = None) -> None:
         for start in starts:
             if self.deadline is not None and time.monotonic() > self.deadline and self.best_x is not None:
                 break
-            clock = time.monotonic()
-            self.gp.kern.lengthscale[:] = np.clip(start, *LENGTHSCALE_BOUNDS)
-            self.gp.kern.variance[:] = 1.0
-            self.gp.likelihood.variance[:] = INITIAL_NOISE
-            x, f, stopped = _minimise(self.gp, self.max_iters, self.deadline)
-            seconds = time.monotonic() - clock
-            self.log.append(Restart(self.kernel, tuple(map(float, start)), -float(f), seconds, stopped))
+            x, f = self._optimise(self._initial(start), tuple(map(float, start)), max_iters or self.max_iters)
             if x is not None and f < self.best_f - SAME_OPTIMUM:
                 self.best_x, self.best_f, self.agreeing = x, f, 1
             elif x is not None and f < self.best_f + SAME_OPTIMUM:
@@ -365,31 +461,155 @@ class _Search:
                 raise TimeoutError(f"{self.kernel}: the deadline passed before the first optimisation step")
             raise RuntimeError(f"{self.kernel}: every optimisation failed (the covariance could not be factorised)")
 
+    def finish(self) -> None:
+        """Optimise on from the screening's best point to convergence: it becomes the first restart's optimum."""
+        if self.best_x is None or (self.deadline is not None and time.monotonic() > self.deadline):
+            return
+        start = self.log[0].start
+        x, f = self._optimise(self.best_x.copy(), start, self.max_iters)
+        if x is not None and f <= self.best_f:
+            self.best_x, self.best_f = x, f
+        self.agreeing = 1  # the screening's point is not an optimum of its own
+
+    def release(self) -> None:
+        """Drop the exact GP's GPy model (rebuilt if asked for again)."""
+        if self.exact:
+            self.gp, self._gp_at = None, None
+
     def best_model(self) -> Any:
         """The GPy model (unit-cube inputs) at the best parameters found."""
-        self.gp.optimizer_array = self.best_x
+        assert self.best_x is not None
+        if not self.exact:
+            self.gp.optimizer_array = self.best_x
+            return self.gp
+        if self._gp_at is not self.best_x:
+            d, x = self.d, self.best_x
+            kern = getattr(GPy.kern, self.kernel)(
+                d,
+                ARD=True,
+                lengthscale=np.clip(np.exp(x[:d]), *LENGTHSCALE_BOUNDS),
+                variance=float(np.clip(np.exp(x[d]), *VARIANCE_BOUNDS)),
+            )
+            noise = float(np.clip(np.exp(x[d + 1]), *NOISE_BOUNDS))
+            self.gp = GPy.models.GPRegression(self.X, self.Y, kern, noise_var=noise, normalizer=True)
+            self._gp_at = self.best_x
         return self.gp
 
 
-def _minimise(gp: Any, max_iters: int, deadline: float | None) -> tuple[np.ndarray | None, float, Any]:
-    """L-BFGS-B on GPy's negative log-likelihood (paramz's transformed parameters), stoppable at a deadline."""
+def _log(bounds: tuple[float, float]) -> tuple[float, float]:
+    return float(np.log(bounds[0])), float(np.log(bounds[1]))
+
+
+_SQRT3, _SQRT5 = float(np.sqrt(3.0)), float(np.sqrt(5.0))
+
+
+class _ExactLikelihood:
+    """The exact GP's negative log marginal likelihood and its gradient in numpy, as GPy's ExactGaussianInference
+    computes them (the same kernels of r, the same 1e-8 jitter), at ~60% of GPy's cost per evaluation (no paramz
+    bookkeeping, no per-dimension n x n arrays).
+
+    Parameters: log lengthscales (d), log kernel variance, log noise variance; Y the standardised outputs (n, p), each
+    column an independent GP with the same kernel. With A = s k(r) + (noise + jitter) I, alpha = A^-1 Y and
+    W = alpha alpha^T - p A^-1, d nll / d theta = -tr(W dA/dtheta) / 2 (Rasmussen & Williams 2006, eq. 5.9).
+    """
+
+    def __init__(self, kernel: str, X: np.ndarray, Y: np.ndarray) -> None:
+        self.kernel, self.X, self.Y = kernel, X, Y
+        self.n, self.d = X.shape
+        self.constant = 0.5 * self.n * Y.shape[1] * np.log(2 * np.pi)
+
+    def _shape(self, r2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """k(r) / s and g(r) with dk / dlog l_j = s g(r) (x_j - x'_j)^2 / l_j^2 (g = -k'(r) / r)."""
+        if self.kernel == "RBF":
+            k = np.exp(-0.5 * r2)
+            return k, k
+        r = np.sqrt(r2)
+        if self.kernel == "Matern52":
+            e = np.exp(-_SQRT5 * r)
+            return (1 + _SQRT5 * r + 5 / 3 * r2) * e, 5 / 3 * (1 + _SQRT5 * r) * e
+        if self.kernel == "Matern32":
+            e = np.exp(-_SQRT3 * r)
+            return (1 + _SQRT3 * r) * e, 3 * e
+        e = np.exp(-r)  # Exponential: g = e^-r / r, and 0 where r = 0 (where (x_j - x'_j)^2 is 0 too)
+        return e, np.divide(e, r, out=np.zeros_like(r), where=r > 0)
+
+    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        d, Y = self.d, self.Y
+        scaled = self.X / np.exp(theta[:d])
+        variance, noise = float(np.exp(theta[d])), float(np.exp(theta[d + 1]))
+        # n x n arrays in place where it is clear: at n = 2,000 each is 32 MB
+        squares = np.einsum("ij,ij->i", scaled, scaled)
+        r2 = scaled @ scaled.T
+        r2 *= -2
+        r2 += squares[:, None]
+        r2 += squares[None, :]
+        np.maximum(r2, 0.0, out=r2)
+        np.fill_diagonal(r2, 0.0)
+        k, g = self._shape(r2)
+        del r2
+        A = variance * k
+        A[np.diag_indices_from(A)] += noise + GPY_EXACT_JITTER
+        L, info = scipy.linalg.lapack.dpotrf(A, lower=1, clean=1, overwrite_a=1)
+        del A
+        if info != 0:  # not positive definite to rounding: L-BFGS-B backs off
+            return float("inf"), np.zeros_like(theta)
+        alpha, _ = scipy.linalg.lapack.dpotrs(L, Y, lower=1)
+        p = Y.shape[1]
+        nll = 0.5 * float(np.sum(Y * alpha)) + p * float(np.sum(np.log(np.diag(L)))) + self.constant
+        W, _ = scipy.linalg.lapack.dpotri(L, lower=1, overwrite_c=1)  # A^-1's lower triangle; the upper: L's zeros
+        del L
+        W += W.T
+        W[np.diag_indices_from(W)] *= 0.5
+        W *= -p
+        W += alpha @ alpha.T  # W = alpha alpha^T - p A^-1
+        gradient = np.empty_like(theta)
+        gradient[d] = -0.5 * variance * float(np.vdot(W, k))
+        gradient[d + 1] = -0.5 * float(np.trace(W)) * noise
+        W *= g  # M = W g s: for symmetric M, sum_ab M_ab (x_aj - x_bj)^2 / l_j^2 = 2 s_j^2 . (M 1) - 2 s_j^T M s_j
+        W *= variance
+        gradient[:d] = -((scaled**2).T @ W.sum(axis=1) - np.einsum("ij,ij->j", scaled, W @ scaled))
+        return nll, gradient
+
+
+def _minimise(
+    objective: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x0: np.ndarray,
+    box: list[tuple[float, float]] | None,
+    max_iters: int,
+    deadline: float | None,
+) -> tuple[np.ndarray | None, float, Any]:
+    """L-BFGS-B on a negative log-likelihood and its gradient, stoppable at a deadline; the best point evaluated."""
     best: list[Any] = [None, np.inf]
 
-    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+    def tracked(x: np.ndarray) -> tuple[float, np.ndarray]:
         if deadline is not None and time.monotonic() > deadline:
             raise _OutOfTimeError
-        f, g = gp._objective_grads(x)  # inf (and clipped gradients) where the factorisation fails
+        f, g = objective(x)  # inf (and clipped or zero gradients) where the factorisation fails
         if np.isfinite(f) and f < best[1]:
             best[0], best[1] = x.copy(), float(f)
         return f, g
 
     stopped = "converged"
     try:
+        # With every parameter inside a box, L-BFGS-B's first step is the whole negative gradient (projected), not
+        # a unit step along it: from a poor start (Branin: a gradient of ~5,000) that lands in a corner (every
+        # lengthscale at its lower bound, all noise) and stays. Dividing the objective by its first gradient's norm
+        # makes that step a unit one, as without bounds; the optimum and the later quasi-Newton steps are unchanged.
+        scale = 1.0
+        if box is not None:
+            _, g0 = tracked(x0)
+            scale = max(1.0, float(np.linalg.norm(g0))) if np.all(np.isfinite(g0)) else 1.0
+
+        def scaled(x: np.ndarray) -> tuple[float, np.ndarray]:
+            f, g = tracked(x)
+            return f / scale, g / scale
+
         result = scipy.optimize.minimize(
-            objective,
-            gp.optimizer_array.copy(),
+            scaled,
+            x0,
             jac=True,
             method="L-BFGS-B",
+            bounds=box,
             options={"maxiter": max_iters, "ftol": RELATIVE_TOLERANCE},
         )
         if result.status == 1:
@@ -411,12 +631,13 @@ def _in_original_units(scaled: Any, X: np.ndarray, Y: np.ndarray, low: np.ndarra
         lengthscale=np.asarray(scaled.kern.lengthscale.values, dtype=float) * width,
         ARD=True,
     )
+    noise = float(scaled.likelihood.variance.values[0])
     if isinstance(scaled, GPy.models.SparseGPRegression):
         Z = low + np.asarray(scaled.Z, dtype=float) * width
         gp = GPy.models.SparseGPRegression(X, Y, kern, Z=Z, normalizer=True)
+        gp.likelihood.variance[:] = noise
         wrapper: type[GPRegressionModel] = SparseGPRegressionModel
     else:
-        gp = GPy.models.GPRegression(X, Y, kern, normalizer=True)
+        gp = GPy.models.GPRegression(X, Y, kern, noise_var=noise, normalizer=True)
         wrapper = GPRegressionModel
-    gp.likelihood.variance[:] = float(scaled.likelihood.variance.values[0])
     return wrapper(gp)
