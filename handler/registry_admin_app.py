@@ -23,6 +23,8 @@ from handler.api.errors import RequestError, brief
 from handler.api.events import malformed_event
 from handler.api.parsing import decode_body
 from handler.config import load_settings
+from handler.gp.artifact import read_manifest
+from handler.registry.datasets import datasets_from_store
 from handler.registry.names import BadNameError, check_alias, check_model_name, check_version
 from handler.registry.publishing import PublishRefusedError, check_manifest
 from handler.registry.publishing import check_version as check_published
@@ -34,8 +36,11 @@ from handler.registry.store import (
     Target,
     store_from_settings,
 )
+from handler.training import observations
 
 MAX_BODY_BYTES = 1_200_000  # a manifest (1 MB at most) and a few fields
+# Observations: up to 2,000 rows inline, within API Gateway's 6 MB payload (2,000 rows of 100 values at ~25 bytes each)
+MAX_OBSERVATIONS_BODY_BYTES = 6_000_000
 MAX_REASON_CHARS = 500
 MIN_CANARY_WEIGHT = 1e-6
 
@@ -82,18 +87,14 @@ def require_admin() -> str:
     return who
 
 
-def body() -> dict[str, Any]:
+def body(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     event = app.current_event
     raw = event.body or ""
-    if len(raw) > MAX_BODY_BYTES * 4 // 3 + 4:
-        raise RequestError(
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large", [("body", f"at most {MAX_BODY_BYTES} bytes")]
-        )
+    if len(raw) > limit * 4 // 3 + 4:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large", [("body", f"at most {limit} bytes")])
     data = decode_body(raw, bool(event.is_base64_encoded)) if raw else b"{}"
-    if len(data) > MAX_BODY_BYTES:
-        raise RequestError(
-            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large", [("body", f"at most {MAX_BODY_BYTES} bytes")]
-        )
+    if len(data) > limit:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large", [("body", f"at most {limit} bytes")])
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -174,6 +175,43 @@ def check(name: str, version: str) -> Response:
     status = HTTPStatus.OK if checked.state == "READY" else HTTPStatus.UNPROCESSABLE_ENTITY
     answer = {"name": name, **checked.document()}
     return Response(status, content_types.APPLICATION_JSON, orjson.dumps(answer).decode())
+
+
+@app.post("/models/<name>/observations")
+def post_observations(name: str) -> Response:
+    """New simulations: appended, scored by the alias's version before it sees them, conditioned on (a new version,
+    promoted by the rule), and the alias's canary judged by them (handler.training.observations)."""
+    who = require_admin()
+    name = model_name(name)
+    data = body(MAX_OBSERVATIONS_BODY_BYTES)
+    known_fields(data, ("data", "refit", "promote", "alias", "reason"))
+    if "data" not in data:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid request", [("data", "required: rows or columns")])
+    refit = observations.choice(data, "refit", observations.REFITS, "condition")
+    promote = observations.choice(data, "promote", observations.PROMOTES, "if_better")
+    alias, reason = _alias(data.get("alias", "live")), reason_of(data)
+    if refit == "full":
+        # TODO(lead): start_training (handler.training.jobs, the train part): append as below, then start a training
+        # job on the head and answer 202 with it in "training_job".
+        message = 'refit "full" is not available yet: post with "refit": "condition" or "none", then train'
+        raise RequestError(HTTPStatus.NOT_IMPLEMENTED, "not implemented", [("refit", message)])
+    observations.row_count(data["data"])  # the largest request's size is refused before the registry is read
+    known_model(name)
+    current = store().alias(name, alias)
+    if current is None:
+        raise RegistryConflictError(
+            "alias", f"{name} has no alias {alias!r}: point it at a version first (PUT /models/{name}/aliases/{alias})"
+        )
+    parent = store().version(name, current.target.version)
+    manifest = read_manifest(orjson.dumps(parent.manifest), "stored") if parent is not None else None
+    if manifest is None:
+        raise RegistryUnavailableError(f"{name} version {current.target.version} vanished")
+    X, Y = observations.rows_of(data["data"], manifest.features, manifest.outputs, manifest.limits)
+    request = observations.Request(X, Y, refit, promote, alias, reason)
+    answer = observations.observe(
+        store(), datasets_from_store(store()), name, request, who, settings.model_cache_dir / "observations"
+    )
+    return Response(HTTPStatus.CREATED, content_types.APPLICATION_JSON, orjson.dumps(answer).decode())
 
 
 @app.put("/models/<name>/aliases/<alias>")
@@ -258,6 +296,11 @@ def handle_request_error(exc: RequestError) -> Response:
 @app.exception_handler(PublishRefusedError)
 def handle_publish_refused(exc: PublishRefusedError) -> Response:
     return _error(HTTPStatus.UNPROCESSABLE_ENTITY, "publish refused", [(exc.field, str(exc))])
+
+
+@app.exception_handler(observations.ObservationRefusedError)
+def handle_observation_refused(exc: observations.ObservationRefusedError) -> Response:
+    return _error(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid observations", [(exc.field, str(exc))])
 
 
 @app.exception_handler(RegistryNotFoundError)

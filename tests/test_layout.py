@@ -17,7 +17,7 @@ LAYERS = {
     "handler.registry": {"handler.gp"},
     "handler.api": {"handler.gp", "handler.analyses", "handler.registry", "handler.config", "handler.jobs"},
     "handler.jobs": {"handler.gp", "handler.analyses", "handler.registry", "handler.config", "handler.api"},
-    "handler.training": {"handler.gp"},
+    "handler.training": {"handler.gp", "handler.registry", "handler.config"},
 }
 
 

@@ -471,6 +471,7 @@ ADMIN_PATHS = {
     "/models/{name}/versions/{version}",
     "/models/{name}/aliases/{alias}",
     "/models/{name}/aliases/{alias}/rollback",
+    "/models/{name}/observations",
 }
 MODEL_ROUTES = ("predict", "sample", "sensitivity", "propagate", "suggest", "training-data", "manifest", "jobs")
 REGISTRY_READ_PATHS = {

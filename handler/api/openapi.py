@@ -1022,6 +1022,8 @@ def _document_registry_writes(docs: APIGatewayRestResolver, errors: dict[int, Op
         AliasAnswer,
         AliasRequest,
         CheckedVersion,
+        ObservationsAnswer,
+        ObservationsRequest,
         PublishAnswer,
         PublishRequest,
         RollbackRequest,
@@ -1147,6 +1149,40 @@ def _document_registry_writes(docs: APIGatewayRestResolver, errors: dict[int, Op
         alias: Annotated[str, alias_doc],
         body: Annotated[RollbackRequest | None, Body()] = None,
     ) -> AliasAnswer:
+        raise NotImplementedError
+
+    @docs.post(
+        "/models/<name>/observations",
+        summary="New simulations: appended, the live version scored on them, a conditioned version published",
+        description=(
+            "The rows are appended to the model's data (a new dataset id; posts at once are all kept, in order). "
+            "The alias's main version (the parent) and its canary are first scored on them, before seeing them: "
+            "per output rmse, mean and max |z|, 95% coverage and MSLL (`surprise`). A canary is rolled back (a move "
+            "recorded in the history) when its mean MSLL on the new rows exceeds the main version's by more than 0.1 "
+            "nats with at least 5 rows, or an output's coverage is below 50% while the main version's is at least "
+            "80%. refit `condition` (default) publishes a version conditioned on all the data with the parent's "
+            "hyperparameters, in the request (details: dataset, origin, surprise) and promotes it by `promote`. "
+            "A model published without data needs its training inputs and outputs in its file (packaged with "
+            "--publish-training-data inputs_and_outputs): its dataset is made from them on the first post; "
+            "otherwise 409 naming `data`. Up to 2,000 rows, a body of at most 6,000,000 bytes. " + description
+        ),
+        tags=tags,
+        operation_id="postObservations",
+        responses={
+            201: answer("Appended and scored; the conditioned version and its promotion.", ObservationsAnswer),
+            501: _error(
+                "refit `full` (a training job) is not available yet.",
+                {
+                    "error": "not implemented",
+                    "details": [{"field": "refit", "message": 'refit "full" is not available'}],
+                },
+            ),
+            **refusals,
+        },
+    )
+    def post_observations(
+        name: Annotated[str, name_doc], body: Annotated[ObservationsRequest, Body()]
+    ) -> ObservationsAnswer:
         raise NotImplementedError
 
     @docs.delete(

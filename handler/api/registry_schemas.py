@@ -164,3 +164,65 @@ class AliasAnswer(BaseModel):
     version: int
     canary: CanaryTarget | None = None
     revision: int
+
+
+class ObservationRows(BaseModel):
+    """New simulations as rows ({feature: value, ..., output: value}) or columns ({name: [values]}): each of the
+    model's features and outputs exactly once, finite numbers, features within their physical limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    rows: list[dict[str, float]] | None = Field(None, min_length=1, max_length=2_000)
+    columns: dict[str, list[float]] | None = None
+
+
+class ObservationsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data: ObservationRows = Field(description="1 to 2,000 rows: `rows` or `columns`, not both.")
+    refit: Literal["condition", "none", "full"] = Field(
+        "condition",
+        description="condition: a new version conditioned on all the data with the parent's hyperparameters, in "
+        "the request; none: only appended and scored; full: a training job on all the data.",
+    )
+    promote: Literal["never", "if_better", "always"] = Field(
+        "if_better",
+        description="if_better, for a conditioned version: promoted while the alias serves its parent, or a version "
+        "conditioned from the same parent on fewer rows (same hyperparameters, a subset of the data: leave-one-out "
+        "scores them alike, a tie, which promotes).",
+    )
+    alias: str = Field("live", pattern=r"^[a-z][a-z0-9_\-]{0,31}$", description="Its main target is the parent.")
+    reason: str | None = Field(None, max_length=500, description="Recorded in the alias history with a promotion.")
+
+
+class SurpriseScores(BaseModel):
+    """One output's scores on the new rows, before the version saw them (noise included: predictions of y)."""
+
+    rmse: float | None
+    mean_abs_z: float | None = Field(description="Mean of |y - mean| / predictive sd.")
+    max_abs_z: float | None
+    coverage_95: float | None = Field(description="Share of the rows inside the 95% predictive interval.")
+    msll: float | None = Field(
+        description="Mean standardised log loss against a Gaussian with the training outputs' mean and variance: "
+        "0 is no better than that, lower is better; null where the training outputs are constant."
+    )
+    n: int
+
+
+class CanaryJudgement(BaseModel):
+    judged: bool
+    rolled_back: bool
+    rule: str
+    reason: str
+    scores: dict[str, Any] = Field(description="{main: {version, output: scores}, canary: {version, output: scores}}")
+
+
+class ObservationsAnswer(BaseModel):
+    dataset: dict[str, Any] = Field(description="The model's data now: {id, rows, sha256, features, outputs, parent}.")
+    rows_before: int = Field(description="Rows before these (posts at once are all kept, one after the other).")
+    rows_added: int
+    surprise: dict[str, Any] = Field(
+        description="{version: name/N, output: SurpriseScores}: the alias's main version on the new rows."
+    )
+    version: CheckedVersion | None = Field(None, description="The conditioned version (refit condition).")
+    promotion: dict[str, Any] | None = Field(None, description="{rule, alias, from, to, promoted, reason}.")
+    canary: CanaryJudgement | None = Field(None, description="When the alias has a canary: its judgement.")
+    training_job: dict[str, Any] | None = None

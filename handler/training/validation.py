@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from handler.gp.gpy_model import GPRegressionModel
 from handler.gp.posterior import Z_95
+
+if TYPE_CHECKING:  # the metrics are numpy only: surprise.py scores versions in the admin function, without GPy
+    from handler.gp.gpy_model import GPRegressionModel
 
 
 @dataclass(frozen=True)
