@@ -16,7 +16,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction build-RegistryAdminFunction package-model publish-model scan bench bench-analyses bench-fit bench-loop bench-coverage bench-draws bench-explorer bench-registry load openapi events docs docs-build clean
+.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction build-RegistryAdminFunction build-TrainingFunction package-model publish-model scan bench bench-analyses bench-fit bench-loop bench-coverage bench-draws bench-explorer bench-registry load openapi events docs docs-build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -139,6 +139,10 @@ build-JobWorkerFunction:
 
 build-JobFinisherFunction:
 	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package finisher
+
+# The training function: requirements-training.txt (requirements.txt and GPy, scipy, paramz), handler/, no model.
+build-TrainingFunction:
+	$(if $(wildcard $(PY)),$(PY),python3) scripts/build_function.py "$(ARTIFACTS_DIR)" --arch arm64 --package training
 
 # The explorer's open page: handler/explorer_app.py, what it imports, handler/explorer/ and Powertools; no model.
 build-ExplorerFunction:

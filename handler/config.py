@@ -85,6 +85,8 @@ class Settings:
     """SQS queue of finished jobs whose results are to be assembled."""
     job_dead_letter_queue_arn: str = ""
     """ARN of the work queue's dead-letter queue: the finisher fails the jobs of the messages that land there."""
+    training_queue_url: str = ""
+    """SQS queue of training jobs (POST /models/{name}/train): the training function fits what it delivers."""
     job_chunk_points: int = 200_000
     """Most points a worker predicts per SQS message (benchmarks/jobs.py measured the choice); fewer on a model whose
     points cost more than the worker's timeout allows (handler.jobs.sizing)."""
@@ -152,6 +154,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "job_queue_url": ("JOB_QUEUE_URL", str),
     "results_queue_url": ("RESULTS_QUEUE_URL", str),
     "job_dead_letter_queue_arn": ("JOB_DEAD_LETTER_QUEUE_ARN", str),
+    "training_queue_url": ("TRAINING_QUEUE_URL", str),
     "job_chunk_points": ("JOB_CHUNK_POINTS", _number(int, 100, 1_000_000)),
     "job_max_points": ("JOB_MAX_POINTS", _number(int, 1, 100_000_000)),
     "function_timeout_seconds": ("FUNCTION_TIMEOUT_SECONDS", _number(float, 3.0, 900.0)),

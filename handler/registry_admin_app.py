@@ -24,7 +24,7 @@ from handler.api.events import malformed_event
 from handler.api.parsing import decode_body
 from handler.config import load_settings
 from handler.gp.artifact import read_manifest
-from handler.registry.datasets import datasets_from_store
+from handler.registry.datasets import DatasetStore, datasets_from_store
 from handler.registry.names import BadNameError, check_alias, check_model_name, check_version
 from handler.registry.publishing import PublishRefusedError, check_manifest
 from handler.registry.publishing import check_version as check_published
@@ -37,10 +37,14 @@ from handler.registry.store import (
     store_from_settings,
 )
 from handler.training import observations
+from handler.training.jobs import TrainingRequestError, TrainingStore, start_training, start_uploaded
 
 MAX_BODY_BYTES = 1_200_000  # a manifest (1 MB at most) and a few fields
 # Observations: up to 2,000 rows inline, within API Gateway's 6 MB payload (2,000 rows of 100 values at ~25 bytes each)
 MAX_OBSERVATIONS_BODY_BYTES = 6_000_000
+# POST /models/{name}/train: 10,000 inline rows of a few columns (~1-2 MB as JSON), within API Gateway's 6 MB (10 MB
+# less the base64 a binary body takes); counted before it is parsed, its rows before any of them is read.
+MAX_TRAIN_BODY_BYTES = 6_000_000
 MAX_REASON_CHARS = 500
 MIN_CANARY_WEIGHT = 1e-6
 
@@ -50,6 +54,7 @@ logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"handler"})
 app = APIGatewayRestResolver(serializer=lambda value: orjson.dumps(value).decode())
 _store: RegistryStore | None = None
+_training: tuple[DatasetStore, TrainingStore] | None = None
 
 
 def store() -> RegistryStore:
@@ -59,6 +64,23 @@ def store() -> RegistryStore:
     if _store is None:
         _store = store_from_settings(settings)
     return _store
+
+
+def training() -> tuple[DatasetStore, TrainingStore]:
+    """The models' datasets and the training jobs (their records and queue): 503 where training is not deployed."""
+    global _training
+    if _training is None:
+        if not settings.training_queue_url:
+            raise RequestError(
+                HTTPStatus.SERVICE_UNAVAILABLE, "training not configured", [("training", "no training queue here")]
+            )
+        import boto3
+
+        _training = (
+            datasets_from_store(store()),
+            TrainingStore(store(), boto3.client("sqs"), settings.training_queue_url),
+        )
+    return _training
 
 
 def caller() -> str:
@@ -190,11 +212,6 @@ def post_observations(name: str) -> Response:
     refit = observations.choice(data, "refit", observations.REFITS, "condition")
     promote = observations.choice(data, "promote", observations.PROMOTES, "if_better")
     alias, reason = _alias(data.get("alias", "live")), reason_of(data)
-    if refit == "full":
-        # TODO(lead): start_training (handler.training.jobs, the train part): append as below, then start a training
-        # job on the head and answer 202 with it in "training_job".
-        message = 'refit "full" is not available yet: post with "refit": "condition" or "none", then train'
-        raise RequestError(HTTPStatus.NOT_IMPLEMENTED, "not implemented", [("refit", message)])
     observations.row_count(data["data"])  # the largest request's size is refused before the registry is read
     known_model(name)
     current = store().alias(name, alias)
@@ -207,11 +224,18 @@ def post_observations(name: str) -> Response:
     if manifest is None:
         raise RegistryUnavailableError(f"{name} version {current.target.version} vanished")
     X, Y = observations.rows_of(data["data"], manifest.features, manifest.outputs, manifest.limits)
-    request = observations.Request(X, Y, refit, promote, alias, reason)
+    # "full": scored and appended as "none" does, then a training job on all the data (promoted by the same rule)
+    request = observations.Request(X, Y, "none" if refit == "full" else refit, promote, alias, reason)
     answer = observations.observe(
         store(), datasets_from_store(store()), name, request, who, settings.model_cache_dir / "observations"
     )
-    return Response(HTTPStatus.CREATED, content_types.APPLICATION_JSON, orjson.dumps(answer).decode())
+    if refit != "full":
+        return Response(HTTPStatus.CREATED, content_types.APPLICATION_JSON, orjson.dumps(answer).decode())
+    datasets, jobs = training()
+    job, _ = start_training(store(), datasets, jobs, name, {"promote": promote, "alias": alias}, who)
+    answer["training_job"] = job.document()
+    headers = {"Location": f"/models/{name}/training-jobs/{job.job_id}"}
+    return Response(HTTPStatus.ACCEPTED, content_types.APPLICATION_JSON, orjson.dumps(answer).decode(), headers)
 
 
 @app.put("/models/<name>/aliases/<alias>")
@@ -248,6 +272,54 @@ def delete(name: str, version: str) -> dict[str, Any]:
     known_model(name)
     deleted = store().delete_version(name, number, who)
     return {"name": name, **deleted.document()}
+
+
+@app.post("/models/<name>/train")
+def train(name: str) -> Response:
+    who = require_admin()
+    name = model_name(name)
+    packaged = _packaged_name()
+    if packaged is not None and name.casefold() == packaged.casefold():
+        raise RegistryConflictError("model", f"{name} is the packaged model's name: train under another name")
+    data = body(MAX_TRAIN_BODY_BYTES)
+    datasets, jobs = training()
+    job, upload_url = start_training(store(), datasets, jobs, name, data, who)
+    answer = {**job.document(), "upload_url": upload_url}
+    if upload_url is not None:
+        answer["start"] = f"/models/{name}/training-jobs/{job.job_id}/start"
+    headers = {"Location": f"/models/{name}/training-jobs/{job.job_id}"}
+    return Response(HTTPStatus.ACCEPTED, content_types.APPLICATION_JSON, orjson.dumps(answer).decode(), headers)
+
+
+@app.get("/models/<name>/training-jobs/<job_id>")
+def training_job(name: str, job_id: str) -> dict[str, Any]:
+    require_admin()
+    return _job(model_name(name), job_id).document()
+
+
+@app.post("/models/<name>/training-jobs/<job_id>/start")
+def start_training_job(name: str, job_id: str) -> Response:
+    who = require_admin()
+    job = _job(model_name(name), job_id)
+    datasets, jobs = training()
+    started = start_uploaded(datasets, jobs, job, who)
+    return Response(HTTPStatus.ACCEPTED, content_types.APPLICATION_JSON, orjson.dumps(started.document()).decode())
+
+
+@app.post("/models/<name>/training-jobs/<job_id>/cancel")
+def cancel_training_job(name: str, job_id: str) -> dict[str, Any]:
+    require_admin()
+    job = _job(model_name(name), job_id)
+    return training()[1].cancel(job).document()
+
+
+def _job(name: str, job_id: str) -> Any:
+    if not (len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)):
+        raise RequestError(HTTPStatus.NOT_FOUND, "training job not found", [("job_id", "expected 32 hex digits")])
+    job = training()[1].get(name, job_id)
+    if job is None:
+        raise RequestError(HTTPStatus.NOT_FOUND, "training job not found", [("job_id", f"{name} has no job {job_id}")])
+    return job
 
 
 def _alias(alias: str) -> str:
@@ -291,6 +363,12 @@ def _error(status: int, error: str, details: list[tuple[str, str]], headers: dic
 def handle_request_error(exc: RequestError) -> Response:
     logger.info("request refused", extra={"status": exc.status_code, "error": exc.error})
     return _error(exc.status_code, exc.error, exc.details)
+
+
+@app.exception_handler(TrainingRequestError)
+def handle_training_refused(exc: TrainingRequestError) -> Response:
+    error = {404: "not found", 409: "conflict", 413: "too large"}.get(exc.status, "invalid training request")
+    return _error(exc.status, error, [(exc.field, str(exc))])
 
 
 @app.exception_handler(PublishRefusedError)

@@ -5,16 +5,18 @@
 for the function's architecture, copies handler/ (and model_artifacts/), and drops what the function
 never loads: the dependencies' own test suites, C headers and sources, type stubs and console scripts.
 
-Four packages, each with what its function imports:
+Five packages, each with what its function imports:
 - `predict` (PredictFunction): requirements.txt and the model (its manifest and the artifact it names); a
   posterior file needs numpy alone, so GPy and scipy (requirements-gpy.txt) are added only when the manifest is a
   pickle's;
 - `worker` (JobWorkerFunction): the same, and scipy for designs of experiments (requirements-worker.txt);
 - `finisher` (JobFinisherFunction): requirements-finisher.txt, pyarrow, no model;
+- `training` (TrainingFunction): requirements-training.txt (GPy, scipy, paramz: the fit), handler/, no model;
 - `explorer` (ExplorerFunction): requirements-explorer.txt (Powertools alone), the model explorer's page and assets
   (handler/explorer/) and only the modules of handler/ that handler/explorer_app.py imports: no model.
 
-    python scripts/build_function.py ARTIFACTS_DIR [--arch arm64|x86_64] [--package predict|worker|finisher|explorer]
+    python scripts/build_function.py ARTIFACTS_DIR [--arch arm64|x86_64]
+        [--package predict|worker|finisher|explorer|training]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ PACKAGES = {
     "worker": ("requirements-worker.txt", True),
     "finisher": ("requirements-finisher.txt", False),
     "explorer": ("requirements-explorer.txt", False),
+    "training": ("requirements-training.txt", False),
 }
 # The model explorer's page, script, style and vendored chart library (with its licence): files the explorer's
 # function reads and serves (handler/api/explorer.py), not Python, so copied on their own; only it serves them.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -29,6 +30,9 @@ import orjson
 
 LOG = logging.getLogger("local_jobs")
 MAX_RECEIVE_COUNT = 3  # as the template's RedrivePolicy
+# The training queue as the template declares it (handler/training/jobs.py MAX_ATTEMPTS, 6 x the function's timeout)
+TRAINING_MAX_RECEIVES = 2
+TRAINING_VISIBILITY_S = 5400
 
 
 @dataclass(frozen=True)
@@ -87,15 +91,23 @@ def create_resources(prefix: str = "gpr-local", visibility_timeout_s: int = 60, 
 class RegistryResources:
     bucket: str
     table: str
+    training_queue_url: str = ""
+    training_queue_arn: str = ""
 
     def environment(self) -> dict[str, str]:
         """The functions' variables, as the template sets them from these resources; writes on, as the local API has
         no caller to keep out (the template's RegistryWritesWithoutAuth)."""
-        return {"REGISTRY_BUCKET": self.bucket, "REGISTRY_TABLE": self.table, "REGISTRY_WRITES": "true"}
+        return {
+            "REGISTRY_BUCKET": self.bucket,
+            "REGISTRY_TABLE": self.table,
+            "REGISTRY_WRITES": "true",
+            "TRAINING_QUEUE_URL": self.training_queue_url,
+        }
 
 
 def create_registry(prefix: str = "gpr-local", **client_args: Any) -> RegistryResources:
-    """The model registry's bucket and table (key `pk` + `sk`, strings, as the template's RegistryTable; no TTL)."""
+    """The model registry's bucket and table (key `pk` + `sk`, strings, as the template's RegistryTable; no TTL), and
+    the training queue with its dead-letter queue (a job delivered at most twice, as the template's TrainingQueue)."""
     s3 = boto3.client("s3", **client_args)
     dynamodb = boto3.client("dynamodb", **client_args)
     bucket = table = f"{prefix}-registry"
@@ -109,7 +121,14 @@ def create_registry(prefix: str = "gpr-local", **client_args: Any) -> RegistryRe
         ],
         BillingMode="PAY_PER_REQUEST",
     )
-    return RegistryResources(bucket, table)
+    sqs = boto3.client("sqs", **client_args)
+    dead_url = sqs.create_queue(QueueName=f"{prefix}-training-dead-letters")["QueueUrl"]
+    dead_arn = sqs.get_queue_attributes(QueueUrl=dead_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": TRAINING_MAX_RECEIVES})
+    attributes = {"VisibilityTimeout": str(TRAINING_VISIBILITY_S), "RedrivePolicy": redrive}
+    url = sqs.create_queue(QueueName=f"{prefix}-training", Attributes=attributes)["QueueUrl"]  # type: ignore[arg-type]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return RegistryResources(bucket, table, url, arn)
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:

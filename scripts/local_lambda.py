@@ -78,7 +78,7 @@ STOPPING_RESPONSE = {
 # requestContext.identity.apiKeyId, and every function gets it as REGISTRY_ADMIN_KEY_ID, as the template sets it.
 LOCAL_ADMIN_KEY_ID = "local-admin"
 # The registry's variables: the template's values name resources that exist only once deployed.
-REGISTRY_RESOURCE_VARIABLES = ("REGISTRY_BUCKET", "REGISTRY_TABLE")
+REGISTRY_RESOURCE_VARIABLES = ("REGISTRY_BUCKET", "REGISTRY_TABLE", "TRAINING_QUEUE_URL")
 
 
 class UsageError(Exception):
@@ -841,6 +841,7 @@ class LocalJobs:
             "JobQueue": (self.resources.work_queue_url, self.resources.work_queue_arn),
             "ResultsQueue": (self.resources.results_queue_url, self.resources.results_queue_arn),
             "JobDeadLetterQueue": (self.resources.dead_letter_queue_url, self.resources.dead_letter_queue_arn),
+            "TrainingQueue": (self.registry.training_queue_url, self.registry.training_queue_arn),
         }
         url, arn = queues[event.queue]
         source = SqsEventSource(boto3.client("sqs", **self.client_args), url, arn, pool.call, event.batch_size)

@@ -46,7 +46,7 @@ class Registry:
         """A request to whichever function serves it (writes: the admin function); status, headers, JSON."""
         event = api_event(method, path, body)
         event["requestContext"]["identity"]["apiKeyId"] = key_id
-        writes = method in ("PUT", "DELETE") or (method == "POST" and _is_write(path))
+        writes = method in ("PUT", "DELETE") or (method == "POST" and _is_write(path)) or "/training-jobs/" in path
         handler = registry_admin_app.lambda_handler if writes else app.lambda_handler
         response = handler(event, lambda_context())
         headers = {k: v[0] for k, v in (response.get("multiValueHeaders") or {}).items()} | (
@@ -72,7 +72,7 @@ class Registry:
 
 
 def _is_write(path: str) -> bool:
-    return path.endswith(("/versions", "/check", "/rollback"))
+    return path.endswith(("/versions", "/check", "/rollback", "/train"))
 
 
 def start_registry(

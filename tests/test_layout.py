@@ -17,7 +17,8 @@ LAYERS = {
     "handler.registry": {"handler.gp"},
     "handler.api": {"handler.gp", "handler.analyses", "handler.registry", "handler.config", "handler.jobs"},
     "handler.jobs": {"handler.gp", "handler.analyses", "handler.registry", "handler.config", "handler.api"},
-    "handler.training": {"handler.gp", "handler.registry", "handler.config"},
+    # Training publishes versions (handler.registry) and packages them with the manifest's schema (handler.api's)
+    "handler.training": {"handler.gp", "handler.registry", "handler.config", "handler.api"},
 }
 
 

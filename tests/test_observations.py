@@ -443,12 +443,3 @@ def test_a_canary_that_predicts_the_new_simulations_worse_is_rolled_back(
     assert target.canary_version == (None if canary_is_worse else canary)
     reasons = [move.get("reason") or "" for move in registry.store.history("observed")]
     assert any(r.startswith("canary judged by 20 new simulations") for r in reasons) is canary_is_worse
-
-
-@pytest.mark.xfail(strict=True, reason="TODO(lead): refit full calls handler.training.jobs.start_training")
-def test_refit_full_starts_a_training_job_on_all_the_data(registry: Registry, fitted):
-    _, model_path = fitted
-    live(registry, "observed", model_path)
-    status, answer = observe(registry, "observed", {"data": {"rows": rows(design(5, 61))}, "refit": "full"})
-    assert status == 202, answer
-    assert answer["training_job"]["status"] in ("QUEUED", "RUNNING")

@@ -472,6 +472,10 @@ ADMIN_PATHS = {
     "/models/{name}/aliases/{alias}",
     "/models/{name}/aliases/{alias}/rollback",
     "/models/{name}/observations",
+    "/models/{name}/train",
+    "/models/{name}/training-jobs/{job_id}",
+    "/models/{name}/training-jobs/{job_id}/start",
+    "/models/{name}/training-jobs/{job_id}/cancel",
 }
 MODEL_ROUTES = ("predict", "sample", "sensitivity", "propagate", "suggest", "training-data", "manifest", "jobs")
 REGISTRY_READ_PATHS = {
@@ -611,6 +615,7 @@ def test_alarms_cover_errors_throttles_latency_the_model_and_failed_jobs(templat
         ("AWS/Lambda", "Duration"),
         ("GPRSurrogate", "ModelLoadFailures"),
         ("AWS/SQS", "NumberOfMessagesReceived"),  # job messages dead-lettered
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),  # training messages dead-lettered (nothing consumes them)
     }
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == {"Fn::If": ["AlarmMail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
@@ -662,6 +667,7 @@ def test_the_jobs_resources_are_private_expiring_and_retried_into_a_dead_letter_
         ("JobWorkerFunction", "JobQueue"),
         ("JobFinisherFunction", "ResultsQueue"),
         ("JobFinisherFunction", "JobDeadLetterQueue"),
+        ("TrainingFunction", "TrainingQueue"),
     }
     assert all(m["FunctionResponseTypes"] == ["ReportBatchItemFailures"] for m in mappings.values())
     assert mappings["JobWorkerFunctionWork"]["ScalingConfig"] == {"MaximumConcurrency": 20}  # JobWorkerConcurrency
@@ -795,7 +801,7 @@ def test_only_the_admin_function_may_write_the_registry(monkeypatch):
     assert set(grants["PredictFunctionRole"]) == REGISTRY_READS
     assert set(grants["JobWorkerFunctionRole"]) == REGISTRY_READS
     writers = {role for role, actions in grants.items() if set(actions) - REGISTRY_READS}
-    assert writers == {"RegistryAdminFunctionRole"}
+    assert writers == {"RegistryAdminFunctionRole", "TrainingFunctionRole"}
     # and the admin function writes objects and records, with conditions and transactions, but deletes nothing
     assert grants["RegistryAdminFunctionRole"] == {
         "s3:PutObject": {"RegistryBucket"},
@@ -811,7 +817,8 @@ def test_only_the_admin_function_may_write_the_registry(monkeypatch):
     for role, prefixes in (
         ("PredictFunctionRole", {"models/"}),
         ("JobWorkerFunctionRole", {"models/"}),
-        ("RegistryAdminFunctionRole", {"models/", "uploads/"}),
+        ("RegistryAdminFunctionRole", {"models/", "uploads/", "datasets/"}),
+        ("TrainingFunctionRole", {"models/", "uploads/", "datasets/"}),
     ):
         granted_prefixes = set()
         for policy in resources[role]["Properties"]["Policies"]:
@@ -832,7 +839,10 @@ def test_only_the_admin_function_may_write_the_registry(monkeypatch):
         "PredictFunctionRole",
         "JobWorkerFunctionRole",
         "RegistryAdminFunctionRole",
+        "TrainingFunctionRole",
     }
+    # and the training function writes as the admin function does (it publishes what it fits), deleting nothing
+    assert grants["TrainingFunctionRole"] == grants["RegistryAdminFunctionRole"]
 
 
 def test_the_registry_is_private_and_keyed_as_the_registry_reads_it(monkeypatch, template: dict):
@@ -860,7 +870,9 @@ def test_the_registry_is_private_and_keyed_as_the_registry_reads_it(monkeypatch,
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert table["SSESpecification"] == {"SSEEnabled": True}
-    assert "TimeToLiveSpecification" not in table, "the history is kept"
+    # only training jobs' records carry expires_at (tests/test_training_jobs.py): versions, aliases, history and
+    # datasets are kept
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     for name in ("RegistryBucket", "RegistryTable"):  # published models outlive the stack
         assert (resources[name]["DeletionPolicy"], resources[name]["UpdateReplacePolicy"]) == ("Retain", "Retain")
     variables = template["Globals"]["Function"]["Environment"]["Variables"]

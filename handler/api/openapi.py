@@ -1196,6 +1196,100 @@ def _document_registry_writes(docs: APIGatewayRestResolver, errors: dict[int, Op
     def delete_version(name: Annotated[str, name_doc], version: Annotated[int, version_doc]) -> CheckedVersion:
         raise NotImplementedError
 
+    _document_training(docs, tags, name_doc, refusals, description)
+
+
+def _document_training(
+    docs: APIGatewayRestResolver,
+    tags: list[str],
+    name_doc: Any,
+    refusals: dict[int, OpenAPIResponse],
+    permission: str,
+) -> None:
+    """The admin function's training routes (handler/training/jobs.py): train, a training job, start, cancel."""
+    from handler.api.training_schemas import TrainingJobStatus, TrainingRequest
+
+    job_doc = Path(description="The training job's id (32 hex digits).", pattern=r"^[0-9a-f]{32}$")
+    job: OpenAPIResponse = {
+        "description": "The training job.",
+        "content": {"application/json": {"model": TrainingJobStatus}},
+    }
+    training_refusals: dict[int, OpenAPIResponse] = {
+        **refusals,
+        404: _error(
+            "No such training job for this model.",
+            {"error": "training job not found", "details": [{"field": "job_id", "message": "expected 32 hex digits"}]},
+        ),
+        409: _error(
+            "The job's status forbids it (a finished job cancelled, a queued job started), or the packaged model's "
+            "name.",
+            {"error": "conflict", "details": [{"field": "job", "message": "the job is SUCCEEDED"}]},
+        ),
+        413: _error(
+            "A body over 6,000,000 bytes, more than 10,000 rows, or an upload larger than 10,000 rows can take "
+            "(refused before any of it is read).",
+            {"error": "too large", "details": [{"field": "data.rows", "message": "10001 rows: at most 10000 inline"}]},
+        ),
+        422: _error(
+            "A field missing, unknown or invalid; data that cannot be fitted (a value not finite, a point outside "
+            "its bounds, a constant output, fewer distinct points than features + 1): the field is named.",
+            {
+                "error": "invalid training request",
+                "details": [{"field": "data.inputs", "message": "row 7: x1 = 11 is outside its bounds [-5, 10]"}],
+            },
+        ),
+    }
+
+    @docs.post(
+        "/models/<name>/train",
+        summary="Fit a new version on the service: answers a training job (202)",
+        description=(
+            "Inline rows or columns (10,000 at most) or an upload; for a new model, the features' bounds. Inputs are "
+            "scaled to the unit cube and outputs standardised inside the fit, lengthscales start from the data's "
+            "ranges, 3 restarts by default. The version is published as a packaged one would be; a fit that fails "
+            "the quality gate (leave-one-out R^2 < 0.5, or 95% intervals covering under half of 20 or more points) is "
+            "REJECTED unless `force`. " + permission
+        ),
+        tags=tags,
+        operation_id="trainModel",
+        responses={202: job, **training_refusals},
+    )
+    def train_model(name: Annotated[str, name_doc], body: Annotated[TrainingRequest, Body()]) -> TrainingJobStatus:
+        raise NotImplementedError
+
+    @docs.get(
+        "/models/<name>/training-jobs/<job_id>",
+        summary="A training job: status, progress (fits done of fits total), the version and its promotion",
+        description=permission,
+        tags=tags,
+        operation_id="getTrainingJob",
+        responses={200: job, **training_refusals},
+    )
+    def get_training_job(name: Annotated[str, name_doc], job_id: Annotated[str, job_doc]) -> TrainingJobStatus:
+        raise NotImplementedError
+
+    @docs.post(
+        "/models/<name>/training-jobs/<job_id>/start",
+        summary="Start a training job once its data is uploaded: checked, then queued (202)",
+        description="The upload's size is checked before it is read. " + permission,
+        tags=tags,
+        operation_id="startTrainingJob",
+        responses={202: job, **training_refusals},
+    )
+    def start_training_job(name: Annotated[str, name_doc], job_id: Annotated[str, job_doc]) -> TrainingJobStatus:
+        raise NotImplementedError
+
+    @docs.post(
+        "/models/<name>/training-jobs/<job_id>/cancel",
+        summary="Cancel a training job: a running fit stops at its next restart, and nothing is published",
+        description=permission,
+        tags=tags,
+        operation_id="cancelTrainingJob",
+        responses={200: job, **training_refusals},
+    )
+    def cancel_training_job(name: Annotated[str, name_doc], job_id: Annotated[str, job_doc]) -> TrainingJobStatus:
+        raise NotImplementedError
+
 
 def _optional_bodies(document: dict[str, Any], *operations: tuple[str, str]) -> None:
     """Bodies that may be left out (not sent as JSON null): `required: false` and the object's schema alone."""
