@@ -1,5 +1,6 @@
-"""Fitting GPs for the service: the training function's part (GPy and scipy), never imported by the API function.
+"""Making versions on the service: training jobs and new simulations.
 
-`fit` fits a GP well whatever the data's units; `validation` scores it and holds the quality gate, which
-scripts/package_model.py applies too.
+The training function's part imports GPy and scipy (`fit`, `packaging`, `worker`); the admin function's part is
+numpy only (`data`, `jobs`, `validation`, `promotion`, `conditioning`, `surprise`, `observations`). The API
+function imports none of it (tests/test_training_fit.py holds both).
 """

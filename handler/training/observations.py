@@ -2,7 +2,7 @@
 its canary) scored on them before seeing them, a conditioned version published and promoted, a worse canary rolled
 back. numpy only: this runs in the admin function.
 
-The rules (docs/registry.md states them):
+The rules (docs/training.md states them):
 - Parent: the version the alias (default `live`) serves as its main target, not its canary.
 - Conditioned version, "promote": "if_better": the parent's hyperparameters conditioned on a superset of its data.
   The training rule (both versions scored by leave-one-out on the new dataset, each with its own hyperparameters)
