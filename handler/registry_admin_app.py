@@ -11,6 +11,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import numpy as np
 import orjson
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
@@ -223,7 +224,9 @@ def post_observations(name: str) -> Response:
     manifest = read_manifest(orjson.dumps(parent.manifest), "stored") if parent is not None else None
     if manifest is None:
         raise RegistryUnavailableError(f"{name} version {current.target.version} vanished")
-    X, Y = observations.rows_of(data["data"], manifest.features, manifest.outputs, manifest.limits)
+    # rows anywhere the model answers (where /suggest proposes points): a refit's bounds grow to cover them
+    domain = np.column_stack(manifest.domain(settings.domain_margin))
+    X, Y = observations.rows_of(data["data"], manifest.features, manifest.outputs, domain)
     # "full": scored and appended as "none" does, then a training job on all the data (promoted by the same rule)
     request = observations.Request(X, Y, "none" if refit == "full" else refit, promote, alias, reason)
     answer = observations.observe(
@@ -232,7 +235,9 @@ def post_observations(name: str) -> Response:
     if refit != "full":
         return Response(HTTPStatus.CREATED, content_types.APPLICATION_JSON, orjson.dumps(answer).decode())
     datasets, jobs = training()
-    job, _ = start_training(store(), datasets, jobs, name, {"promote": promote, "alias": alias}, who)
+    job, _ = start_training(
+        store(), datasets, jobs, name, {"promote": promote, "alias": alias}, who, margin=settings.domain_margin
+    )
     answer["training_job"] = job.document()
     headers = {"Location": f"/models/{name}/training-jobs/{job.job_id}"}
     return Response(HTTPStatus.ACCEPTED, content_types.APPLICATION_JSON, orjson.dumps(answer).decode(), headers)
@@ -283,7 +288,7 @@ def train(name: str) -> Response:
         raise RegistryConflictError("model", f"{name} is the packaged model's name: train under another name")
     data = body(MAX_TRAIN_BODY_BYTES)
     datasets, jobs = training()
-    job, upload_url = start_training(store(), datasets, jobs, name, data, who)
+    job, upload_url = start_training(store(), datasets, jobs, name, data, who, margin=settings.domain_margin)
     answer = {**job.document(), "upload_url": upload_url}
     if upload_url is not None:
         answer["start"] = f"/models/{name}/training-jobs/{job.job_id}/start"
@@ -302,7 +307,7 @@ def start_training_job(name: str, job_id: str) -> Response:
     who = require_admin()
     job = _job(model_name(name), job_id)
     datasets, jobs = training()
-    started = start_uploaded(datasets, jobs, job, who)
+    started = start_uploaded(datasets, jobs, job, who, margin=settings.domain_margin)
     return Response(HTTPStatus.ACCEPTED, content_types.APPLICATION_JSON, orjson.dumps(started.document()).decode())
 
 

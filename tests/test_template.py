@@ -834,6 +834,11 @@ def test_only_the_admin_function_may_write_the_registry(monkeypatch):
                         [prefix] = re.fullmatch(r"\$\{RegistryBucket\.Arn\}/(\w+/)\*", pattern).groups()
                         granted_prefixes.add(prefix)
         assert granted_prefixes == prefixes, role
+    # and the training function reads the datasets it fits but never writes one (the admin function does)
+    for policy in resources["TrainingFunctionRole"]["Properties"]["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if "/datasets/" in json.dumps(statement):
+                assert statement["Action"] in ("s3:GetObject", ["s3:GetObject"]), statement
     # and no other function touches the registry at all
     assert {role for role, actions in grants.items() if actions} == {
         "PredictFunctionRole",

@@ -170,6 +170,25 @@ def test_observations_with_refit_full_are_kept_and_start_a_training_job_on_all_t
     assert training.registry.store.version("branin", job["version"]).details["origin"]["how"] == "trained"
 
 
+def test_rows_where_the_model_answers_past_its_bounds_are_kept_and_the_refit_covers_them(training: Training, rows40):
+    # given a model of x1 in [-5, 10], which answers up to 11.5 (the domain margin): where /suggest may propose
+    training.train("branin", new_model(rows40, restarts=1))
+    training.deliver()
+    # when a simulation at x1 = 11 is observed, then refitted in full
+    row = {"x1": 11.0, "x2": 5.0, "y": float(BRANIN.function(np.array([[11.0, 5.0]])).ravel()[0])}
+    event = api_event("POST", "/models/branin/observations", {"data": {"rows": [row]}, "refit": "full"})
+    event["requestContext"]["identity"]["apiKeyId"] = ADMIN_KEY_ID
+    response = registry_admin_app.lambda_handler(event, lambda_context())
+    assert response["statusCode"] == 202, response_json(response)
+    training.deliver()
+    # then the row is in the new version's data, and its bounds grew just enough to cover it
+    job = training.job("branin", response_json(response)["training_job"]["job_id"])
+    assert job["status"] == "SUCCEEDED", job
+    manifest = training.registry.store.version("branin", job["version"]).manifest
+    assert manifest["bounds"]["x1"] == [-5.0, 11.0]
+    assert manifest["bounds"]["x2"] == [0.0, 15.0]
+
+
 def test_if_better_keeps_the_alias_when_the_new_version_is_worse(training: Training, rows40):
     # given a live version fitted with a smooth kernel
     first = training.train("branin", new_model(rows40))
@@ -414,7 +433,8 @@ def hostile(rows40: list[dict[str, float]]) -> dict[str, tuple[dict[str, Any], s
         "bounds": {**BOUNDS, "x3": [0, 1]},
         "data": {"rows": [{**r, "x3": 0.5} for r in rows40[:2]]},
     }
-    outside = [{**row, "x1": 11.0} if i == 7 else row for i, row in enumerate(rows40)]
+    # x1's bounds are [-5, 10]: the model answers up to 11.5 (a 10% margin), so 12 is outside
+    outside = [{**row, "x1": 12.0} if i == 7 else row for i, row in enumerate(rows40)]
     return {
         "duplicates-only": ({**base, "data": {"rows": same}}, "data.rows", 422),
         "constant-output": ({**base, "data": {"rows": constant}}, "data.outputs", 422),

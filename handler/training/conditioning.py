@@ -138,6 +138,8 @@ def conditioned_manifest(
         "posterior": description,
         "holdout": None,
         "training": {**(parent.get("training") or {}), "conditioned": {"parent_version": parent_version}},
+        # its own words, not its parent's ("trained by job ..." would name a job that did not make it)
+        "description": f"conditioned on {n_train} rows from version {parent_version} (its hyperparameters)",
     }
     manifest.pop("leave_one_out", None)
     for key in ("name", "packaged_as"):  # the registry adds them again when it stores the manifest

@@ -25,6 +25,10 @@ DEFAULT_RESTARTS = 3
 EXACT_MAX_N = 2_000
 MAX_TRAINING_ROWS = 10_000
 MAX_RESTARTS = 20
+# Outputs are standardised inside the fit and a prediction's variance is the fit's times the outputs' variance: past
+# 1e150 in size (or spread) that variance, a square, overflows float64 (the fit fails, predictions are infinite),
+# and a spread whose square underflows (below ~1.5e-154) leaves nothing to standardise. Rescale such outputs.
+MAX_OUTPUT_MAGNITUDE = 1e150
 
 
 class TrainingDataError(ValueError):
@@ -90,6 +94,13 @@ def check_training_data(
             raise TrainingDataError(
                 kind, f"row {row}: {names[column]} is {values[row, column]} ({len(bad)} values are not finite)"
             )
+    if (too_large := np.argwhere(np.abs(Y) > MAX_OUTPUT_MAGNITUDE)).size:
+        row, column = too_large[0]
+        raise TrainingDataError(
+            "outputs",
+            f"row {row}: {outputs[column]} is {Y[row, column]:g}: outputs larger than {MAX_OUTPUT_MAGNITUDE:g} "
+            "cannot be fitted (their variance overflows); rescale them",
+        )
     outside = np.argwhere((low > X) | (high < X))
     if len(outside):
         row, j = outside[0]
@@ -111,4 +122,36 @@ def check_training_data(
         # constant to rounding: a spread of a few ulps of the values is no signal
         if np.ptp(Y[:, k]) <= 8 * np.finfo(float).eps * float(np.max(np.abs(Y[:, k]))):
             raise TrainingDataError("outputs", f"{name} is constant ({Y[0, k]:g}): there is nothing to fit")
+        if np.std(Y[:, k]) ** 2 < np.finfo(float).tiny:
+            spread = np.ptp(Y[:, k])
+            raise TrainingDataError(
+                "outputs", f"{name} varies by {spread:g}: too little to standardise (its variance underflows)"
+            )
     return CheckedData(X, Y, bounds, dropped)
+
+
+def answered_domain(bounds: np.ndarray, limits: np.ndarray | None, margin: float) -> np.ndarray:
+    """Where a model answers (handler.gp.artifact.Manifest.domain): its bounds widened by `margin` x each range,
+    within its physical limits. A model's data may lie anywhere in it: /suggest proposes points there, and the
+    rows simulated at them are observations like any other."""
+    width = bounds[:, 1] - bounds[:, 0]
+    low, high = bounds[:, 0] - margin * width, bounds[:, 1] + margin * width
+    if limits is not None:
+        low, high = np.maximum(low, limits[:, 0]), np.minimum(high, limits[:, 1])
+    return np.column_stack([low, high])
+
+
+def covering(bounds: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """The bounds widened just enough to hold every row of X: what a fit on data reaching past its model's bounds
+    (inside the answered domain) declares, so that the new version's domain grows with its data."""
+    if len(X) == 0:
+        return bounds
+    return np.column_stack([np.minimum(bounds[:, 0], X.min(axis=0)), np.maximum(bounds[:, 1], X.max(axis=0))])
+
+
+def limits_array(limits: Any, features: Any) -> np.ndarray | None:
+    """{feature: [low or None, high or None]} as a (d, 2) array with open ends infinite; None without limits."""
+    if not limits:
+        return None
+    pairs = [limits.get(name) or [None, None] for name in features]
+    return np.array([[-np.inf if lo is None else lo, np.inf if hi is None else hi] for lo, hi in pairs], dtype=float)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from handler.config import Settings
 from handler.gp.artifact import check_limits, check_names, check_units
 from handler.registry.datasets import Dataset, DatasetStore
 from handler.registry.names import BadNameError, check_alias
@@ -33,7 +34,9 @@ from handler.training.data import (
     MAX_RESTARTS,
     MAX_TRAINING_ROWS,
     TrainingDataError,
+    answered_domain,
     check_training_data,
+    limits_array,
 )
 from handler.training.promotion import DEFAULT_PROMOTION, PROMOTION_RULES
 
@@ -62,6 +65,10 @@ REQUEST_FIELDS = (
     "data", "features", "outputs", "bounds", "units", "limits", "kernel", "restarts", "inference", "promote",
     "alias", "force", "description", "seed",
 )  # fmt: skip
+
+
+# The margin by which a model answers past its bounds (DOMAIN_MARGIN; the admin function passes its own setting)
+DOMAIN_MARGIN = Settings.domain_margin
 
 
 class TrainingRequestError(ValueError):
@@ -435,6 +442,7 @@ def start_training(
     request: dict[str, Any],
     by: str,
     max_inline_rows: int = MAX_TRAINING_ROWS,
+    margin: float = DOMAIN_MARGIN,
 ) -> tuple[TrainingJob, str | None]:
     """Check a training request in full and queue its job (or await its upload): the job and the upload URL, if any.
 
@@ -495,21 +503,23 @@ def start_training(
     if data is not None:
         X, Y = _inline(data, features, outputs, max_inline_rows)
         exact_allowed(options, len(X) + (existing.head.rows if existing is not None and existing.head else 0))
-        dataset = _store_data(datasets, name, existing, X, Y, features, outputs, bounds, by)
+        dataset = _store_data(datasets, name, existing, X, Y, features, outputs, bounds, by, "data", limits, margin)
     else:
         assert existing is not None
         assert existing.head is not None
         dataset = existing.head
         exact_allowed(options, dataset.rows)
         inputs, values = datasets.load(dataset)
-        _check(inputs, values, bounds, features, outputs, "data")
+        _check(inputs, values, bounds, features, outputs, "data", limits, margin)
     job = replace(job, dataset=dataset.reference())
     jobs.create(job)
     jobs.enqueue(job)
     return job, None
 
 
-def start_uploaded(datasets: DatasetStore, jobs: TrainingStore, job: TrainingJob, by: str) -> TrainingJob:
+def start_uploaded(
+    datasets: DatasetStore, jobs: TrainingStore, job: TrainingJob, by: str, margin: float = DOMAIN_MARGIN
+) -> TrainingJob:
     """/start: the upload read and checked as inline data is (its size first), then the job queued."""
     if job.status != "AWAITING_UPLOAD" or job.upload is None:
         raise TrainingRequestError("job", f"the job is {job.status}: only a job awaiting its upload is started", 409)
@@ -535,7 +545,7 @@ def start_uploaded(datasets: DatasetStore, jobs: TrainingStore, job: TrainingJob
     existing = _existing(jobs.registry, datasets, job.model)
     exact_allowed(job.options, len(X) + (existing.head.rows if existing is not None and existing.head else 0))
     dataset = _store_data(
-        datasets, job.model, existing, X, Y, job.features, job.outputs, job.bounds, by, field_prefix="upload"
+        datasets, job.model, existing, X, Y, job.features, job.outputs, job.bounds, by, "upload", job.limits, margin
     )
     return jobs.queue(job, dataset)
 
@@ -701,49 +711,76 @@ def _inline(
 def _read_upload(raw: bytes, kind: str, features: list[str], outputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     names = [*features, *outputs]
     if kind == "npy":
+        _check_npy_header(raw, len(names))
         try:
-            table = np.load(io.BytesIO(raw), allow_pickle=False)
+            table = np.load(io.BytesIO(raw), allow_pickle=False).astype(float)
         except (ValueError, OSError, EOFError) as exc:
             raise TrainingRequestError("upload", f"not a .npy file: {exc}"[:200]) from None
-        if table.ndim != 2 or table.shape[1] != len(names) or not np.issubdtype(table.dtype, np.number):
-            raise TrainingRequestError(
-                "upload",
-                f"expected a 2-d array of numbers, rows x {len(names)} ({', '.join(names)}): {table.shape}",
-            )
-        if len(table) > MAX_TRAINING_ROWS:
-            raise TrainingRequestError("upload", f"{len(table)} rows: at most {MAX_TRAINING_ROWS}", 413)
-        table = table.astype(float)
     else:
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise TrainingRequestError("upload", "a CSV in UTF-8 expected") from None
         reader = csv.reader(io.StringIO(text))
-        header = [column.strip() for column in next(reader, [])]
-        if missing := [name for name in names if name not in header]:
-            raise TrainingRequestError("upload", f"the CSV's header has no column {', '.join(missing)}")
-        order = [header.index(name) for name in names]
-        rows: list[list[float]] = []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(rows) >= MAX_TRAINING_ROWS:
-                raise TrainingRequestError("upload", f"more than {MAX_TRAINING_ROWS} rows", 413)
-            try:
-                rows.append([float(row[k]) for k in order])
-            except (ValueError, IndexError):
-                raise TrainingRequestError("upload", f"line {line}: expected a number in each column") from None
+        try:  # csv.Error: a field past the csv module's size limit, a malformed quote
+            header = [column.strip() for column in next(reader, [])]
+            if missing := [name for name in names if name not in header]:
+                raise TrainingRequestError("upload", f"the CSV's header has no column {', '.join(missing)}")
+            order = [header.index(name) for name in names]
+            rows: list[list[float]] = []
+            for line, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                if len(rows) >= MAX_TRAINING_ROWS:
+                    raise TrainingRequestError("upload", f"more than {MAX_TRAINING_ROWS} rows", 413)
+                try:
+                    rows.append([float(row[k]) for k in order])
+                except (ValueError, IndexError):
+                    raise TrainingRequestError("upload", f"line {line}: expected a number in each column") from None
+        except csv.Error as exc:
+            raise TrainingRequestError("upload", f"line {reader.line_num}: not a CSV row ({exc})"[:200]) from None
         table = np.array(rows, dtype=float).reshape(-1, len(names))
     return table[:, : len(features)], table[:, len(features) :]
 
 
-def _check(
-    X: np.ndarray, Y: np.ndarray, bounds: dict[str, list[float]], features: Any, outputs: Any, prefix: str
-) -> None:
+def _check_npy_header(raw: bytes, columns: int) -> None:
+    """The .npy's header read and checked before its array is: a 2-d array of real numbers, rows x `columns`, at
+    most MAX_TRAINING_ROWS rows, and no more data declared than the file holds (numpy allocates what the header
+    declares before it reads a byte of it)."""
+    buffer = io.BytesIO(raw)
     try:
-        check_training_data(
-            X, Y, np.array([bounds[f] for f in features]), features=list(features), outputs=list(outputs)
+        version = np.lib.format.read_magic(buffer)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f"format version {version[0]}.{version[1]} (1.0 or 2.0 expected)")
+        shape, _, dtype = read_header[version](buffer)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise TrainingRequestError("upload", f"not a .npy file: {exc}"[:200]) from None
+    if len(shape) != 2 or shape[1] != columns or dtype.kind not in "iuf":
+        raise TrainingRequestError(
+            "upload", f"expected a 2-d array of real numbers, rows x {columns}: {shape} of {dtype.str}"
         )
+    if shape[0] > MAX_TRAINING_ROWS:
+        raise TrainingRequestError("upload", f"{shape[0]} rows: at most {MAX_TRAINING_ROWS}", 413)
+    if shape[0] * columns * dtype.itemsize > len(raw) - buffer.tell():
+        raise TrainingRequestError("upload", f"its header declares {shape} values; the file is shorter")
+
+
+def _check(
+    X: np.ndarray,
+    Y: np.ndarray,
+    bounds: dict[str, list[float]],
+    features: Any,
+    outputs: Any,
+    prefix: str,
+    limits: Any = None,
+    margin: float = DOMAIN_MARGIN,
+) -> None:
+    """The data as a fit takes it: every row inside the domain the model answers for (its bounds widened by the
+    margin, within its limits: where /suggest proposes points); the fit's bounds then cover the rows."""
+    domain = answered_domain(np.array([bounds[f] for f in features]), limits_array(limits, features), margin)
+    try:
+        check_training_data(X, Y, domain, features=list(features), outputs=list(outputs))
     except TrainingDataError as exc:
         field = "bounds" if exc.field == "bounds" else f"{prefix}.{exc.field}"
         raise TrainingRequestError(field, exc.message) from None
@@ -760,18 +797,20 @@ def _store_data(
     bounds: dict[str, list[float]],
     by: str,
     field_prefix: str = "data",
+    limits: Any = None,
+    margin: float = DOMAIN_MARGIN,
 ) -> Dataset:
     """The data checked (with the head's rows, which it joins) and written: the dataset the job fits."""
     head = existing.head if existing is not None else None
     if head is None:
-        _check(X, Y, bounds, features, outputs, field_prefix)
+        _check(X, Y, bounds, features, outputs, field_prefix, limits, margin)
         return datasets.create(name, X, Y, features, outputs, by)
     if head.rows + len(X) > MAX_TRAINING_ROWS:
         raise TrainingRequestError(
             field_prefix, f"{head.rows} rows held and {len(X)} sent: at most {MAX_TRAINING_ROWS} can be fitted", 413
         )
     before_X, before_Y = datasets.load(head)
-    _check(np.vstack([before_X, X]), np.vstack([before_Y, Y]), bounds, features, outputs, field_prefix)
+    _check(np.vstack([before_X, X]), np.vstack([before_Y, Y]), bounds, features, outputs, field_prefix, limits, margin)
     dataset, _ = datasets.append(name, X, Y, by)
     return dataset
 

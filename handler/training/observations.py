@@ -44,6 +44,7 @@ from handler.registry.store import (
     Version,
 )
 from handler.training.conditioning import ConditioningError, conditioned_file
+from handler.training.data import MAX_OUTPUT_MAGNITUDE
 from handler.training.surprise import mean_msll, scores
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,10 @@ def row_count(data: Any) -> int:
     return n
 
 
-def rows_of(data: Any, features: tuple[str, ...], outputs: tuple[str, ...], limits: np.ndarray | None) -> Any:
-    """(X, Y) of `data`, each value a finite number and each feature within its physical limits."""
+def rows_of(data: Any, features: tuple[str, ...], outputs: tuple[str, ...], bounds: np.ndarray) -> Any:
+    """(X, Y) of `data`, each value a finite number and each feature within `bounds`: the domain the model answers
+    (its bounds widened by the margin, within its limits), which a full refit checks the data against too
+    (handler.training.jobs), so the model's data always stays trainable."""
     n = row_count(data)
     names = features + outputs
     values = np.empty((n, len(names)))
@@ -139,15 +142,22 @@ def rows_of(data: Any, features: tuple[str, ...], outputs: tuple[str, ...], limi
             for i, value in enumerate(columns[name]):
                 values[i, j] = _number(value, f"data.columns.{name}[{i}]")
     X, Y = values[:, : len(features)], values[:, len(features) :]
-    if limits is not None:
-        low, high = limits[:, 0], limits[:, 1]
-        outside = np.less(X, low) | np.greater(X, high)
-        if outside.any():
-            i, j = (int(k) for k in np.argwhere(outside)[0])
-            low, high = limits[j]
-            raise ObservationRefusedError(
-                f"data.{features[j]}", f"row {i}: {X[i, j]:g} is outside the physical limits [{low:g}, {high:g}]"
-            )
+    if (too_large := np.argwhere(np.abs(Y) > MAX_OUTPUT_MAGNITUDE)).size:
+        i, k = (int(v) for v in too_large[0])
+        raise ObservationRefusedError(
+            f"data.{outputs[k]}",
+            f"row {i}: {Y[i, k]:g} is larger than {MAX_OUTPUT_MAGNITUDE:g}: no model can hold it (its variance "
+            "overflows); rescale the outputs",
+        )
+    outside = np.less(X, bounds[:, 0]) | np.greater(X, bounds[:, 1])
+    if outside.any():
+        i, j = (int(k) for k in np.argwhere(outside)[0])
+        low, high = bounds[j]
+        raise ObservationRefusedError(
+            f"data.{features[j]}",
+            f"row {i}: {X[i, j]:g} is outside [{low:g}, {high:g}], where the model answers (its bounds widened by "
+            'the domain margin, within its physical limits): to reach further, train it again with wider "bounds"',
+        )
     return X, Y
 
 

@@ -27,7 +27,7 @@ from handler.gp.artifact import manifest_path_for
 from handler.registry.datasets import DatasetStore, datasets_from_store
 from handler.registry.publishing import PublishRefusedError, publish_artifact
 from handler.registry.store import RegistryStore, RegistryUnavailableError, store_from_settings
-from handler.training.data import EXACT_MAX_N, TrainingDataError
+from handler.training.data import EXACT_MAX_N, TrainingDataError, covering
 from handler.training.fit import FitResult, fit
 from handler.training.jobs import TRAINING_TIMEOUT_S, JobCancelledError, TrainingJob, TrainingStore
 from handler.training.packaging import PackagingError, package
@@ -106,7 +106,9 @@ def train(
             state[0] = jobs.progress(state[0], fits_done=fits_done, fits_total=fits_total)
 
         options = job.options
-        bounds = np.array([job.bounds[f] for f in job.features])
+        # rows may reach past the bounds (within the domain the model answers: /suggest proposes points there); the
+        # new version's bounds cover them
+        bounds = covering(np.array([job.bounds[f] for f in job.features]), X)
         result = fit(
             X,
             Y,
@@ -145,6 +147,8 @@ def train(
         return
     promoted, promotion = False, None
     if version.state == "READY":
+        # JobCancelledError when a cancel landed while the version was published: it stays, unpromoted
+        job = jobs.progress(job, stage="publishing")
         promoted, promotion = promote(
             registry,
             version,
@@ -204,7 +208,8 @@ def publish(job: TrainingJob, result: FitResult, registry: RegistryStore) -> Any
             Path(folder) / f"{job.model}.npz",
             features=features,
             outputs=outputs,
-            bounds={f: (float(lo), float(hi)) for f, (lo, hi) in job.bounds.items()},
+            # the fit's bounds: the job's, covering every row it was fitted on
+            bounds={f: (float(lo), float(hi)) for f, (lo, hi) in zip(features, result.bounds, strict=True)},
             name=job.model,
             description=job.options.description or f"trained by job {job.job_id}",
             training={"job_id": job.job_id, "fit": result.describe()},
