@@ -7,7 +7,9 @@ its posterior mean on a hold-out Latin hypercube, and the round's wall time. Med
 - ours (HTTP): the service, over HTTP against a local server (scripts/local_lambda.py serve, started here, its
   registry and training queue on moto): `client.train` on the initial design, then `client.loop`: each round POST
   /suggest (variance or integrated variance), the simulator called here, POST /observations (a version conditioned
-  on all the data, promoted), and every REFIT_EVERY rounds a full refit (a training job, promoted if better). A
+  on all the data, promoted), and a full refit (a training job, promoted if better) when the client's default
+  refit rule (refit_every="auto", gpr_client.training.RefitPolicy) calls for one: the data grown by a fifth since
+  the last fit, or the new runs surprised the served versions. A
   round's time is the loop's own (suggest + simulate + observe + refit), the hold-out predictions not counted.
 - Emukit: `ExperimentalDesignLoop` (an OuterLoop) with ModelVariance or IntegratedVarianceReduction (1,024 Monte
   Carlo points, as many as /suggest's integrated-variance reference points) on a GPy GPRegression: Matern-5/2 ARD
@@ -60,7 +62,7 @@ from benchmarks.simulators import SIMULATORS, Simulator  # noqa: E402
 
 SECTION = "The active-learning loop: ours over HTTP against Emukit and a space-filling design (benchmarks/loop.py)"
 ADMIN_KEY = "bench-loop-admin"
-REFIT_EVERY = 5
+REFIT_EVERY = "auto"  # the client's default rule (gpr_client.training.RefitPolicy)
 MONTE_CARLO_POINTS = 1_024
 SEEDS = (0, 1, 2)
 HOLDOUT = 2_000
@@ -107,6 +109,8 @@ class Run:
     rmse: dict[int, float] = field(default_factory=dict)  # {simulator calls: RMSE}
     round_seconds: list[float] = field(default_factory=list)
     initial_seconds: float = float("nan")
+    refits: int = 0  # full refits during the rounds (Emukit: one a round)
+    steps: dict[str, list[float]] = field(default_factory=dict)  # ours (HTTP): seconds per step of each round
 
 
 def rmse(predicted: np.ndarray, truth: np.ndarray) -> float:
@@ -159,6 +163,7 @@ def emukit_run(simulator: Simulator, setup: Setup, seed: int, acquisition: str, 
                 run.initial_seconds, clock["first"] = now - clock["last"], False
             else:
                 run.round_seconds.append(now - clock["last"])
+                run.refits += 1
             run.rmse[len(model.X)] = rmse(model.predict(X_holdout)[0], y_holdout)
             clock["last"] = time.perf_counter()
 
@@ -197,13 +202,18 @@ def space_filling_run(simulator: Simulator, setup: Setup, seed: int, holdout: tu
 def ours_in_process_run(simulator: Simulator, setup: Setup, seed: int, acquisition: str, holdout: tuple) -> Run:
     """Our fit on the initial design; each round /suggest's own search (handler.analyses.acquisition) on the
     posterior, the simulator, and conditioning (the same hyperparameters on all the data, as refit "condition");
-    every REFIT_EVERY rounds our fit again. What the service does, without HTTP, storage or the training queue."""
+    our fit again when the loop's refit rule says so (the surprise scored as the service scores it). What the
+    service does, without HTTP, storage or the training queue."""
+    from gpr_client.training import RefitPolicy
+
     from handler.analyses.acquisition import SuggestionProblem, suggest
     from handler.gp.from_gpy import posterior_from_gpy
     from handler.training.fit import fit
+    from handler.training.surprise import surprise
 
     X_holdout, y_holdout = holdout
     low, high = simulator.bounds_array.T
+    policy = RefitPolicy(REFIT_EVERY)
     rng = np.random.default_rng(seed)
     problem = SuggestionProblem(
         "integrated_variance" if acquisition == "integrated" else "variance", 0, "maximize", low, high, None, 2.0
@@ -216,14 +226,19 @@ def ours_in_process_run(simulator: Simulator, setup: Setup, seed: int, acquisiti
         gp = fit(X, Y, simulator.bounds_array, seed=seed).model.gp
     run.initial_seconds = time.perf_counter() - started
     run.rmse[len(X)] = rmse(gp.predict_noiseless(X_holdout)[0], y_holdout)
-    for number in range(setup.rounds):
+    for _ in range(setup.rounds):
         started = time.perf_counter()
         picks = suggest(posterior_from_gpy(gp), problem, setup.batch, np.empty((0, len(low))), rng)
         points = np.array([pick.point for pick in picks])
-        X, Y = np.vstack([X, points]), np.vstack([Y, simulator.function(points)[:, None]])
+        values = simulator.function(points)[:, None]
+        scores = surprise(posterior_from_gpy(gp), points, values, ["y"], Y)
+        policy.observed({"rows_before": len(X), "rows_added": len(points), "surprise": scores})
+        X, Y = np.vstack([X, points]), np.vstack([Y, values])
         with quiet():
-            if (number + 1) % REFIT_EVERY == 0:
+            if policy.due() is not None:
                 gp = fit(X, Y, simulator.bounds_array, seed=seed).model.gp
+                policy.refitted()
+                run.refits += 1
             else:
                 gp.set_XY(X, Y)  # conditioning: the hyperparameters kept
         run.round_seconds.append(time.perf_counter() - started)
@@ -300,6 +315,10 @@ def ours_run(base_url: str, simulator: Simulator, setup: Setup, seed: int, acqui
 
         def measured(entry: LoopRound) -> None:
             run.round_seconds.append(entry.seconds["total"])
+            run.refits += entry.training_job is not None
+            for step in ("suggest", "observe", "refit"):
+                if step != "refit" or entry.training_job is not None:  # a refit's seconds: the rounds with one
+                    run.steps.setdefault(step, []).append(entry.seconds[step])
             serving["version"] = entry.served or serving["version"]
             run.rmse[setup.initial + (entry.round + 1) * setup.batch] = holdout_rmse(serving["version"])
 
@@ -377,7 +396,9 @@ def report(
     holdout_n: int,
 ) -> str:
     header = ["function (d; y's std on the hold-out set): calls", "arm", "RMSE at start", "1/4", "1/2", "3/4",
-              "all calls", "s / round (median)", "s / round (max)", "initial fit s"]  # fmt: skip
+              "all calls", "s / round (median)", "s / round (max)", "full refits",
+              "median s: suggest / observe / a refit",
+              "initial fit s"]  # fmt: skip
     rows = []
     for name in names:
         setup = setups[name]
@@ -395,24 +416,38 @@ def report(
             scores = [_median([r.rmse[n] for r in runs if n in r.rmse]) for n in at]
             seconds = [s for r in runs for s in r.round_seconds]
             if arm == "space-filling":
-                timing = ["fit once", "fit once", f"{statistics.median(seconds):.2f} at {at[-1]}"]
+                timing = ["fit once", "fit once", "-", "-", f"{statistics.median(seconds):.2f} at {at[-1]}"]
             else:
                 initial = statistics.median(r.initial_seconds for r in runs)
-                timing = [f"{statistics.median(seconds):.2f}", f"{max(seconds):.2f}", f"{initial:.2f}"]
+                refits = statistics.median(r.refits for r in runs)
+                steps = [[s for r in runs for s in r.steps.get(step, [])] for step in ("suggest", "observe", "refit")]
+                split = " / ".join(f"{statistics.median(v):.2f}" if v else "-" for v in steps) if steps[0] else "-"
+                timing = [
+                    f"{statistics.median(seconds):.2f}",
+                    f"{max(seconds):.2f}",
+                    f"{refits:g}",
+                    split,
+                    f"{initial:.2f}",
+                ]
             rows.append([label, ARMS[arm], *(f"{s:.4g}" for s in scores), *timing])
     notes = "".join(f"\n\n{ARMS[arm]}: not run: {why}" for arm, why in missing.items())
     versions = ", ".join(f"{p} {version(p)}" for p in ("numpy", "GPy", "emukit"))
+    command = "" if seeds == SEEDS else f" --seeds {len(seeds)}"
     return (
-        f"`python benchmarks/loop.py` on {date.today().isoformat()}, on a {os.cpu_count()}-core {platform.machine()} "
+        f"`python benchmarks/loop.py{command}` on {date.today().isoformat()}, on a {os.cpu_count()}-core "
+        f"{platform.machine()} "
         f"machine, one BLAS thread a process (Python {platform.python_version()}; {versions}). Each function in its "
         f"physical units, the same initial Latin hypercube for every arm, then rounds of the batch size to the same "
         f"budget of simulator calls; RMSE of the posterior mean on {holdout_n:,} hold-out points (another Latin "
         f"hypercube) at the start, after a quarter, half, three quarters and all of the rounds; medians over seeds "
-        f"{list(seeds)}. Seconds per round are wall time (ours: suggest + simulate + observe over HTTP, plus a full "
-        f"refit every {REFIT_EVERY} rounds, which is the max; Emukit: the acquisition's optimisation + simulate + "
-        f"re-optimising the hyperparameters); space-filling: one fit of the whole design with our fit.\n\n"
-        + table(header, rows)
-        + notes
+        f"{list(seeds)}. Seconds per round are wall time (ours: suggest + simulate + observe over HTTP, plus, in the "
+        f'rounds the default refit rule (refit_every="auto") calls for one, a full refit: a training job through '
+        f"the local server's queue poller, waited for; the max is such a round); Emukit: the acquisition's "
+        f"optimisation + simulate + "
+        f"re-optimising the hyperparameters); space-filling: one fit of the whole design with our fit. Ours' steps: "
+        f"the median seconds of /suggest, of /observations (scoring, conditioning, publishing and promoting a "
+        f"version) and of a full refit (over the rounds that had one: the training job queued, fitted, validated, "
+        f"published and waited for).\n\n" + table(header, rows) + notes
     )
 
 

@@ -6,15 +6,16 @@ job, its progress shown), asks it for Sobol' indices (`sensitivity`, intervals w
 the function's own, then runs the loop (`client.loop`): each round the service suggests q runs (POST /suggest,
 integrated variance by default), this script simulates them, and the service absorbs them (POST /observations: how
 surprised the served version was by them, and a version conditioned on all the data, in the request), with a full
-refit every --refit-every rounds. Beside it, our fit on as many uniformly random runs (the mean over --repeats
-random designs). Each round prints both RMSEs on 2,000 random test points and the surprise; at the end, the
-indices again from the last version.
+refit (a training job, promoted if better) when the client's default rule calls for one: the data grown by a fifth
+since the last fit, or the new runs surprised the served versions (--refit-every k: every k rounds). Beside it, our
+fit on as many uniformly random runs (the mean over --repeats random designs). Each round prints both RMSEs on
+2,000 random test points and the surprise; at the end, the indices again from the last version.
 
 Without --url it starts the project's local server (scripts/local_lambda.py serve, its registry and training queue
 on moto) with an admin key of its own, and stops it on exit (Ctrl-C included). With --url, the admin key comes from
 --admin-key or $GPR_SURROGATE_ADMIN_KEY. About a minute on 2 cores.
 
-    .venv/bin/python examples/active_learning.py [--rounds 4] [--q 5] [--initial 10] [--refit-every 2]
+    .venv/bin/python examples/active_learning.py [--rounds 4] [--q 5] [--initial 10] [--refit-every auto]
     .venv/bin/python examples/active_learning.py --url http://127.0.0.1:3000 --admin-key KEY
 """
 
@@ -159,7 +160,8 @@ def study(args: argparse.Namespace, base_url: str, admin_key: str | None) -> Non
                 f"Sobol' indices of the initial surrogate ({args.initial} runs)",
             )
             first = rmse(served.predict(X_test, latent=True).mean[:, 0], y_test)
-        print(f"Branin; {args.rounds} rounds of {args.q} ({args.acquisition}), a full refit every {args.refit_every}; "
+        refits = "by the default rule" if args.refit_every == "auto" else f"every {args.refit_every} rounds"
+        print(f"Branin; {args.rounds} rounds of {args.q} ({args.acquisition}), a full refit {refits}; "
               f"RMSE on {len(X_test)} test points (Branin's std there: {y_test.std():.1f})")  # fmt: skip
         print(f"{'round':>5} {'runs':>5} {'version':>7} {'RMSE active':>12} {'RMSE random':>12} {'surprise |z|':>12}")
         rows = [(0, args.initial, first, random_rmse(random_designs, args.initial, X_test, y_test))]
@@ -176,7 +178,7 @@ def study(args: argparse.Namespace, base_url: str, admin_key: str | None) -> Non
             print(f"{entry.round + 1:5d} {runs:5d} {entry.version or 0:7d} {active:12.4f} "
                   f"{rows[-1][3]:12.4f} {surprise:12.2f}{refit}", flush=True)  # fmt: skip
 
-        # 2. The loop: suggest, simulate (here), observe (a conditioned version), and a full refit every k rounds
+        # 2. The loop: suggest, simulate (here), observe (a conditioned version), and a full refit when due
         history = admin.loop(name, branin, rounds=args.rounds, batch=args.q, acquisition=args.acquisition,
                              refit_every=args.refit_every, progress=after, seed=args.seed)  # fmt: skip
         with version_of(serving["version"]) as served:
@@ -191,6 +193,10 @@ def study(args: argparse.Namespace, base_url: str, admin_key: str | None) -> Non
           f"({time.monotonic() - started_at:.0f} s)")  # fmt: skip
 
 
+def refit_every(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
 def interrupted(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -203,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="the model's name in the registry (default: branin-active-<random>)")
     parser.add_argument("--rounds", type=int, default=4, help="suggest-simulate-observe rounds (default 4)")
     parser.add_argument("--q", type=int, default=5, help="runs per round, chosen jointly (default 5)")
-    parser.add_argument("--initial", type=int, default=10, help="initial Latin-hypercube runs (default 10)")
-    parser.add_argument("--refit-every", type=int, default=2, help="a full refit every k rounds (default 2)")
+    parser.add_argument(
+        "--initial", type=int, default=20,
+        help="initial Latin-hypercube runs (default 20: from 10, Branin's first model is no better than its mean)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--refit-every", type=refit_every, default="auto",
+        help='"auto" (default: when the data has grown by a fifth or the new runs surprised the model) or k rounds',
+    )  # fmt: skip
     parser.add_argument(
         "--acquisition", default="integrated_variance", choices=["variance", "integrated_variance"],
         help="what /suggest reduces (default integrated_variance)",

@@ -1,9 +1,7 @@
 """The client's training, observations and active-learning loop.
 
 Over HTTP (the local server, `make serve ADMIN_API_KEY=...`): train a model from rows and from an uploaded CSV, post
-new simulations, run the loop with a full refit. Those need the training routes (POST /models/{name}/train,
-/models/{name}/training-jobs/..., /models/{name}/observations) and are marked `needs_training_routes`: skipped, with
-that reason, until handler/training/jobs.py and handler/training/conditioning.py exist.
+new simulations, run the loop with a full refit.
 
 Without a server: the data each call sends (rows, columns, a DataFrame, arrays, a file), the arguments refused
 before any request, polling a training job, and the loop's history and pending points against a scripted service.
@@ -11,7 +9,6 @@ before any request, polling a training job, and the loop's history and pending p
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from collections.abc import Iterator
@@ -31,11 +28,6 @@ from tests.conftest import serving
 BRANIN = SIMULATORS["Branin"]
 FEATURES = tuple(BRANIN.bounds)
 ADMIN_KEY = "tr41n"
-
-needs_training_routes = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("handler.training.jobs", "handler.training.conditioning")),
-    reason="needs the training routes (issue 23's train and observe parts): runs once they are merged",
-)
 
 
 # --- over HTTP: the local server ---------------------------------------------------------------------------------
@@ -58,7 +50,6 @@ def branin_rows(n: int, seed: int) -> list[dict[str, float]]:
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("training_server")
-@needs_training_routes
 def test_train_from_rows_over_http_waits_for_a_promoted_version_that_predicts_branin(training_server: str):
     # given 40 Branin runs as rows, and progress reported to a callable
     seen: list[dict] = []
@@ -83,7 +74,6 @@ def test_train_from_rows_over_http_waits_for_a_promoted_version_that_predicts_br
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("training_server")
-@needs_training_routes
 def test_train_from_an_uploaded_csv_over_http(training_server: str, tmp_path: Path):
     # given 40 Branin runs in a CSV file (a header naming the columns)
     path = tmp_path / "branin.csv"
@@ -101,7 +91,6 @@ def test_train_from_an_uploaded_csv_over_http(training_server: str, tmp_path: Pa
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("training_server")
-@needs_training_routes
 def test_observe_and_the_loop_over_http_condition_each_round_and_refit(training_server: str):
     # given a Branin model trained on 12 runs
     with SurrogateClient(training_server, admin_key=ADMIN_KEY) as admin:
@@ -137,7 +126,6 @@ def test_observe_and_the_loop_over_http_condition_each_round_and_refit(training_
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("training_server")
-@needs_training_routes
 def test_training_and_observations_without_the_admin_key_are_refused(training_server: str):
     with SurrogateClient(training_server, api_key="a-readers-key") as reader:
         for write in (
@@ -283,7 +271,8 @@ def test_options_the_service_would_refuse_are_refused_before_any_request(options
         ({"rounds": 0}, "rounds must be a positive integer"),
         ({"batch": 1.5}, "batch must be a positive integer"),
         ({"acquisition": "expected_improvement"}, "acquisition must be one of variance"),
-        ({"refit_every": 0}, "refit_every must be a positive integer or None"),
+        ({"refit_every": 0}, 'refit_every must be "auto", a positive integer or None'),
+        ({"refit_every": "sometimes"}, 'refit_every must be "auto", a positive integer or None'),
         ({"promote": "maybe"}, "promote must be one of"),
     ],
 )
@@ -357,8 +346,12 @@ class ScriptedLoopService:
     """/manifest, /suggest, /observations and /train of a two-feature model: each observation makes the next
     version, promoted unless `unpromoted` holds its round; a refit makes a version too."""
 
-    def __init__(self, unpromoted: set[int], answers_from: int | None = None) -> None:
+    def __init__(
+        self, unpromoted: set[int], answers_from: int | None = None, rows: int | None = None, z: float = 0.5
+    ) -> None:
         self.unpromoted = unpromoted
+        self.rows = rows  # the model's rows before the loop (None: answers without rows_before, as a stub)
+        self.z = z  # every observation's mean |z|
         self.answers_from = answers_from  # the version every /suggest says answered (X-Model-Version)
         self.version = 1
         self.observations = 0
@@ -383,8 +376,11 @@ class ScriptedLoopService:
             promoted = self.observations not in self.unpromoted
             self.observations += 1
             n = len(body["data"]["columns"]["y"])
-            return httpx.Response(201, json={
-                "rows_added": n, "surprise": {"version": "branin/1", "y": {"mean_abs_z": 0.5, "n": n}},
+            counts = {}
+            if self.rows is not None:
+                counts, self.rows = {"rows_before": self.rows}, self.rows + n
+            return httpx.Response(201, json=counts | {
+                "rows_added": n, "surprise": {"version": "branin/1", "y": {"mean_abs_z": self.z, "n": n}},
                 "version": {"version": self.version},
                 "promotion": {"rule": "always", "alias": "live", "from": 1, "to": self.version, "promoted": promoted},
             })  # fmt: skip
@@ -443,6 +439,108 @@ def test_when_an_older_version_answers_suggest_is_asked_again_with_what_that_ver
     # again with every point version 1 has not seen
     assert [len(p) for p in service.pending] == [0, 0, 2, 0, 4]
     assert [r.pending for r in history.rounds] == [0, 2, 4]
+
+
+def test_by_default_the_loop_refits_when_the_data_has_grown_by_the_stated_fraction():
+    # given a model fitted on 10 rows whose versions predict the new runs as well as they claim (mean |z| 0.5)
+    service = ScriptedLoopService(unpromoted=set(), rows=10)
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(service)) as client:
+        # when the loop runs 8 rounds of 1 point with the default refit policy
+        history = client.loop("branin", BRANIN.function, rounds=8, batch=1, progress=False)
+    # then a full refit ran in each round where the rows reached (1 + REFIT_GROWTH) times those of the last fit
+    fitted, expected = 10, []
+    for number in range(8):
+        rows = 10 + number + 1
+        expected.append(rows >= (1 + client_training.REFIT_GROWTH) * fitted)
+        fitted = rows if expected[-1] else fitted
+    assert [r.training_job is not None for r in history.rounds] == expected
+    assert 0 < sum(expected) < 8
+    # and each refit says why it ran
+    refits = [r.training_job for r in history.rounds if r.training_job]
+    assert all("the data grew from" in job["refit_reason"] for job in refits)
+
+
+def test_by_default_the_loop_refits_when_the_new_runs_surprised_the_served_versions():
+    # given versions whose every prediction of a new run misses by far more than they claim (mean |z| 3)
+    service = ScriptedLoopService(unpromoted=set(), rows=1_000, z=3.0)
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(service)) as client:
+        # when the loop runs rounds of 1 point (the data grows by far less than the growth rule's fraction)
+        history = client.loop("branin", BRANIN.function, rounds=2 * client_training.SURPRISE_MIN_RUNS, progress=False)
+    # then a refit ran once SURPRISE_MIN_RUNS runs had been scored, and again SURPRISE_MIN_RUNS runs after it
+    refitted = [r.training_job is not None for r in history.rounds]
+    every = client_training.SURPRISE_MIN_RUNS
+    assert refitted == [(number + 1) % every == 0 for number in range(2 * every)]
+    assert "mean |z| 3 over 3 new runs" in history.rounds[every - 1].training_job["refit_reason"]
+
+
+def answer(rows_before: int, added: int = 1, **scores: float | None) -> dict:
+    """An observation answer with one output y's surprise scores."""
+    return {"rows_before": rows_before, "rows_added": added, "surprise": {"version": "m/1", "y": {"n": added} | scores}}
+
+
+def test_the_refit_policy_schedule_is_geometric_in_the_rows():
+    # given the auto policy on a model fitted on 100 rows, observing calibrated runs (mean |z| 0.8) one at a time
+    policy = client_training.RefitPolicy()
+    due_at = []
+    for rows in range(100, 400):
+        policy.observed(answer(rows, mean_abs_z=0.8, coverage_95=1.0, msll=-2.0))
+        if policy.due() is not None:
+            due_at.append(rows + 1)
+            policy.refitted()
+    # then each refit came when the rows first reached (1 + REFIT_GROWTH) times those at the one before
+    growth = 1 + client_training.REFIT_GROWTH
+    previous = [100, *due_at[:-1]]
+    assert all(
+        rows >= growth * before and rows - 1 < growth * before for rows, before in zip(due_at, previous, strict=True)
+    )
+    assert len(due_at) == int(np.log(due_at[-1] / 100) / np.log(growth) + 0.5)
+
+
+@pytest.mark.parametrize(
+    ("scores", "runs", "reason"),
+    [
+        ({"mean_abs_z": 2 * client_training.SURPRISE_MEAN_ABS_Z}, client_training.SURPRISE_MIN_RUNS, "mean |z|"),
+        ({"mean_abs_z": None}, client_training.SURPRISE_MIN_RUNS, "mean |z| inf"),
+        ({"msll": client_training.SURPRISE_MSLL + 1.0}, client_training.SURPRISE_MIN_RUNS, "MSLL"),
+        ({"coverage_95": 0.0}, client_training.SURPRISE_COVERAGE_MIN_RUNS, "95% coverage 0%"),
+    ],
+)
+def test_the_refit_policy_is_due_when_enough_new_runs_surprised_the_versions(scores: dict, runs: int, reason: str):
+    # given the auto policy on a model with so many rows that growth alone is far off
+    policy = client_training.RefitPolicy("auto")
+    # when runs one at a time carry the surprising score
+    due = []
+    for number in range(runs):
+        policy.observed(answer(10_000 + number, **scores))
+        due.append(policy.due())
+    # then nothing is due before the rule's number of runs, and then the reason names the score
+    assert due[:-1] == [None] * (runs - 1)
+    assert due[-1] is not None
+    assert reason in due[-1]
+    # and a refit resets the pooled scores
+    policy.refitted()
+    policy.observed(answer(10_000 + runs, mean_abs_z=0.8, coverage_95=1.0, msll=-1.0))
+    assert policy.due() is None
+
+
+def test_one_miss_among_few_runs_is_not_a_coverage_collapse():
+    # given calibrated runs of which one fell outside its 95% interval
+    policy = client_training.RefitPolicy()
+    for number, covered in enumerate([1.0, 0.0, 1.0, 1.0]):
+        policy.observed(answer(10_000 + number, mean_abs_z=0.8, coverage_95=covered, msll=-1.0))
+    # then no refit is due (coverage 75% over 4 runs says little)
+    assert policy.due() is None
+
+
+def test_an_integer_refits_every_k_rounds_and_none_never():
+    every_two, never = client_training.RefitPolicy(2), client_training.RefitPolicy(None)
+    due_two, due_never = [], []
+    for number in range(6):
+        for policy, due in ((every_two, due_two), (never, due_never)):
+            policy.observed(answer(10 + number, mean_abs_z=10.0))  # surprise and growth do not matter here
+            due.append(policy.due() is not None)
+    assert due_two == [False, True] * 3
+    assert due_never == [False] * 6
 
 
 def test_a_version_holds_every_batch_observed_before_it_was_made():

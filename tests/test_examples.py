@@ -3,7 +3,6 @@ the batch asked for; the active-learning example runs the loop on the service.""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -40,13 +39,9 @@ def test_the_bayesian_optimisation_example_beats_random_search_and_proposes_the_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("handler.training.jobs", "handler.training.conditioning")),
-    reason="needs the training routes (issue 23's train and observe parts): runs once they are merged",
-)
 def test_the_active_learning_example_runs_the_loop_on_the_service_and_learns_branin():
     # given the example's own local server (it starts it with an admin key, and stops it)
-    # when it trains on 10 runs and runs 3 rounds of 4, refitting every 2 rounds
+    # when it trains on 20 runs and runs 3 rounds of 4, refitting every 2 rounds
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "active_learning.py"), "--rounds", "3", "--q", "4",
          "--refit-every", "2", "--sobol-n", "256", "--draws", "4", "--repeats", "1", "--quiet"],
@@ -54,12 +49,12 @@ def test_the_active_learning_example_runs_the_loop_on_the_service_and_learns_bra
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # then the service trained the first version, and each round made a version, later ones than the last
-    assert re.search(r"^trained branin-active-\w+ version 1 on 10 runs \(READY", result.stdout, re.MULTILINE)
+    assert re.search(r"^trained branin-active-\w+ version 1 on 20 runs \(READY", result.stdout, re.MULTILINE)
     rounds = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)", result.stdout, re.MULTILINE)
-    assert [(int(r), int(n)) for r, n, *_ in rounds] == [(0, 10), (1, 14), (2, 18), (3, 22)]
+    assert [(int(r), int(n)) for r, n, *_ in rounds] == [(0, 20), (1, 24), (2, 28), (3, 32)]
     versions = [int(v) for _, _, v, *_ in rounds]
     assert versions == sorted(set(versions))
-    # and round 2 refitted; the last surrogate's RMSE is below the first's (22 runs against 10)
-    assert re.search(r"^\s+2\s+18\s+\d+ .*refit: version \d+$", result.stdout, re.MULTILINE), result.stdout
+    # and round 2 refitted; the last surrogate's RMSE is below the first's (32 runs against 20)
+    assert re.search(r"^\s+2\s+28\s+\d+ .*refit: version \d+$", result.stdout, re.MULTILINE), result.stdout
     assert float(rounds[-1][3]) < float(rounds[0][3])
     assert "active learning's RMSE is below random sampling's in" in result.stdout

@@ -35,6 +35,7 @@ from gpr_client.training import (
     LoopHistory,
     LoopRound,
     Observed,
+    RefitPolicy,
     Upload,
     check_loop_arguments,
     promoted,
@@ -852,7 +853,7 @@ class SurrogateClient:
         rounds: int,
         batch: int = 1,
         acquisition: str = "integrated_variance",
-        refit_every: int | None = None,
+        refit_every: int | str | None = "auto",
         progress: bool | Callable[[LoopRound], None] = True,
         *,
         promote: str = "always",
@@ -862,9 +863,11 @@ class SurrogateClient:
         """Active learning on the service, the simulator on this side: each round, suggest `batch` points (POST
         /models/{name}/suggest, points observed but not yet in the served version sent as pending), simulate them
         (`simulator(points)`: an (batch, n_features) array in, (batch,) or (batch, n_outputs) values out), observe
-        them (a version conditioned on all the data, promoted by `promote`), and every `refit_every` rounds a full
-        refit on the model's data (a training job, waited for, promoted if better). The history of the rounds;
-        `progress(round)` after each round if a callable, else a progress bar."""
+        them (a version conditioned on all the data, promoted by `promote`), and when `refit_every` says so a full
+        refit on the model's data (a training job, waited for, promoted if better): "auto" (default) when the data
+        has grown by a fifth since the hyperparameters were last fitted or the new runs surprised the served versions
+        (gpr_client.training.RefitPolicy states the rule), k after every k-th round, None never. The history of the
+        rounds; `progress(round)` after each round if a callable, else a progress bar."""
         check_loop_arguments(rounds, batch, acquisition, refit_every)
         if promote not in PROMOTE_RULES:
             raise ValueError(f"promote must be one of {', '.join(PROMOTE_RULES)}; got {promote!r}")
@@ -872,6 +875,7 @@ class SurrogateClient:
         info = model.model()
         history = LoopHistory(name, info.features, info.outputs)
         observed = Observed()
+        policy = RefitPolicy(refit_every)
         served: int | None = None  # the newest version known to serve the alias (None: the one before the loop)
         report = progress if callable(progress) else None
         with tqdm(total=rounds, unit="round", disable=report is not None or not progress, desc=name) as bar:
@@ -898,9 +902,13 @@ class SurrogateClient:
                 observed.made(version)
                 is_served = promoted(answer.get("promotion"), version)
                 served = version if is_served else served
+                policy.observed(answer)
                 job = None
-                if refit_every is not None and (number + 1) % refit_every == 0:
-                    job = self.train(name, promote="if_better", progress=False, admin_key=admin_key)
+                if (why := policy.due()) is not None:
+                    job = self.train(name, promote="if_better", progress=False, admin_key=admin_key,
+                                     poll_interval_s=0.5)  # fmt: skip
+                    job["refit_reason"] = why
+                    policy.refitted()
                     observed.made(job.get("version"))
                     served = job["version"] if job.get("promoted") else served
                 finished = time.perf_counter()

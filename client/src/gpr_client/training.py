@@ -209,17 +209,105 @@ def _interval(pair: Any, where: str) -> list[float]:
     return [low, high]
 
 
-def check_loop_arguments(rounds: int, batch: int, acquisition: str, refit_every: int | None) -> None:
+# The loop's default refit policy (refit_every="auto"). Conditioning keeps the hyperparameters; they were fitted to
+# the data as it was, and go stale as it grows or as the loop reaches regions they did not describe. A full refit
+# (a training job, promoted if better) is due after a round when either
+# - the data has grown by REFIT_GROWTH since the hyperparameters were last fitted (a geometric schedule: at 10 rows
+#   the next fit is at 12, at 100 at 120; frequent while n is small and a fit is cheap, rare when it is dear), or
+# - the runs observed since then surprised the versions that predicted them (the observations' surprise, per output,
+#   pooled over those runs weighted by their count), once at least SURPRISE_MIN_RUNS were observed: mean |z| above
+#   SURPRISE_MEAN_ABS_Z (a calibrated Gaussian's is 0.80: errors twice what the version claims), or MSLL above
+#   SURPRISE_MSLL (no better than the data's mean and variance), or, from SURPRISE_COVERAGE_MIN_RUNS runs on (fewer
+#   make one miss look like a collapse), the 95% interval covering under SURPRISE_COVERAGE_95 of them.
+# A refit resets both, whether or not its version was promoted (if not, the served hyperparameters were judged the
+# better fit of the same data).
+REFIT_GROWTH = 0.2
+SURPRISE_MIN_RUNS = 3
+SURPRISE_MEAN_ABS_Z = 1.6
+SURPRISE_MSLL = 0.0
+SURPRISE_COVERAGE_MIN_RUNS = 10
+SURPRISE_COVERAGE_95 = 0.8
+REFIT_AUTO = "auto"
+
+
+class RefitPolicy:
+    """When the loop runs a full refit: `every` "auto" (the rule above), k (after every k-th round) or None
+    (never). Feed it each round's observation answer with `observed`; `due` says why a refit is due (or None), and
+    `refitted` that one ran."""
+
+    def __init__(self, every: int | str | None = REFIT_AUTO) -> None:
+        check_refit_every(every)
+        self.every = every
+        self.rounds = 0
+        self.fitted_rows: int | None = None  # rows when the hyperparameters were last fitted (None: not known yet)
+        self.rows = 0
+        self._pooled: dict[str, dict[str, float]] = {}  # per output: the surprise's sums since the last fit
+
+    def observed(self, answer: Mapping[str, Any]) -> None:
+        """A round's observation answer: its rows before and added, and its surprise per output."""
+        self.rounds += 1
+        before, added = int(answer.get("rows_before") or 0), int(answer.get("rows_added") or 0)
+        if self.fitted_rows is None:  # the served version's hyperparameters were fitted on the data before the loop
+            self.fitted_rows = before
+        self.rows = before + added
+        for output, scores in (answer.get("surprise") or {}).items():
+            if not isinstance(scores, Mapping) or not scores.get("n"):
+                continue  # the "version" key, or an output with no scores
+            pooled = self._pooled.setdefault(output, {"n": 0.0})
+            n = float(scores["n"])
+            pooled["n"] += n
+            for key in ("mean_abs_z", "msll", "coverage_95"):
+                value = scores.get(key)
+                if value is None and key == "mean_abs_z" and key in scores:
+                    value = math.inf  # answered null: not finite (a zero predictive variance), as surprising as can be
+                if value is not None:
+                    pooled[key] = pooled.get(key, 0.0) + n * float(value)
+                    pooled[f"{key} n"] = pooled.get(f"{key} n", 0.0) + n
+
+    def due(self) -> str | None:
+        """Why a full refit is due after the round just observed, or None."""
+        if self.every is None:
+            return None
+        if isinstance(self.every, int):
+            return f"every {self.every} rounds" if self.rounds % self.every == 0 else None
+        fitted = self.fitted_rows or 0
+        if fitted and self.rows >= (1 + REFIT_GROWTH) * fitted:
+            return f"the data grew from {fitted} to {self.rows} rows since the last fit"
+        for output, pooled in self._pooled.items():
+            if pooled["n"] < SURPRISE_MIN_RUNS:
+                continue
+            keys = ("mean_abs_z", "msll", "coverage_95")
+            mean = {k: pooled[k] / pooled[f"{k} n"] for k in keys if pooled.get(f"{k} n")}
+            runs = int(pooled["n"])
+            if mean.get("mean_abs_z", 0.0) > SURPRISE_MEAN_ABS_Z:
+                return f"{output}: mean |z| {mean['mean_abs_z']:.3g} over {runs} new runs"
+            if mean.get("msll", -math.inf) > SURPRISE_MSLL:
+                return f"{output}: MSLL {mean['msll']:.3g} over {runs} new runs"
+            if pooled["n"] >= SURPRISE_COVERAGE_MIN_RUNS and mean.get("coverage_95", 1.0) < SURPRISE_COVERAGE_95:
+                return f"{output}: 95% coverage {mean['coverage_95']:.0%} over {runs} new runs"
+        return None
+
+    def refitted(self) -> None:
+        """A full refit ran on all the rows observed so far."""
+        self.fitted_rows = self.rows
+        self._pooled = {}
+
+
+def check_refit_every(every: Any) -> None:
+    if every is None or every == REFIT_AUTO:
+        return
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f'refit_every must be "auto", a positive integer or None; got {every!r}')
+
+
+def check_loop_arguments(rounds: int, batch: int, acquisition: str, refit_every: int | str | None) -> None:
     """The loop's arguments, checked before its first request."""
     for name, value in (("rounds", rounds), ("batch", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
     if acquisition not in ACQUISITIONS:
         raise ValueError(f"acquisition must be one of {', '.join(ACQUISITIONS)}; got {acquisition!r}")
-    if refit_every is not None and (
-        isinstance(refit_every, bool) or not isinstance(refit_every, int) or refit_every < 1
-    ):
-        raise ValueError(f"refit_every must be a positive integer or None; got {refit_every!r}")
+    check_refit_every(refit_every)
 
 
 def simulated(values: Any, batch: int, outputs: Sequence[str]) -> np.ndarray:
