@@ -24,7 +24,7 @@ from handler.api.errors import RequestError, brief
 from handler.api.events import malformed_event
 from handler.api.parsing import decode_body
 from handler.config import load_settings
-from handler.gp.artifact import read_manifest
+from handler.gp.artifact import Manifest, read_manifest
 from handler.registry.datasets import DatasetStore, datasets_from_store
 from handler.registry.names import BadNameError, check_alias, check_model_name, check_version
 from handler.registry.publishing import PublishRefusedError, check_manifest
@@ -39,6 +39,7 @@ from handler.registry.store import (
 )
 from handler.training import observations
 from handler.training.jobs import TrainingRequestError, TrainingStore, start_training, start_uploaded
+from handler.training.observation_uploads import ObservationUploads
 
 MAX_BODY_BYTES = 1_200_000  # a manifest (1 MB at most) and a few fields
 # Observations: up to 2,000 rows inline, within API Gateway's 6 MB payload (2,000 rows of 100 values at ~25 bytes each)
@@ -203,18 +204,63 @@ def check(name: str, version: str) -> Response:
 @app.post("/models/<name>/observations")
 def post_observations(name: str) -> Response:
     """New simulations: appended, scored by the alias's version before it sees them, conditioned on (a new version,
-    promoted by the rule), and the alias's canary judged by them (handler.training.observations)."""
+    promoted by the rule), and the alias's canary judged by them (handler.training.observations). Or, with
+    {"data": {"upload": "csv"|"npy"}}, the URL to upload them to and the route that starts them."""
     who = require_admin()
     name = model_name(name)
     data = body(MAX_OBSERVATIONS_BODY_BYTES)
     known_fields(data, ("data", "refit", "promote", "alias", "reason"))
     if "data" not in data:
-        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid request", [("data", "required: rows or columns")])
+        raise RequestError(
+            HTTPStatus.UNPROCESSABLE_ENTITY, "invalid request", [("data", "required: rows, columns or an upload")]
+        )
     refit = observations.choice(data, "refit", observations.REFITS, "condition")
     promote = observations.choice(data, "promote", observations.PROMOTES, "if_better")
     alias, reason = _alias(data.get("alias", "live")), reason_of(data)
-    observations.row_count(data["data"])  # the largest request's size is refused before the registry is read
+    upload = isinstance(data["data"], dict) and list(data["data"]) == ["upload"]
+    if not upload:
+        observations.row_count(data["data"])  # the largest request's size is refused before the registry is read
     known_model(name)
+    manifest = _parent_manifest(name, alias)
+    if upload:
+        pending, url = ObservationUploads(store()).create(
+            name, data["data"]["upload"], refit, promote, alias, reason, who
+        )
+        answer = pending.links(url)
+        headers = {"Location": answer["start"]}
+        return Response(HTTPStatus.ACCEPTED, content_types.APPLICATION_JSON, orjson.dumps(answer).decode(), headers)
+    # rows anywhere the model answers (where /suggest proposes points): a refit's bounds grow to cover them
+    domain = np.column_stack(manifest.domain(settings.domain_margin))
+    X, Y = observations.rows_of(data["data"], manifest.features, manifest.outputs, domain)
+    return _observed(name, X, Y, refit, promote, alias, reason, who)
+
+
+@app.post("/models/<name>/observations/uploads/<upload_id>/start")
+def start_observations_upload(name: str, upload_id: str) -> Response:
+    """An uploaded file of new simulations: its size checked before it is read, its rows as inline rows are, then
+    claimed once and observed as they are. A refused file leaves the upload pending (PUT a corrected one)."""
+    who = require_admin()
+    name = model_name(name)
+    if not (len(upload_id) == 32 and all(c in "0123456789abcdef" for c in upload_id)):
+        raise RequestError(HTTPStatus.NOT_FOUND, "upload not found", [("upload_id", "expected 32 hex digits")])
+    uploads = ObservationUploads(store())
+    pending = uploads.get(name, upload_id)
+    if pending is None:
+        raise RequestError(
+            HTTPStatus.NOT_FOUND, "upload not found", [("upload_id", f"{name} has no pending upload {upload_id}")]
+        )
+    known_model(name)
+    manifest = _parent_manifest(name, pending.alias)
+    X, Y = uploads.read(pending, manifest.features, manifest.outputs)
+    domain = np.column_stack(manifest.domain(settings.domain_margin))
+    observations.check_rows(X, Y, manifest.features, manifest.outputs, domain, field="upload")
+    uploads.claim(pending, who)
+    return _observed(name, X, Y, pending.refit, pending.promote, pending.alias, pending.reason, who)
+
+
+def _parent_manifest(name: str, alias: str) -> Manifest:
+    """The manifest of the version `alias` serves (its main target): the features, outputs and domain new rows are
+    checked against; 409 when the alias does not exist."""
     current = store().alias(name, alias)
     if current is None:
         raise RegistryConflictError(
@@ -224,9 +270,13 @@ def post_observations(name: str) -> Response:
     manifest = read_manifest(orjson.dumps(parent.manifest), "stored") if parent is not None else None
     if manifest is None:
         raise RegistryUnavailableError(f"{name} version {current.target.version} vanished")
-    # rows anywhere the model answers (where /suggest proposes points): a refit's bounds grow to cover them
-    domain = np.column_stack(manifest.domain(settings.domain_margin))
-    X, Y = observations.rows_of(data["data"], manifest.features, manifest.outputs, domain)
+    return manifest
+
+
+def _observed(
+    name: str, X: np.ndarray, Y: np.ndarray, refit: str, promote: str, alias: str, reason: str | None, who: str
+) -> Response:
+    """Checked rows observed: 201 with the answer, or 202 with a training job for refit "full"."""
     # "full": scored and appended as "none" does, then a training job on all the data (promoted by the same rule)
     request = observations.Request(X, Y, "none" if refit == "full" else refit, promote, alias, reason)
     answer = observations.observe(
@@ -383,7 +433,8 @@ def handle_publish_refused(exc: PublishRefusedError) -> Response:
 
 @app.exception_handler(observations.ObservationRefusedError)
 def handle_observation_refused(exc: observations.ObservationRefusedError) -> Response:
-    return _error(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid observations", [(exc.field, str(exc))])
+    error = {409: "conflict", 413: "too large"}.get(exc.status, "invalid observations")
+    return _error(exc.status, error, [(exc.field, str(exc))])
 
 
 @app.exception_handler(RegistryNotFoundError)

@@ -126,6 +126,26 @@ def test_observe_and_the_loop_over_http_condition_each_round_and_refit(training_
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("training_server")
+def test_observe_a_csv_file_over_http_uploads_it_then_starts_it(training_server: str, tmp_path: Path):
+    # given a Branin model trained on 12 runs, and 6 new runs in a CSV file
+    path = tmp_path / "new-runs.csv"
+    pd.DataFrame(branin_rows(6, seed=7)).to_csv(path, index=False)
+    with SurrogateClient(training_server, admin_key=ADMIN_KEY) as admin:
+        first = admin.train(
+            "branin-observe-file", branin_rows(12, seed=6), features=FEATURES, outputs=["y"], bounds=BRANIN.bounds,
+            promote="always", progress=False, poll_interval_s=0.2, timeout_s=240,
+        )  # fmt: skip
+        # when the file is observed
+        answer = admin.observe("branin-observe-file", path, promote="always")
+    # then its rows were appended after the 12, scored by the served version, and a conditioned version promoted
+    assert (answer["rows_before"], answer["rows_added"]) == (12, 6)
+    assert answer["surprise"]["version"] == f"branin-observe-file/{first['version']}"
+    assert answer["version"]["origin"]["how"] == "conditioned"
+    assert answer["promotion"]["promoted"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("training_server")
 def test_training_and_observations_without_the_admin_key_are_refused(training_server: str):
     with SurrogateClient(training_server, api_key="a-readers-key") as reader:
         for write in (
@@ -240,6 +260,40 @@ def test_train_sends_the_documented_body_with_the_admin_key_and_uploads_a_file(t
     assert start[:2] == ("POST", "/models/branin/training-jobs/t1/start")
     assert start[3] == "admin"
     assert doc["status"] == "QUEUED"
+
+
+def test_observe_uploads_a_file_then_starts_it_with_the_admin_key(tmp_path: Path):
+    # given a scripted service that answers an upload's URL and start route
+    sent: list[tuple[str, str, dict | bytes, str | None]] = []
+    upload_id = "ab" * 16
+
+    def service(request: httpx.Request) -> httpx.Response:
+        key = request.headers.get("x-api-key")
+        if request.url.host == "bucket.s3.amazonaws.com":
+            sent.append((request.method, request.url.path, request.content, key))
+            return httpx.Response(200)
+        sent.append((request.method, request.url.path, json.loads(request.content or b"{}"), key))
+        if request.url.path.endswith("/observations"):
+            start = f"/models/branin/observations/uploads/{upload_id}/start"
+            url = f"https://bucket.s3.amazonaws.com/uploads/branin/observations/{upload_id}.npy?sig=1"
+            return httpx.Response(202, json={"upload_id": upload_id, "upload_url": url, "start": start,
+                                             "expires_at": "2026-01-01T00:00:00Z"})  # fmt: skip
+        return httpx.Response(201, json={"rows_added": 2, "rows_before": 10})
+
+    path = tmp_path / "runs.npy"
+    np.save(path, np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
+    client = SurrogateClient("https://api.example.org", api_key="reader", admin_key="admin",
+                             transport=httpx.MockTransport(service))  # fmt: skip
+    with client:
+        # when the file is observed
+        answer = client.observe("branin", path, refit="none", reason="batch 3")
+    # then the body names the upload's format and the options, the file went to the URL, and the upload was started
+    (asked, upload, start) = sent
+    assert asked == ("POST", "/models/branin/observations",
+                     {"data": {"upload": "npy"}, "refit": "none", "reason": "batch 3"}, "admin")  # fmt: skip
+    assert upload == ("PUT", f"/uploads/branin/observations/{upload_id}.npy", path.read_bytes(), None)
+    assert start == ("POST", f"/models/branin/observations/uploads/{upload_id}/start", {}, "admin")
+    assert answer == {"rows_added": 2, "rows_before": 10}
 
 
 @pytest.mark.parametrize(

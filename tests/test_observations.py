@@ -19,7 +19,7 @@ from handler.gp import posterior_file
 from handler.gp.from_gpy import posterior_arrays
 from handler.gp.posterior import GPPosterior
 from handler.registry.datasets import DatasetStore, datasets_from_store
-from handler.training import observations
+from handler.training import observation_uploads, observations
 from handler.training.conditioning import GPY_VARDTC_JITTER, condition, kernel_on
 from tests.conftest import ROOT, built_once
 from tests.events import api_event, lambda_context, response_json
@@ -291,6 +291,8 @@ BAD_ROW = dict.fromkeys(FEATURES + OUTPUTS, 0.5)
         ({"data": {"columns": {"a": [0.1], "b": [0.1, 0.2]}}}, 422, "data.columns"),
         ({"data": {"columns": {name: [None] for name in FEATURES + OUTPUTS}}}, 422, "data.columns.a[0]"),
         ({"data": {"table": []}}, 422, "data"),
+        ({"data": {"upload": "xlsx"}}, 422, "data.upload"),
+        ({"data": {"upload": "csv"}, "refit": "sometimes"}, 422, "refit"),
         ({"data": {"rows": [BAD_ROW]}, "refit": "sometimes"}, 422, "refit"),
         ({"data": {"rows": [BAD_ROW]}, "promote": "maybe"}, 422, "promote"),
         ({"data": {"rows": [BAD_ROW]}, "alias": "no such"}, 422, "alias"),
@@ -443,3 +445,170 @@ def test_a_canary_that_predicts_the_new_simulations_worse_is_rolled_back(
     assert target.canary_version == (None if canary_is_worse else canary)
     reasons = [move.get("reason") or "" for move in registry.store.history("observed")]
     assert any(r.startswith("canary judged by 20 new simulations") for r in reasons) is canary_is_worse
+
+
+# --- by upload: POST {"data": {"upload": ...}}, PUT the file, POST .../start ------------------------------------------
+
+
+def post(registry: Registry, path: str, body: dict | None = None, key: str | None = ADMIN_KEY_ID) -> tuple[int, Any]:
+    event = api_event("POST", path, body)
+    event["requestContext"]["identity"]["apiKeyId"] = key
+    response = registry_admin_app.lambda_handler(event, lambda_context())
+    return response["statusCode"], response_json(response)
+
+
+def csv_of(X: np.ndarray, header: str = ",".join(FEATURES + OUTPUTS)) -> bytes:
+    table = np.hstack([X, simulator(X)])
+    return (header + "\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in table) + "\n").encode()
+
+
+def npy_of(X: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.hstack([X, simulator(X)]))
+    return buffer.getvalue()
+
+
+def asked(registry: Registry, kind: str, **options: Any) -> dict:
+    """An upload asked for: its id, URL and start route (202), nothing written but its record."""
+    status, answer = observe(registry, "observed", {"data": {"upload": kind}, **options})
+    assert status == 202, answer
+    assert set(answer) == {"upload_id", "upload_url", "start", "expires_at"}
+    assert answer["start"] == f"/models/observed/observations/uploads/{answer['upload_id']}/start"
+    return answer
+
+
+def put(registry: Registry, answer: dict, kind: str, content: bytes) -> None:
+    """The caller's PUT to the presigned URL, done with the client (moto in-process serves no URLs)."""
+    key = observation_uploads.upload_key("observed", answer["upload_id"], kind)
+    assert f"/{key}?" in answer["upload_url"]
+    registry.store.s3.put_object(Bucket=registry.store.bucket, Key=key, Body=content)
+
+
+def test_thirty_simulations_uploaded_as_csv_are_conditioned_on_and_promoted(registry: Registry, fitted):
+    # given a live model, and 30 new simulations in a CSV whose columns are in another order
+    _, model_path = fitted
+    parent = live(registry, "observed", model_path)
+    X_new = design(30, seed=61)
+    header = ",".join(["v", *FEATURES, "u"])
+    table = np.hstack([simulator(X_new)[:, 1:], X_new, simulator(X_new)[:, :1]])
+    content = (header + "\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in table)).encode()
+    # when an upload is asked for with its options, the file PUT and started
+    answer = asked(registry, "csv", promote="always", reason="batch 7")
+    assert datasets_from_store(registry.store).head("observed") is None  # nothing appended before the start
+    put(registry, answer, "csv", content)
+    status, observed = post(registry, answer["start"])
+    # then it is answered as the same rows inline are: appended, scored, conditioned and promoted with the reason
+    assert status == 201, observed
+    assert (observed["rows_before"], observed["rows_added"], observed["dataset"]["rows"]) == (40, 30, 70)
+    assert observed["surprise"]["version"] == f"observed/{parent}"
+    assert observed["surprise"]["u"]["n"] == 30
+    assert observed["version"]["origin"]["how"] == "conditioned"
+    assert observed["promotion"] == {**observed["promotion"], "rule": "always", "promoted": True}
+    assert registry.store.alias("observed", "live").target.version == observed["version"]["version"]
+    assert any((m.get("reason") or "").startswith("batch 7") for m in registry.store.history("observed"))
+    # and the rows appended are the file's, in the model's column order
+    datasets = datasets_from_store(registry.store)
+    X, Y = datasets.load(datasets.head("observed"))
+    np.testing.assert_array_equal(X[40:], X_new)
+    np.testing.assert_array_equal(Y[40:], simulator(X_new))
+
+
+def test_an_npy_upload_is_appended_with_refit_none(registry: Registry, fitted):
+    _, model_path = fitted
+    parent = live(registry, "observed", model_path)
+    X_new = design(12, seed=62)
+    answer = asked(registry, "npy", refit="none")
+    put(registry, answer, "npy", npy_of(X_new))
+    status, observed = post(registry, answer["start"])
+    assert status == 201, observed
+    assert (observed["rows_added"], observed["version"]) == (12, None)
+    assert registry.store.alias("observed", "live").target.version == parent
+    datasets = datasets_from_store(registry.store)
+    np.testing.assert_array_equal(datasets.load(datasets.head("observed"))[0][40:], X_new)
+
+
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        (csv_of(design(5, 63), header="a,b,c,u"), "upload"),  # no column v
+        (csv_of(np.vstack([design(4, 63), [[1.5, 0.5, 0.5]]])), "upload.a"),  # outside where the model answers
+        (csv_of(design(5, 63)) + b"0.5,0.5\n", "upload"),  # a row short of columns
+        (csv_of(design(5, 63)) + b"0.5,0.5,0.5,nan,0.1\n", "upload.u"),  # a value not finite
+    ],
+    ids=["header", "domain", "short-row", "nan"],
+)
+def test_a_refused_file_leaves_the_upload_pending_and_a_corrected_one_is_started(
+    registry: Registry, fitted, content: bytes, field: str
+):
+    # given an upload asked for, and a file the inline route would refuse
+    _, model_path = fitted
+    live(registry, "observed", model_path)
+    answer = asked(registry, "csv")
+    put(registry, answer, "csv", content)
+    # when it is started, then 422 names the field and nothing is appended
+    status, refused = post(registry, answer["start"])
+    assert status == 422, refused
+    assert refused["details"][0]["field"] == field
+    assert datasets_from_store(registry.store).head("observed") is None
+    # and when a corrected file is PUT to the same upload, its start is observed
+    put(registry, answer, "csv", csv_of(design(5, 64)))
+    status, observed = post(registry, answer["start"])
+    assert status == 201, observed
+    assert observed["rows_added"] == 5
+
+
+def test_an_upload_is_started_once_and_not_before_its_file_is_there(registry: Registry, fitted):
+    _, model_path = fitted
+    live(registry, "observed", model_path)
+    answer = asked(registry, "npy", refit="none")
+    # started before the PUT: 409, nothing uploaded yet
+    status, refused = post(registry, answer["start"])
+    assert status == 409, refused
+    assert refused["details"][0]["field"] == "upload"
+    put(registry, answer, "npy", npy_of(design(3, 65)))
+    assert post(registry, answer["start"])[0] == 201
+    # started again: 409, and the rows are in the data once
+    status, refused = post(registry, answer["start"])
+    assert status == 409, refused
+    assert refused["details"][0]["field"] == "upload_id"
+    assert datasets_from_store(registry.store).head("observed").rows == 43
+    # an unknown or malformed id: 404
+    for upload_id in ("0" * 32, "not-an-id"):
+        status, missing = post(registry, f"/models/observed/observations/uploads/{upload_id}/start")
+        assert status == 404, missing
+        assert missing["details"][0]["field"] == "upload_id"
+
+
+def test_an_upload_larger_than_the_limit_is_refused_by_its_size_before_it_is_read(
+    registry: Registry, fitted, monkeypatch: pytest.MonkeyPatch
+):
+    # given a limit of 4 rows an upload, and a file of 30 rows PUT
+    _, model_path = fitted
+    live(registry, "observed", model_path)
+    monkeypatch.setattr(observation_uploads, "MAX_OBSERVATION_UPLOAD_ROWS", 4)
+    answer = asked(registry, "csv")
+    put(registry, answer, "csv", csv_of(design(30, 66)))
+    reads: list[Any] = []
+    s3 = registry.store.s3
+    monkeypatch.setattr(s3, "get_object", lambda **kwargs: reads.append(kwargs) or pytest.fail("read"))
+    # when it is started, then 413 says the size and the file was never read
+    status, refused = post(registry, answer["start"])
+    assert status == 413, refused
+    assert refused["details"][0]["field"] == "upload"
+    assert "4 rows" in refused["details"][0]["message"]
+    assert reads == []
+    assert datasets_from_store(registry.store).head("observed") is None
+
+
+def test_uploads_need_the_admin_key(registry: Registry, fitted):
+    _, model_path = fitted
+    live(registry, "observed", model_path)
+    status, refused = observe(registry, "observed", {"data": {"upload": "csv"}}, key=None)
+    assert status == 403, refused
+    answer = asked(registry, "csv")
+    put(registry, answer, "csv", csv_of(design(3, 67)))
+    status, refused = post(registry, answer["start"], key="reader-key")
+    assert status == 403, refused
+    assert datasets_from_store(registry.store).head("observed") is None

@@ -472,6 +472,7 @@ ADMIN_PATHS = {
     "/models/{name}/aliases/{alias}",
     "/models/{name}/aliases/{alias}/rollback",
     "/models/{name}/observations",
+    "/models/{name}/observations/uploads/{upload_id}/start",
     "/models/{name}/train",
     "/models/{name}/training-jobs/{job_id}",
     "/models/{name}/training-jobs/{job_id}/start",

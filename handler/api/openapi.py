@@ -1024,6 +1024,7 @@ def _document_registry_writes(docs: APIGatewayRestResolver, errors: dict[int, Op
         CheckedVersion,
         ObservationsAnswer,
         ObservationsRequest,
+        ObservationsUpload,
         PublishAnswer,
         PublishRequest,
         RollbackRequest,
@@ -1164,24 +1165,61 @@ def _document_registry_writes(docs: APIGatewayRestResolver, errors: dict[int, Op
             "hyperparameters, in the request (details: dataset, origin, surprise) and promotes it by `promote`. "
             "A model published without data needs its training inputs and outputs in its file (packaged with "
             "--publish-training-data inputs_and_outputs): its dataset is made from them on the first post; "
-            "otherwise 409 naming `data`. Up to 2,000 rows, a body of at most 6,000,000 bytes. " + description
+            'otherwise 409 naming `data`. Up to 2,000 rows, a body of at most 6,000,000 bytes. With `{"upload": '
+            '"csv"|"npy"}` as `data` (up to 10,000 rows), the options are checked and kept, and the answer says '
+            "where to PUT the file and the route that starts it; nothing is appended before that start. " + description
         ),
         tags=tags,
         operation_id="postObservations",
         responses={
             201: answer("Appended and scored; the conditioned version and its promotion.", ObservationsAnswer),
-            501: _error(
-                "refit `full` (a training job) is not available yet.",
-                {
-                    "error": "not implemented",
-                    "details": [{"field": "refit", "message": 'refit "full" is not available'}],
-                },
+            202: answer(
+                "An upload: where to PUT the file, and its start route. Or refit `full`: appended and scored, and "
+                "the training job started (`training_job`).",
+                ObservationsUpload | ObservationsAnswer,
             ),
             **refusals,
         },
     )
     def post_observations(
         name: Annotated[str, name_doc], body: Annotated[ObservationsRequest, Body()]
+    ) -> ObservationsAnswer:
+        raise NotImplementedError
+
+    upload_doc = Path(description="The upload's id (32 hex digits).", pattern=r"^[0-9a-f]{32}$")
+
+    @docs.post(
+        "/models/<name>/observations/uploads/<upload_id>/start",
+        summary="Start an uploaded file of new simulations: read and checked, then observed as inline rows are",
+        description=(
+            "The file's size is refused (413) before it is read when 10,000 rows could not take it; then read (a CSV "
+            "by its header's names, an .npy by its header: 2-d, features then outputs) and checked as inline rows "
+            "are. A refused file (422) leaves the upload pending: PUT a corrected one and start it again. Started "
+            "once: a second start, or one before the file is there, is a 409. Answered as the POST with rows is, "
+            "with the options the upload was asked with. " + description
+        ),
+        tags=tags,
+        operation_id="startObservationsUpload",
+        responses={
+            201: answer("Appended and scored; the conditioned version and its promotion.", ObservationsAnswer),
+            202: answer("refit `full`: appended and scored, and the training job started.", ObservationsAnswer),
+            **refusals,
+            404: _error(
+                "No such pending upload for this model.",
+                {"error": "upload not found", "details": [{"field": "upload_id", "message": "expected 32 hex digits"}]},
+            ),
+            409: _error(
+                "Nothing uploaded yet, the upload already started, or the alias cannot take the rows.",
+                {"error": "conflict", "details": [{"field": "upload", "message": "nothing uploaded yet"}]},
+            ),
+            413: _error(
+                "The file is larger than 10,000 rows of the model's columns can be (refused before it is read).",
+                {"error": "too large", "details": [{"field": "upload", "message": "at most 10000 rows"}]},
+            ),
+        },
+    )
+    def start_observations_upload(
+        name: Annotated[str, name_doc], upload_id: Annotated[str, upload_doc]
     ) -> ObservationsAnswer:
         raise NotImplementedError
 

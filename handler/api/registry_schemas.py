@@ -168,16 +168,20 @@ class AliasAnswer(BaseModel):
 
 class ObservationRows(BaseModel):
     """New simulations as rows ({feature: value, ..., output: value}) or columns ({name: [values]}): each of the
-    model's features and outputs exactly once, finite numbers, features within their physical limits."""
+    model's features and outputs exactly once, finite numbers, features within their physical limits. Or an upload
+    ("csv": a header naming each feature and output, in any order; "npy": a 2-d array, features then outputs)."""
 
     model_config = ConfigDict(extra="forbid")
     rows: list[dict[str, float]] | None = Field(None, min_length=1, max_length=2_000)
     columns: dict[str, list[float]] | None = None
+    upload: Literal["csv", "npy"] | None = Field(
+        None, description="Answers where to PUT the file (1 to 10,000 rows) and the route that starts it."
+    )
 
 
 class ObservationsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    data: ObservationRows = Field(description="1 to 2,000 rows: `rows` or `columns`, not both.")
+    data: ObservationRows = Field(description="1 to 2,000 rows: `rows` or `columns`; or an `upload`. One of them.")
     refit: Literal["condition", "none", "full"] = Field(
         "condition",
         description="condition: a new version conditioned on all the data with the parent's hyperparameters, in "
@@ -191,6 +195,17 @@ class ObservationsRequest(BaseModel):
     )
     alias: str = Field("live", pattern=r"^[a-z][a-z0-9_\-]{0,31}$", description="Its main target is the parent.")
     reason: str | None = Field(None, max_length=500, description="Recorded in the alias history with a promotion.")
+
+
+class ObservationsUpload(BaseModel):
+    """A pending upload of new simulations: PUT the file to `upload_url`, then POST `start`."""
+
+    upload_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    upload_url: str = Field(description="A presigned PUT URL for the file.")
+    start: str = Field(description="POST it once the file is uploaded: /models/{name}/observations/uploads/{id}/start.")
+    expires_at: str = Field(
+        description="When `upload_url` stops taking the file (an hour); the upload can be started for a day."
+    )
 
 
 class SurpriseScores(BaseModel):

@@ -524,24 +524,7 @@ def start_uploaded(
     if job.status != "AWAITING_UPLOAD" or job.upload is None:
         raise TrainingRequestError("job", f"the job is {job.status}: only a job awaiting its upload is started", 409)
     key = upload_key(job.model, job.job_id, job.upload)
-    columns = len(job.features) + len(job.outputs)
-    largest = largest_upload_bytes(job.upload, columns)
-    try:
-        head = jobs.s3.head_object(Bucket=jobs.bucket, Key=key)
-    except _aws_errors() as exc:
-        if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-            raise TrainingRequestError("upload", "nothing uploaded yet: PUT the data to the upload URL", 409) from None
-        raise RegistryUnavailableError(f"upload read: {_code(exc) or type(exc).__name__}") from exc
-    size = int(head["ContentLength"])
-    if size > largest:
-        raise TrainingRequestError(
-            "upload",
-            f"{size} bytes: the largest trainable set ({MAX_TRAINING_ROWS} rows of {columns} columns) takes at most "
-            f"{largest} bytes as {job.upload}",
-            413,
-        )
-    raw = jobs._call(lambda: jobs.s3.get_object(Bucket=jobs.bucket, Key=key)["Body"].read(), "upload read")
-    X, Y = _read_upload(raw, job.upload, list(job.features), list(job.outputs))
+    X, Y = read_upload(jobs.s3, jobs.bucket, key, job.upload, job.features, job.outputs)
     existing = _existing(jobs.registry, datasets, job.model)
     exact_allowed(job.options, len(X) + (existing.head.rows if existing is not None and existing.head else 0))
     dataset = _store_data(
@@ -550,8 +533,36 @@ def start_uploaded(
     return jobs.queue(job, dataset)
 
 
-def largest_upload_bytes(kind: str, columns: int) -> int:
-    values = MAX_TRAINING_ROWS * columns
+def read_upload(
+    s3: Any, bucket: str, key: str, kind: str, features: Any, outputs: Any, max_rows: int = MAX_TRAINING_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
+    """An uploaded .csv or .npy as (X, Y): 409 when nothing is there; its size (HEAD) refused (413) before it is
+    read when `max_rows` rows could not take that many bytes; then read and checked (at most `max_rows` rows)."""
+    columns = len(features) + len(outputs)
+    largest = largest_upload_bytes(kind, columns, max_rows)
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except _aws_errors() as exc:
+        if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            raise TrainingRequestError("upload", "nothing uploaded yet: PUT the data to the upload URL", 409) from None
+        raise RegistryUnavailableError(f"upload read: {_code(exc) or type(exc).__name__}") from exc
+    size = int(head["ContentLength"])
+    if size > largest:
+        raise TrainingRequestError(
+            "upload",
+            f"{size} bytes: the largest upload taken here ({max_rows} rows of {columns} columns) takes at most "
+            f"{largest} bytes as {kind}",
+            413,
+        )
+    try:
+        raw = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except _aws_errors() as exc:
+        raise RegistryUnavailableError(f"upload read: {_code(exc) or type(exc).__name__}") from exc
+    return _read_upload(raw, kind, list(features), list(outputs), max_rows)
+
+
+def largest_upload_bytes(kind: str, columns: int, rows: int = MAX_TRAINING_ROWS) -> int:
+    values = rows * columns
     return NPY_HEADER_BYTES + 8 * values if kind == "npy" else CSV_VALUE_BYTES * (values + columns)
 
 
@@ -708,10 +719,12 @@ def _inline(
     return table[:, : len(features)], table[:, len(features) :]
 
 
-def _read_upload(raw: bytes, kind: str, features: list[str], outputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _read_upload(
+    raw: bytes, kind: str, features: list[str], outputs: list[str], max_rows: int = MAX_TRAINING_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
     names = [*features, *outputs]
     if kind == "npy":
-        _check_npy_header(raw, len(names))
+        _check_npy_header(raw, len(names), max_rows)
         try:
             table = np.load(io.BytesIO(raw), allow_pickle=False).astype(float)
         except (ValueError, OSError, EOFError) as exc:
@@ -731,8 +744,8 @@ def _read_upload(raw: bytes, kind: str, features: list[str], outputs: list[str])
             for line, row in enumerate(reader, start=2):
                 if not row:
                     continue
-                if len(rows) >= MAX_TRAINING_ROWS:
-                    raise TrainingRequestError("upload", f"more than {MAX_TRAINING_ROWS} rows", 413)
+                if len(rows) >= max_rows:
+                    raise TrainingRequestError("upload", f"more than {max_rows} rows", 413)
                 try:
                     rows.append([float(row[k]) for k in order])
                 except (ValueError, IndexError):
@@ -743,9 +756,9 @@ def _read_upload(raw: bytes, kind: str, features: list[str], outputs: list[str])
     return table[:, : len(features)], table[:, len(features) :]
 
 
-def _check_npy_header(raw: bytes, columns: int) -> None:
+def _check_npy_header(raw: bytes, columns: int, max_rows: int = MAX_TRAINING_ROWS) -> None:
     """The .npy's header read and checked before its array is: a 2-d array of real numbers, rows x `columns`, at
-    most MAX_TRAINING_ROWS rows, and no more data declared than the file holds (numpy allocates what the header
+    most `max_rows` rows, and no more data declared than the file holds (numpy allocates what the header
     declares before it reads a byte of it)."""
     buffer = io.BytesIO(raw)
     try:
@@ -760,8 +773,8 @@ def _check_npy_header(raw: bytes, columns: int) -> None:
         raise TrainingRequestError(
             "upload", f"expected a 2-d array of real numbers, rows x {columns}: {shape} of {dtype.str}"
         )
-    if shape[0] > MAX_TRAINING_ROWS:
-        raise TrainingRequestError("upload", f"{shape[0]} rows: at most {MAX_TRAINING_ROWS}", 413)
+    if shape[0] > max_rows:
+        raise TrainingRequestError("upload", f"{shape[0]} rows: at most {max_rows}", 413)
     if shape[0] * columns * dtype.itemsize > len(raw) - buffer.tell():
         raise TrainingRequestError("upload", f"its header declares {shape} values; the file is shorter")
 

@@ -73,11 +73,12 @@ IF_BETTER_RULE = (
 
 
 class ObservationRefusedError(ValueError):
-    """A request that cannot be taken (422), naming the field."""
+    """A request that cannot be taken (422; an upload: 409 or 413 as handler.training.jobs says), naming the field."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
         super().__init__(message)
         self.field = field
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,7 @@ def row_count(data: Any) -> int:
 
 
 def rows_of(data: Any, features: tuple[str, ...], outputs: tuple[str, ...], bounds: np.ndarray) -> Any:
-    """(X, Y) of `data`, each value a finite number and each feature within `bounds`: the domain the model answers
-    (its bounds widened by the margin, within its limits), which a full refit checks the data against too
-    (handler.training.jobs), so the model's data always stays trainable."""
+    """(X, Y) of `data` ({"rows"} or {"columns"}), each value a finite number, checked by `check_rows`."""
     n = row_count(data)
     names = features + outputs
     values = np.empty((n, len(names)))
@@ -142,10 +141,29 @@ def rows_of(data: Any, features: tuple[str, ...], outputs: tuple[str, ...], boun
             for i, value in enumerate(columns[name]):
                 values[i, j] = _number(value, f"data.columns.{name}[{i}]")
     X, Y = values[:, : len(features)], values[:, len(features) :]
+    check_rows(X, Y, features, outputs, bounds)
+    return X, Y
+
+
+def check_rows(
+    X: np.ndarray,
+    Y: np.ndarray,
+    features: tuple[str, ...],
+    outputs: tuple[str, ...],
+    bounds: np.ndarray,
+    field: str = "data",
+) -> None:
+    """New rows as the model's data takes them: finite, outputs a model can hold, each feature within `bounds`: the
+    domain the model answers (its bounds widened by the margin, within its limits), which a full refit checks the
+    data against too (handler.training.jobs), so the model's data always stays trainable. Refusals name
+    `{field}.{column}` and the row."""
+    if (not_finite := np.argwhere(~np.isfinite(np.hstack([X, Y])))).size:
+        i, j = (int(v) for v in not_finite[0])
+        raise ObservationRefusedError(f"{field}.{(*features, *outputs)[j]}", f"row {i}: expected a finite number")
     if (too_large := np.argwhere(np.abs(Y) > MAX_OUTPUT_MAGNITUDE)).size:
         i, k = (int(v) for v in too_large[0])
         raise ObservationRefusedError(
-            f"data.{outputs[k]}",
+            f"{field}.{outputs[k]}",
             f"row {i}: {Y[i, k]:g} is larger than {MAX_OUTPUT_MAGNITUDE:g}: no model can hold it (its variance "
             "overflows); rescale the outputs",
         )
@@ -154,11 +172,10 @@ def rows_of(data: Any, features: tuple[str, ...], outputs: tuple[str, ...], boun
         i, j = (int(k) for k in np.argwhere(outside)[0])
         low, high = bounds[j]
         raise ObservationRefusedError(
-            f"data.{features[j]}",
+            f"{field}.{features[j]}",
             f"row {i}: {X[i, j]:g} is outside [{low:g}, {high:g}], where the model answers (its bounds widened by "
             'the domain margin, within its physical limits): to reach further, train it again with wider "bounds"',
         )
-    return X, Y
 
 
 def _number(value: Any, field: str) -> float:

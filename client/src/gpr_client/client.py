@@ -826,9 +826,11 @@ class SurrogateClient:
         admin_key: str | None = None,
     ) -> dict[str, Any]:
         """New simulations for `name` (POST /models/{name}/observations): rows, columns, a DataFrame or a pair
-        (X, Y) of arrays in the model's feature and output order. The answer: the `surprise` of the version that
-        served before it saw them, and with refit "condition" (default) the conditioned `version` and its
-        `promotion`; with "full", the `training_job` started (wait for it with wait_training)."""
+        (X, Y) of arrays in the model's feature and output order, or a .csv/.npy file (a CSV's header names the
+        columns; an .npy holds the features then the outputs), uploaded to the URL the service gives, then started.
+        The answer: the `surprise` of the version that served before it saw them, and with refit "condition"
+        (default) the conditioned `version` and its `promotion`; with "full", the `training_job` started (wait for
+        it with wait_training)."""
         if refit not in REFITS:
             raise ValueError(f"refit must be one of {', '.join(REFITS)}; got {refit!r}")
         if promote is not None and promote not in PROMOTE_RULES:
@@ -838,13 +840,17 @@ class SurrogateClient:
             info = self._on(name).model()
             features, outputs = info.features, info.outputs
         table = table_of(data, features, outputs)
-        if isinstance(table, Upload):
-            raise ValueError("observations go inline (at most the service's limit of rows a request): send fewer")
-        body: dict[str, Any] = {"data": table, "refit": refit}
+        sent = {"upload": table.format} if isinstance(table, Upload) else table
+        body: dict[str, Any] = {"data": sent, "refit": refit}
         body |= {k: v for k, v in (("promote", promote), ("alias", alias), ("reason", reason)) if v is not None}
         path = f"/models/{_segment(name)}/observations"
         headers = self._admin_headers(admin_key)
-        return dict(self._request("POST", path, json=body, headers=headers, once=True).json())
+        answer = self._request("POST", path, json=body, headers=headers, once=True).json()
+        if isinstance(table, Upload):  # the file PUT where the service said, then started (once: it appends)
+            self._request("PUT", answer["upload_url"], client=self._files, content=table.content)
+            start = f"{path}/uploads/{_segment(answer['upload_id'])}/start"
+            answer = self._request("POST", start, headers=headers, once=True).json()
+        return dict(answer)
 
     def loop(
         self,
