@@ -87,12 +87,13 @@ class DatasetStore:
 
     def head(self, name: str) -> Dataset | None:
         """The model's newest dataset, or None when it has none (a published model's data is its own)."""
-        key = {"pk": _model_pk(name), "sk": HEAD_SK}
-        item = self._call(lambda: self.table.get_item(Key=key, ConsistentRead=True), "dataset read").get("Item")
-        return None if item is None else _from_item(name, item)
+        return self._read(name, HEAD_SK)
 
     def get(self, name: str, dataset_id: str) -> Dataset | None:
-        key = {"pk": _model_pk(name), "sk": f"DATASET#{dataset_id}"}
+        return self._read(name, f"DATASET#{dataset_id}")
+
+    def _read(self, name: str, sk: str) -> Dataset | None:
+        key = {"pk": _model_pk(name), "sk": sk}
         item = self._call(lambda: self.table.get_item(Key=key, ConsistentRead=True), "dataset read").get("Item")
         return None if item is None else _from_item(name, item)
 
