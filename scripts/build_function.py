@@ -9,8 +9,9 @@ Five packages, each with what its function imports:
 - `predict` (PredictFunction): requirements.txt and the model (its manifest and the artifact it names); a
   posterior file needs numpy alone, so GPy and scipy (requirements-gpy.txt) are added only when the manifest is a
   pickle's;
-- `worker` (JobWorkerFunction): the same, and scipy for designs of experiments (requirements-worker.txt);
-- `finisher` (JobFinisherFunction): requirements-finisher.txt, pyarrow, no model;
+- `worker` (JobWorkerFunction): the same, pyarrow for the results' parts it writes (pruned to what it loads) and
+  scipy for designs of experiments (requirements-worker.txt);
+- `finisher` (JobFinisherFunction): requirements-finisher.txt (no pyarrow: it has S3 stitch the parts), no model;
 - `training` (TrainingFunction): requirements-training.txt (GPy, scipy, paramz: the fit), handler/, no model;
 - `explorer` (ExplorerFunction): requirements-explorer.txt (Powertools alone), the model explorer's page and assets
   (handler/explorer/) and only the modules of handler/ that handler/explorer_app.py imports: no model.
@@ -56,6 +57,14 @@ PRUNED_SUFFIXES = {".pyi", ".pxd", ".pyx", ".c", ".cpp", ".h", ".hpp", ".f", ".f
 # The functions call S3 (a model from MODEL_S3_URI, jobs' files), DynamoDB and SQS (jobs): botocore's
 # models of its other ~400 services are ~20 MB they never read.
 BOTOCORE_SERVICES = {"s3", "dynamodb", "sqs"}
+# pyarrow's parts the worker never loads (it writes CSV and Parquet to memory): Flight, the cloud and HDFS file
+# systems, ORC, Feather, JSON, Parquet encryption and pyarrow's own C++ tests, ~55 MB of its 141 MB on arm64. What
+# pyarrow.lib links (dataset, acero, substrait, compute, parquet) stays: the import fails without them.
+PYARROW_UNUSED = (
+    "_flight.*", "libarrow_flight.*", "libarrow_python_flight*", "_s3fs.*", "libarrow_s3.*", "_gcsfs.*",
+    "_azurefs.*", "_hdfs.*", "_orc.*", "_dataset_orc.*", "_feather.*", "_json.*", "_pyarrow_cpp_tests.*",
+    "_parquet_encryption.*", "_dataset_parquet_encryption.*", "libarrow_python_parquet_encryption*",
+)  # fmt: skip
 
 
 def install_dependencies(target: Path, arch: str, requirements: list[str]) -> None:
@@ -121,6 +130,7 @@ def prune(target: Path) -> int:
         if service.is_dir() and service.name not in BOTOCORE_SERVICES:
             freed += sum(f.stat().st_size for f in service.rglob("*") if f.is_file())
             shutil.rmtree(service)
+    freed += prune_pyarrow(target / "pyarrow")
     for path in sorted(target.rglob("*"), reverse=True):  # children before their folders
         if path.is_dir() and path.name in PRUNED_DIRECTORIES and path.parent != target:
             freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -128,6 +138,24 @@ def prune(target: Path) -> int:
         elif path.is_file() and path.suffix in PRUNED_SUFFIXES and path.exists():
             freed += path.stat().st_size
             path.unlink()
+    return freed
+
+
+def prune_pyarrow(folder: Path) -> int:
+    """PYARROW_UNUSED, and the copies of each shared library that the wheel's symlinks became (libX.so and
+    libX.so.N.M.K beside libX.so.N, the name the loader asks for); returns the bytes freed."""
+    if not folder.is_dir():
+        return 0
+    doomed = {path for pattern in PYARROW_UNUSED for path in folder.glob(pattern) if path.is_file()}
+    for library in folder.glob("lib*.so.*"):
+        stem, _, version = library.name.partition(".so.")
+        if version.isdigit():  # the loader's name: its copies go
+            for copy in (folder / f"{stem}.so", *folder.glob(f"{stem}.so.{version}.*")):
+                if copy.is_file() and copy.read_bytes() == library.read_bytes():
+                    doomed.add(copy)
+    freed = sum(path.stat().st_size for path in doomed)
+    for path in doomed:
+        path.unlink()
     return freed
 
 

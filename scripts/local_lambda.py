@@ -844,10 +844,14 @@ class LocalJobs:
             "TrainingQueue": (self.registry.training_queue_url, self.registry.training_queue_arn),
         }
         url, arn = queues[event.queue]
-        source = SqsEventSource(boto3.client("sqs", **self.client_args), url, arn, pool.call, event.batch_size)
-        thread = threading.Thread(target=source.run, args=(self.stopping,), name=f"poll-{event.queue}", daemon=True)
-        thread.start()
-        self.threads.append(thread)
+        # One poller per warm environment, as Lambda scales its invocations with the queue: a job's chunks run on
+        # every environment at once (--job-workers)
+        for number in range(len(pool.environments)):
+            source = SqsEventSource(boto3.client("sqs", **self.client_args), url, arn, pool.call, event.batch_size)
+            name = f"poll-{event.queue}-{number}"
+            thread = threading.Thread(target=source.run, args=(self.stopping,), name=name, daemon=True)
+            thread.start()
+            self.threads.append(thread)
 
     def stop(self, deadline: float) -> None:
         """The pollers (each ends within its 1 s receive wait, or its invocation), then moto; by `deadline`."""

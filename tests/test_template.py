@@ -230,15 +230,17 @@ def test_sam_build_packages_only_what_the_function_loads_under_the_size_limit(tm
     if not gpy_route:  # before posterior files (GPy, scipy, paramz in every package) it was 175 MiB
         assert size < 80 * 2**20, f"{size / 2**20:.0f} MiB unzipped"
     assert size < LAMBDA_UNZIPPED_LIMIT_BYTES
-    # the job worker has the same, and scipy for designs; the finisher has pyarrow and no model, GPy or scipy
+    # the job worker has the same, and pyarrow for the results' parts (pruned) and scipy for designs; the finisher
+    # has no model, GPy, scipy or pyarrow
     worker = build_dir / "JobWorkerFunction"
     assert list(worker.glob("scipy/stats/_qmc.py"))
+    assert list(worker.glob("pyarrow/parquet/__init__.py"))
     assert bool(list(worker.glob("GPy/__init__.py"))) == gpy_route
     assert_lean(worker)
-    assert size < LAMBDA_UNZIPPED_LIMIT_BYTES
+    size = sum(f.stat().st_size for f in worker.rglob("*") if f.is_file())
+    assert size < LAMBDA_UNZIPPED_LIMIT_BYTES, f"{size / 2**20:.0f} MiB unzipped"
     finisher = build_dir / "JobFinisherFunction"
-    assert list(finisher.glob("pyarrow/__init__.py"))
-    for absent in ("GPy", "scipy", "model_artifacts"):
+    for absent in ("GPy", "scipy", "pyarrow", "model_artifacts"):
         assert not list(finisher.glob(absent)), absent
     assert_lean(finisher, with_model=False)
     size = sum(f.stat().st_size for f in finisher.rglob("*") if f.is_file())
@@ -302,42 +304,71 @@ def test_the_explorer_package_holds_exactly_the_modules_its_entry_point_imports(
 
 
 FINISHER_SMOKE = """
-import io, sys
+import sys
 sys.path.insert(0, sys.argv[1])
 assert "site-packages" not in " ".join(sys.path), sys.path
-import numpy as np, pyarrow.csv, pyarrow.parquet, smart_open
+import numpy as np
 import handler.jobs.finisher  # its module-level setup, as at a cold start
-from handler.jobs.results import write_results
-for module in (np, pyarrow, smart_open, handler.jobs.finisher):
+from handler.jobs.stitching import Source, plan_parts
+for module in (np, handler.jobs.finisher):
     assert module.__file__.startswith(sys.argv[1]), module.__file__
-assert "GPy" not in sys.modules and "scipy" not in sys.modules
-rows = np.arange(12.0).reshape(4, 3)
+assert not {"GPy", "scipy", "pyarrow"} & set(sys.modules), sorted(sys.modules)
+print(len(plan_parts([Source("a", 6 * 2**20), Source("b", 10)])))
+"""
+
+WORKER_SMOKE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+assert "site-packages" not in " ".join(sys.path), sys.path
+import numpy as np, pyarrow
+import handler.jobs.worker  # its module-level setup, as at a cold start
+from handler.jobs.designs import generate_rows
+from handler.jobs.results import encode_part
+for module in (np, pyarrow, handler.jobs.worker):
+    assert module.__file__.startswith(sys.argv[1]), module.__file__
+rows = generate_rows("sobol", 8, 1, np.zeros(3), np.ones(3), 2, 6)
 for fmt in ("csv", "parquet", "npy"):
-    sink = io.BytesIO()
-    assert write_results(fmt, sink, 4, ["a", "b", "c"], [rows[:2], rows[2:]]) == 4
-    print(fmt, len(sink.getvalue()))
+    print(fmt, len(encode_part(fmt, 0, 4, ["a", "b", "c"], rows)))
 """
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_the_finisher_package_writes_results_without_the_model_or_site_packages(tmp_path: Path):
+def build_package(tmp_path: Path, name: str) -> Path:
     import platform
 
     arch = {"x86_64": "x86_64", "aarch64": "arm64"}[platform.machine()]
-    package = tmp_path / "finisher"
+    package = tmp_path / name
     build = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "build_function.py"), str(package), "--arch", arch,
-         "--package", "finisher"], capture_output=True, text=True, timeout=900,
+         "--package", name], capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr
+    return package
+
+
+def run_in_package(tmp_path: Path, package: Path, script: str) -> list[str]:
     result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", FINISHER_SMOKE, str(package)],
+        [sys.executable, "-I", "-S", "-c", script, str(package)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
         env={"PATH": os.environ["PATH"], "AWS_DEFAULT_REGION": "us-east-1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert [line.split()[0] for line in result.stdout.splitlines()] == ["csv", "parquet", "npy"]
+    return result.stdout.splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_finisher_package_stitches_without_pyarrow_the_model_or_site_packages(tmp_path: Path):
+    package = build_package(tmp_path, "finisher")
+    assert run_in_package(tmp_path, package, FINISHER_SMOKE) == ["2"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_worker_package_writes_every_format_with_its_pruned_pyarrow(tmp_path: Path):
+    package = build_package(tmp_path, "worker")
+    lines = run_in_package(tmp_path, package, WORKER_SMOKE)
+    assert [line.split()[0] for line in lines] == ["csv", "parquet", "npy"]
+    assert not list(package.glob("pyarrow/libarrow_flight*")), "pruned"
 
 
 SMOKE = """
@@ -710,9 +741,11 @@ def test_each_function_may_touch_only_the_jobs_resources_it_uses(monkeypatch):
     # the worker queues chunks and assemblies, and may delay its own retries
     assert worker["sqs:SendMessage*"] == {"JobQueue", "ResultsQueue"}
     assert worker["sqs:ChangeMessageVisibility"] == {"JobQueue"}
-    # the finisher sends nothing, and may abort the multipart upload of a failed assembly
+    # the finisher sends nothing, may abort the multipart upload of a failed stitch, and delete the parts it stitched
     assert not any(action.startswith("sqs:Send") for action in finisher)
     assert finisher["s3:AbortMultipartUpload"] == {"JobsBucket"}
+    assert finisher["s3:DeleteObject"] == {"JobsBucket"}
+    assert "s3:DeleteObject" not in worker
     assert worker["s3:AbortMultipartUpload"] == {"JobsBucket"}
     assert not any(action.startswith("dynamodb:Delete") for action in {**worker, **finisher})
 

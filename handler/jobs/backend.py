@@ -4,10 +4,11 @@ Knows nothing of API Gateway and nothing of how a model predicts: `handler.jobs.
 `handler.jobs.worker` (plans and chunks, with the model) and `handler.jobs.finisher` (results and dead
 letters, without it) drive it. boto3 is imported on first use.
 
-A job's points are one .npy that chunks read by byte range: the uploaded .npy itself, or a float64
-`jobs/ID/input.npy` (a design, inline points, or an uploaded CSV converted batch by batch). Each
-chunk writes its predictions to `jobs/ID/chunks/NNNNNN.npy`; the finisher streams inputs and
-predictions, in input order, into `jobs/ID/results.{csv,npy,parquet}`.
+A design's chunks generate their own points; other jobs' points are one .npy that chunks read by byte
+range: the uploaded .npy itself, or a float64 `jobs/ID/input.npy` (inline points, or an uploaded CSV
+converted batch by batch). Each chunk writes its rows of the results, in the final format, to
+`jobs/ID/results/part-NNNNNN.{csv,npy,parquet}`; the finisher stitches csv and npy parts into
+`jobs/ID/results.{csv,npy}` (S3 copies them), and Parquet parts are the results as they stand: a dataset.
 """
 
 from __future__ import annotations
@@ -280,6 +281,13 @@ class JobStore:
                 raise JobNotFoundError(job_id) from None
             return False, job
 
+    def is_chunk_done(self, job_id: str, index: int) -> bool:
+        """Whether chunk `index` was counted (a redelivered chunk is then neither predicted nor written again)."""
+        item = self.table.get_item(
+            Key={"id": f"job#{job_id}"}, ProjectionExpression="done_chunks", ConsistentRead=True
+        ).get("Item")
+        return bool(item) and index in item.get("done_chunks", set())
+
     def record_error(self, job_id: str, message: str) -> None:
         """The latest failure of some part of the job; the reason given if its retries run out."""
         self._conditional(job_id, "SET last_error = :e", {":e": message[:MAX_REASON_CHARS]})
@@ -329,8 +337,13 @@ class JobStorage:
         return f"jobs/{job_id}/upload.{fmt}"
 
     @staticmethod
-    def chunk_key(job_id: str, index: int) -> str:
-        return f"jobs/{job_id}/chunks/{index:06d}.npy"
+    def parts_prefix(job_id: str) -> str:
+        """Where the chunks write their parts of the results: a Parquet job's dataset."""
+        return f"jobs/{job_id}/results/"
+
+    @classmethod
+    def part_key(cls, job_id: str, index: int, fmt: str) -> str:
+        return f"{cls.parts_prefix(job_id)}part-{index:06d}.{fmt}"
 
     @staticmethod
     def results_key(job_id: str, fmt: str) -> str:
@@ -385,14 +398,28 @@ class JobStorage:
                 raise JobInputError(f"{key.rpartition('/')[2]} was replaced after the job started") from exc
             raise
 
-    def put_chunk(self, job_id: str, index: int, predictions: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(predictions, dtype="<f8"))
-        self.s3.put_object(Bucket=self.bucket, Key=self.chunk_key(job_id, index), Body=buffer.getvalue())
+    def put_part(self, job_id: str, index: int, fmt: str, body: bytes) -> None:
+        """Chunk `index`'s part of the results (a redelivered chunk writes the same bytes again)."""
+        self.s3.put_object(Bucket=self.bucket, Key=self.part_key(job_id, index, fmt), Body=body)
 
-    def get_chunk(self, job_id: str, index: int) -> np.ndarray:
-        body = self.s3.get_object(Bucket=self.bucket, Key=self.chunk_key(job_id, index))["Body"].read()
-        return np.load(io.BytesIO(body), allow_pickle=False)
+    def list_parts(self, job_id: str, fmt: str) -> dict[int, tuple[str, int, str]]:
+        """The parts written so far: chunk index -> (key, size, ETag), by listing the prefix (1,000 a page)."""
+        prefix, suffix = self.parts_prefix(job_id), f".{fmt}"
+        found: dict[int, tuple[str, int, str]] = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(prefix) :]
+                number = name.removeprefix("part-").removesuffix(suffix)
+                if name.startswith("part-") and name.endswith(suffix) and number.isdigit():
+                    found[int(number)] = (item["Key"], int(item["Size"]), str(item["ETag"]))
+        return found
+
+    def delete_keys(self, keys: list[str]) -> None:
+        """Best effort (the bucket's lifecycle rule expires them anyway), 1,000 a request."""
+        for first in range(0, len(keys), 1000):
+            objects = [{"Key": key} for key in keys[first : first + 1000]]
+            with contextlib.suppress(Exception):
+                self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
 
     def presigned_put(self, key: str) -> str:
         return str(
@@ -801,8 +828,14 @@ def npy_layout(head: bytes) -> NpyLayout:
 # --- status -------------------------------------------------------------------------------------------
 
 
-def status_document(backend: JobBackend, job: Job) -> dict[str, Any]:
-    """GET /jobs/{id}: state, progress, timings, and the URL to upload to or download from."""
+# A Parquet job's answer lists its parts' URLs this many at a time (a 10^7-point job has 50-250 parts; a presigned
+# URL is ~600 bytes): `parts_next` pages on.
+LISTED_PARTS = 500
+
+
+def status_document(backend: JobBackend, job: Job, parts_from: int = 0, jobs_path: str = "/jobs") -> dict[str, Any]:
+    """GET /jobs/{id}: state, progress, timings, and the URL to upload to or download from (a Parquet job's parts,
+    from part `parts_from`, LISTED_PARTS at a time; `jobs_path`: the route's, for the next page's link)."""
     # A design's size is known before its plan has run; an upload's only once read.
     points = job.n_points if job.n_points is not None else (job.design or {}).get("points")
     doc: dict[str, Any] = {
@@ -838,15 +871,32 @@ def status_document(backend: JobBackend, job: Job) -> dict[str, Any]:
             "expires_in_seconds": URL_EXPIRY_S,
         }
     if job.status == "SUCCEEDED":
-        fmt = job.options.format
-        key = backend.storage.results_key(job.id, fmt)
-        doc["results"] = {
-            "url": backend.storage.presigned_get(key, f"{job.id}.{fmt}"),
-            "format": fmt,
-            "columns": result_columns(job.features, job.outputs, job.options),
-            "expires_in_seconds": URL_EXPIRY_S,
-        }
+        doc["results"] = results_document(backend, job, parts_from, jobs_path)
     return doc
+
+
+def results_document(backend: JobBackend, job: Job, parts_from: int, jobs_path: str) -> dict[str, Any]:
+    fmt = job.options.format
+    assert job.n_points is not None
+    assert job.chunk_points is not None
+    found: dict[str, Any] = {"format": fmt, "columns": result_columns(job.features, job.outputs, job.options)}
+    found["rows"] = job.n_points
+    if fmt != "parquet":
+        key = backend.storage.results_key(job.id, fmt)
+        url = backend.storage.presigned_get(key, f"{job.id}.{fmt}")
+        return {"url": url, **found, "expires_in_seconds": URL_EXPIRY_S}
+    ranges = chunk_ranges(job.n_points, job.chunk_points)
+    listed = range(parts_from, min(parts_from + LISTED_PARTS, len(ranges)))
+    parts = []
+    for index in listed:
+        start, stop = ranges[index]
+        key = backend.storage.part_key(job.id, index, fmt)
+        url = backend.storage.presigned_get(key, f"part-{index:06d}.{fmt}")
+        parts.append({"index": index, "url": url, "rows": stop - start, "first_row": start})
+    found |= {"layout": "dataset", "parts_total": len(ranges), "parts": parts, "expires_in_seconds": URL_EXPIRY_S}
+    if listed.stop < len(ranges):
+        found["parts_next"] = f"{jobs_path.rstrip('/')}/{job.id}?parts_from={listed.stop}"
+    return found
 
 
 def _iso(moment: float | None) -> str | None:

@@ -52,3 +52,10 @@ def generate(method: str, n: int, seed: int, lower: np.ndarray, upper: np.ndarra
         warnings.filterwarnings("ignore", message=".*balance properties.*", category=UserWarning)
         unit = engine.random(n)
     return np.asarray(qmc.scale(unit, lower, upper), dtype=float)
+
+
+def generate_rows(
+    method: str, n: int, seed: int, lower: np.ndarray, upper: np.ndarray, start: int, stop: int
+) -> np.ndarray:
+    """Rows start:stop of the design (temporary: generated whole)."""
+    return generate(method, n, seed, lower, upper)[start:stop]

@@ -1,16 +1,17 @@
-"""The job finisher: assembles a finished job's results, and fails jobs whose messages were dead-lettered.
+"""The job finisher: stitches a finished job's results, and fails jobs whose messages were dead-lettered.
 
 Two SQS event sources: the results queue (one message per job whose chunks are all done) and the
-work queue's dead-letter queue. It needs no model, so its package has pyarrow instead of GPy.
+work queue's dead-letter queue. Each chunk wrote its part of the results in the final format; for csv
+and npy the finisher has S3 copy them, in order, into one object (handler.jobs.stitching), so no byte
+passes through it and its time does not grow with the job. Parquet parts are the results as they are
+(a dataset). It needs no model and no pyarrow.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -18,10 +19,8 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.config import load_settings
-from handler.jobs.backend import Job, JobBackend, WorkMessage, backend_from_settings, chunk_ranges, result_columns
-from handler.jobs.results import result_rows, write_results
-
-PART_BYTES = 16 * 2**20  # multipart upload parts: 10,000 parts cover 160 GB
+from handler.jobs.backend import JobBackend, WorkMessage, backend_from_settings
+from handler.jobs.stitching import Source, StitchCancelledError, stitch
 
 settings = load_settings()
 logger = Logger()
@@ -31,40 +30,37 @@ processor = BatchProcessor(event_type=EventType.SQS)
 
 
 def assemble(backend: JobBackend, job_id: str) -> None:
-    """Stream inputs and predictions, chunk by chunk, into the results object; then SUCCEEDED."""
+    """Stitch the chunks' parts into the results object (csv, npy) or check they are all there (parquet); then
+    SUCCEEDED. A part missing is an error (retried: a chunk's write may not be visible yet); a job cancelled while
+    its parts are copied keeps no results (the upload is aborted)."""
     job = backend.store.get(job_id)
     if job is None or job.status != "RUNNING" or job.chunks_done != job.n_chunks:
         logger.info("assembly skipped", extra={"job": job_id, "status": job and job.status})
         return
-    import smart_open
+    assert job.n_chunks is not None
+    storage, fmt = backend.storage, job.options.format
+    parts = storage.list_parts(job.id, fmt)
+    if missing := [index for index in range(job.n_chunks) if index not in parts]:
+        raise RuntimeError(f"{len(missing)} part(s) of {job.n_chunks} missing, the first chunk {missing[0]}")
+    if fmt != "parquet":
+        sources = [Source(*parts[index]) for index in range(job.n_chunks)]
 
-    storage = backend.storage
-    key = storage.results_key(job.id, job.options.format)
-    columns = result_columns(job.features, job.outputs, job.options)
-    assert job.n_points is not None
-    # smart_open streams a multipart upload and aborts it on an exception: no half-written results.
-    with smart_open.open(
-        f"s3://{storage.bucket}/{key}", "wb", transport_params={"client": storage.s3, "min_part_size": PART_BYTES}
-    ) as sink:
-        rows = write_results(job.options.format, sink, job.n_points, columns, _rows(backend, job))
-    if rows != job.n_points:
-        raise RuntimeError(f"assembled {rows} rows of {job.n_points}")
+        def still_running() -> bool:
+            current = backend.store.get(job.id)
+            return current is not None and current.status == "RUNNING"
+
+        try:
+            key = storage.results_key(job.id, fmt)
+            size = stitch(storage.s3, storage.bucket, key, sources, still_wanted=still_running)
+        except StitchCancelledError:
+            logger.info("assembly stopped: the job ended meanwhile", extra={"job": job.id})
+            return
+        logger.info("results stitched", extra={"job": job.id, "parts": len(sources), "bytes": size})
     if backend.store.succeed(job.id) is not None:
         metrics.add_metric(name="JobsSucceeded", unit=MetricUnit.Count, value=1)
-        logger.info("job succeeded", extra={"job": job.id, "points": rows, "format": job.options.format})
-
-
-def _rows(backend: JobBackend, job: Job) -> Iterator[np.ndarray]:
-    assert job.n_points is not None
-    assert job.chunk_points is not None
-    for index, (start, stop) in enumerate(chunk_ranges(job.n_points, job.chunk_points)):
-        points = backend.storage.read_input_rows(job, start, stop)
-        predictions = backend.storage.get_chunk(job.id, index)
-        if predictions.shape != (stop - start, 2 * len(job.outputs)):
-            raise ValueError(
-                f"chunk {index} holds {predictions.shape}, expected {(stop - start, 2 * len(job.outputs))}"
-            )
-        yield result_rows(points, predictions, len(job.outputs), job.options)
+        logger.info("job succeeded", extra={"job": job.id, "points": job.n_points, "format": fmt})
+        if fmt != "parquet":  # the stitched file holds them now
+            storage.delete_keys([parts[index][0] for index in range(job.n_chunks)])
 
 
 def dead_letter(backend: JobBackend, record: SQSRecord) -> None:

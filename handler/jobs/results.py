@@ -1,14 +1,12 @@
-"""A job's results file, written in one pass over its chunks: CSV, .npy or Parquet.
+"""A job's results, written by its chunks in the final format: CSV, .npy or Parquet.
 
 Every format holds one row per input point, in input order: the features, then each output's
 statistics. pyarrow writes CSV and Parquet (its CSV writer is C++ and keeps every digit of a
-float64); the .npy is a structured array, so its columns keep their names.
+float64); the .npy is a structured array, so its columns keep their names. The worker writes each
+chunk's part (`encode_part`); the finisher stitches csv and npy parts (handler.jobs.stitching).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
-from typing import IO, Any
 
 import numpy as np
 
@@ -32,32 +30,30 @@ def result_rows(points: np.ndarray, predictions: np.ndarray, n_outputs: int, opt
     return np.hstack(columns)
 
 
-def write_results(fmt: str, sink: IO[bytes], n_points: int, columns: list[str], batches: Iterable[np.ndarray]) -> int:
-    """Write the batches (rows x len(columns) float64) to `sink` as `fmt`; returns the rows written."""
-    written = 0
+def encode_part(fmt: str, index: int, n_points: int, columns: list[str], rows: np.ndarray) -> bytes:
+    """Chunk `index`'s rows (rows x len(columns) float64) as its part of the results in `fmt`.
+
+    csv and npy parts concatenate, in chunk order, into the file one writer would have written: the header (the CSV's
+    names, or the .npy's with all `n_points` rows) opens part 0 alone. A Parquet part is a whole file (a footer holds
+    absolute offsets, so files do not concatenate): the parts are a dataset.
+    """
     if fmt == "npy":
         # A structured array of float64 fields has the same bytes as the 2-D array, row by row.
-        sink.write(npy_header((n_points,), np.dtype([(name, "<f8") for name in columns])))
-        for batch in batches:
-            sink.write(np.ascontiguousarray(batch, dtype="<f8").tobytes())
-            written += len(batch)
-        return written
+        header = npy_header((n_points,), np.dtype([(name, "<f8") for name in columns])) if index == 0 else b""
+        return header + np.ascontiguousarray(rows, dtype="<f8").tobytes()
     import pyarrow as pa
 
     schema = pa.schema([(name, pa.float64()) for name in columns])
-    writer: Any
+    table = pa.Table.from_arrays([pa.array(column) for column in np.asarray(rows, dtype=float).T], schema=schema)
+    sink = pa.BufferOutputStream()
     if fmt == "csv":
         import pyarrow.csv as pa_csv
 
-        writer = pa_csv.CSVWriter(sink, schema)
+        pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=index == 0))
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
-        writer = pq.ParquetWriter(sink, schema, compression="zstd")
+        pq.write_table(table, sink, compression="zstd")
     else:
         raise ValueError(f"unknown results format {fmt!r}")
-    with writer:
-        for batch in batches:
-            writer.write_table(pa.Table.from_arrays([pa.array(column) for column in batch.T], schema=schema))
-            written += len(batch)
-    return written
+    return bytes(sink.getvalue())

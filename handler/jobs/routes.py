@@ -302,7 +302,21 @@ def _owned_job(backend: JobBackend, job_id: str) -> Job:
 @router.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     backend = _jobs(_settings())
-    return _job_response(backend, _owned_job(backend, job_id), 200)
+    job = _owned_job(backend, job_id)
+    event: APIGatewayProxyEvent = router.current_event  # type: ignore[assignment]
+    parts_from = _parts_from((event.query_string_parameters or {}).get("parts_from"), job)
+    return _job_response(backend, job, 200, parts_from=parts_from, listing_path=_jobs_path(event.path))
+
+
+def _parts_from(value: str | None, job: Job) -> int:
+    """`?parts_from=K`: a Parquet job's parts are listed from part K (0 to its number of parts)."""
+    if value is None:
+        return 0
+    most = job.n_chunks or 0
+    if not (value.isascii() and value.isdigit() and len(value) <= 6 and int(value) <= most):
+        message = f"expected a part number from 0 to {most}, got {brief(value)}"
+        raise RequestError(422, "invalid query parameter", [("parts_from", message)])
+    return int(value)
 
 
 @router.post("/jobs/<job_id>/start")
@@ -323,13 +337,21 @@ def cancel_job(job_id: str) -> Response:
     return _job_response(backend, cancelled, 200)
 
 
-def _job_response(backend: JobBackend, job: Job, status: int, jobs_path: str | None = None) -> Response:
+def _job_response(
+    backend: JobBackend,
+    job: Job,
+    status: int,
+    jobs_path: str | None = None,
+    *,
+    parts_from: int = 0,
+    listing_path: str | None = None,
+) -> Response:
     headers = {"Location": f"{jobs_path.rstrip('/')}/{job.id}"} if jobs_path else {}
     if job.status in ("QUEUED", "RUNNING"):
         headers["Retry-After"] = "2"  # when to poll again
     return Response(
         status_code=status,
         content_type=content_types.APPLICATION_JSON,
-        body=orjson.dumps(status_document(backend, job)).decode(),
+        body=orjson.dumps(status_document(backend, job, parts_from, listing_path or jobs_path or "/jobs")).decode(),
         headers=headers,
     )

@@ -15,15 +15,20 @@ from handler.gp.model import PosteriorModel, SurrogateModel
 CHUNK_ROUNDING_POINTS = 1_000  # sizes above this are whole thousands: easier to read in a job's record
 
 
-def model_chunk_points(surrogate: SurrogateModel, configured: int, worker_timeout_seconds: float) -> int:
-    """Points a chunk holds on this model; a model served through GPy (no cost model) keeps `configured`."""
+def model_chunk_points(
+    surrogate: SurrogateModel, configured: int, worker_timeout_seconds: float, least: int = 0
+) -> int:
+    """Points a chunk holds on this model; a model served through GPy (no cost model) keeps `configured`.
+
+    `least`: raise the size to this where the model's time allows (a part of a stitched results file needs 5 MiB).
+    """
     if not isinstance(surrogate, PosteriorModel):
-        return configured
-    return fitting_chunk_points(CostModel.of(surrogate.posterior, 0), configured, worker_timeout_seconds)
+        return max(configured, least)
+    return fitting_chunk_points(CostModel.of(surrogate.posterior, 0), configured, worker_timeout_seconds, least)
 
 
-def fitting_chunk_points(cost: CostModel, configured: int, worker_timeout_seconds: float) -> int:
+def fitting_chunk_points(cost: CostModel, configured: int, worker_timeout_seconds: float, least: int = 0) -> int:
     fits = int(analysis_budget_seconds(worker_timeout_seconds) / cost.predict(1))
     if fits > CHUNK_ROUNDING_POINTS:
         fits -= fits % CHUNK_ROUNDING_POINTS
-    return max(1, min(configured, fits))
+    return max(1, min(configured, fits), min(least, fits))

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
@@ -46,9 +48,12 @@ from handler.jobs.backend import (
     csv_header_names,
     csv_row_chars,
     npy_layout,
+    result_columns,
 )
-from handler.jobs.designs import generate
+from handler.jobs.designs import design_points, generate_rows
+from handler.jobs.results import encode_part, result_rows
 from handler.jobs.sizing import model_chunk_points
+from handler.jobs.stitching import MIN_PART_BYTES
 from handler.registry.names import BadNameError, ModelRef
 from handler.registry.resolver import ModelResolver
 from handler.registry.store import RegistryNotFoundError, store_from_settings
@@ -99,10 +104,10 @@ def plan_job(
         backend.queue.chunks(job)
         return
     dtype = None
-    if job.source == "design":
-        points = design_of(job)
-        check_points(points, manifest, margin)
-        n_points, offset = len(points), backend.storage.put_input(job.id, points)
+    if job.source == "design":  # its chunks generate their own points: nothing is written here
+        design = job.design
+        assert design is not None
+        n_points, offset = design_points(design["method"], design["n"], len(job.features)), 0
     elif job.upload_format == "npy":
         layout = check_npy_upload(backend, job, manifest, margin)
         n_points, offset, dtype = layout.rows, layout.offset, layout.dtype
@@ -114,8 +119,15 @@ def plan_job(
         logger.info("job planned", extra={"job": job.id, "points": n_points, "chunks": running.n_chunks})
 
 
-def chunk_points_of(job_model: LazyModel) -> int:
-    return model_chunk_points(job_model.get().model, settings.job_chunk_points, settings.job_worker_timeout_seconds)
+def chunk_points_of(job_model: LazyModel, job: Job) -> int:
+    """The model's chunk size, raised where its time allows so that each chunk's part of a stitched file (csv, npy)
+    holds the 5 MiB S3 asks of every part but the last: then no byte of it passes through the finisher."""
+    least = 0
+    if job.options.format != "parquet":
+        row_bytes = 8 * len(result_columns(job.features, job.outputs, job.options))  # an .npy row; CSV's are longer
+        least = math.ceil(MIN_PART_BYTES / row_bytes)
+    surrogate = job_model.get().model
+    return model_chunk_points(surrogate, settings.job_chunk_points, settings.job_worker_timeout_seconds, least)
 
 
 class JobModelGoneError(Exception):
@@ -133,11 +145,15 @@ def model_of(job: Job) -> LazyModel:
         raise JobModelGoneError(f"the job's model {name} version {version} can no longer serve: {exc}") from exc
 
 
-def design_of(job: Job) -> np.ndarray:
+def chunk_inputs(backend: JobBackend, job: Job, start: int, stop: int) -> np.ndarray:
+    """Points start:stop of the job: a design's generated here (the same rows as the whole design's, whichever
+    chunk asks; its bounds were checked against the model's domain when it was submitted), others read from S3."""
+    if job.source != "design":
+        return backend.storage.read_input_rows(job, start, stop)
     design = job.design
     assert design is not None
     bounds = np.array([design["bounds"][name] for name in job.features], dtype=float)
-    return generate(design["method"], design["n"], design["seed"], bounds[:, 0], bounds[:, 1])
+    return generate_rows(design["method"], design["n"], design["seed"], bounds[:, 0], bounds[:, 1], start, stop)
 
 
 def check_npy_upload(backend: JobBackend, job: Job, manifest: Manifest, margin: float) -> NpyLayout:
@@ -294,19 +310,28 @@ def predict_chunk(
     if job is None or job.status != "RUNNING":
         logger.info("chunk skipped", extra={"job": message.job, "status": job and job.status})
         return
-    deadline = deadline or no_deadline()
-    points = backend.storage.read_input_rows(job, message.start, message.stop)
-    means, variances = [], []
-    for start in range(0, len(points), CHUNK_SLICE_POINTS):
-        deadline.check(f"{start} of its {len(points)} points")
-        # finite, variance >= 0, or ModelBrokenError
-        mean, variance = surrogate.predict(points[start : start + CHUNK_SLICE_POINTS], latent=job.options.latent)
-        means.append(mean)
-        variances.append(variance)
-    backend.storage.put_chunk(job.id, message.index, np.hstack([np.vstack(means), np.vstack(variances)]))
-    counted, after = backend.store.complete_chunk(job.id, message.index, len(points))
-    if counted:
-        metrics.add_metric(name="JobPointsPredicted", unit=MetricUnit.Count, value=len(points))
+    assert job.n_points is not None
+    if backend.store.is_chunk_done(job.id, message.index):  # delivered again: its part is written and counted
+        logger.info("chunk already done", extra={"job": job.id, "chunk": message.index})
+        after = job
+    else:
+        deadline = deadline or no_deadline()
+        points = chunk_inputs(backend, job, message.start, message.stop)
+        means, variances = [], []
+        for start in range(0, len(points), CHUNK_SLICE_POINTS):
+            deadline.check(f"{start} of its {len(points)} points")
+            # finite, variance >= 0, or ModelBrokenError
+            mean, variance = surrogate.predict(points[start : start + CHUNK_SLICE_POINTS], latent=job.options.latent)
+            means.append(mean)
+            variances.append(variance)
+        predictions = np.hstack([np.vstack(means), np.vstack(variances)])
+        rows = result_rows(points, predictions, len(job.outputs), job.options)
+        columns = result_columns(job.features, job.outputs, job.options)
+        part = encode_part(job.options.format, message.index, job.n_points, columns, rows)
+        backend.storage.put_part(job.id, message.index, job.options.format, part)
+        counted, after = backend.store.complete_chunk(job.id, message.index, len(points))
+        if counted:
+            metrics.add_metric(name="JobPointsPredicted", unit=MetricUnit.Count, value=len(points))
     # The last chunk queues the assembly; a redelivered last chunk queues it again in case that send failed.
     if after.status == "RUNNING" and after.chunks_done == after.n_chunks:
         backend.queue.assemble(job.id)
@@ -323,7 +348,8 @@ def handle_message(record: SQSRecord, lambda_context: LambdaContext | None = Non
             return
         job_model = model_of(job)
         if message.kind == "plan":
-            plan_job(backend, job.id, job_model.manifest(), settings.domain_margin, lambda: chunk_points_of(job_model))
+            sizing = functools.partial(chunk_points_of, job_model, job)
+            plan_job(backend, job.id, job_model.manifest(), settings.domain_margin, sizing)
         else:
             deadline = None if lambda_context is None else Deadline(lambda_context.get_remaining_time_in_millis)
             predict_chunk(backend, message, job_model.get().model, deadline)
