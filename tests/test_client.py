@@ -369,3 +369,90 @@ def test_a_jobs_progress_bar_shows_its_last_line_once_before_the_download(monkey
     finished = [line for line in progress_lines(output.getvalue()) if "100%" in line]
     assert len(finished) == 1, output.getvalue()
     assert "4/4" in finished[0]
+
+
+def parquet_part(table: np.ndarray) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.table({name: table[name] for name in table.dtype.names}), sink)
+    return sink.getvalue()
+
+
+def scripted_parquet_job(parts: int, rows: int) -> tuple[np.ndarray, httpx.MockTransport, list[str]]:
+    """A SUCCEEDED Parquet job of `parts` parts of `rows` rows, its answer listing two parts a page."""
+    table = np.zeros(parts * rows, dtype=[(f, "<f8") for f in (*FEATURES, "y_mean", "y_variance")])
+    table["y_mean"] = np.arange(parts * rows)
+    files = {f"/part-{i:06d}.parquet": parquet_part(table[i * rows : (i + 1) * rows]) for i in range(parts)}
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        if request.url.path == "/prod/model":
+            return httpx.Response(200, json=PARK_MANIFEST)
+        if request.url.path in files:
+            return httpx.Response(200, content=files[request.url.path])
+        first = int(request.url.params.get("parts_from", 0))
+        listed = [{"index": i, "url": f"https://files.example.org/part-{i:06d}.parquet", "rows": rows,
+                   "first_row": i * rows} for i in range(first, min(first + 2, parts))]  # fmt: skip
+        results = {"format": "parquet", "layout": "dataset", "rows": parts * rows, "parts_total": parts,
+                   "parts": listed}  # fmt: skip
+        if first + 2 < parts:
+            results["parts_next"] = f"/prod/jobs/job-1?parts_from={first + 2}"
+        return httpx.Response(200, json={"id": "job-1", "status": "SUCCEEDED", "results": results,
+                                         "progress": {"points": parts * rows, "points_done": parts * rows}})  # fmt: skip
+
+    return table, httpx.MockTransport(handler), asked
+
+
+def test_a_parquet_jobs_parts_are_read_page_after_page_into_one_table_in_order():
+    # given a Parquet job of five parts, listed two a page
+    table, transport, asked = scripted_parquet_job(parts=5, rows=3)
+    with SurrogateClient("https://api.example.org/prod", transport=transport) as client:
+        # when its results are read
+        results = Job(client, "job-1", {"id": "job-1", "status": "SUCCEEDED"}).results()
+    # then every part is in the table, in order, and the pages were asked for from where the last one ended
+    np.testing.assert_array_equal(results.table["y_mean"], table["y_mean"])
+    pages = [url for url in asked if "/jobs/job-1" in url]
+    assert pages == [
+        "https://api.example.org/prod/jobs/job-1",
+        "https://api.example.org/prod/jobs/job-1?parts_from=2",
+        "https://api.example.org/prod/jobs/job-1?parts_from=4",
+    ]
+
+
+def test_a_parquet_job_downloads_as_a_folder_duckdb_and_pyarrow_read_as_one_dataset(tmp_path):
+    import duckdb
+    import pyarrow.dataset as ds
+
+    table, transport, _ = scripted_parquet_job(parts=5, rows=3)
+    with SurrogateClient("https://api.example.org/prod", transport=transport) as client:
+        folder = Job(client, "job-1", {"id": "job-1", "status": "SUCCEEDED"}).download(tmp_path / "results")
+    assert sorted(p.name for p in folder.iterdir()) == [f"part-{i:06d}.parquet" for i in range(5)]
+    read = ds.dataset(folder, format="parquet").to_table().sort_by("y_mean")
+    np.testing.assert_array_equal(read.column("y_mean").to_numpy(), table["y_mean"])
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{folder}/*.parquet')").fetchall() == [(15,)]
+
+
+def test_a_download_that_fails_leaves_no_file(tmp_path):
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/jobs/job-1"):
+            results = {"url": "https://files.example.org/results.csv", "format": "csv", "rows": 4}
+            return httpx.Response(200, json={"id": "job-1", "status": "SUCCEEDED", "results": results})
+        return httpx.Response(403, content=b"<Error>Request has expired</Error>")
+
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(ApiError) as refused:
+            Job(client, "job-1", {"id": "job-1", "status": "SUCCEEDED"}).download(tmp_path / "results.csv")
+    assert refused.value.status == 403
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_csv_job_downloads_to_one_file(client, tmp_path):
+    job = client.submit(design={"method": "sobol", "n": 1_000, "seed": 2}, format="csv")
+    job.wait(progress=False, poll_interval_s=0.2, timeout_s=120)
+    path = job.download(tmp_path / "results.csv")
+    lines = path.read_text().splitlines()
+    assert lines[0] == '"x1","x2","x3","x4","y_mean","y_variance"'
+    assert len(lines) == 1_001

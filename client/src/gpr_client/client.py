@@ -10,11 +10,11 @@ import operator
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import numpy as np
@@ -982,12 +982,63 @@ class Job:
         return self.results()
 
     def results(self) -> JobResults:
+        """The results in memory, in input order (a Parquet job's parts, read in turn, as one table)."""
+        doc = self._succeeded()
+        info = self.client.model()
+        fmt = doc["results"]["format"]
+        if fmt == "parquet":
+            parts = [_read_table(self._download(part["url"]), fmt) for part in self._parts(doc)]
+            table = np.concatenate(parts)  # a job has a point, so a part, at least
+        else:
+            table = _read_table(self._download(doc["results"]["url"]), fmt)
+        return JobResults(table, info.features, info.outputs)
+
+    def download(self, path: str | os.PathLike[str]) -> Path:
+        """Save the results without holding them in memory: a csv or npy job's file at `path`; a Parquet job's parts
+        as `path/part-NNNNNN.parquet`, a folder pyarrow, DuckDB, pandas and Spark read as one dataset. Returns it."""
+        doc = self._succeeded()
+        target = Path(path)
+        if doc["results"]["format"] != "parquet":
+            self._stream(doc["results"]["url"], target)
+            return target
+        target.mkdir(parents=True, exist_ok=True)
+        for part in self._parts(doc):
+            self._stream(part["url"], target / f"part-{int(part['index']):06d}.parquet")
+        return target
+
+    def _succeeded(self) -> dict[str, Any]:
         doc = self.last_status if self.last_status.get("results") else self.status()
         if doc["status"] != "SUCCEEDED":
             raise RuntimeError(f"job {self.id} is {doc['status']}; its results come when it has SUCCEEDED")
-        info = self.client.model()
-        data = self.client._request("GET", doc["results"]["url"], client=self.client._files).content
-        return JobResults(_read_table(data, doc["results"]["format"]), info.features, info.outputs)
+        return doc
+
+    def _parts(self, doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """A Parquet job's parts, in order, page after page of the job's answer."""
+        listing = doc["results"]
+        while True:
+            yield from listing["parts"]
+            following = listing.get("parts_next")
+            if not following:
+                return
+            parts_from = parse_qs(urlsplit(following).query)["parts_from"][0]
+            page = self.client._request("GET", f"/jobs/{self.id}", params={"parts_from": parts_from}).json()
+            listing = page["results"]
+
+    def _download(self, url: str) -> bytes:
+        return self.client._request("GET", url, client=self.client._files).content
+
+    def _stream(self, url: str, target: Path) -> None:
+        """GET `url` into `target` a megabyte at a time, through a temporary file: a failed download leaves none."""
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with self.client._files.stream("GET", url) as response, partial.open("wb") as sink:
+                if response.status_code >= 400:
+                    raise ApiError(response.status_code, {"error": response.read()[:200].decode(errors="replace")})
+                for block in response.iter_bytes(2**20):
+                    sink.write(block)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def _segment(name: str) -> str:
