@@ -10,6 +10,7 @@ passes through it and its time does not grow with the job. Parquet parts are the
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -49,13 +50,15 @@ def assemble(backend: JobBackend, job_id: str) -> None:
             current = backend.store.get(job.id)
             return current is not None and current.status == "RUNNING"
 
+        began = time.perf_counter()
         try:
             key = storage.results_key(job.id, fmt)
             size = stitch(storage.s3, storage.bucket, key, sources, still_wanted=still_running)
         except StitchCancelledError:
             logger.info("assembly stopped: the job ended meanwhile", extra={"job": job.id})
             return
-        logger.info("results stitched", extra={"job": job.id, "parts": len(sources), "bytes": size})
+        seconds = round(time.perf_counter() - began, 4)
+        logger.info("results stitched", extra={"job": job.id, "parts": len(sources), "bytes": size, "seconds": seconds})
     if backend.store.succeed(job.id) is not None:
         metrics.add_metric(name="JobsSucceeded", unit=MetricUnit.Count, value=1)
         logger.info("job succeeded", extra={"job": job.id, "points": job.n_points, "format": fmt})

@@ -19,6 +19,7 @@ import functools
 import io
 import itertools
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
@@ -316,7 +317,9 @@ def predict_chunk(
         after = job
     else:
         deadline = deadline or no_deadline()
+        clock = _StepClock()
         points = chunk_inputs(backend, job, message.start, message.stop)
+        clock.lap("inputs")
         means, variances = [], []
         for start in range(0, len(points), CHUNK_SLICE_POINTS):
             deadline.check(f"{start} of its {len(points)} points")
@@ -325,16 +328,37 @@ def predict_chunk(
             means.append(mean)
             variances.append(variance)
         predictions = np.hstack([np.vstack(means), np.vstack(variances)])
+        clock.lap("predict")
         rows = result_rows(points, predictions, len(job.outputs), job.options)
         columns = result_columns(job.features, job.outputs, job.options)
         part = encode_part(job.options.format, message.index, job.n_points, columns, rows)
+        clock.lap("encode")
         backend.storage.put_part(job.id, message.index, job.options.format, part)
+        clock.lap("write")
         counted, after = backend.store.complete_chunk(job.id, message.index, len(points))
+        clock.lap("count")
         if counted:
             metrics.add_metric(name="JobPointsPredicted", unit=MetricUnit.Count, value=len(points))
+        # where a chunk's time goes (benchmarks/jobs.py reads it): generating or reading its points, predicting,
+        # encoding its part, writing it, counting it
+        extra = {"job": job.id, "chunk": message.index, "points": len(points), "bytes": len(part)}
+        logger.info("chunk done", extra=extra | {"seconds": clock.laps})
     # The last chunk queues the assembly; a redelivered last chunk queues it again in case that send failed.
     if after.status == "RUNNING" and after.chunks_done == after.n_chunks:
         backend.queue.assemble(job.id)
+
+
+class _StepClock:
+    """Seconds between laps, by name."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 4)
+        self.last = now
 
 
 def handle_message(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
