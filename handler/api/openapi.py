@@ -507,7 +507,12 @@ def _document_jobs(
         operation_id="getJob",
         responses={200: job_answer("The job."), 404: not_found, 503: errors[503], 500: errors[500]},
     )
-    def get_job(job_id: Annotated[str, Path(description="The id POST /jobs answered with.")]) -> JobStatus:
+    def get_job(
+        job_id: Annotated[str, Path(description="The id POST /jobs answered with.")],
+        parts_from: Annotated[
+            int | None, Query(ge=0, description="A Parquet job's parts are listed from this part (results.parts_next).")
+        ] = None,
+    ) -> JobStatus:
         raise NotImplementedError
 
     @docs.post(

@@ -539,10 +539,26 @@ class JobUpload(BaseModel):
     expires_in_seconds: int
 
 
+class JobResultsPart(BaseModel):
+    """One part of a Parquet job's results: a whole Parquet file of rows first_row to first_row + rows - 1."""
+
+    index: int
+    url: str = Field(description="Presigned S3 URL of the part.")
+    rows: int
+    first_row: int
+
+
 class JobResultsLink(BaseModel):
-    url: str = Field(description="Presigned S3 URL of the results file.")
+    """Where a SUCCEEDED job's results are: one file (csv, npy), or a Parquet dataset of parts, in order."""
+
+    url: str | None = Field(None, description="Presigned S3 URL of the results file (csv, npy).")
     format: Literal["csv", "npy", "parquet"]
     columns: list[str] = Field(description="The features, then OUTPUT_mean, OUTPUT_variance (and std, interval).")
+    rows: int = Field(description="One per point, in input order.")
+    layout: Literal["dataset"] | None = Field(None, description="parquet: the results are a dataset of parts.")
+    parts_total: int | None = Field(None, description="parquet: how many parts.")
+    parts: list[JobResultsPart] | None = Field(None, description="parquet: the parts, 500 at most an answer.")
+    parts_next: str | None = Field(None, description="parquet: the path listing the next parts (?parts_from=).")
     expires_in_seconds: int
 
 
