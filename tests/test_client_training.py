@@ -296,6 +296,38 @@ def test_observe_uploads_a_file_then_starts_it_with_the_admin_key(tmp_path: Path
     assert answer == {"rows_added": 2, "rows_before": 10}
 
 
+def test_more_rows_than_a_request_takes_are_observed_as_an_upload():
+    # given a scripted service, and 2,001 rows in memory (one more than POST .../observations takes inline)
+    sent: list[tuple[str, str, object]] = []
+    upload_id = "cd" * 16
+
+    def service(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "bucket.s3.amazonaws.com":
+            sent.append((request.method, request.url.path, request.content))
+            return httpx.Response(200)
+        sent.append((request.method, request.url.path, json.loads(request.content or b"{}")))
+        if request.url.path == "/models/branin/manifest":
+            return httpx.Response(200, json={"name": "branin", "version": "3", "features": ["x1", "x2"],
+                                             "outputs": ["y"], "bounds": {"x1": [-5, 10], "x2": [0, 15]}})  # fmt: skip
+        if request.url.path.endswith("/observations"):
+            url = f"https://bucket.s3.amazonaws.com/uploads/branin/observations/{upload_id}.npy?sig=1"
+            return httpx.Response(202, json={"upload_id": upload_id, "upload_url": url})
+        return httpx.Response(201, json={"rows_added": 2_001})
+
+    rows = [{"x2": float(i % 15), "x1": float(i % 10), "y": float(i)} for i in range(2_001)]
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(service)) as client:
+        # when they are observed
+        answer = client.observe("branin", rows, refit="none")
+    # then they went as an .npy of the features then the outputs, in the model's order, and the upload was started
+    (_, asked, upload, start) = sent
+    assert asked[2] == {"data": {"upload": "npy"}, "refit": "none"}
+    assert isinstance(upload[2], bytes)
+    sent_rows = np.load(io.BytesIO(upload[2]), allow_pickle=False)
+    np.testing.assert_array_equal(sent_rows, [[row["x1"], row["x2"], row["y"]] for row in rows])
+    assert start[:2] == ("POST", f"/models/branin/observations/uploads/{upload_id}/start")
+    assert answer == {"rows_added": 2_001}
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -30,6 +30,7 @@ from gpr_client.answers import (
     optional_module,
 )
 from gpr_client.training import (
+    MAX_INLINE_OBSERVATIONS,
     PROMOTE_RULES,
     REFITS,
     LoopHistory,
@@ -37,8 +38,10 @@ from gpr_client.training import (
     Observed,
     RefitPolicy,
     Upload,
+    as_upload,
     check_loop_arguments,
     promoted,
+    rows_in,
     simulated,
     table_of,
     training_body,
@@ -840,6 +843,9 @@ class SurrogateClient:
             info = self._on(name).model()
             features, outputs = info.features, info.outputs
         table = table_of(data, features, outputs)
+        if not isinstance(table, Upload) and rows_in(table) > MAX_INLINE_OBSERVATIONS:  # more than a request takes
+            info = self._on(name).model()
+            table = as_upload(table, info.features, info.outputs)
         sent = {"upload": table.format} if isinstance(table, Upload) else table
         body: dict[str, Any] = {"data": sent, "refit": refit}
         body |= {k: v for k, v in (("promote", promote), ("alias", alias), ("reason", reason)) if v is not None}

@@ -25,6 +25,8 @@ ACQUISITIONS = ("variance", "integrated_variance")  # the loop learns the functi
 UPLOAD_FORMATS = ("csv", "npy")
 # API Gateway refuses bodies over 6 MB; inline data larger than this goes as an upload instead.
 MAX_INLINE_BYTES = 5_000_000
+# Rows POST /models/{name}/observations takes inline (the service's MAX_OBSERVATION_ROWS): more go as an upload.
+MAX_INLINE_OBSERVATIONS = 2_000
 FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 ACCEPTED_DATA = (
@@ -140,6 +142,11 @@ def _inline(
     fit in one request."""
     if len(json.dumps(table, allow_nan=True)) <= MAX_INLINE_BYTES:
         return table
+    return as_upload(table, features, outputs)
+
+
+def as_upload(table: dict[str, Any], features: Sequence[str] | None, outputs: Sequence[str] | None) -> Upload:
+    """Rows in memory as an .npy upload: the features, then the outputs, in the order given."""
     if features is None or outputs is None:
         raise ValueError("data this large goes as an .npy upload, whose columns need features= and outputs=")
     columns = table.get("columns") or {k: [row[k] for row in table["rows"]] for k in table["rows"][0]}
