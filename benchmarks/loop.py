@@ -62,7 +62,8 @@ from benchmarks.simulators import SIMULATORS, Simulator  # noqa: E402
 
 SECTION = "The active-learning loop: ours over HTTP against Emukit and a space-filling design (benchmarks/loop.py)"
 ADMIN_KEY = "bench-loop-admin"
-REFIT_EVERY = "auto"  # the client's default rule (gpr_client.training.RefitPolicy)
+REFIT_EVERY: int | str = "auto"  # the client's default rule (gpr_client.training.RefitPolicy)
+IN_PROCESS_KERNEL = "auto"  # the in-process arm's fit (--kernel, to compare kernels; the HTTP arm fits as served)
 MONTE_CARLO_POINTS = 1_024
 SEEDS = (0, 1, 2)
 HOLDOUT = 2_000
@@ -223,7 +224,7 @@ def ours_in_process_run(simulator: Simulator, setup: Setup, seed: int, acquisiti
     run = Run()
     started = time.perf_counter()
     with quiet():
-        gp = fit(X, Y, simulator.bounds_array, seed=seed).model.gp
+        gp = fit(X, Y, simulator.bounds_array, seed=seed, kernel=IN_PROCESS_KERNEL).model.gp
     run.initial_seconds = time.perf_counter() - started
     run.rmse[len(X)] = rmse(gp.predict_noiseless(X_holdout)[0], y_holdout)
     for _ in range(setup.rounds):
@@ -236,7 +237,7 @@ def ours_in_process_run(simulator: Simulator, setup: Setup, seed: int, acquisiti
         X, Y = np.vstack([X, points]), np.vstack([Y, values])
         with quiet():
             if policy.due() is not None:
-                gp = fit(X, Y, simulator.bounds_array, seed=seed).model.gp
+                gp = fit(X, Y, simulator.bounds_array, seed=seed, kernel=IN_PROCESS_KERNEL).model.gp
                 policy.refitted()
                 run.refits += 1
             else:
@@ -465,7 +466,12 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, help=f"how many seeds (default {len(SEEDS)}; --quick: 1)")
     parser.add_argument("--output", type=Path, help="also write the section into this markdown file")
+    parser.add_argument("--kernel", default="auto", help="the in-process arm's kernel (default auto, as served)")
+    parser.add_argument("--refit-every", default="auto", help="the refit rule of the ours arms: auto or k rounds")
     args = parser.parse_args(argv)
+    global IN_PROCESS_KERNEL, REFIT_EVERY
+    IN_PROCESS_KERNEL = args.kernel
+    REFIT_EVERY = args.refit_every if args.refit_every == "auto" else int(args.refit_every)
     arms = [arm for asked in args.arms.split(",") for arm in ARM_GROUPS.get(asked.strip(), (asked.strip(),))]
     if unknown := [arm for arm in arms if arm not in ARMS]:
         parser.error(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join([*ARM_GROUPS, *ARMS])}")
