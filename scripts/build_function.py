@@ -50,6 +50,8 @@ PACKAGES = {
 EXPLORER = ROOT / "handler" / "explorer"
 EXPLORER_ENTRY = ROOT / "handler" / "explorer_app.py"
 MODEL_MANIFEST = ROOT / "model_artifacts" / "pretrained-model.manifest.json"
+# Data that modules of handler/ read from beside them: the Sobol' direction numbers of handler/jobs/sequences.py.
+HANDLER_DATA = [ROOT / "handler" / "jobs" / "sobol_directions.npz"]
 GPY_REQUIREMENTS = "requirements-gpy.txt"
 # Never loaded at run time. GPy imports its own `testing` and `examples` packages, so those stay.
 PRUNED_DIRECTORIES = {"tests", "__pycache__", "include"}
@@ -114,6 +116,14 @@ def project_modules(entry: Path) -> list[Path]:
     return sorted(found)
 
 
+def handler_files(package: str) -> list[Path]:
+    """The files of handler/ a package carries: the explorer's page and the modules it imports, or every module
+    with the data they read."""
+    if package == "explorer":
+        return project_modules(EXPLORER_ENTRY) + sorted(path for path in EXPLORER.rglob("*") if path.is_file())
+    return sorted((ROOT / "handler").rglob("*.py")) + HANDLER_DATA
+
+
 def copy_project(target: Path, paths: list[Path]) -> None:
     for path in paths:
         destination = target / path.relative_to(ROOT)
@@ -171,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-gpy", action="store_true", help="add the GPy route whatever the packaged model is")
     args = parser.parse_args(argv)
     requirements, with_model = PACKAGES[args.package]
-    if args.package == "explorer":
-        paths = project_modules(EXPLORER_ENTRY) + sorted(path for path in EXPLORER.rglob("*") if path.is_file())
-    else:
-        paths = sorted((ROOT / "handler").rglob("*.py"))
+    paths = handler_files(args.package)
     needs_gpy = args.with_gpy
     if with_model:
         files, for_model = model_files()

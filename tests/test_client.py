@@ -400,8 +400,9 @@ def scripted_parquet_job(parts: int, rows: int) -> tuple[np.ndarray, httpx.MockT
                    "parts": listed}  # fmt: skip
         if first + 2 < parts:
             results["parts_next"] = f"/prod/jobs/job-1?parts_from={first + 2}"
-        return httpx.Response(200, json={"id": "job-1", "status": "SUCCEEDED", "results": results,
-                                         "progress": {"points": parts * rows, "points_done": parts * rows}})  # fmt: skip
+        progress = {"points": parts * rows, "points_done": parts * rows}
+        answer = {"id": "job-1", "status": "SUCCEEDED", "results": results, "progress": progress}
+        return httpx.Response(200, json=answer)
 
     return table, httpx.MockTransport(handler), asked
 
@@ -442,9 +443,11 @@ def test_a_download_that_fails_leaves_no_file(tmp_path):
             return httpx.Response(200, json={"id": "job-1", "status": "SUCCEEDED", "results": results})
         return httpx.Response(403, content=b"<Error>Request has expired</Error>")
 
-    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client:
-        with pytest.raises(ApiError) as refused:
-            Job(client, "job-1", {"id": "job-1", "status": "SUCCEEDED"}).download(tmp_path / "results.csv")
+    with (
+        SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(ApiError) as refused,
+    ):
+        Job(client, "job-1", {"id": "job-1", "status": "SUCCEEDED"}).download(tmp_path / "results.csv")
     assert refused.value.status == 403
     assert list(tmp_path.iterdir()) == []
 

@@ -230,11 +230,12 @@ def test_sam_build_packages_only_what_the_function_loads_under_the_size_limit(tm
     if not gpy_route:  # before posterior files (GPy, scipy, paramz in every package) it was 175 MiB
         assert size < 80 * 2**20, f"{size / 2**20:.0f} MiB unzipped"
     assert size < LAMBDA_UNZIPPED_LIMIT_BYTES
-    # the job worker has the same, and pyarrow for the results' parts (pruned) and scipy for designs; the finisher
-    # has no model, GPy, scipy or pyarrow
+    # the job worker has the same, and pyarrow for the results' parts (pruned), and no scipy (designs are numpy's);
+    # the finisher has no model, GPy, scipy or pyarrow
     worker = build_dir / "JobWorkerFunction"
-    assert list(worker.glob("scipy/stats/_qmc.py"))
+    assert bool(list(worker.glob("scipy/__init__.py"))) == gpy_route
     assert list(worker.glob("pyarrow/parquet/__init__.py"))
+    assert (worker / "handler" / "jobs" / "sobol_directions.npz").is_file(), "handler/jobs/sequences.py reads it"
     assert bool(list(worker.glob("GPy/__init__.py"))) == gpy_route
     assert_lean(worker)
     size = sum(f.stat().st_size for f in worker.rglob("*") if f.is_file())
@@ -326,7 +327,8 @@ from handler.jobs.designs import generate_rows
 from handler.jobs.results import encode_part
 for module in (np, pyarrow, handler.jobs.worker):
     assert module.__file__.startswith(sys.argv[1]), module.__file__
-rows = generate_rows("sobol", 8, 1, np.zeros(3), np.ones(3), 2, 6)
+rows = sum(generate_rows(method, 8, 1, np.zeros(3), np.ones(3), 2, 6) for method in ("sobol", "halton", "lhs"))
+assert "scipy" not in sys.modules, "designs need no scipy"
 for fmt in ("csv", "parquet", "npy"):
     print(fmt, len(encode_part(fmt, 0, 4, ["a", "b", "c"], rows)))
 """
