@@ -505,7 +505,19 @@ def _document_jobs(
         summary="A job's status, progress and timings; its results' URL once SUCCEEDED",
         tags=["jobs"],
         operation_id="getJob",
-        responses={200: job_answer("The job."), 404: not_found, 503: errors[503], 500: errors[500]},
+        responses={
+            200: job_answer("The job."),
+            404: not_found,
+            422: _error(
+                "parts_from is not a part number of the job.",
+                {
+                    "error": "invalid query parameter",
+                    "details": [{"field": "parts_from", "message": "expected a part number from 0 to 50, got '-1'"}],
+                },
+            ),
+            503: errors[503],
+            500: errors[500],
+        },
     )
     def get_job(
         job_id: Annotated[str, Path(description="The id POST /jobs answered with.")],
