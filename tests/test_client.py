@@ -436,6 +436,93 @@ def test_a_parquet_job_downloads_as_a_folder_duckdb_and_pyarrow_read_as_one_data
     assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{folder}/*.parquet')").fetchall() == [(15,)]
 
 
+def test_run_design_asks_for_the_format_it_is_given_and_reads_its_results():
+    # given a service whose design job finishes as a Parquet dataset of three parts
+    table, transport, asked = scripted_parquet_job(parts=3, rows=2)
+    with SurrogateClient("https://api.example.org/prod", transport=transport) as client:
+        # when a design is run in Parquet
+        results = client.run_design("sobol", n=6, seed=1, format="parquet", progress=False, poll_interval_s=0)
+    # then the job was submitted in Parquet, and its parts read into one table in order
+    submitted = [url for url in asked if url.startswith("https://api.example.org/prod/jobs?")]
+    assert len(submitted) == 1
+    assert httpx.URL(submitted[0]).params["format"] == "parquet"
+    np.testing.assert_array_equal(results.table["y_mean"], table["y_mean"])
+
+
+def test_a_job_is_cancelled_and_then_waiting_for_it_raises_the_services_reason():
+    # given a running job on a service that cancels jobs as POST /jobs/{id}/cancel does
+    status = {"id": "job-1", "status": "RUNNING", "progress": {"points": 4, "points_done": 0}}
+    asked: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append((request.method, request.url.path))
+        if request.method == "POST" and request.url.path == "/prod/jobs/job-1/cancel":
+            status.update(status="FAILED", error="cancelled by the caller")
+        return httpx.Response(200, json=status)
+
+    with SurrogateClient("https://api.example.org/prod", transport=httpx.MockTransport(handler)) as client:
+        job = Job(client, "job-1", dict(status))
+        # when it is cancelled
+        cancelled = job.cancel()
+        # then the service was asked once, the answer is the job FAILED, and waiting raises its reason
+        assert asked == [("POST", "/prod/jobs/job-1/cancel")]
+        assert cancelled["status"] == "FAILED"
+        with pytest.raises(JobFailedError, match="cancelled by the caller"):
+            job.wait(progress=False)
+
+
+@pytest.mark.parametrize(("error", "raises"), [("cancelled by the caller", False), ("chunk 2 failed", True)])
+def test_a_cancel_retried_after_its_answer_was_lost_returns_the_cancelled_job(error: str, raises: bool):
+    # given a job already ended: cancelled (the first cancel worked, its answer lost) or failed for another reason
+    ended = {"id": "job-1", "status": "FAILED", "error": error, "progress": {"points": 4, "points_done": 0}}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(409, json={"error": "job already ended", "details": []})
+        return httpx.Response(200, json=ended)
+
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client:
+        job = Job(client, "job-1", {"id": "job-1", "status": "RUNNING"})
+        # when it is cancelled (again), then a cancelled job is returned, and one that failed otherwise raises 409
+        if raises:
+            with pytest.raises(ApiError) as refused:
+                job.cancel()
+            assert refused.value.status == 409
+        else:
+            assert job.cancel() == ended
+
+
+@pytest.mark.parametrize("feature", ["print", "file", "return", "flow-rate"])
+def test_a_csv_jobs_results_keep_the_models_column_names(feature: str):
+    import pyarrow as pa
+    import pyarrow.csv
+
+    # given a model with a feature whose name a manifest allows, and its CSV job's results as the worker writes them
+    features = ["x1", feature]
+    manifest = {**PARK_MANIFEST, "features": features, "bounds": {f: [0.0, 1.0] for f in features}}
+    rng = np.random.default_rng(3)
+    columns = {"x1": rng.uniform(size=5), feature: rng.uniform(size=5), "y_mean": rng.normal(size=5)}
+    columns["y_variance"] = rng.uniform(size=5)
+    sink = io.BytesIO()
+    pa.csv.write_csv(pa.table(columns), sink)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/model":
+            return httpx.Response(200, json=manifest)
+        if request.url.path == "/results.csv":
+            return httpx.Response(200, content=sink.getvalue())
+        results = {"url": "https://files.example.org/results.csv", "format": "csv", "rows": 5}
+        return httpx.Response(200, json={"id": "job-1", "status": "SUCCEEDED", "results": results})
+
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client:
+        # when its results are read
+        results = Job(client, "job-1", {"id": "job-1", "status": "SUCCEEDED"}).results()
+    # then every column has the model's name and its values, exactly (the CSV holds round-trip digits)
+    assert results.table.dtype.names == ("x1", feature, "y_mean", "y_variance")
+    np.testing.assert_array_equal(results.inputs, np.column_stack([columns["x1"], columns[feature]]))
+    np.testing.assert_array_equal(results.mean[:, 0], columns["y_mean"])
+
+
 def test_a_download_that_fails_leaves_no_file(tmp_path):
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/jobs/job-1"):

@@ -123,6 +123,14 @@ def test_a_bad_parts_from_is_refused_naming_it(jobs: JobsHarness, value: str):
     assert answer["details"][0]["field"] == "parts_from"
 
 
+def test_parts_from_on_a_job_of_one_file_is_refused_saying_why(jobs: JobsHarness):
+    done = run_job(jobs, "csv")
+    code, _, answer = jobs.call("GET", f"/jobs/{done['id']}", query={"parts_from": "1"})
+    assert code == 422, answer
+    assert answer["details"][0]["field"] == "parts_from"
+    assert "only a Parquet job's results have parts" in answer["details"][0]["message"]
+
+
 def test_a_design_job_writes_no_points_its_chunks_generate_them(jobs: JobsHarness):
     done = run_job(jobs, "npy")
     s3, bucket = jobs.backend.storage.s3, jobs.backend.storage.bucket

@@ -312,6 +312,9 @@ def _parts_from(value: str | None, job: Job) -> int:
     """`?parts_from=K`: a Parquet job's parts are listed from part K (0 to its number of parts)."""
     if value is None:
         return 0
+    if job.options.format != "parquet":
+        message = f"only a Parquet job's results have parts; this job's are one {job.options.format} file"
+        raise RequestError(422, "invalid query parameter", [("parts_from", message)])
     most = job.n_chunks or 0
     if not (value.isascii() and value.isdigit() and len(value) <= 6 and int(value) <= most):
         message = f"expected a part number from 0 to {most}, got {brief(value)}"
