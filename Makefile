@@ -16,7 +16,7 @@ PYTHON313 ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.13*/bin/py
 # sam build for python3.13 looks for `python3.13` on PATH.
 SAM_PATH := $(dir $(PYTHON313)):$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction build-RegistryAdminFunction build-TrainingFunction package-model publish-model scan bench bench-analyses bench-fit bench-loop bench-coverage bench-draws bench-explorer bench-registry load openapi events docs docs-build clean
+.PHONY: help setup browser check test lint format typecheck serve invoke train build build-PredictFunction build-JobWorkerFunction build-JobFinisherFunction build-ExplorerFunction build-RegistryAdminFunction build-TrainingFunction package-model publish-model scan bench bench-analyses bench-fit bench-loop bench-coverage bench-draws bench-explorer bench-registry bench-jobs load openapi events docs docs-build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -118,6 +118,9 @@ bench-draws: setup  ## Pathwise posterior draws against the exact posterior: mea
 
 bench-registry: setup  ## Registry: first request vs packaged, 20 models in a budget for 5, resident_bytes vs RSS (~5 min; QUICK=1)
 	$(PY) benchmarks/registry.py $(if $(QUICK),--quick)
+
+bench-jobs: setup  ## Jobs end to end on the local server: 10^5-10^7-point designs (csv, npy, parquet), Lambda projection, memory (~15 min; QUICK=1: 10^5 and 10^6)
+	$(PY) benchmarks/jobs.py $(if $(QUICK),--quick,--scaling --output benchmarks/results.md)
 
 bench-explorer: setup browser  ## The explorer page's redraw time per slider move, with and without training points
 	$(PY) benchmarks/explorer_redraw.py

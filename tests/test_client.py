@@ -546,3 +546,28 @@ def test_a_csv_job_downloads_to_one_file(client, tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0] == '"x1","x2","x3","x4","y_mean","y_variance"'
     assert len(lines) == 1_001
+
+
+def test_npy_results_are_a_writable_view_of_the_download_retried_on_s3s_503():
+    # given an npy job whose results' first GET meets S3's 503 SlowDown
+    table = np.zeros(5, dtype=[(f, "<f8") for f in (*FEATURES, "y_mean", "y_variance")])
+    table["y_mean"] = np.arange(5.0)
+    buffer = io.BytesIO()
+    np.save(buffer, table)
+    answers = [httpx.Response(503, content=b"<Error>SlowDown</Error>"), httpx.Response(200, content=buffer.getvalue())]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/model":
+            return httpx.Response(200, json=PARK_MANIFEST)
+        return answers.pop(0)
+
+    results_link = {"url": "https://files.example.org/r.npy", "format": "npy"}
+    done = {"id": "job-1", "status": "SUCCEEDED", "results": results_link}
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(handler)) as client:
+        # when its results are read
+        results = Job(client, "job-1", done).results()
+    # then the table is the file's rows, without a copy of the bytes (a view), and one can still write into it
+    np.testing.assert_array_equal(results.table["y_mean"], np.arange(5.0))
+    assert results.table.base is not None
+    results.table["y_mean"][0] = 7.0
+    assert answers == []

@@ -1048,8 +1048,32 @@ class Job:
             page = self.client._request("GET", f"/jobs/{self.id}", params={"parts_from": parts_from}).json()
             listing = page["results"]
 
-    def _download(self, url: str) -> bytes:
-        return self.client._request("GET", url, client=self.client._files).content
+    def _download(self, url: str) -> bytearray:
+        """The object's bytes, a megabyte at a time into one buffer (the table is then a view of it, not a copy);
+        retried as other requests are on S3's 5xx and 429 and on transport errors."""
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.client.max_attempts),
+            wait=tenacity.wait_random_exponential(multiplier=0.5, max=30),
+            retry=tenacity.retry_if_exception_type((_RetryableError, httpx.TransportError)),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt, self.client._files.stream("GET", url) as response:
+                    if response.status_code in RETRYABLE_STATUSES or response.status_code >= 500:
+                        response.read()
+                        raise _RetryableError(response)
+                    if response.status_code >= 400:
+                        raise ApiError(response.status_code, {"error": response.read()[:200].decode(errors="replace")})
+                    data = bytearray(int(response.headers.get("content-length") or 0))
+                    filled = 0
+                    for block in response.iter_bytes(2**20):
+                        data[filled : filled + len(block)] = block
+                        filled += len(block)
+                    del data[filled:]
+        except _RetryableError as exhausted:
+            raise ApiError(exhausted.response.status_code, {"error": exhausted.response.text[:200]}) from None
+        return data
 
     def _stream(self, url: str, target: Path) -> None:
         """GET `url` into `target` a megabyte at a time, through a temporary file: a failed download leaves none."""
@@ -1107,9 +1131,9 @@ def _show_training(bar: tqdm, doc: Mapping[str, Any]) -> None:
         bar.refresh()
 
 
-def _read_table(data: bytes, fmt: str) -> np.ndarray:
+def _read_table(data: bytes | bytearray, fmt: str) -> np.ndarray:
     if fmt == "npy":
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return _npy_view(data)
     if fmt == "csv":
         return _read_csv(data)
     pq = optional_module("pyarrow.parquet", "parquet", "results in parquet need pyarrow")
@@ -1120,7 +1144,19 @@ def _read_table(data: bytes, fmt: str) -> np.ndarray:
     return array
 
 
-def _read_csv(data: bytes) -> np.ndarray:
+def _npy_view(data: bytes | bytearray) -> np.ndarray:
+    """An .npy's array over its bytes, not a copy of them (a 10^7-row table is 480 MB): writable when they are."""
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read(stream)
+    if dtype.hasobject or fortran_order:
+        return np.load(io.BytesIO(data), allow_pickle=False)  # refuses objects; copies a Fortran-ordered array
+    count = int(np.prod(shape))
+    return np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell()).reshape(shape)
+
+
+def _read_csv(data: bytes | bytearray) -> np.ndarray:
     """A results CSV (a header line of quoted names, then rows of numbers) as a structured array named as its header.
     Not genfromtxt: it renames columns (a feature `print`, `file` or `return` gets a `_`) and is ~3x slower."""
     stream = io.BytesIO(data)
