@@ -61,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import publish, table  # noqa: E402
+from handler.jobs.stitching import COPY_THREADS  # noqa: E402
 
 SECTION = "Jobs end to end: measured on the local server, projected for Lambda (benchmarks/jobs.py)"
 SIZES = (100_000, 1_000_000, 10_000_000)
@@ -219,7 +220,7 @@ class Assumptions:
     s3_put_bytes_per_s: float = 100e6  # one PUT from one Lambda environment
     s3_request_s: float = 0.05  # a request's latency (CreateMultipartUpload, each UploadPartCopy, the completion's)
     copy_bytes_per_s: float = 50e6  # one UploadPartCopy, server-side (no bytes through the finisher)
-    copy_threads: int = 16  # handler/jobs/stitching.py COPY_THREADS
+    copy_threads: int = COPY_THREADS  # the finisher's copies at once (handler/jobs/stitching.py)
     complete_s: float = 0.5  # CompleteMultipartUpload of ~50 parts
     # Lambda's SQS event source: "five concurrent invocations ... then up to 300 more instances per minute"
     # (docs.aws.amazon.com/lambda/latest/dg/services-sqs-scaling.html)
@@ -1045,11 +1046,11 @@ def report(
             f"{workers}, alternating job by job between two servers (so both meet the same load)\n\n" + scaling
         )
     text += (
-        f"\n**The finisher's stitch**: {stitches}. It makes one request per part, 16 at a time, plus the creation "
-        "and the completion: on S3 its time grows with ceil(parts / 16), not with the bytes (each part is a "
-        "server-side copy), and a chunk's part is at least 5 MiB, so a 10^7-point job has 50 parts (4 rounds of "
-        "copies) in any format, and 2 x 10^5 points or fewer one part. Locally moto copies every byte in Python, "
-        "so here the stitch grows with the bytes (CSV's most).\n"
+        f"\n**The finisher's stitch**: {stitches}. It makes one request per part, {COPY_THREADS} at a time, plus "
+        f"the creation and the completion: on S3 its time grows with ceil(parts / {COPY_THREADS}), not with the "
+        "bytes (each part is a server-side copy), and a chunk's part is at least 5 MiB, so a 10^7-point job has 50 "
+        "parts (one round of copies) in any format, and 2 x 10^5 points or fewer one part. Locally moto copies "
+        "every byte in Python, so here the stitch grows with the bytes (CSV's most).\n"
     )
     if projections:
         assumed = Assumptions()

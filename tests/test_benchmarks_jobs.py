@@ -134,11 +134,13 @@ def test_a_warm_environment_starts_at_once_and_sqs_scaling_only_delays():
 
 
 def test_the_stitch_grows_with_rounds_of_copies_not_with_parts_within_a_round():
-    # given the assumed rates, 16 copies at a time
+    # given the assumed rates, the finisher's copies at a time
     assumed = Assumptions()
-    # then 1 and 16 parts take one round; 17 take two
-    assert stitch_seconds(1, 10e6, assumed) == stitch_seconds(16, 10e6, assumed)
-    assert stitch_seconds(17, 10e6, assumed) - stitch_seconds(16, 10e6, assumed) == pytest.approx(
+    at_once = assumed.copy_threads
+    # then 1 and copy_threads parts take one round (a 10^7-point job's 50 parts among them); one more takes two
+    assert at_once >= 50
+    assert stitch_seconds(1, 10e6, assumed) == stitch_seconds(at_once, 10e6, assumed)
+    assert stitch_seconds(at_once + 1, 10e6, assumed) - stitch_seconds(at_once, 10e6, assumed) == pytest.approx(
         assumed.s3_request_s + 10e6 / assumed.copy_bytes_per_s
     )
 

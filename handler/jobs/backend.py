@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 
 from handler.api.errors import RequestError
+from handler.jobs.stitching import COPY_THREADS
 
 STATUSES = ("AWAITING_UPLOAD", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED")
 RESULT_FORMATS = ("csv", "npy", "parquet")
@@ -609,6 +610,8 @@ class JobBackend:
             else:
                 if name == "s3":  # presigned URLs must name the bucket's region, not the global endpoint
                     config = config.merge(Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+                    # the finisher's parts are copied COPY_THREADS at once, each on its own connection
+                    config = config.merge(Config(max_pool_connections=COPY_THREADS))
                 self._clients[name] = boto3.client(name, config=config)  # type: ignore[call-overload]
         return self._clients[name]
 
