@@ -244,3 +244,13 @@ def test_every_copy_names_the_version_the_plan_was_made_from(s3: Any):
     stitch(Recording(s3, []), BUCKET, "jobs/x/results.csv", sources)
     assert sorted(c["PartNumber"] for c in copies) == [1, 2, 3]
     assert all(c["CopySourceIfMatch"] == sources[c["PartNumber"] - 1].etag for c in copies)
+
+
+def test_the_jobs_s3_client_has_a_connection_for_each_copy_in_flight(monkeypatch: pytest.MonkeyPatch):
+    from handler.jobs.backend import JobBackend
+    from handler.jobs.stitching import COPY_THREADS
+
+    # botocore's default pool of 10 connections would queue the finisher's copies beyond the tenth
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3 = JobBackend("b", "t", "w", "r").storage.s3
+    assert s3.meta.config.max_pool_connections == COPY_THREADS
