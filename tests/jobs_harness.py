@@ -118,7 +118,8 @@ def start_harness(
         monkeypatch.setattr(module, "settings", settings)
         monkeypatch.setattr(module, "backend", backend)
     monkeypatch.setattr(worker, "model", model)
-    monkeypatch.setattr(worker, "RETRY_DELAYS_S", (0, 0, 0))  # retry at once, not after seconds
+    for module in (worker, finisher):
+        monkeypatch.setattr(module, "RETRY_DELAYS_S", (0, 0, 0))  # retry at once, not after seconds
     # Chunks of `chunk_points`, not raised to 5 MiB parts: a job of a few thousand points still has several
     # (whose small parts the finisher then reads and uploads itself: handler.jobs.stitching)
     monkeypatch.setattr(worker, "MIN_PART_BYTES", 0)

@@ -523,6 +523,96 @@ def test_a_csv_jobs_results_keep_the_models_column_names(feature: str):
     np.testing.assert_array_equal(results.mean[:, 0], columns["y_mean"])
 
 
+def test_parquet_parts_read_for_more_than_an_hour_are_read_with_urls_signed_again(monkeypatch, tmp_path):
+    import gpr_client.client as client_module
+
+    # given a Parquet job of six parts on one page, URLs valid for an hour, and each part taking 20 minutes to read
+    clock = {"now": 0.0}
+    monkeypatch.setattr(client_module, "_clock", lambda: clock["now"])
+    table = np.zeros(6, dtype=[(f, "<f8") for f in (*FEATURES, "y_mean", "y_variance")])
+    table["y_mean"] = np.arange(6)
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/prod/model":
+            return httpx.Response(200, json=PARK_MANIFEST)
+        if request.url.host == "files.example.org":
+            index, signed = int(request.url.params["part"]), float(request.url.params["signed"])
+            if clock["now"] - signed > 3600:
+                return httpx.Response(403, content=b"<Error>Request has expired</Error>")
+            clock["now"] += 1200
+            return httpx.Response(200, content=parquet_part(table[index : index + 1]))
+        first = int(request.url.params.get("parts_from", 0))
+        asked.append(f"parts_from={first} at {clock['now']:.0f} s")
+        listed = [{"index": i, "url": f"https://files.example.org/p?part={i}&signed={clock['now']}", "rows": 1,
+                   "first_row": i} for i in range(first, 6)]  # fmt: skip
+        results = {"format": "parquet", "layout": "dataset", "rows": 6, "parts_total": 6, "parts": listed,
+                   "expires_in_seconds": 3600}  # fmt: skip
+        return httpx.Response(200, json={"id": "job-1", "status": "SUCCEEDED", "results": results})
+
+    with SurrogateClient("https://api.example.org/prod", transport=httpx.MockTransport(handler)) as client:
+        job = Job(client, "job-1", {"id": "job-1", "status": "SUCCEEDED"})
+        # when its results are read (two hours), then downloaded after another two hours from that answer
+        results = job.results()
+        clock["now"] += 7200
+        folder = job.download(tmp_path / "results")
+    # then every part was read, its page asked for again before its URLs expired, and again for the download
+    np.testing.assert_array_equal(results.table["y_mean"], table["y_mean"])
+    assert len(list(folder.iterdir())) == 6
+    assert asked == [
+        "parts_from=0 at 0 s",
+        "parts_from=3 at 3600 s",
+        "parts_from=0 at 14400 s",
+        "parts_from=3 at 18000 s",
+    ]
+
+
+def test_a_parquet_download_that_fails_midway_leaves_no_folder_of_some_parts(tmp_path):
+    # given a Parquet job of five parts whose fourth part's URL has expired
+    _, scripted, _ = scripted_parquet_job(parts=5, rows=3)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/part-000003.parquet":
+            return httpx.Response(403, content=b"<Error>Request has expired</Error>")
+        return scripted.handler(request)
+
+    # when it is downloaded to a folder
+    with (
+        SurrogateClient("https://api.example.org/prod", transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(ApiError) as refused,
+    ):
+        Job(client, "job-1", {"id": "job-1", "status": "SUCCEEDED"}).download(tmp_path / "results")
+    # then the error is the part's, and nothing is left that a reader would take for the dataset (three parts of five)
+    assert refused.value.status == 403
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_parquet_download_into_a_folder_holding_other_files_is_refused_and_leaves_them(tmp_path):
+    import pyarrow.parquet as pq
+
+    # given a folder that already holds another job's part
+    table, transport, _ = scripted_parquet_job(parts=2, rows=3)
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "part-000007.parquet").write_bytes(b"another job's part")
+    # when a Parquet job is downloaded into it
+    with (
+        SurrogateClient("https://api.example.org/prod", transport=transport) as client,
+        pytest.raises(FileExistsError, match="not an empty folder"),
+    ):
+        Job(client, "job-1", {"id": "job-1", "status": "SUCCEEDED"}).download(folder)
+    # then it is refused (the dataset read from it would hold that part's rows too), and the folder is as it was
+    assert [p.name for p in folder.iterdir()] == ["part-000007.parquet"]
+    # and an empty folder is taken
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with SurrogateClient("https://api.example.org/prod", transport=transport) as client:
+        saved = Job(client, "job-1", {"id": "job-1", "status": "SUCCEEDED"}).download(empty)
+    assert sorted(p.name for p in saved.iterdir()) == ["part-000000.parquet", "part-000001.parquet"]
+    read = pq.read_table(saved).sort_by("y_mean")
+    np.testing.assert_array_equal(read.column("y_mean").to_numpy(), table["y_mean"])
+
+
 def test_a_download_that_fails_leaves_no_file(tmp_path):
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/jobs/job-1"):

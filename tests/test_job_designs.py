@@ -168,6 +168,29 @@ def test_every_point_lies_within_the_bounds(method: str):
         assert np.array_equal(points.max(axis=0), UPPER)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_bounds_wider_than_a_float_can_measure_still_give_finite_points_inside_them(method: str):
+    # Given bounds whose width overflows float64 (upper - lower > 1.8e308) beside tiny and ordinary ones
+    big = np.finfo(float).max
+    lower, upper = np.array([-big, -1e308, 0.0, 0.0]), np.array([big, 1e308, 1e-300, 1.0])
+    # When a design is generated, whole and in chunks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no overflow on the way either
+        points = generate(method, 4_099, SEED, lower, upper)
+        chunked = in_chunks(method, 4_099, SEED, chunkings(len(points))[2], lower, upper)
+    # Then every value is finite and inside its bounds, the chunks are the design, and the ordinary dimensions are
+    # what they were
+    assert np.isfinite(points).all()
+    assert np.all(points >= lower)
+    assert np.all(points <= upper)
+    assert np.array_equal(chunked, points)
+    ordinary = generate(method, 4_099, SEED, np.zeros(4), np.array([1.0, 1.0, *upper[2:]]))
+    assert np.array_equal(points[:, 2:], ordinary[:, 2:])
+    # spread over the bounds, not collapsed to a point or an end
+    assert np.all(points[:, :2].min(axis=0) < lower[:2] / 2)
+    assert np.all(points[:, :2].max(axis=0) > upper[:2] / 2)
+
+
 @pytest.mark.parametrize("method", ["sobol", "halton", "lhs"])
 def test_the_same_seed_gives_the_same_design_and_another_seed_another(method: str):
     # Given two designs of each of two seeds

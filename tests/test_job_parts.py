@@ -11,6 +11,7 @@ from typing import IO, Any
 import numpy as np
 import pytest
 
+from handler import app
 from handler.gp.artifact import PackagedArtifact
 from handler.gp.model import LazyModel
 from handler.jobs import backend as job_backend
@@ -115,7 +116,7 @@ def test_a_parquet_job_is_a_dataset_of_parts_that_pyarrow_and_duckdb_read_as_the
     assert counted[1] == pytest.approx(float(np.sum(expected["y_mean"])), rel=1e-12)
 
 
-@pytest.mark.parametrize("value", ["-1", "x", "4", "1.5", "99999999", "\u0661"])
+@pytest.mark.parametrize("value", ["-1", "x", "4", "1.5", "99999999", "\u0661", "0" * 5_000, "9" * 5_000])
 def test_a_bad_parts_from_is_refused_naming_it(jobs: JobsHarness, value: str):
     done = run_job(jobs, "parquet")
     code, _, answer = jobs.call("GET", f"/jobs/{done['id']}", query={"parts_from": value})
@@ -129,6 +130,82 @@ def test_parts_from_on_a_job_of_one_file_is_refused_saying_why(jobs: JobsHarness
     assert code == 422, answer
     assert answer["details"][0]["field"] == "parts_from"
     assert "only a Parquet job's results have parts" in answer["details"][0]["message"]
+
+
+def succeeded_parquet_job(jobs: JobsHarness, n_points: int, chunk_points: int) -> str:
+    """A SUCCEEDED Parquet job's record of `n_points` in chunks of `chunk_points` (its parts are not read here)."""
+    import dataclasses
+
+    job = job_backend.new_job(
+        jobs.backend, "key-a", app.model.manifest(), "design", job_backend.OutputOptions(format="parquet")
+    )
+    n_chunks = -(-n_points // chunk_points)
+    jobs.backend.store.create(
+        dataclasses.replace(
+            job, status="SUCCEEDED", n_points=n_points, chunk_points=chunk_points, n_chunks=n_chunks, input_offset=0
+        )
+    )
+    return job.id
+
+
+def test_the_last_page_of_a_job_of_millions_of_parts_is_listed_at_the_cost_of_a_page(jobs: JobsHarness):
+    import tracemalloc
+
+    # Given a Parquet job of 2,000,000 one-point chunks (JOB_CHUNK_POINTS=1): part numbers of 7 digits
+    job_id = succeeded_parquet_job(jobs, 2_000_000, 1)
+    _, _, first = jobs.call("GET", f"/jobs/{job_id}")
+    assert first["results"]["parts_next"] == f"/prod/jobs/{job_id}?parts_from=500"
+    # When its last page is asked for
+    tracemalloc.start()
+    try:
+        code, _, page = jobs.call("GET", f"/jobs/{job_id}", query={"parts_from": "1999500"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Then it lists the last 500 parts and no next page, holding about a page's worth (500 URLs of ~1 KB), not
+    # two million parts' rows (~200 MB)
+    assert code == 200, page
+    listed = page["results"]["parts"]
+    assert [part["index"] for part in listed] == list(range(1_999_500, 2_000_000))
+    assert (listed[-1]["first_row"], listed[-1]["rows"]) == (1_999_999, 1)
+    assert "parts_next" not in page["results"]
+    assert peak < 32 * 2**20
+    # And a part number past the last is still refused, naming the field
+    code, _, refused = jobs.call("GET", f"/jobs/{job_id}", query={"parts_from": "2000001"})
+    assert (code, refused["details"][0]["field"]) == (422, "parts_from")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "npy", "parquet"])
+def test_a_part_is_encoded_without_a_copy_of_its_bytes(fmt: str):
+    import tracemalloc
+
+    from handler.jobs.results import encode_part
+
+    # Given a chunk's rows (20,000 points x 30 columns, 4.8 MB as float64)
+    rows = np.random.default_rng(7).normal(size=(20_000, 30))
+    columns = [f"c{i}" for i in range(30)]
+    encode_part(fmt, 0, 10, columns, rows[:10])  # pyarrow's modules imported before the count
+    # When its part is encoded (Python's allocations traced: numpy's and bytes', not pyarrow's own pool)
+    tracemalloc.start()
+    try:
+        part = encode_part(fmt, 0, len(rows), columns, rows)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Then the part is held once: an npy part is its bytes and no more, a CSV or Parquet part stays in pyarrow's
+    # buffer (no bytes object of it)
+    size = len(part)
+    assert size > rows.nbytes * (0.9 if fmt == "parquet" else 1)
+    assert peak < (1.1 * size if fmt == "npy" else 0.25 * size), (peak, size)
+    # And it reads back as the rows
+    if fmt == "npy":
+        np.testing.assert_array_equal(as_rows(np.load(io.BytesIO(part), allow_pickle=False)), rows)
+    else:
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
+        read = pa_csv.read_csv(io.BytesIO(part)) if fmt == "csv" else pq.read_table(io.BytesIO(part))
+        np.testing.assert_array_equal(np.column_stack([read.column(c).to_numpy() for c in columns]), rows)
 
 
 def test_a_design_job_writes_no_points_its_chunks_generate_them(jobs: JobsHarness):
@@ -226,6 +303,73 @@ def test_a_job_cancelled_while_its_results_are_stitched_keeps_no_results(
     s3, bucket = jobs.backend.storage.s3, jobs.backend.storage.bucket
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{submitted['id']}/results.csv")
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_a_stitch_whose_success_cannot_be_recorded_is_retried_within_seconds_keeping_its_parts_till_then(
+    jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch
+):
+    # Given DynamoDB failing the finisher's first SUCCEEDED update, after the parts were stitched
+    real = job_backend.JobStore.succeed
+    seen: dict[str, Any] = {}
+
+    def succeed(self: Any, job_id: str) -> Any:
+        if "parts_at_failure" not in seen:
+            seen["parts_at_failure"] = sorted(jobs.backend.storage.list_parts(job_id, "npy"))
+            raise ConnectionError("DynamoDB unreachable")
+        return real(self, job_id)
+
+    monkeypatch.setattr(job_backend.JobStore, "succeed", succeed)
+    _, _, submitted = jobs.call("POST", "/jobs", {"design": DESIGN}, query={"format": "npy"})
+    # When the queues run for less than the results queue's visibility timeout (60 s here, 90 minutes deployed)
+    jobs.run(timeout_s=30)
+    # Then the assembly was retried meanwhile and the job SUCCEEDED, its parts were there until then, and the
+    # results are whole
+    _, _, done = jobs.call("GET", f"/jobs/{submitted['id']}")
+    assert done["status"] == "SUCCEEDED", done
+    assert seen["parts_at_failure"] == [0, 1, 2]
+    reference = run_job(jobs, "npy")
+    assert jobs.download(done["results"]["url"]) == jobs.download(reference["results"]["url"])
+
+
+@pytest.mark.parametrize(("include", "columns"), [("", 6), ("std,interval", 9)])
+def test_a_chunk_of_wider_results_holds_fewer_points_so_its_part_fits_the_workers_memory(
+    jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch, include: str, columns: int
+):
+    from handler.jobs import worker
+
+    # Given chunks of at most 4,500 result values (deployed: 2*10^7, a CSV part of ~620 MB to encode) and of
+    # JOB_CHUNK_POINTS = 1,000
+    monkeypatch.setattr(worker, "MAX_CHUNK_VALUES", 4_500)
+    # When a design of 2,500 points runs with 6 or 9 columns of results
+    done = run_job(jobs, "csv", **({"include": include} if include else {}))
+    # Then its chunks hold 4,500 / columns points (750 or 500), and the results are every point, in order
+    assert len(done["results"]["columns"]) == columns
+    assert done["progress"]["chunks"] == -(-2_500 // (4_500 // columns))
+    table = jobs.results(done)
+    reference = jobs.results(run_job(jobs, "npy", **({"include": include} if include else {})))  # the same chunks
+    for name in (*FEATURES, "y_mean"):
+        np.testing.assert_array_equal(table[name], reference[name])
+
+
+def test_an_npy_part_cut_short_fails_the_job_rather_than_stitching_an_unreadable_file(
+    jobs: JobsHarness, monkeypatch: pytest.MonkeyPatch
+):
+    # Given chunk 1's part stored one row short (a part of other rows than its chunk's)
+    real = JobStorage.put_part
+
+    def put_part(self: JobStorage, job_id: str, index: int, fmt: str, body: Any) -> None:
+        real(self, job_id, index, fmt, bytes(body)[: -8 * 6] if index == 1 else body)
+
+    monkeypatch.setattr(JobStorage, "put_part", put_part)
+    # When the job runs to its end
+    _, _, submitted = jobs.call("POST", "/jobs", {"design": DESIGN}, query={"format": "npy"})
+    jobs.run()
+    # Then it FAILED naming the part and its size, with no results file
+    _, _, done = jobs.call("GET", f"/jobs/{submitted['id']}")
+    assert done["status"] == "FAILED", done
+    assert "part 1 is 47952 bytes, expected 48000" in done["error"]
+    s3, bucket = jobs.backend.storage.s3, jobs.backend.storage.bucket
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{submitted['id']}/results.npy")
 
 
 def test_inline_points_in_any_format_give_the_rows_in_order(jobs: JobsHarness):

@@ -160,6 +160,34 @@ def test_the_stitched_object_is_the_parts_bytes_in_order(s3: Any):
     assert no_uploads_left(s3)
 
 
+M = 5 * MIB  # S3's least part
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [M, M, M],
+        [M - 1, M, 5],
+        [M + 1, M - 1, M + 1, 1],
+        [M - 1, M - 1, M - 1],
+        [1, M + 1, M - 1, M],
+        [M - 1, 1, M + 2],
+    ],
+    ids=["exactly-5MiB", "one-less-then-exact", "one-more-one-less", "all-one-less", "a-byte-first", "one-more-after"],
+)
+def test_parts_of_exactly_5_mib_or_a_byte_either_side_stitch_to_their_bytes(s3: Any, sizes: list[int]):
+    # given chunks' parts at S3's 5 MiB minimum and a byte either side of it
+    sources, whole = put_sources(s3, sizes)
+    # when stitched (the plan keeps S3's rules, checked before any request: check_plan)
+    plans = plan_parts(sources)
+    written = stitch(s3, BUCKET, "jobs/x/results.csv", sources)
+    # then the object is their bytes in order, every part but the last is at least 5 MiB, and none is left open
+    assert s3.get_object(Bucket=BUCKET, Key="jobs/x/results.csv")["Body"].read() == whole
+    assert written == len(whole)
+    assert all(plan.size >= M for plan in plans[:-1])
+    assert no_uploads_left(s3)
+
+
 class FlakyS3:
     """The moto client, with CompleteMultipartUpload failing as told: `errors` raised in turn before it goes
     through; `lost` completes the upload and then raises (an answer lost on the way back)."""

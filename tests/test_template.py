@@ -745,6 +745,7 @@ def test_each_function_may_touch_only_the_jobs_resources_it_uses(monkeypatch):
     assert worker["sqs:ChangeMessageVisibility"] == {"JobQueue"}
     # the finisher sends nothing, may abort the multipart upload of a failed stitch, and delete the parts it stitched
     assert not any(action.startswith("sqs:Send") for action in finisher)
+    assert finisher["sqs:ChangeMessageVisibility"] == {"ResultsQueue"}  # it delays its own retries
     assert finisher["s3:AbortMultipartUpload"] == {"JobsBucket"}
     assert finisher["s3:DeleteObject"] == {"JobsBucket"}
     assert "s3:DeleteObject" not in worker

@@ -192,6 +192,17 @@ def chunk_ranges(n_points: int, chunk_points: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_points, n_points)) for start in range(0, n_points, chunk_points)]
 
 
+def npy_part_sizes(job: Job) -> list[int]:
+    """The bytes of each chunk's part of an npy job's results: its rows of float64 columns, part 0 with the header."""
+    assert job.n_points is not None
+    assert job.chunk_points is not None
+    columns = result_columns(job.features, job.outputs, job.options)
+    header = npy_header((job.n_points,), np.dtype([(name, "<f8") for name in columns]))
+    sizes = [(stop - start) * 8 * len(columns) for start, stop in chunk_ranges(job.n_points, job.chunk_points)]
+    sizes[0] += len(header)
+    return sizes
+
+
 def npy_header(shape: tuple[int, ...], dtype: np.dtype[Any]) -> bytes:
     """The .npy header (format 1.0, C order) of an array of this shape and dtype."""
     buffer = io.BytesIO()
@@ -399,9 +410,10 @@ class JobStorage:
                 raise JobInputError(f"{key.rpartition('/')[2]} was replaced after the job started") from exc
             raise
 
-    def put_part(self, job_id: str, index: int, fmt: str, body: bytes) -> None:
-        """Chunk `index`'s part of the results (a redelivered chunk writes the same bytes again)."""
-        self.s3.put_object(Bucket=self.bucket, Key=self.part_key(job_id, index, fmt), Body=body)
+    def put_part(self, job_id: str, index: int, fmt: str, body: bytes | memoryview) -> None:
+        """Chunk `index`'s part of the results (a redelivered chunk writes the same bytes again); read in place."""
+        reader = body if isinstance(body, bytes) else _ViewReader(body)
+        self.s3.put_object(Bucket=self.bucket, Key=self.part_key(job_id, index, fmt), Body=reader)
 
     def list_parts(self, job_id: str, fmt: str) -> dict[int, tuple[str, int, str]]:
         """The parts written so far: chunk index -> (key, size, ETag), by listing the prefix (1,000 a page)."""
@@ -518,6 +530,36 @@ class _Concatenated(io.RawIOBase):
         count = min(len(view), len(self.parts[0]))
         view[:count] = self.parts[0][:count]
         self.parts[0] = self.parts[0][count:]
+        return count
+
+
+class _ViewReader(io.RawIOBase):
+    """A seekable file of a buffer's bytes, not copied (io.BytesIO copies all but `bytes`): botocore reads it for its
+    length and checksum, then sends it, and seeks back to send it again on a retry."""
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: len(self.view)}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        count = max(0, min(len(target), len(self.view) - self.position))
+        target[:count] = self.view[self.position : self.position + count]
+        self.position += count
         return count
 
 
@@ -888,16 +930,18 @@ def results_document(backend: JobBackend, job: Job, parts_from: int, jobs_path: 
         key = backend.storage.results_key(job.id, fmt)
         url = backend.storage.presigned_get(key, f"{job.id}.{fmt}")
         return {"url": url, **found, "expires_in_seconds": URL_EXPIRY_S}
-    ranges = chunk_ranges(job.n_points, job.chunk_points)
-    listed = range(parts_from, min(parts_from + LISTED_PARTS, len(ranges)))
+    # the listed parts' rows by arithmetic: an answer costs its page, whatever the job's number of parts
+    total = math.ceil(job.n_points / job.chunk_points)
+    listed = range(parts_from, min(parts_from + LISTED_PARTS, total))
     parts = []
     for index in listed:
-        start, stop = ranges[index]
+        start = index * job.chunk_points
+        stop = min(start + job.chunk_points, job.n_points)
         key = backend.storage.part_key(job.id, index, fmt)
         url = backend.storage.presigned_get(key, f"part-{index:06d}.{fmt}")
         parts.append({"index": index, "url": url, "rows": stop - start, "first_row": start})
-    found |= {"layout": "dataset", "parts_total": len(ranges), "parts": parts, "expires_in_seconds": URL_EXPIRY_S}
-    if listed.stop < len(ranges):
+    found |= {"layout": "dataset", "parts_total": total, "parts": parts, "expires_in_seconds": URL_EXPIRY_S}
+    if listed.stop < total:
         found["parts_next"] = f"{jobs_path.rstrip('/')}/{job.id}?parts_from={listed.stop}"
     return found
 

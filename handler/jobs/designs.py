@@ -67,7 +67,19 @@ def generate_rows(
     lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
     if not np.all(lower < upper):
         raise ValueError(f"each lower bound must be below its upper bound: {lower} and {upper}")
-    return unit * (upper - lower) + lower  # scipy.stats.qmc.scale's arithmetic: designs made before are unchanged
+    return _scaled(unit, lower, upper)
+
+
+def _scaled(unit: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """unit in [0, 1) to [lower, upper]: scipy.stats.qmc.scale's arithmetic (designs made before are unchanged),
+    except where upper - lower overflows (bounds past +-9e307): there (1 - u) lower + u upper, finite and inside."""
+    with np.errstate(over="ignore"):
+        width = upper - lower
+    points = unit * width + lower
+    if not np.isfinite(width).all():
+        wide = ~np.isfinite(width)
+        points[:, wide] = (1 - unit[:, wide]) * lower[wide] + unit[:, wide] * upper[wide]
+    return points
 
 
 def _sobol_rows(n: int, seed: int, dimensions: int, start: int, stop: int) -> np.ndarray:
@@ -182,7 +194,11 @@ def _linspace_at(low: float, high: float, levels: int, index: np.ndarray) -> np.
     """
     values = index.astype(float)
     div = levels - 1
-    delta = np.subtract(np.float64(high), np.float64(low))
+    with np.errstate(over="ignore"):
+        delta = np.subtract(np.float64(high), np.float64(low))
+    if not np.isfinite(delta):  # linspace's step overflows (bounds past +-9e307): weigh the ends instead
+        values /= max(div, 1)
+        return (1 - values) * low + values * high
     if div > 0:
         step = delta / div
         if step == 0:

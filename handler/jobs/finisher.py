@@ -20,8 +20,13 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.config import load_settings
-from handler.jobs.backend import JobBackend, WorkMessage, backend_from_settings
+from handler.jobs.backend import JobBackend, WorkMessage, backend_from_settings, npy_part_sizes
 from handler.jobs.stitching import Source, StitchCancelledError, stitch
+
+# Visibility after the 1st and 2nd failed assembly (S3 or DynamoDB faults, a part not there yet); after the 3rd the
+# next receive moves the message to the dead-letter queue, so it should come back at once. Without this a failed
+# assembly would wait for the results queue's visibility timeout (six times this function's: 90 minutes).
+RETRY_DELAYS_S = (5, 30, 1)
 
 settings = load_settings()
 logger = Logger()
@@ -43,6 +48,11 @@ def assemble(backend: JobBackend, job_id: str) -> None:
     parts = storage.list_parts(job.id, fmt)
     if missing := [index for index in range(job.n_chunks) if index not in parts]:
         raise RuntimeError(f"{len(missing)} part(s) of {job.n_chunks} missing, the first chunk {missing[0]}")
+    if fmt == "npy":  # each part's size is known: one cut short or of other rows would make the file unreadable
+        expected = npy_part_sizes(job)
+        if wrong := [index for index in range(job.n_chunks) if parts[index][1] != expected[index]]:
+            index = wrong[0]
+            raise ValueError(f"part {index} is {parts[index][1]} bytes, expected {expected[index]} ({len(wrong)} so)")
     if fmt != "parquet":
         sources = [Source(*parts[index]) for index in range(job.n_chunks)]
 
@@ -94,7 +104,18 @@ def handle_message(record: SQSRecord) -> None:
         logger.exception("assembly failed", extra={"job": message.job})
         with contextlib.suppress(Exception):
             backend.store.record_error(message.job, f"assembling the results: {type(exc).__name__}: {exc}")
+        _delay_retry(record)
         raise
+
+
+def _delay_retry(record: SQSRecord) -> None:
+    """Retry soon rather than after the results queue's visibility timeout (sized for the longest stitch)."""
+    attempt = int(record.attributes.approximate_receive_count or 1)
+    delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
+    with contextlib.suppress(Exception):
+        backend.sqs.change_message_visibility(
+            QueueUrl=settings.results_queue_url, ReceiptHandle=record.receipt_handle, VisibilityTimeout=delay
+        )
 
 
 @logger.inject_lambda_context

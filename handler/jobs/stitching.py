@@ -16,6 +16,7 @@ than one), at most 5 MiB a part, and copies the rest. Sources of 5 MiB or more a
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,9 @@ MAX_PARTS = 10_000
 # far below S3's per-prefix request rate (3,500 writes a second). The S3 client's connection pool is as large
 # (handler/jobs/backend.py: botocore's default pool of 10 would queue the rest).
 COPY_THREADS = 64
+# Parts the finisher reads and uploads itself (small chunks gathered) at once: each holds under 10 MiB, so at most
+# ~80 MiB of them, whatever the number of threads copying.
+READ_PARTS_AT_ONCE = 8
 COMPLETE_ATTEMPTS = 5
 RETRIED_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500"}
 
@@ -170,6 +174,7 @@ def stitch(
     plans = plan_parts(sources, min_part)
     total = sum(plan.size for plan in plans)
     upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    reading = threading.BoundedSemaphore(READ_PARTS_AT_ONCE)
     try:
 
         def send(plan: PartPlan) -> dict[str, Any]:
@@ -185,8 +190,9 @@ def stitch(
                     copy["CopySourceIfMatch"] = piece.source.etag
                 etag = s3.upload_part_copy(**common, **copy)["CopyPartResult"]["ETag"]
             else:
-                body = b"".join(_read(s3, bucket, piece) for piece in plan.pieces)
-                etag = s3.upload_part(**common, Body=body)["ETag"]
+                with reading:
+                    body = b"".join(_read(s3, bucket, piece) for piece in plan.pieces)
+                    etag = s3.upload_part(**common, Body=body)["ETag"]
             return {"PartNumber": plan.number, "ETag": etag}
 
         with ThreadPoolExecutor(max_workers=max(1, min(threads, len(plans)))) as pool:

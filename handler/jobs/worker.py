@@ -69,6 +69,10 @@ CSV_BLOCK_CHARS = 64 * 1024
 # m = 8,000 (a chunk there holds ~70,000 points), a slice's arrays ~2 x 10,000 x outputs floats
 CHUNK_SLICE_POINTS = 10_000
 MAX_BLANK_LINES = 1000  # skipped, as np.loadtxt did; a file of nothing else fails fast
+# Result values (points x columns) a chunk holds at most: its part is encoded in memory, a CSV of 200,000 points x 100
+# columns peaking ~620 MB beside its 160 MB of rows (handler.jobs.results), within the worker's 1,769 MB with a model.
+# Results of more columns (many outputs, include=std,interval) have chunks of fewer points.
+MAX_CHUNK_VALUES = 20_000_000
 
 settings = load_settings()
 logger = Logger()
@@ -121,14 +125,16 @@ def plan_job(
 
 
 def chunk_points_of(job_model: LazyModel, job: Job) -> int:
-    """The model's chunk size, raised where its time allows so that each chunk's part of a stitched file (csv, npy)
-    holds the 5 MiB S3 asks of every part but the last: then no byte of it passes through the finisher."""
+    """The model's chunk size, at most MAX_CHUNK_VALUES result values, raised where its time allows so that each
+    chunk's part of a stitched file (csv, npy) holds the 5 MiB S3 asks of every part but the last: then no byte of it
+    passes through the finisher (5 MiB of values is far under MAX_CHUNK_VALUES)."""
+    columns = len(result_columns(job.features, job.outputs, job.options))
     least = 0
     if job.options.format != "parquet":
-        row_bytes = 8 * len(result_columns(job.features, job.outputs, job.options))  # an .npy row; CSV's are longer
-        least = math.ceil(MIN_PART_BYTES / row_bytes)
+        least = math.ceil(MIN_PART_BYTES / (8 * columns))  # an .npy row's bytes; CSV's are longer
+    configured = max(1, min(settings.job_chunk_points, MAX_CHUNK_VALUES // columns))
     surrogate = job_model.get().model
-    return model_chunk_points(surrogate, settings.job_chunk_points, settings.job_worker_timeout_seconds, least)
+    return model_chunk_points(surrogate, configured, settings.job_worker_timeout_seconds, least)
 
 
 class JobModelGoneError(Exception):

@@ -9,6 +9,7 @@ import io
 import json
 import operator
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -955,9 +956,11 @@ class Job:
         self.client = client
         self.id = job_id
         self.last_status = doc
+        self._status_at = _clock()
 
     def status(self) -> dict[str, Any]:
         self.last_status = self.client._request("GET", f"/jobs/{self.id}").json()
+        self._status_at = _clock()
         return self.last_status
 
     def cancel(self) -> dict[str, Any]:
@@ -1019,34 +1022,58 @@ class Job:
 
     def download(self, path: str | os.PathLike[str]) -> Path:
         """Save the results without holding them in memory: a csv or npy job's file at `path`; a Parquet job's parts
-        as `path/part-NNNNNN.parquet`, a folder pyarrow, DuckDB, pandas and Spark read as one dataset. Returns it."""
+        as `path/part-NNNNNN.parquet`, a folder pyarrow, DuckDB, pandas and Spark read as one dataset. Returns it.
+
+        The folder must be new or empty (any other file in it would be read as part of the dataset), and appears only
+        once every part is in it: a failed download leaves none, not a dataset missing rows.
+        """
         doc = self._succeeded()
         target = Path(path)
         if doc["results"]["format"] != "parquet":
             self._stream(doc["results"]["url"], target)
             return target
-        target.mkdir(parents=True, exist_ok=True)
-        for part in self._parts(doc):
-            self._stream(part["url"], target / f"part-{int(part['index']):06d}.parquet")
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise FileExistsError(f"{target} is not an empty folder: a Parquet job's parts need a folder of their own")
+        staging = target.with_name(f".{target.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)  # left by a download that was killed
+        staging.mkdir(parents=True)
+        try:
+            for part in self._parts(doc):
+                self._stream(part["url"], staging / f"part-{int(part['index']):06d}.parquet")
+            if target.exists():  # empty, checked above; Windows replaces no folder
+                target.rmdir()
+            staging.replace(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return target
 
     def _succeeded(self) -> dict[str, Any]:
-        doc = self.last_status if self.last_status.get("results") else self.status()
+        results = self.last_status.get("results")
+        fresh = results and not _expiring(results, _clock() - self._status_at)
+        doc = self.last_status if fresh else self.status()  # an answer's URLs are signed for an hour
         if doc["status"] != "SUCCEEDED":
             raise RuntimeError(f"job {self.id} is {doc['status']}; its results come when it has SUCCEEDED")
         return doc
 
     def _parts(self, doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """A Parquet job's parts, in order, page after page of the job's answer."""
-        listing = doc["results"]
+        """A Parquet job's parts, in order, page after page of the job's answer; a page whose URLs are about to
+        expire (reading its parts took most of an hour) is asked for again from the next part."""
+        listing, listed_at = doc["results"], self._status_at
+        position = 0  # in listing["parts"]
         while True:
-            yield from listing["parts"]
-            following = listing.get("parts_next")
-            if not following:
-                return
-            parts_from = parse_qs(urlsplit(following).query)["parts_from"][0]
+            if position == len(listing["parts"]):
+                following = listing.get("parts_next")
+                if not following:
+                    return
+                parts_from = parse_qs(urlsplit(following).query)["parts_from"][0]
+            elif _expiring(listing, _clock() - listed_at):
+                parts_from = str(listing["parts"][position]["index"])
+            else:
+                position += 1
+                yield listing["parts"][position - 1]
+                continue
             page = self.client._request("GET", f"/jobs/{self.id}", params={"parts_from": parts_from}).json()
-            listing = page["results"]
+            listing, listed_at, position = page["results"], _clock(), 0
 
     def _download(self, url: str) -> bytearray:
         """The object's bytes, a megabyte at a time into one buffer (the table is then a view of it, not a copy);
@@ -1087,6 +1114,15 @@ class Job:
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
+
+
+def _clock() -> float:
+    return time.monotonic()
+
+
+def _expiring(results: dict[str, Any], age_s: float) -> bool:
+    """Whether URLs signed `age_s` ago for `expires_in_seconds` (an hour) are in their last fifth: sign again."""
+    return age_s > 0.8 * float(results.get("expires_in_seconds", 3600))
 
 
 def _segment(name: str) -> str:
