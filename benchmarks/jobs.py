@@ -977,8 +977,8 @@ def memory_table(measured: dict[str, Any], chunk_points: int) -> str:
         answer = measured[what]
         detail = {
             "idle": "the client's imports (numpy, httpx)",
-            "run_design": f"n-sized by nature: the results table ({n:,} rows x 6 float64: {mb(n * 48)}), with the "
-            "response's bytes and np.load's copy of them at once",
+            "run_design": f"n-sized by nature: the results table ({n:,} rows x 6 float64: {mb(n * 48)}), a view of "
+            "the download's buffer, and what the client computes from it",
             "download": "1 MiB blocks to a file",
         }[what]
         extra = f" in {answer['seconds']:.1f} s" if what != "idle" else ""
