@@ -1,9 +1,10 @@
 """The job worker: an SQS event source of the work queue, one message a plan or a chunk.
 
-A plan checks a job's points and stores them where its chunks read them (a design or an uploaded CSV
-becomes `input.npy`; an uploaded .npy is read in place), then queues its chunks; a chunk is predicted
-with the same model code as /predict and its predictions written to S3, then counted once. Uploads
-are read a batch of rows at a time: a worker's memory is bounded by its chunk, not by the file.
+A plan checks a job's points and stores them where its chunks read them (an uploaded CSV becomes
+`input.npy`; an uploaded .npy is read in place; a design is stored nowhere: each chunk generates its
+rows), then queues its chunks; a chunk is predicted with the same model code as /predict, its part of
+the results written to S3 in the final format (handler.jobs.results), then counted once. Uploads are
+read a batch of rows at a time: a worker's memory is bounded by its chunk, not by the file.
 Failures are reported per message (partial batch response): SQS retries them after a short backoff,
 then moves them to the dead-letter queue, where `handler.jobs.finisher` fails the job with the reason.
 
