@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 CANCELLED_BY_CALLER = "cancelled by the caller"  # a cancelled job's error (handler/jobs/routes.py)
+NPY_HEADER_READ = 2**20  # an .npy header of a result's columns: a few KB (numpy reads at most 10,000 bytes of it)
 REFUSED_BEFORE_WORK = frozenset({429, 503})  # throttled, or the service's own 503 (nothing written)
 TIME_BUDGET_EXCEEDED = "time budget exceeded"  # the service's 504: not retried (the same work would not fit again)
 URL_VARIABLE = "GPR_SURROGATE_URL"
@@ -1182,7 +1183,7 @@ def _read_table(data: bytes | bytearray, fmt: str) -> np.ndarray:
 
 def _npy_view(data: bytes | bytearray) -> np.ndarray:
     """An .npy's array over its bytes, not a copy of them (a 10^7-row table is 480 MB): writable when they are."""
-    stream = io.BytesIO(data)
+    stream = io.BytesIO(memoryview(data)[:NPY_HEADER_READ])  # io.BytesIO copies all but bytes: the head alone
     version = np.lib.format.read_magic(stream)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran_order, dtype = read(stream)
