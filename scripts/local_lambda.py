@@ -36,10 +36,12 @@ import platform
 import queue
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -227,6 +229,9 @@ class EmulatedEnvironment:
 
     def __init__(self, config: FunctionConfig, binary: Path, log: TextIO) -> None:
         self.config = config
+        # Its own /tmp, as each Lambda environment has: the registry's model cache and a model from S3 live there,
+        # and environments (of one server, or of two) sharing /tmp/model would evict each other's files mid-load.
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"lambda-{config.name}-"))
         self.runtimes: list[int] = []  # the emulator's runtime processes, as `terminate` found them
         self.stopping = threading.Event()  # set by `terminate`: what the runtime says while it is stopped is dropped
         self.port, self.process = start_on_free_port(lambda port: self._start(binary, port, log))
@@ -239,10 +244,13 @@ class EmulatedEnvironment:
             "--runtime-api-address", f"127.0.0.1:{_free_port()}",
             sys.executable, "-m", "awslambdaric", self.config.handler,
         ]  # fmt: skip
+        environment = lambda_environment(self.config)
+        environment["TMPDIR"] = str(self.tmp)
+        environment.setdefault("MODEL_CACHE_DIR", str(self.tmp / "model"))  # the template's /tmp/model, in its /tmp
         process = subprocess.Popen(
             command,
             cwd=self.config.code_dir,
-            env=lambda_environment(self.config),
+            env=environment,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=self._prepare_runtime,
@@ -288,6 +296,7 @@ class EmulatedEnvironment:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.log_forwarder.join(timeout=max(0.0, deadline - time.monotonic()))
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _forward_log(stream: IO[bytes], log: TextIO, emulator_pid: int, stopping: threading.Event) -> None:
