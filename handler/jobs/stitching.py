@@ -6,11 +6,11 @@ finisher's time and memory do not grow with the file. S3's rules for the parts, 
 (moto does not enforce all of them):
 - part numbers 1 to 10,000, each once, in ascending order in the completion;
 - every part but the last at least 5 MiB, none over 5 GiB;
-- a copied range inside its source object.
+- a copied range inside its source object, and only out of a source over 5 MiB.
 
 A source smaller than 5 MiB that is not the last (a job whose chunks are small) cannot be a part of its own: the
 plan fills a part with it and the head of what follows, read and uploaded by the finisher (`PartPlan.pieces` more
-than one), at most 5 MiB a part, and copies the rest. Sources of 5 MiB or more are copied whole.
+than one), under 10 MiB a part, and copies the rest. Sources of 5 MiB or more are copied whole.
 """
 
 from __future__ import annotations
