@@ -174,7 +174,7 @@ def test_schemathesis_finds_no_failures_against_the_second_model(plant_server, t
         # model-dependent schemas are what is new, and the CI budget is finite: the routes' copies under
         # /models/{name}/... take the root's schemas (the Park model's run covers their addressing)
         "--exclude-operation-id-regex", MODEL_ROUTE_COPIES,
-        "--phases", "examples,coverage,fuzzing", "--max-examples", "60", "--seed", "20261127",
+        "--phases", "examples,coverage,fuzzing", "--max-examples", "45", "--seed", "20261127",
         "--workers", "2", "--request-timeout", "60", "--output-truncate", "true",
     ]  # fmt: skip
     # when (in tmp_path: schemathesis keeps a cache folder in its working directory)
@@ -183,7 +183,7 @@ def test_schemathesis_finds_no_failures_against_the_second_model(plant_server, t
     assert result.returncode == 0, result.stdout[-6000:]
     summary = re.search(r"(\d+) generated, (\d+) (passed|found)", result.stdout)
     assert summary, result.stdout[-3000:]
-    assert int(summary.group(1)) >= 60
+    assert int(summary.group(1)) >= 45
     assert not (ROOT / ".schemathesis").exists()
 
 
