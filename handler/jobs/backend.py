@@ -627,6 +627,14 @@ class JobQueue:
         self.send(self.results_url, [WorkMessage("assemble", job_id)])
 
 
+def retry_soon(sqs: Any, queue_url: str, receipt_handle: str, receive_count: int, delays: tuple[int, ...]) -> None:
+    """Make a failed message visible again after delays[attempt - 1] seconds rather than its queue's visibility
+    timeout (sized for the longest run); best effort: the queue's own timeout is the fallback."""
+    delay = delays[min(max(receive_count, 1), len(delays)) - 1]
+    with contextlib.suppress(Exception):
+        sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=delay)
+
+
 @dataclass
 class JobBackend:
     """The AWS resources of jobs, with clients made on first use (boto3 honours AWS_ENDPOINT_URL: moto locally)."""

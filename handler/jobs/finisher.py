@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.config import load_settings
-from handler.jobs.backend import JobBackend, WorkMessage, backend_from_settings, npy_part_sizes
+from handler.jobs.backend import JobBackend, WorkMessage, backend_from_settings, npy_part_sizes, retry_soon
 from handler.jobs.stitching import Source, StitchCancelledError, stitch
 
 # Visibility after the 1st and 2nd failed assembly (S3 or DynamoDB faults, a part not there yet); after the 3rd the
@@ -111,11 +111,7 @@ def handle_message(record: SQSRecord) -> None:
 def _delay_retry(record: SQSRecord) -> None:
     """Retry soon rather than after the results queue's visibility timeout (sized for the longest stitch)."""
     attempt = int(record.attributes.approximate_receive_count or 1)
-    delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
-    with contextlib.suppress(Exception):
-        backend.sqs.change_message_visibility(
-            QueueUrl=settings.results_queue_url, ReceiptHandle=record.receipt_handle, VisibilityTimeout=delay
-        )
+    retry_soon(backend.sqs, settings.results_queue_url, record.receipt_handle, attempt, RETRY_DELAYS_S)
 
 
 @logger.inject_lambda_context

@@ -51,6 +51,7 @@ from handler.jobs.backend import (
     csv_row_chars,
     npy_layout,
     result_columns,
+    retry_soon,
 )
 from handler.jobs.designs import design_points, generate_rows
 from handler.jobs.results import encode_part, result_rows
@@ -417,11 +418,7 @@ def handle_message(record: SQSRecord, lambda_context: LambdaContext | None = Non
 def _delay_retry(record: SQSRecord) -> None:
     """Retry soon rather than after the queue's visibility timeout (sized for the longest plan)."""
     attempt = int(record.attributes.approximate_receive_count or 1)
-    delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
-    with contextlib.suppress(Exception):
-        backend.sqs.change_message_visibility(
-            QueueUrl=settings.job_queue_url, ReceiptHandle=record.receipt_handle, VisibilityTimeout=delay
-        )
+    retry_soon(backend.sqs, settings.job_queue_url, record.receipt_handle, attempt, RETRY_DELAYS_S)
 
 
 @logger.inject_lambda_context
