@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -527,28 +528,65 @@ def test_when_an_older_version_answers_suggest_is_asked_again_with_what_that_ver
     assert [r.pending for r in history.rounds] == [0, 2, 4]
 
 
-def test_by_default_the_loop_refits_when_the_data_has_grown_by_the_stated_fraction():
-    # given a model fitted on 10 rows whose versions predict the new runs as well as they claim (mean |z| 0.5)
+def test_by_default_the_loop_refits_when_the_data_has_grown_then_every_round_while_a_refit_is_cheap():
+    # given a model fitted on 10 rows whose versions predict the new runs as well as they claim (mean |z| 0.5), and
+    # whose refits end at once (a scripted service)
     service = ScriptedLoopService(unpromoted=set(), rows=10)
     with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(service)) as client:
         # when the loop runs 8 rounds of 1 point with the default refit policy
         history = client.loop("branin", BRANIN.function, rounds=8, batch=1, progress=False)
-    # then a full refit ran in each round where the rows reached (1 + REFIT_GROWTH) times those of the last fit
-    fitted, expected = 10, []
-    for number in range(8):
-        rows = 10 + number + 1
-        expected.append(rows >= (1 + client_training.REFIT_GROWTH) * fitted)
-        fitted = rows if expected[-1] else fitted
-    assert [r.training_job is not None for r in history.rounds] == expected
-    assert 0 < sum(expected) < 8
-    # and each refit says why it ran
-    refits = [r.training_job for r in history.rounds if r.training_job]
-    assert all("the data grew from" in job["refit_reason"] for job in refits)
+    # then the first refit ran when the rows reached (1 + REFIT_GROWTH) times the 10 of the first fit (its cost was
+    # not known before), and every round after it refitted, each refit having cost far less than REFIT_CHEAP_S
+    first = next(n for n in range(8) if 10 + n + 1 >= (1 + client_training.REFIT_GROWTH) * 10)
+    assert [r.training_job is not None for r in history.rounds] == [n >= first for n in range(8)]
+    reasons = [r.training_job["refit_reason"] for r in history.rounds if r.training_job]
+    assert "the data grew from 10 to 12 rows" in reasons[0]
+    assert all(reason.startswith("the last refit took") for reason in reasons[1:])
 
 
-def test_by_default_the_loop_refits_when_the_new_runs_surprised_the_served_versions():
-    # given versions whose every prediction of a new run misses by far more than they claim (mean |z| 3)
+@pytest.mark.parametrize(
+    ("refit_s", "round_s", "due"),
+    [
+        (0.3, 0.2, True),  # cheaper than REFIT_CHEAP_S
+        (client_training.REFIT_CHEAP_S * 3, 0.2, False),  # dearer than a second and than the round
+        (30.0, 60.0, True),  # a slow simulator: a refit cheaper than the round's simulation
+        (90.0, 60.0, False),
+    ],
+)
+def test_the_refit_policy_refits_every_round_while_the_last_refit_cost_at_most_the_round(
+    refit_s: float, round_s: float, due: bool
+):
+    # given the auto policy on a model of 10,000 rows (growth far off), whose last refit took refit_s
+    policy = client_training.RefitPolicy()
+    policy.observed(answer(10_000, mean_abs_z=0.8, coverage_95=1.0, msll=-2.0), seconds=round_s)
+    policy.refitted(seconds=refit_s)
+    # when a round of round_s seconds observes calibrated runs
+    policy.observed(answer(10_001, mean_abs_z=0.8, coverage_95=1.0, msll=-2.0), seconds=round_s)
+    # then a refit is due only if the last one took at most the round or REFIT_CHEAP_S
+    assert (policy.due() is not None) == due
+    if due:
+        assert policy.due().startswith(f"the last refit took {refit_s:.2g} s")
+
+
+def test_a_cheap_refit_is_not_due_again_before_new_rows():
+    # given a cheap refit that ran on all the rows
+    policy = client_training.RefitPolicy()
+    policy.observed(answer(100), seconds=0.5)
+    policy.refitted(seconds=0.1)
+    # when nothing new is observed (a round that added no row)
+    policy.observed(answer(101, added=0), seconds=0.5)
+    # then no refit is due
+    assert policy.due() is None
+
+
+def test_by_default_the_loop_refits_when_the_new_runs_surprised_the_served_versions(monkeypatch: pytest.MonkeyPatch):
+    # given versions whose every prediction of a new run misses by far more than they claim (mean |z| 3), and refits
+    # dearer than any round (so that only the surprise calls for them)
     service = ScriptedLoopService(unpromoted=set(), rows=1_000, z=3.0)
+    refitted = client_training.RefitPolicy.refitted
+    monkeypatch.setattr(
+        client_training.RefitPolicy, "refitted", lambda policy, seconds=None: refitted(policy, seconds=math.inf)
+    )
     with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(service)) as client:
         # when the loop runs rounds of 1 point (the data grows by far less than the growth rule's fraction)
         history = client.loop("branin", BRANIN.function, rounds=2 * client_training.SURPRISE_MIN_RUNS, progress=False)

@@ -198,6 +198,12 @@ def quality_problems(checks: Mapping[str, Mapping[str, Scored] | None]) -> list[
     return problems
 
 
+def log_losses(loo: LeaveOneOut) -> np.ndarray:
+    """-log p(y_i | the others) of each point and output, (n, outputs): two models' differ by what they predict
+    (the outputs' units cancel in a difference)."""
+    return 0.5 * np.log(2 * np.pi * loo.variance) + (loo.Y - loo.mean) ** 2 / (2 * loo.variance)
+
+
 def cross_validation(model: GPRegressionModel, outputs: list[str]) -> dict[str, OutputMetrics] | str:
     """Leave-one-out accuracy of the training points per output, or why there is no closed form."""
     loo = leave_one_out(model)

@@ -804,6 +804,7 @@ class SurrogateClient:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         doc = dict(first) if first is not None else self.training_job(name, job_id, admin_key=admin_key)
         report = progress if callable(progress) else None
+        waits = _poll_waits(poll_interval_s)
         with tqdm(total=None, unit="fit", disable=report is not None or not progress, desc=job_id[:8]) as bar:
             while True:
                 if report is not None:
@@ -820,7 +821,7 @@ class SurrogateClient:
                     )
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"training job {job_id} is still {doc['status']} after {timeout_s} s")
-                sleep(poll_interval_s)
+                sleep(next(waits))
                 doc = self.training_job(name, job_id, admin_key=admin_key)
 
     def observe(
@@ -920,13 +921,13 @@ class SurrogateClient:
                 observed.made(version)
                 is_served = promoted(answer.get("promotion"), version)
                 served = version if is_served else served
-                policy.observed(answer)
+                policy.observed(answer, seconds=observed_at - started)
                 job = None
                 if (why := policy.due()) is not None:
                     job = self.train(name, promote="if_better", progress=False, admin_key=admin_key,
                                      poll_interval_s=0.5)  # fmt: skip
                     job["refit_reason"] = why
-                    policy.refitted()
+                    policy.refitted(seconds=time.perf_counter() - observed_at)
                     observed.made(job.get("version"))
                     served = job["version"] if job.get("promoted") else served
                 finished = time.perf_counter()
@@ -989,6 +990,7 @@ class Job:
         """Poll until SUCCEEDED (then download the results) or FAILED (JobFailedError with the reason)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         doc = self.last_status
+        waits = _poll_waits(poll_interval_s)
         with tqdm(total=doc["progress"]["points"] or None, unit="pt", disable=not progress, desc=self.id[:8]) as bar:
             while True:
                 total, done = doc["progress"]["points"], doc["progress"]["points_done"]
@@ -1005,7 +1007,7 @@ class Job:
                     )
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {self.id} is still {doc['status']} after {timeout_s} s")
-                sleep(poll_interval_s)
+                sleep(next(waits))
                 doc = self.status()
         return self.results()
 
@@ -1115,6 +1117,17 @@ class Job:
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
+
+
+FIRST_POLL_S = 0.1  # a job that ends quickly (a refit of a few dozen points: ~0.25 s) is seen ending quickly
+
+
+def _poll_waits(longest_s: float) -> Iterator[float]:
+    """Waits between polls: FIRST_POLL_S, doubling up to `longest_s` (the caller's poll interval), then that."""
+    wait = min(FIRST_POLL_S, longest_s)
+    while True:
+        yield wait
+        wait = min(2 * wait, longest_s)
 
 
 def _clock() -> float:
