@@ -429,6 +429,20 @@ def test_waiting_reports_each_document_and_a_failed_job_raises_the_services_reas
     assert (failed.value.job_id, failed.value.reason) == ("t2", "the fit did not converge")
 
 
+def test_a_training_job_is_polled_first_after_a_tenth_of_a_second_then_ever_less_often():
+    # given a job that runs for 7 polls
+    documents = iter([{"job_id": "t3", "status": "RUNNING", "progress": {"stage": "fitting"}}] * 6 + [
+        {"job_id": "t3", "status": "SUCCEEDED", "progress": {"stage": "done"}}])  # fmt: skip
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=next(documents)))
+    waits: list[float] = []
+    first = {"job_id": "t3", "status": "QUEUED", "progress": {"stage": "queued"}}
+    # when it is waited for with a poll interval of 1 s
+    with SurrogateClient("https://api.example.org", transport=transport) as client:
+        client.wait_training("branin", "t3", first=first, progress=False, poll_interval_s=1.0, sleep=waits.append)
+    # then the first wait is 0.1 s, each next one twice the last, up to the poll interval
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+
+
 class ScriptedLoopService:
     """/manifest, /suggest, /observations and /train of a two-feature model: each observation makes the next
     version, promoted unless `unpromoted` holds its round; a refit makes a version too."""

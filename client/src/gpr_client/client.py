@@ -800,7 +800,8 @@ class SurrogateClient:
         first: Mapping[str, Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> dict[str, Any]:
-        """Poll a training job until SUCCEEDED or CANCELLED (its document) or FAILED (JobFailedError)."""
+        """Poll a training job until SUCCEEDED or CANCELLED (its document) or FAILED (JobFailedError): first after
+        0.1 s, the wait doubling up to `poll_interval_s`."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         doc = dict(first) if first is not None else self.training_job(name, job_id, admin_key=admin_key)
         report = progress if callable(progress) else None
@@ -987,7 +988,8 @@ class Job:
         timeout_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> JobResults:
-        """Poll until SUCCEEDED (then download the results) or FAILED (JobFailedError with the reason)."""
+        """Poll until SUCCEEDED (then download the results) or FAILED (JobFailedError with the reason): first after
+        0.1 s, the wait doubling up to `poll_interval_s`."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         doc = self.last_status
         waits = _poll_waits(poll_interval_s)
