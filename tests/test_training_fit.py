@@ -469,6 +469,27 @@ def test_a_start_far_from_the_optimum_does_not_end_in_a_corner_of_the_box():
     assert np.all(result.model.gp.kern.lengthscale.values > 10 * training.LENGTHSCALE_BOUNDS[0] * np.ptp(X, axis=0))
 
 
+def test_the_kernel_variance_bound_does_not_hold_a_smooth_function_short_of_its_optimum():
+    # given Branin's 30 points (a smooth function on few points: its likelihood rises towards long lengthscales and
+    # a large variance), and GPy's own optimum of the same Matern-5/2 on unit-cube inputs with no variance bound
+    import GPy
+
+    branin = SIMULATORS["Branin"]
+    X = branin.design(30, seed=0)
+    y = branin.function(X)[:, None]
+    low, high = branin.bounds_array.T
+    free = GPy.models.GPRegression((X - low) / (high - low), y, GPy.kern.Matern52(2, ARD=True), normalizer=True)
+    free.likelihood.variance.constrain_bounded(*training.NOISE_BOUNDS, warning=False)
+    free.optimize_restarts(3, verbose=False, robust=True)
+    # when our fit runs with the same kernel
+    result = fit(X, y, branin.bounds_array, kernel="Matern52")
+    # then its variance is inside its bounds, not at one, and its likelihood at least GPy's, to L-BFGS-B's tolerance
+    variance = float(result.scaled.kern.variance.values[0])
+    assert training.VARIANCE_BOUNDS[0] < variance < training.VARIANCE_BOUNDS[1]
+    assert variance > 1e3, "the optimum lies beyond the old bound of 1e3: the case this bound was widened for"
+    assert result.scaled.log_likelihood() >= free.log_likelihood() - 1e-3 * abs(free.log_likelihood()) - 1e-2
+
+
 def test_auto_screens_every_kernel_briefly_and_finishes_only_the_winner(monkeypatch):
     # given a record of each optimisation's kernel and iteration budget
     budgets: list[tuple[str, int]] = []
