@@ -228,9 +228,6 @@ def fit(
     def rank(name: str) -> tuple[float, int]:
         return candidates[name], KERNELS.index(name)
 
-    def chosen() -> str:
-        return _significant_winner(candidates, point_losses, rank)
-
     for name, search in searches.items():
         try:
             search.run(starts[:1], SCREENING_ITERS) if screening else search.run(starts)
@@ -243,11 +240,12 @@ def fit(
         # only the best so far is kept: at n = 2,000 a GPy model holds ~150 MB of n x n arrays, and its
         # observers make reference cycles that only the cycle collector frees (a full collection costs tens of ms
         # in a busy process: only where the memory matters)
-        for other in [k for k in fitted if k not in (min(candidates, key=rank), DEFAULT_KERNEL)]:
+        for other in [k for k in fitted if k != min(candidates, key=rank)]:
             del fitted[other]
         if n >= COLLECT_ABOVE_N:
             gc.collect()
-    best = chosen()
+    # with screening the winner is scored again below once finished, so it need not be the one kept above
+    best = _significant_winner(candidates, point_losses, rank)
     for other in [k for k in fitted if k != best]:
         del fitted[other]
     if screening:
