@@ -109,6 +109,7 @@ def test_the_quick_loop_benchmark_makes_its_table_for_every_arm(tmp_path: Path):
     # then the section has a row per arm, each with an RMSE at every checkpoint (not how fast: that is the report's)
     report = report_path.read_text()
     assert "The active-learning loop: ours over HTTP against Emukit" in report
+    assert "`python benchmarks/loop.py --quick` on " in report  # the command that made it, not --seeds 1
     rows = {row.split(" | ")[1]: row.split(" | ")[2:7] for row in report.splitlines() if row.startswith("| Branin")}
     measured = ["Emukit OuterLoop, ModelVariance", "Emukit OuterLoop, IntegratedVarianceReduction",
                 "space-filling (LHS), our fit once"]  # fmt: skip

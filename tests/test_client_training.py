@@ -542,20 +542,44 @@ def test_when_an_older_version_answers_suggest_is_asked_again_with_what_that_ver
     assert [r.pending for r in history.rounds] == [0, 2, 4]
 
 
-def test_by_default_the_loop_refits_when_the_data_has_grown_then_every_round_while_a_refit_is_cheap():
-    # given a model fitted on 10 rows whose versions predict the new runs as well as they claim (mean |z| 0.5), and
-    # whose refits end at once (a scripted service)
+def test_by_default_a_small_model_refits_every_round_while_a_refit_is_cheap():
+    # given a model fitted on 10 rows (fewer than REFIT_UNMEASURED_ROWS) whose refits end at once (a scripted service)
     service = ScriptedLoopService(unpromoted=set(), rows=10)
     with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(service)) as client:
         # when the loop runs 8 rounds of 1 point with the default refit policy
         history = client.loop("branin", BRANIN.function, rounds=8, batch=1, progress=False)
-    # then the first refit ran when the rows reached (1 + REFIT_GROWTH) times the 10 of the first fit (its cost was
-    # not known before), and every round after it refitted, each refit having cost far less than REFIT_CHEAP_S
-    first = next(n for n in range(8) if 10 + n + 1 >= (1 + client_training.REFIT_GROWTH) * 10)
-    assert [r.training_job is not None for r in history.rounds] == [n >= first for n in range(8)]
-    reasons = [r.training_job["refit_reason"] for r in history.rounds if r.training_job]
-    assert "the data grew from 10 to 12 rows" in reasons[0]
+    # then every round refitted: the first because no refit had been measured and the data is small, the others
+    # because the last refit cost far less than REFIT_CHEAP_S
+    assert all(r.training_job is not None for r in history.rounds)
+    reasons = [r.training_job["refit_reason"] for r in history.rounds]
+    assert reasons[0].startswith("no refit measured yet, and 11 rows")
     assert all(reason.startswith("the last refit took") for reason in reasons[1:])
+
+
+def test_by_default_a_larger_model_refits_when_the_data_has_grown_then_every_round_while_a_refit_is_cheap():
+    # given a model fitted on 200 rows (more than REFIT_UNMEASURED_ROWS) whose refits end at once
+    service = ScriptedLoopService(unpromoted=set(), rows=200)
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(service)) as client:
+        # when the loop runs 6 rounds of 10 points
+        history = client.loop("branin", BRANIN.function, rounds=6, batch=10, progress=False)
+    # then the first refit ran when the rows reached (1 + REFIT_GROWTH) x 200 (its cost was not known before), and
+    # every round after it refitted
+    first = next(n for n in range(6) if 200 + 10 * (n + 1) >= (1 + client_training.REFIT_GROWTH) * 200)
+    assert [r.training_job is not None for r in history.rounds] == [n >= first for n in range(6)]
+    reasons = [r.training_job["refit_reason"] for r in history.rounds if r.training_job]
+    assert reasons[0] == "the data grew from 200 to 240 rows since the last fit"
+    assert all(reason.startswith("the last refit took") for reason in reasons[1:])
+
+
+def test_an_unmeasured_refit_is_taken_as_cheap_only_on_small_data():
+    # given the auto policy, no refit run yet
+    small, large = client_training.RefitPolicy(), client_training.RefitPolicy()
+    # when a round adds a row to 50 rows, and one to 150
+    small.observed(answer(50), seconds=0.5)
+    large.observed(answer(150), seconds=0.5)
+    # then a refit is due on the small data only
+    assert small.due().startswith("no refit measured yet")
+    assert large.due() is None
 
 
 @pytest.mark.parametrize(

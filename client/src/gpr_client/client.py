@@ -925,8 +925,9 @@ class SurrogateClient:
                 policy.observed(answer, seconds=observed_at - started)
                 job = None
                 if (why := policy.due()) is not None:
+                    # polled at most every 0.25 s: what the refit took decides whether the next round refits
                     job = self.train(name, promote="if_better", progress=False, admin_key=admin_key,
-                                     poll_interval_s=0.5)  # fmt: skip
+                                     poll_interval_s=0.25)  # fmt: skip
                     job["refit_reason"] = why
                     policy.refitted(seconds=time.perf_counter() - observed_at)
                     observed.made(job.get("version"))
