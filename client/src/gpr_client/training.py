@@ -221,7 +221,8 @@ def _interval(pair: Any, where: str) -> list[float]:
 # (a training job, promoted if better) is due after a round when either
 # - the last refit took at most the rest of a round (suggest, simulate, observe) or REFIT_CHEAP_S, whichever is
 #   longer: while a fit is that cheap, every round refits, as Emukit's loop re-optimises every round (on Branin, 16
-#   seeds, stale hyperparameters between geometric refits cost 1.3-1.7x the RMSE at half the budget); with a slow
+#   seeds in-process, the geometric refits alone left the median RMSE 1.05-1.4x that of refitting every round from
+#   half the budget on); with a slow
 #   simulator that is until the fit costs more than a simulation. Until a refit of this loop has been measured, one
 #   is taken as cheap while the data has at most REFIT_UNMEASURED_ROWS rows (a fit of 100 rows costs well under a
 #   second: Borehole's 80 in 0.3 s of CPU); or
