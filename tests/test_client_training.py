@@ -524,6 +524,8 @@ def test_the_loop_sends_unseen_points_as_pending_and_records_each_round():
     assert history.rounds[2].training_job["version"] == 5
     rows = history.rows()
     assert [r["refit_version"] for r in rows] == [None, None, 5, None]
+    assert [r["refit_reason"] is not None for r in rows] == [False, False, True, False]
+    assert [r["served"] for r in rows] == [None, None, 5, 6]
     assert rows[0]["y mean |z|"] == 0.5
     assert all(r["total s"] >= r["suggest s"] + r["observe s"] - 1e-9 for r in rows)
     assert list(history.to_frame().columns[:3]) == ["round", "points", "version"]

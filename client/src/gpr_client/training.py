@@ -434,12 +434,15 @@ class LoopHistory:
         return [r.version for r in self.rounds]
 
     def rows(self) -> list[dict[str, Any]]:
-        """A row per round: its number, versions, points, the surprise's mean |z| per output and the seconds."""
+        """A row per round: its number, versions (the refit's, and the one served after it), points, why it
+        refitted, the surprise's mean |z| per output and the seconds."""
         found = []
         for r in self.rounds:
             row: dict[str, Any] = {"round": r.round, "points": len(r.points), "version": r.version}
             row["promoted"] = r.promoted
             row["refit_version"] = (r.training_job or {}).get("version")
+            row["refit_reason"] = (r.training_job or {}).get("refit_reason")
+            row["served"] = r.served
             for output in self.output_names:
                 scores = (r.surprise or {}).get(output) or {}
                 row[f"{output} mean |z|"] = scores.get("mean_abs_z")
