@@ -441,7 +441,7 @@ def test_run_design_asks_for_the_format_it_is_given_and_reads_its_results():
     table, transport, asked = scripted_parquet_job(parts=3, rows=2)
     with SurrogateClient("https://api.example.org/prod", transport=transport) as client:
         # when a design is run in Parquet
-        results = client.run_design("sobol", n=6, seed=1, format="parquet", progress=False, poll_interval_s=0)
+        results = client.run_design("sobol", n=6, seed=1, format="parquet", progress=False, poll_interval_s=0.01)
     # then the job was submitted in Parquet, and its parts read into one table in order
     submitted = [url for url in asked if url.startswith("https://api.example.org/prod/jobs?")]
     assert len(submitted) == 1

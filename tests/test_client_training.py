@@ -740,3 +740,44 @@ def test_an_empty_history_has_no_points():
     entry = LoopRound(0, np.zeros((1, 2)), np.zeros((1, 1)), None, False, None, None, {"total": 0.0})
     history.rounds.append(entry)
     assert history.rows()[0]["y mean |z|"] is None
+
+
+@pytest.mark.parametrize("interval", [0, 0.0, -1.0, float("nan"), float("inf"), "1", True])
+def test_a_poll_interval_that_would_spin_fail_late_or_grow_without_end_is_refused_before_any_request(interval):
+    # given a service that records every request (a job that would run for ever)
+    sent: list[str] = []
+
+    def service(request: httpx.Request) -> httpx.Response:
+        sent.append(f"{request.method} {request.url.path}")
+        return httpx.Response(202 if request.method == "POST" else 200, json={"job_id": "t", "status": "RUNNING"})
+
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(service)) as client:
+        # when a training job is waited for, or trained and waited for, with that poll interval
+        # then a ValueError names poll_interval_s (0 polled without pause: thousands of requests a second; a
+        # negative one failed in time.sleep after the first poll; NaN or infinity doubled the wait without end)
+        with pytest.raises(ValueError, match="poll_interval_s"):
+            client.wait_training("branin", "t", progress=False, poll_interval_s=interval, timeout_s=1.0)
+        with pytest.raises(ValueError, match="poll_interval_s"):
+            client.train("branin", poll_interval_s=interval, progress=False, timeout_s=1.0)
+    # and nothing was asked of the service: no job queued
+    assert sent == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"rows_before": -50, "rows_added": 1},
+        {"rows_before": 10, "rows_added": -5},
+        {"rows_before": "lots"},
+        {"rows_before": 2.5},
+        {"rows_added": float("inf")},
+    ],
+)
+def test_an_observation_answer_whose_row_counts_are_not_counts_is_named(answer: dict):
+    # given the default refit policy
+    policy = client_training.RefitPolicy()
+    # when an answer's rows_before or rows_added is negative, fractional, not a number or not finite
+    # then a ValueError names the field (instead of refitting every round on "grew from -50 to -51 rows", or an
+    # int() error that names nothing)
+    with pytest.raises(ValueError, match=r"rows_(before|added)"):
+        policy.observed(answer)

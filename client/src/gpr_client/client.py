@@ -7,6 +7,7 @@ import csv
 import email.utils
 import io
 import json
+import math
 import operator
 import os
 import shutil
@@ -612,6 +613,7 @@ class SurrogateClient:
     ) -> JobResults:
         """Generate a design server-side (sobol, lhs, halton or grid), predict it as a job, and return the results
         (delivered as `format`: npy, csv or parquet, as submit())."""
+        _check_poll_interval(poll_interval_s)  # before the job is submitted
         design: dict[str, Any] = {"method": method, "n": n}
         if seed is not None:
             design["seed"] = seed
@@ -757,6 +759,8 @@ class SurrogateClient:
         With `wait`, polls the training job until it ends, with a progress bar (or `progress(document)` at each
         poll): its final document (`version`, `version_state` READY or REJECTED, `promoted`, `validation`); a FAILED
         job raises JobFailedError with the service's reason. Without, the job's first document."""
+        if wait:
+            _check_poll_interval(poll_interval_s)  # before the job is queued
         table = None if data is None else table_of(data, features, outputs)
         options = {"bounds": bounds, "units": units, "limits": limits, "kernel": kernel, "restarts": restarts,
                    "inference": inference, "promote": promote, "alias": alias, "force": force,
@@ -802,6 +806,7 @@ class SurrogateClient:
     ) -> dict[str, Any]:
         """Poll a training job until SUCCEEDED or CANCELLED (its document) or FAILED (JobFailedError): first after
         0.1 s, the wait doubling up to `poll_interval_s`."""
+        _check_poll_interval(poll_interval_s)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         doc = dict(first) if first is not None else self.training_job(name, job_id, admin_key=admin_key)
         report = progress if callable(progress) else None
@@ -991,6 +996,7 @@ class Job:
     ) -> JobResults:
         """Poll until SUCCEEDED (then download the results) or FAILED (JobFailedError with the reason): first after
         0.1 s, the wait doubling up to `poll_interval_s`."""
+        _check_poll_interval(poll_interval_s)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         doc = self.last_status
         waits = _poll_waits(poll_interval_s)
@@ -1125,8 +1131,20 @@ class Job:
 FIRST_POLL_S = 0.1  # a job that ends quickly (a refit of a few dozen points: ~0.25 s) is seen ending quickly
 
 
+def _check_poll_interval(poll_interval_s: Any) -> float:
+    """A poll interval: a positive, finite number of seconds (0 would poll without pause, a negative one fails in
+    time.sleep after the first poll, NaN or infinity would let the waits double without end), refused before any
+    request."""
+    if isinstance(poll_interval_s, bool) or not isinstance(poll_interval_s, int | float):
+        raise ValueError(f"poll_interval_s must be a number of seconds; got {poll_interval_s!r}")
+    if not (math.isfinite(poll_interval_s) and poll_interval_s > 0):
+        raise ValueError(f"poll_interval_s must be positive and finite; got {poll_interval_s!r}")
+    return float(poll_interval_s)
+
+
 def _poll_waits(longest_s: float) -> Iterator[float]:
     """Waits between polls: FIRST_POLL_S, doubling up to `longest_s` (the caller's poll interval), then that."""
+    longest_s = _check_poll_interval(longest_s)
     wait = min(FIRST_POLL_S, longest_s)
     while True:
         yield wait

@@ -266,7 +266,7 @@ class RefitPolicy:
         the round took so far (suggest, simulate, observe)."""
         self.rounds += 1
         self.round_seconds = seconds
-        before, added = int(answer.get("rows_before") or 0), int(answer.get("rows_added") or 0)
+        before, added = _row_count(answer, "rows_before"), _row_count(answer, "rows_added")
         if self.fitted_rows is None:  # the served version's hyperparameters were fitted on the data before the loop
             self.fitted_rows = before
         self.rows = before + added
@@ -318,6 +318,23 @@ class RefitPolicy:
         self.fitted_rows = self.rows
         self._pooled = {}
         self.refit_seconds = seconds
+
+
+def _row_count(answer: Mapping[str, Any], key: str) -> int:
+    """A row count of an observation answer: a non-negative integer (0 when absent, as a stub answers), else a
+    ValueError naming it (a negative or fractional count would schedule refits on nonsense: "grew from -50 to -51")."""
+    value = answer.get(key)
+    if value is None:
+        return 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or value != int(value)
+    ):
+        raise ValueError(f"the observation answer's {key} is not a row count: {value!r}")
+    return int(value)
 
 
 def check_refit_every(every: Any) -> None:
