@@ -402,12 +402,6 @@ class Observed:
         return np.vstack(unseen) if unseen else None
 
 
-def version_number(answered_by: str | None) -> int | None:
-    """The version number in an X-Model-Version header ("name/3"), or None."""
-    number = (answered_by or "").rpartition("/")[2]
-    return int(number) if number.isdigit() else None
-
-
 @dataclass
 class LoopRound:
     """One round of the loop: the points suggested, what the simulator returned, the version conditioned on them
