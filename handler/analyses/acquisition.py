@@ -103,7 +103,7 @@ class Conditioner:
     def _cov0(self, X: np.ndarray, left: np.ndarray, tracked: _Tracked) -> np.ndarray:
         """cov0(X, tracked.X), (len(X), n): the latent posterior covariance before any pick."""
         p = self.posterior
-        prior = p._kernel_of_distance(p._distances(p.scaled(X), p.scaled(tracked.X)))[0]
+        prior = p._kernel_of_distance(p._distances(X * p.inverse_lengthscale, tracked.X * p.inverse_lengthscale))[0]
         return prior - left @ tracked.right.T
 
     def track(self, X: np.ndarray) -> _Tracked:
@@ -362,7 +362,7 @@ def _log_expected_improvement(improvement: np.ndarray, std: np.ndarray) -> np.nd
 def _conditioned_cross(posterior: GPPosterior, tracked: _Tracked, reference: _Tracked) -> np.ndarray:
     """Latent covariance (after the picks) between reference points and tracked points, (n_reference, n)."""
     prior = posterior._kernel_of_distance(
-        posterior._distances(posterior.scaled(reference.X), posterior.scaled(tracked.X))
+        posterior._distances(reference.X * posterior.inverse_lengthscale, tracked.X * posterior.inverse_lengthscale)
     )[0]
     cov = prior - reference.left @ tracked.right.T
     return cov - reference.V.T @ tracked.V

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
@@ -61,9 +61,8 @@ class GPPosterior:
     inputs: np.ndarray  # U, (m, d): training inputs (exact) or inducing inputs (sparse)
     lengthscale: np.ndarray  # (d,)
     inverse_lengthscale: np.ndarray  # (d,)
-    # [(U - centre) / lengthscale, 1, -|(U - centre) / lengthscale|^2 / 2 (+ log s2 for RBF)], (m, d + 2): with a
-    # query row augmented as [z, -|z|^2 / 2, 1], z = (x - centre) / lengthscale, one matrix product gives -r^2 / 2
-    # (the RBF's log-covariance).
+    # [U / lengthscale, 1, -|U / lengthscale|^2 / 2 (+ log s2 for RBF)], (m, d + 2): with a query row augmented
+    # as [z, -|z|^2 / 2, 1], one matrix product gives -r^2 / 2 (the RBF's log-covariance).
     inputs_augmented: np.ndarray
     woodbury_vector: np.ndarray  # (m, n_outputs)
     cholesky: np.ndarray | None  # exact: L, lower triangular, C order, (m, m), L L^T = K + factored_noise_variance I
@@ -72,10 +71,6 @@ class GPPosterior:
     noise_variance: float
     y_mean: np.ndarray  # (n_outputs,)
     y_std: np.ndarray  # (n_outputs,)
-    # Distances are formed as |z|^2 + |u|^2 - 2 z.u (one matrix product): inputs far from zero against their spread
-    # (x in [1e5, 1e5 + 1]) would lose every digit of r^2 to that cancellation, so both sides are first moved by the
-    # inputs' centre (the kernel is stationary: the same distances, exact where it matters).
-    centre: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (d,)
 
     @classmethod
     def from_arrays(cls, kernel: str, arrays: Mapping[str, np.ndarray]) -> GPPosterior:
@@ -87,8 +82,7 @@ class GPPosterior:
         inverse_lengthscale = 1.0 / lengthscale
         kernel_variance = float(arrays["kernel_variance"])
         woodbury_vector = np.asarray(arrays["woodbury_vector"], dtype=float)
-        centre = 0.5 * (inputs.min(axis=0) + inputs.max(axis=0)) if len(inputs) else np.zeros(inputs.shape[1])
-        scaled = (inputs - centre) * inverse_lengthscale
+        scaled = inputs * inverse_lengthscale
         last = -0.5 * np.vecdot(scaled, scaled)
         if kernel == "RBF":
             last += np.log(kernel_variance)
@@ -111,7 +105,6 @@ class GPPosterior:
             noise_variance=float(arrays["noise_variance"]),
             y_mean=np.asarray(arrays["y_mean"], dtype=float).reshape(-1),
             y_std=np.asarray(arrays["y_std"], dtype=float).reshape(-1),
-            centre=centre,
         )
 
     @property
@@ -148,16 +141,11 @@ class GPPosterior:
         arrays = 1 + (self.kernel in ("Matern32", "Matern52")) + (self.woodbury_inverse is not None)
         return max(1, CHUNK_BYTES // (8 * arrays * self.n_inputs))
 
-    def scaled(self, X: np.ndarray) -> np.ndarray:
-        """(X - centre) / lengthscale: the coordinates every distance here is formed in."""
-        return (X - self.centre) * self.inverse_lengthscale
-
     def cross_covariance(self, X: np.ndarray) -> np.ndarray:
         """k(X, U), (len(X), m), C order."""
         d = X.shape[1]
         Z = np.empty((len(X), d + 2))
-        np.subtract(X, self.centre, out=Z[:, :d])
-        Z[:, :d] *= self.inverse_lengthscale
+        np.multiply(X, self.inverse_lengthscale, out=Z[:, :d])
         Z[:, d] = np.vecdot(Z[:, :d], Z[:, :d])
         Z[:, d] *= -0.5
         Z[:, d + 1] = 1.0
@@ -204,12 +192,11 @@ class GPPosterior:
         """
         eps = np.finfo(float).eps
         d = X.shape[1]
-        # the norms of x / lengthscale as GPy forms them, uncentred: the larger of the two evaluations' errors
-        raw = np.linalg.norm(X * self.inverse_lengthscale, axis=1)
-        spread = np.add.outer(raw, np.linalg.norm(self.inputs * self.inverse_lengthscale, axis=1))
+        scaled = X * self.inverse_lengthscale
+        spread = np.add.outer(np.linalg.norm(scaled, axis=1), np.linalg.norm(self._scaled_inputs, axis=1))
         spread **= 2
         spread *= 2 * (d + 3) * eps
-        r = self._distances(self.scaled(X), self._scaled_inputs)
+        r = self._distances(scaled, self._scaled_inputs)
         k, g = self._kernel_of_distance(r)  # g = (dk/dr) / r = 2 dk/d(r^2)
         if self.kernel == "Exponential":
             change = k * spread / np.maximum(r, np.sqrt(spread))
@@ -412,7 +399,7 @@ class GPPosterior:
         return s2 * (1 + _SQRT5 * r + (5.0 / 3.0) * r**2) * e, -(5.0 / 3.0) * s2 * (1 + _SQRT5 * r) * e
 
     def _distances(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-        """Scaled distances |(a - b) / lengthscale| between rows of A and B, given in `scaled` coordinates."""
+        """Scaled distances |(a - b) / lengthscale| between rows of A and B (already divided by the lengthscale)."""
         squared = np.vecdot(A, A)[:, None] + np.vecdot(B, B)[None, :] - 2.0 * (A @ B.T)
         return np.sqrt(np.maximum(squared, 0.0))
 
@@ -427,7 +414,7 @@ class GPPosterior:
 
         The noise does not depend on x, so the latent and the noisy variance have the same gradient.
         """
-        S = self.scaled(X)
+        S = X * self.inverse_lengthscale
         U = self._scaled_inputs
         n_outputs = self.woodbury_vector.shape[1]
         mean_grad = np.empty((len(X), X.shape[1], n_outputs))
@@ -450,7 +437,7 @@ class GPPosterior:
 
     def covariance(self, X: np.ndarray, *, latent: bool = False) -> np.ndarray:
         """The joint posterior covariance of the points, (n_outputs, n, n), as GPy's predict(full_cov=True)."""
-        S = self.scaled(X)
+        S = X * self.inverse_lengthscale
         K = self.cross_covariance(X)
         distances = self._distances(S, S)
         np.fill_diagonal(distances, 0.0)  # exactly, not the rounding of |a|^2 + |a|^2 - 2 a.a (as GPy does)

@@ -25,6 +25,7 @@ from handler.gp.gpy_model import GPRegressionModel, SparseGPRegressionModel
 from handler.training.data import DEFAULT_RESTARTS as DEFAULT_RESTARTS
 from handler.training.data import EXACT_MAX_N as EXACT_MAX_N
 from handler.training.data import KERNELS as KERNELS
+from handler.training.data import MAX_OFFSET_WIDTHS as MAX_OFFSET_WIDTHS
 from handler.training.data import MAX_RESTARTS as MAX_RESTARTS
 from handler.training.data import MAX_TRAINING_ROWS as MAX_TRAINING_ROWS
 from handler.training.data import CheckedData as CheckedData
@@ -578,7 +579,6 @@ def _in_original_units(scaled: Any, X: np.ndarray, Y: np.ndarray, low: np.ndarra
         lengthscale=np.asarray(scaled.kern.lengthscale.values, dtype=float) * width,
         ARD=True,
     )
-    kern._unscaled_dist = _CentredDistances(kern)
     noise = float(scaled.likelihood.variance.values[0])
     if isinstance(scaled, GPy.models.SparseGPRegression):
         Z = low + np.asarray(scaled.Z, dtype=float) * width
@@ -589,21 +589,3 @@ def _in_original_units(scaled: Any, X: np.ndarray, Y: np.ndarray, low: np.ndarra
         gp = GPy.models.GPRegression(X, Y, kern, noise_var=noise, normalizer=True)
         wrapper = GPRegressionModel
     return wrapper(gp)
-
-
-class _CentredDistances:
-    """GPy's distances for one kernel, formed after moving both arguments by the same centre (the second's mean).
-
-    GPy forms r^2 = |a|^2 + |b|^2 - 2 a.b in the caller's units: inputs far from zero against their spread (x in
-    [1e5, 1e5 + 1]) lose every digit of r^2 to that cancellation, and the covariance of the model published, its
-    leave-one-out and the kernel choice with it. The kernel is stationary, so the distances are the same. Set as the
-    kernel's `_unscaled_dist` (what GPy's covariances and gradients call); a class, so that the model pickles.
-    """
-
-    def __init__(self, kern: Any) -> None:
-        self.kern = kern
-
-    def __call__(self, X: np.ndarray, X2: np.ndarray | None = None) -> np.ndarray:
-        centre = np.mean(X if X2 is None else X2, axis=0)
-        distances = type(self.kern)._unscaled_dist  # GPy's own, on the moved arguments
-        return np.asarray(distances(self.kern, X - centre, None if X2 is None else X2 - centre))

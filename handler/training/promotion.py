@@ -59,7 +59,7 @@ def leave_one_out_scores(
     if len(X) > MAX_SCORED_ROWS:
         kept = np.sort(np.random.default_rng(0).choice(len(X), size=MAX_SCORED_ROWS, replace=False))
         X, Y = X[kept], Y[kept]
-    scaled = posterior.scaled(X)  # centred: inputs far from zero keep their distances' digits
+    scaled = X * posterior.inverse_lengthscale
     squared = np.vecdot(scaled, scaled)
     r = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2.0 * (scaled @ scaled.T), 0.0))
     K, _ = posterior._kernel_of_distance(r)
