@@ -117,6 +117,19 @@ def test_training_data_whose_output_variance_overflows_or_underflows_is_refused_
     assert training.deliver() == []
 
 
+def test_bounds_far_from_zero_against_their_width_are_refused_before_queuing(training: Training, rows40):
+    # given Branin's rows with x1 moved 10^5 of its ranges from zero (a READY model answering 503 before the limit)
+    shift = 1e5 * 15.0
+    rows = [{**row, "x1": row["x1"] + shift} for row in rows40]
+    bounds = {"x1": [-5.0 + shift, 10.0 + shift], "x2": [0.0, 15.0]}
+    # when it is posted for training
+    status, answer = training.call("POST", "/models/far/train", new_model(rows, bounds=bounds))
+    # then it is a 422 naming the bounds and the offset to subtract, and nothing is queued
+    assert (status, answer["details"][0]["field"]) == (422, "bounds"), answer
+    assert "x1 - " in answer["details"][0]["message"]
+    assert training.deliver() == []
+
+
 def test_a_cancel_that_lands_while_the_version_is_published_stops_its_promotion(
     training: Training, rows40, monkeypatch
 ):
