@@ -459,6 +459,7 @@ class ScriptedLoopService:
         self.pending: list[list[dict]] = []
         self.suggested_at: list[str] = []
         self.trained = 0
+        self.train_bodies: list[dict] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -490,8 +491,10 @@ class ScriptedLoopService:
         if path.endswith("/train"):
             self.trained += 1
             self.version += 1
+            self.train_bodies.append(body)
             return httpx.Response(202, json={"job_id": "t", "status": "SUCCEEDED", "version": self.version,
-                                             "version_state": "READY", "promoted": True})  # fmt: skip
+                                             "version_state": "READY",
+                                             "promoted": body.get("promote") != "never"})  # fmt: skip
         return httpx.Response(404, json={"error": "not scripted"})
 
 
@@ -549,6 +552,29 @@ def test_the_loop_asks_the_version_known_to_serve_by_its_number_not_the_alias():
     ]
     assert [len(p) for p in service.pending] == [0, 0, 0]
     assert [r.pending for r in history.rounds] == [0, 0, 0]
+
+
+def test_a_loop_told_never_to_promote_refits_without_promoting_either():
+    # given a service whose observations are not promoted (promote="never") and whose refits are promoted unless
+    # told never (the red team: forced past the quality gate, a refit on a simulator's noise, judged if_better on the
+    # noise, took the alias from a model 6,000x more accurate)
+    service = ScriptedLoopService(unpromoted={0, 1, 2}, rows=10)
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(service)) as client:
+        # when the loop runs 3 rounds with promote="never", refitting every round
+        history = client.loop("branin", BRANIN.function, rounds=3, refit_every=1, promote="never", progress=False)
+    # then every refit was asked not to promote, nothing is known to serve, and /suggest went to the alias with every
+    # point of the loop pending
+    assert [body["promote"] for body in service.train_bodies] == ["never"] * 3
+    assert [r.served for r in history.rounds] == [None, None, None]
+    assert service.suggested_at == ["/models/branin/suggest"] * 3
+    assert [len(p) for p in service.pending] == [0, 1, 2]
+
+
+def test_a_loop_that_promotes_refits_if_better():
+    service = ScriptedLoopService(unpromoted=set(), rows=10)
+    with SurrogateClient("https://api.example.org", transport=httpx.MockTransport(service)) as client:
+        client.loop("branin", BRANIN.function, rounds=2, refit_every=1, promote="if_better", progress=False)
+    assert [(body["promote"], body["force"]) for body in service.train_bodies] == [("if_better", True)] * 2
 
 
 def test_by_default_a_small_model_refits_every_round_while_a_refit_is_cheap():

@@ -130,6 +130,53 @@ def test_bounds_far_from_zero_against_their_width_are_refused_before_queuing(tra
     assert training.deliver() == []
 
 
+@pytest.mark.parametrize(
+    ("width_shifts", "centred", "shift"),
+    [
+        (100.5, "100.5", "x1 - 1507.5"),  # past the limit, yet the domain widened by the margin lies 84 widths out
+        (-110.0, "110", "x1 + 1650"),  # negative: the shift to add, not "x1 - -1655"
+    ],
+)
+def test_bounds_past_the_offset_limit_but_not_their_widened_domain_are_refused_before_queuing(
+    training: Training, rows40, width_shifts: float, centred: str, shift: str
+):
+    # given Branin's rows with x1's bounds [-5, 10] centred `width_shifts` of their widths from zero: past the limit,
+    # though the answered domain (the bounds widened by the margin) is within it (the red team: 202, then the job
+    # FAILED in the fit's own check)
+    move = width_shifts * 15.0 - 2.5
+    rows = [{**row, "x1": row["x1"] + move} for row in rows40]
+    bounds = {"x1": [-5.0 + move, 10.0 + move], "x2": [0.0, 15.0]}
+    # when it is posted for training
+    status, answer = training.call("POST", "/models/nearly/train", new_model(rows, bounds=bounds))
+    # then it is a 422 naming the bounds as given (not the widened domain), how far out they are centred (not
+    # rounded to the limit) and the shift that centres them, and nothing is queued
+    assert (status, answer["details"][0]["field"]) == (422, "bounds"), answer
+    message = answer["details"][0]["message"]
+    assert f"[{-5.0 + move:.6g}, {10.0 + move:.6g}]" in message
+    assert f"centred {centred} of their widths" in message
+    assert shift in message
+    assert training.deliver() == []
+
+
+def test_bounds_too_wide_for_their_lengthscales_are_refused_before_queuing(training: Training, rows40):
+    # given Branin's rows with x1 scaled into [1e308, 1.7e308]: centred 2 of their widths from zero (within the offset
+    # limit), but a lengthscale of 1e3 widths overflows (the red team: queued, then FAILED in packaging)
+    rows = [{**row, "x1": 1e308 + (row["x1"] + 5.0) / 15.0 * 7e307} for row in rows40]
+    bounds = {"x1": [1e308, 1.7e308], "x2": [0.0, 15.0]}
+    # when it is posted for training, then it is a 422 naming the bounds, and nothing is queued
+    status, answer = training.call("POST", "/models/wide/train", new_model(rows, bounds=bounds))
+    assert (status, answer["details"][0]["field"]) == (422, "bounds"), answer
+    assert "x1's bounds" in answer["details"][0]["message"]
+    assert "wider than" in answer["details"][0]["message"]
+    assert training.deliver() == []
+
+
+def test_the_widest_bounds_allowed_leave_room_for_the_longest_lengthscale():
+    from handler.training import data, fit
+
+    assert np.isfinite(data.MAX_WIDTH * fit.LENGTHSCALE_BOUNDS[1])
+
+
 def test_a_cancel_that_lands_while_the_version_is_published_stops_its_promotion(
     training: Training, rows40, monkeypatch
 ):

@@ -35,6 +35,10 @@ MAX_OUTPUT_MAGNITUDE = 1e150
 # (another kernel chosen); at 10^5 a READY model whose batch predictions answered 503. So bounds whose centre lies
 # more than MAX_OFFSET_WIDTHS of their widths from zero are refused, naming the feature and the shift that fixes it.
 MAX_OFFSET_WIDTHS = 100.0
+# A fitted lengthscale reaches 1e3 of its feature's width (handler.training.fit.LENGTHSCALE_BOUNDS, in units of the
+# width): a wider range than this overflows it (the red team: bounds [1e308, 1.7e308] queued, then FAILED "lengthscale:
+# holds values that are not finite"), so it is refused with the bounds.
+MAX_WIDTH = float(np.finfo(float).max) / 1e3
 
 
 class TrainingDataError(ValueError):
@@ -93,14 +97,13 @@ def check_training_data(
     low, high = bounds.T
     for j in np.flatnonzero(~(np.isfinite(low) & np.isfinite(high) & (low < high) & np.isfinite(high - low))):
         raise TrainingDataError("bounds", f"{features[j]} needs finite low < high, got [{low[j]:g}, {high[j]:g}]")
-    offsets = np.abs(low + high) / 2 / (high - low)
-    for j in np.flatnonzero(offsets > MAX_OFFSET_WIDTHS):
+    for j in np.flatnonzero(high - low > MAX_WIDTH):
         raise TrainingDataError(
             "bounds",
-            f"{features[j]}'s bounds [{low[j]:g}, {high[j]:g}] lie {offsets[j]:.3g} of their widths from zero (at most "
-            f"{MAX_OFFSET_WIDTHS:g}): the kernel's distances lose their digits there; fit {features[j]} minus an "
-            f"offset (e.g. {features[j]} - {low[j]:g})",
+            f"{features[j]}'s bounds [{low[j]:.6g}, {high[j]:.6g}] are wider than {MAX_WIDTH:.3g} (its lengthscales "
+            f"would overflow): rescale {features[j]}",
         )
+    check_offsets(bounds, features)
     for values, kind, names in ((X, "inputs", features), (Y, "outputs", outputs)):
         bad = np.argwhere(~np.isfinite(values))
         if len(bad):
@@ -142,6 +145,25 @@ def check_training_data(
                 "outputs", f"{name} varies by {spread:g}: too little to standardise (its variance underflows)"
             )
     return CheckedData(X, Y, bounds, dropped)
+
+
+def check_offsets(bounds: Any, features: list[str]) -> None:
+    """TrainingDataError ("bounds") when a feature's bounds (finite, low < high) are centred more than
+    MAX_OFFSET_WIDTHS of their widths from zero, naming the feature, its bounds and the shift that fixes it. The
+    training route checks the bounds as given (not the domain widened by the margin, whose offset is smaller), so
+    that what it accepts the fit accepts too."""
+    low, high = np.asarray(bounds, dtype=float).T
+    with np.errstate(all="ignore"):  # halves first: low + high may overflow
+        offsets = np.abs(low / 2 + high / 2) / (high - low)
+    for j in np.flatnonzero(offsets > MAX_OFFSET_WIDTHS):
+        centre = low[j] / 2 + high[j] / 2
+        shift = f"{features[j]} - {centre:.6g}" if centre > 0 else f"{features[j]} + {-centre:.6g}"
+        raise TrainingDataError(
+            "bounds",
+            f"{features[j]}'s bounds [{low[j]:.6g}, {high[j]:.6g}] are centred {offsets[j]:.4g} of their widths from "
+            f"zero (at most {MAX_OFFSET_WIDTHS:g}): the kernel's distances lose their digits there; fit "
+            f"{features[j]} minus an offset (e.g. {shift})",
+        )
 
 
 def answered_domain(bounds: np.ndarray, limits: np.ndarray | None, margin: float) -> np.ndarray:

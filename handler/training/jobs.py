@@ -35,6 +35,7 @@ from handler.training.data import (
     MAX_TRAINING_ROWS,
     TrainingDataError,
     answered_domain,
+    check_offsets,
     check_training_data,
     limits_array,
 )
@@ -791,8 +792,11 @@ def _check(
 ) -> None:
     """The data as a fit takes it: every row inside the domain the model answers for (its bounds widened by the
     margin, within its limits: where /suggest proposes points); the fit's bounds then cover the rows."""
-    domain = answered_domain(np.array([bounds[f] for f in features]), limits_array(limits, features), margin)
+    declared = np.array([bounds[f] for f in features], dtype=float)
+    domain = answered_domain(declared, limits_array(limits, features), margin)
     try:
+        # the bounds as given: the fit checks them (or wider ones, holding rows in the margin), not the domain
+        check_offsets(declared, list(features))
         check_training_data(X, Y, domain, features=list(features), outputs=list(outputs))
     except TrainingDataError as exc:
         field = "bounds" if exc.field == "bounds" else f"{prefix}.{exc.field}"

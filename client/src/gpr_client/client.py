@@ -888,7 +888,8 @@ class SurrogateClient:
         /models/{name}/suggest, points observed but not yet in the served version sent as pending), simulate them
         (`simulator(points)`: an (batch, n_features) array in, (batch,) or (batch, n_outputs) values out), observe
         them (a version conditioned on all the data, promoted by `promote`), and when `refit_every` says so a full
-        refit on the model's data (a training job, waited for, promoted if better): "auto" (default) when the data
+        refit on the model's data (a training job, waited for, promoted if better; with `promote="never"`, not
+        promoted): "auto" (default) when the data
         has grown by a fifth since the hyperparameters were last fitted or the new runs surprised the served versions
         (gpr_client.training.RefitPolicy states the rule), k after every k-th round, None never. The history of the
         rounds; `progress(round)` after each round if a callable, else a progress bar."""
@@ -900,6 +901,7 @@ class SurrogateClient:
         history = LoopHistory(name, info.features, info.outputs)
         observed = Observed()
         policy = RefitPolicy(refit_every)
+        refit_promote = "never" if promote == "never" else "if_better"
         served: int | None = None  # the newest version known to serve the alias (None: the one before the loop)
         report = progress if callable(progress) else None
         with tqdm(total=rounds, unit="round", disable=report is not None or not progress, desc=name) as bar:
@@ -929,8 +931,10 @@ class SurrogateClient:
                     # polled at most every 0.25 s: what the refit took decides whether the next round refits.
                     # force: a refit is judged against the version it would replace (if_better), not the quality
                     # gate, which a first few points fail (Branin's 11 to 15: leave-one-out R^2 under 0.5) while
-                    # their conditioned versions, no better, serve.
-                    job = self.train(name, promote="if_better", progress=False, admin_key=admin_key,
+                    # their conditioned versions, no better, serve. With promote="never" no refit moves the alias
+                    # either: forced past the gate and judged on the new rows alone, a refit on a simulator's noise
+                    # took the alias from a model 6,000x more accurate (red team).
+                    job = self.train(name, promote=refit_promote, progress=False, admin_key=admin_key,
                                      poll_interval_s=0.25, force=True)  # fmt: skip
                     job["refit_reason"] = why
                     policy.refitted(seconds=time.perf_counter() - observed_at)
