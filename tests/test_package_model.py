@@ -464,3 +464,19 @@ def test_a_check_that_produces_nan_fails_rather_than_passes():
 def test_bounds_whose_width_overflows_are_refused():
     with pytest.raises(package_model.PackagingError, match="finite LOW < HIGH"):
         package_model.parse_bounds("a=-1e308:1e308", ["a"])
+
+
+def test_bounds_far_from_zero_against_their_width_are_refused_unless_forced(matern_user_pickle: Path, tmp_path: Path):
+    # given a user's model and bounds for its first feature centred 1,000 of their widths from zero
+    model = wrapped(matern_user_pickle)
+    features = [f"x{j + 1}" for j in range(model.input_dim)]
+    far = {"x1": (1000.0, 1001.0)}
+    # when it is packaged, then it is refused, naming the feature and the offset, and nothing is written
+    with pytest.raises(package_model.PackagingError, match=r"x1's bounds .* centred 1000 of their widths") as refused:
+        package_model.package(model, b"", tmp_path / "far.npz", features=features, bounds=far, name="far")
+    assert "x1 - 1000.5" in str(refused.value)
+    assert not any(tmp_path.iterdir())
+    # and forced, it is packaged
+    _, artifact = package_model.package(model, b"", tmp_path / "far.npz", features=features, bounds=far, name="far",
+                                        force=True)  # fmt: skip
+    assert artifact.exists()

@@ -34,6 +34,7 @@ from handler.gp.artifact import (
 from handler.gp.from_gpy import posterior_arrays
 from handler.gp.gpy_model import GPRegressionModel
 from handler.gp.model import PosteriorModel, SurrogateModel, load_model
+from handler.training.data import TrainingDataError, check_offsets
 from handler.training.validation import (
     MIN_COVERAGE_95,
     MIN_COVERAGE_POINTS,
@@ -352,6 +353,14 @@ def package(
             )
     all_bounds = complete_bounds(model, features, bounds or {})
     bounds_array = np.array(list(all_bounds.values()), dtype=float)
+    try:  # the training route's rule: such a model's refits on the service would be refused
+        check_offsets(bounds_array, features)
+    except TrainingDataError as exc:
+        if not force:
+            raise PackagingError(
+                f"--bounds: {exc.message}. Its predictions lose digits too, and the service refuses to refit it. "
+                "--force packages it anyway (make package-model ... FORCE=1)"
+            ) from None
     try:
         check_limits({k: list(v) for k, v in limits.items()} if limits else None, tuple(features), bounds_array)
     except ValueError as exc:
