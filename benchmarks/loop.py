@@ -389,6 +389,11 @@ def measure(
                         missing[arm] = str(why)
                         print(f"{arm}: not run ({why})", file=sys.stderr)
                         continue
+                    except Exception as why:  # one arm's failure is reported, not the end of the whole run
+                        failed = f"{name} seed {seed}: {type(why).__name__}: {why}"[:300]
+                        missing[f"{arm} failed"] = "; ".join(filter(None, [missing.get(f"{arm} failed"), failed]))
+                        print(f"{arm} failed: {failed}", file=sys.stderr)
+                        continue
                     found.setdefault((name, arm), []).append(run)
                     final = run.rmse[max(run.rmse)]
                     print(f"{name} seed {seed} {arm}: RMSE {final:.4g} at {max(run.rmse)} calls "
@@ -453,7 +458,14 @@ def report(
                     f"{initial:.2f}",
                 ]
             rows.append([label, ARMS[arm], *(f"{s:.4g}" for s in scores), *timing])
-    notes = "".join(f"\n\n{ARMS[arm]}: not run: {why}" for arm, why in missing.items())
+    notes = ""
+    for key, why in missing.items():
+        if key.endswith(" failed"):  # some seeds of the arm failed: its medians are over those that ran
+            notes += (
+                f"\n\n{ARMS[key.removesuffix(' failed')]}: failed on {why}; its medians are over the seeds that ran"
+            )
+        else:
+            notes += f"\n\n{ARMS[key]}: not run: {why}"
     paired = paired_table(found, names, arms, setups)
     versions = ", ".join(f"{p} {version(p)}" for p in ("numpy", "GPy", "emukit"))
     if command is None:  # the options that shaped the table (--quick, --only, --arms...), not only --seeds
