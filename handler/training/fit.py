@@ -103,7 +103,7 @@ class FitResult:
 
     `scaled`: the same GP as fitted (inputs in the unit cube of `bounds`). `validation`: leave-one-out accuracy per
     output; `problems`: what fails the quality gate on it ([] passes). `candidates`: each kernel tried, and its
-    mean leave-one-out MSLL (the lower, the better; "auto" picks the lowest).
+    mean leave-one-out MSLL (the lower, the better; "auto" picks the lowest if significantly below Matern-5/2's).
     """
 
     model: GPRegressionModel
@@ -175,8 +175,9 @@ def fit(
     """Fit a GP (exact up to `sparse_above` points, else sparse with `inducing` points) by maximum likelihood.
 
     `bounds`: (features, 2), the declared range of each input; `kernel`: one of KERNELS (all ARD), or "auto": each
-    is optimised briefly (SCREENING_ITERS) from the data's ranges and scored by leave-one-out MSLL; the lowest is
-    finished and gets the restarts. `restarts`: optimisations of the chosen kernel, the first from the data's ranges;
+    is optimised briefly (SCREENING_ITERS) from the data's ranges and scored by leave-one-out MSLL; the lowest, if it
+    beats Matern-5/2 point by point by more than SIGNIFICANT_Z standard errors (else Matern-5/2), is finished and
+    gets the restarts. `restarts`: optimisations of the chosen kernel, the first from the data's ranges;
     they stop early once two agree. `deadline`: a `time.monotonic()` instant after which no optimisation goes on
     (the best so far is kept; TimeoutError if none has finished a step). `progress(fits_done, fits_total)`: called
     at the start and after each optimisation (a screening counts as one); when restarts stop early the last call
