@@ -41,7 +41,6 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
-import math  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -115,6 +114,7 @@ class Run:
     initial_seconds: float = float("nan")
     refits: int = 0  # full refits during the rounds (Emukit: one a round)
     steps: dict[str, list[float]] = field(default_factory=dict)  # ours (HTTP): seconds per step of each round
+    seed: int | None = None  # set by measure(): arms are paired by seed (an arm may have failed on some)
 
 
 def rmse(predicted: np.ndarray, truth: np.ndarray) -> float:
@@ -394,6 +394,7 @@ def measure(
                         missing[f"{arm} failed"] = "; ".join(filter(None, [missing.get(f"{arm} failed"), failed]))
                         print(f"{arm} failed: {failed}", file=sys.stderr)
                         continue
+                    run.seed = seed
                     found.setdefault((name, arm), []).append(run)
                     final = run.rmse[max(run.rmse)]
                     print(f"{name} seed {seed} {arm}: RMSE {final:.4g} at {max(run.rmse)} calls "
@@ -500,18 +501,19 @@ LIKE_FOR_LIKE = {
 def paired(ours: list[Run], theirs: list[Run], calls: int) -> tuple[float, int, int, float]:
     """Seed by seed at `calls`: the median of ours' RMSE over Emukit's, the seeds where ours was at most Emukit's,
     the seeds compared, and the two-sided sign test's p-value (ties, equal RMSEs, dropped as the test drops them)."""
+    from scipy.stats import binomtest
+
+    by_seed = {run.seed: run for run in theirs}
     pairs = [
-        (a.rmse[calls], b.rmse[calls])
-        for a, b in zip(ours, theirs, strict=False)
-        if calls in a.rmse and calls in b.rmse
+        (a.rmse[calls], by_seed[a.seed].rmse[calls])
+        for a in ours
+        if a.seed in by_seed and calls in a.rmse and calls in by_seed[a.seed].rmse
     ]
     if not pairs:
         return float("nan"), 0, 0, float("nan")
     ratios = [a / b for a, b in pairs]
     better, worse = sum(a < b for a, b in pairs), sum(a > b for a, b in pairs)
-    decided = better + worse
-    tail = min(better, worse)
-    p = min(1.0, 2 * sum(math.comb(decided, k) for k in range(tail + 1)) / 2**decided) if decided else 1.0
+    p = float(binomtest(better, better + worse).pvalue) if better + worse else 1.0
     return statistics.median(ratios), sum(a <= b for a, b in pairs), len(pairs), p
 
 

@@ -281,16 +281,12 @@ def _significant_winner(
     """The kernel of the lowest mean leave-one-out log loss if it beats DEFAULT_KERNEL's per point by more than
     SIGNIFICANT_Z standard errors (or the default was not scored, or failed); else DEFAULT_KERNEL."""
     best = min(candidates, key=rank)
-    if best == DEFAULT_KERNEL or DEFAULT_KERNEL not in point_losses or not np.isfinite(candidates[best]):
-        return best
-    if not np.isfinite(candidates[DEFAULT_KERNEL]):
-        return best
+    if best == DEFAULT_KERNEL or not np.isfinite(candidates.get(DEFAULT_KERNEL, np.inf)):
+        return best  # Matern-5/2 itself, or not scored (a deadline) or not finite: the lowest
     gain = point_losses[DEFAULT_KERNEL] - point_losses[best]  # > 0 where the best predicts the point better
-    spread = float(np.std(gain, ddof=1)) if len(gain) > 1 else 0.0
-    if spread == 0.0:
-        return best if float(np.mean(gain)) > 0 else DEFAULT_KERNEL
-    z = float(np.mean(gain)) / (spread / np.sqrt(len(gain)))
-    return best if z > SIGNIFICANT_Z else DEFAULT_KERNEL
+    # the gain beyond SIGNIFICANT_Z standard errors (of at least two points; a gain with no spread is all beyond)
+    error = float(np.std(gain, ddof=1)) / np.sqrt(len(gain)) if len(gain) > 1 else 0.0
+    return best if float(np.mean(gain)) > SIGNIFICANT_Z * error else DEFAULT_KERNEL
 
 
 class _Tracker:

@@ -1146,8 +1146,8 @@ def _check_poll_interval(poll_interval_s: Any) -> float:
 
 
 def _poll_waits(longest_s: float) -> Iterator[float]:
-    """Waits between polls: FIRST_POLL_S, doubling up to `longest_s` (the caller's poll interval), then that."""
-    longest_s = _check_poll_interval(longest_s)
+    """Waits between polls: FIRST_POLL_S, doubling up to `longest_s` (the caller's poll interval, checked by the
+    caller before any request), then that."""
     wait = min(FIRST_POLL_S, longest_s)
     while True:
         yield wait

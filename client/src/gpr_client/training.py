@@ -222,8 +222,8 @@ def _interval(pair: Any, where: str) -> list[float]:
 # - the last refit took at most the rest of a round (suggest, simulate, observe) or REFIT_CHEAP_S, whichever is
 #   longer: while a fit is that cheap, every round refits, as Emukit's loop re-optimises every round (on Branin, 16
 #   seeds in-process, the geometric refits alone left the median RMSE 1.05-1.4x that of refitting every round from
-#   half the budget on); with a slow
-#   simulator that is until the fit costs more than a simulation. Until a refit of this loop has been measured, one
+#   half the budget on); with a slow simulator that is until the fit costs more than a simulation. Until a refit of
+#   this loop has been measured, one
 #   is taken as cheap while the data has at most REFIT_UNMEASURED_ROWS rows (a fit of 100 rows costs well under a
 #   second: Borehole's 80 in 0.3 s of CPU); or
 # - the data has grown by REFIT_GROWTH since the hyperparameters were last fitted (a geometric schedule: at 10 rows
